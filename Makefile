@@ -1,0 +1,47 @@
+# shipflow: `make demo` runs the example release end to end; `make test` runs every check.
+# Both bootstrap .venv themselves on a fresh machine; a second run reuses it.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint typecheck unit demo dev bench services clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "shipflow needs Python >= 3.11 (python3.11 or newer on PATH)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## services: start the PostgreSQL the tests use, if it is installed and not running.
+services:
+	@bash infra/scripts/ensure-postgres.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+typecheck: venv
+	$(BIN)/mypy
+
+## test: lint, type checks, then the whole suite on real Temporal and PostgreSQL.
+test: venv services lint typecheck
+	$(BIN)/python -m tests.run $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/shipflow demo
+
+dev: venv
+	$(BIN)/shipflow dev
+
+bench: venv services
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .shipflow .pytest_cache .mypy_cache .ruff_cache

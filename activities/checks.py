@@ -1,0 +1,101 @@
+"""The `check` activity: probe an HTTP endpoint or a TCP port until it is healthy.
+
+Semantics follow Kubernetes probes: `success_threshold` consecutive successes pass the
+check, `failure_threshold` consecutive failures fail it, one probe every `period`.
+The step's `timeout` bounds the whole check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.envrefs import resolve_env, resolve_env_in
+from activities.models.checks import PROBE, CheckInput, CheckOutput
+from workflows.spec import CheckSpec
+
+
+class CheckActivities:
+    """Given an HTTP client, runs health checks."""
+
+    def __init__(self, http: httpx.AsyncClient | None = None):
+        self._http = http
+
+    @activity.defn(name=PROBE)
+    async def probe(self, input: CheckInput) -> CheckOutput:
+        spec = input.check
+        started = time.monotonic()
+        await asyncio.sleep(spec.initial_delay.total_seconds())
+        successes = failures = 0
+        consecutive_ok = consecutive_bad = 0
+        last = "not probed"
+        http = self._http or httpx.AsyncClient()
+        try:
+            while True:
+                ok, last = await self._probe_once(http, spec)
+                if ok:
+                    successes += 1
+                    consecutive_ok += 1
+                    consecutive_bad = 0
+                else:
+                    failures += 1
+                    consecutive_bad += 1
+                    consecutive_ok = 0
+                activity.heartbeat({"successes": successes, "failures": failures, "last": last})
+                if consecutive_ok >= spec.success_threshold:
+                    return CheckOutput(
+                        successes=successes,
+                        failures=failures,
+                        last_status=last,
+                        duration_s=round(time.monotonic() - started, 3),
+                    )
+                if consecutive_bad >= spec.failure_threshold:
+                    raise ApplicationError(
+                        f"{_where(spec)} failed {consecutive_bad} times in a row (last: {last})",
+                        type="CheckFailed",
+                        non_retryable=False,
+                    )
+                await asyncio.sleep(spec.period.total_seconds())
+        finally:
+            if self._http is None:
+                await http.aclose()
+
+    async def _probe_once(self, http: httpx.AsyncClient, spec: CheckSpec) -> tuple[bool, str]:
+        timeout = spec.probe_timeout.total_seconds()
+        if spec.http is not None:
+            url = resolve_env(spec.http.url)
+            try:
+                response = await http.request(
+                    spec.http.method,
+                    url,
+                    headers=resolve_env_in(spec.http.headers),
+                    timeout=timeout,
+                )
+            except httpx.HTTPError as e:
+                return False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            accepted = spec.http.status or None
+            ok = response.status_code in accepted if accepted else 200 <= response.status_code < 400
+            if ok and spec.http.contains is not None and spec.http.contains not in response.text:
+                return False, f"HTTP {response.status_code}, body lacks {spec.http.contains!r}"
+            return ok, f"HTTP {response.status_code}"
+        assert spec.tcp is not None
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(spec.tcp.host, spec.tcp.port), timeout
+            )
+        except (OSError, TimeoutError) as e:
+            return False, f"tcp {spec.tcp.host}:{spec.tcp.port}: {e.strerror if isinstance(e, OSError) and e.strerror else 'timeout'}"
+        writer.close()
+        await writer.wait_closed()
+        return True, "tcp connected"
+
+
+def _where(spec: CheckSpec) -> str:
+    if spec.http is not None:
+        return f"GET {spec.http.url}" if spec.http.method == "GET" else f"{spec.http.method} {spec.http.url}"
+    assert spec.tcp is not None
+    return f"tcp {spec.tcp.host}:{spec.tcp.port}"

@@ -1,0 +1,67 @@
+"""Job activities: a `migrate` step, or an `undo: {command}`, run on the flow's target."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.envrefs import redact, resolve_env, resolve_env_in, secret_values
+from activities.models.jobs import RUN_JOB, JobInput, JobOutput
+from activities.progress import ActivityProgress
+from activities.targets.base import JobFailed, JobRequest, Target, TargetError
+
+
+def job_name(run_id: str, step_id: str, purpose: str) -> str:
+    """A name unique per run and step that is also a valid Kubernetes object name."""
+    base = re.sub(r"[^a-z0-9-]+", "-", f"sf-{run_id}-{step_id}-{purpose}".lower()).strip("-")
+    if len(base) > 63:
+        import hashlib
+
+        digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+        base = base[:54].rstrip("-") + "-" + digest
+    return base
+
+
+class JobActivities:
+    """Given a way to build targets, runs one-off commands on them."""
+
+    def __init__(self, targets: Callable[[dict[str, Any]], Target]):
+        self._targets = targets
+
+    @activity.defn(name=RUN_JOB)
+    def run_job(self, input: JobInput) -> JobOutput:
+        secrets = secret_values([input.command, input.env])
+        request = JobRequest(
+            run_id=input.context.run_id,
+            step_id=input.context.step_id,
+            name=job_name(input.context.run_id, input.context.step_id, input.purpose),
+            command=[resolve_env(part) for part in input.command],
+            image=input.image,
+            env=resolve_env_in(input.env),
+            cwd=input.cwd,
+            service_account=input.service_account,
+            timeout_s=input.timeout_s,
+            retries=input.retries,
+        )
+        target = self._targets(input.target)
+        progress = ActivityProgress(input.resume)
+        try:
+            result = target.run_job(request, progress)
+        except JobFailed as e:
+            details = {"exit_code": e.exit_code, "output": redact(e.output, secrets)}
+            raise ApplicationError(
+                redact(str(e), secrets), details, type="JobFailed", non_retryable=not e.retryable
+            ) from None
+        except TargetError as e:
+            raise ApplicationError(
+                redact(str(e), secrets), type=type(e).__name__, non_retryable=not e.retryable
+            ) from None
+        return JobOutput(
+            exit_code=result.exit_code,
+            output=redact(result.output, secrets),
+            duration_s=result.duration_s,
+        )

@@ -1,0 +1,45 @@
+"""Inputs and results of the deploy activities: `deploy`, `promote` and their undo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from activities.models.common import StepContext
+from workflows.spec import Probes
+
+ROLLOUT = "deploy.rollout"
+RESOLVE_PROMOTION = "deploy.resolve_promotion"
+
+
+class RolloutInput(BaseModel):
+    context: StepContext
+    target: dict[str, Any]
+    service: str
+    image: str
+    container: str | None = None
+    probes: Probes | None = None
+    progress_deadline_s: float | None = None
+    purpose: str = Field("deploy", description="deploy | promote | undo | rollback")
+    resume: dict[str, Any] | None = Field(
+        None, description="progress the previous execution heartbeated before its worker was lost"
+    )
+
+
+class RolloutOutput(BaseModel):
+    service: str
+    image: str
+    previous_image: str | None
+    instances: list[dict[str, Any]] = []
+    duration_s: float
+
+
+class PromotionInput(BaseModel):
+    from_stage: str
+    service: str
+
+
+class PromotionOutput(BaseModel):
+    image: str
+    from_run: str | None

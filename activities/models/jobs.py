@@ -1,0 +1,33 @@
+"""Inputs and results of the job activities: `migrate` steps and `undo: {command}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from activities.models.common import StepContext
+
+RUN_JOB = "job.run"
+
+
+class JobInput(BaseModel):
+    context: StepContext
+    target: dict[str, Any]
+    command: list[str]
+    image: str | None = None
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    service_account: str | None = None
+    timeout_s: float | None = None
+    retries: int = 0
+    purpose: str = "migrate"
+    resume: dict[str, Any] | None = Field(
+        None, description="progress the previous execution heartbeated before its worker was lost"
+    )
+
+
+class JobOutput(BaseModel):
+    exit_code: int
+    output: str
+    duration_s: float

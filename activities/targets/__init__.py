@@ -1,0 +1,26 @@
+"""Targets: where services run. `make_target` picks the implementation from the flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from activities.targets.base import Target
+from worker.settings import Settings
+
+
+def make_target(spec: dict[str, Any], settings: Settings) -> Target:
+    """Build the Target a flow's `target:` section names.
+
+    Imports are lazy so that a worker for local flows needs no kubernetes config, and
+    the other way round.
+    """
+    kind = spec.get("kind", "local")
+    if kind == "local":
+        from activities.targets.local.target import LocalTarget
+
+        return LocalTarget(spec, settings)
+    if kind == "kubernetes":
+        from activities.targets.kubernetes import KubernetesTarget
+
+        return KubernetesTarget(spec, settings)
+    raise ValueError(f"unknown target kind {kind!r}")

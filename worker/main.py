@@ -1,0 +1,62 @@
+"""The shipflow worker: registers ReleaseWorkflow and every activity, runs until stopped.
+
+`python -m worker.main` (or `shipflow worker`). SIGINT/SIGTERM shut it down cleanly, so
+running activities get their cancellation and the process exits with the real status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from api.db import make_engine
+from worker.activities import build_activities
+from worker.client import connect
+from worker.settings import Settings, get_settings
+from workflows.release import ReleaseWorkflow
+
+log = logging.getLogger("shipflow.worker")
+
+
+def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> Worker:
+    """A worker for `task_queue` (default: settings) with every workflow and activity."""
+    engine = make_engine(settings.sqlalchemy_url())
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[ReleaseWorkflow],
+        activities=build_activities(settings, engine),
+        activity_executor=ThreadPoolExecutor(
+            max_workers=32, thread_name_prefix="shipflow-activity"
+        ),
+        max_concurrent_activities=32,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker on %s, task queue %s", settings.temporal_address, settings.task_queue)
+    async with worker:
+        await stop.wait()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run_worker(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The one settings class of shipflow, read from `SHIPFLOW_*` environment variables.
+
+The worker, the API and the CLI all read it, so a value means the same thing everywhere.
+Secrets are `SecretStr`: their repr is masked, so they cannot leak through logs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHIPFLOW_", extra="ignore")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_api_key: SecretStr | None = None
+    temporal_tls: bool = False
+    task_queue: str = "shipflow"
+    search_attributes: bool = Field(
+        True, description="set ShipflowFlow/Stage/Commit search attributes (must be registered)"
+    )
+    ui_url: str = Field(
+        "http://127.0.0.1:8233", description="Temporal Web UI base URL for deep links"
+    )
+
+    data_dir: Path = Path(".shipflow")
+    database_url: SecretStr | None = Field(
+        None, description="sqlmodel URL; default sqlite:///<data_dir>/shipflow.db"
+    )
+
+    api_url: str = "http://127.0.0.1:8000"
+    api_token: SecretStr | None = None
+    tokens: SecretStr | None = Field(
+        None,
+        description="JSON list of {name, role, sha256}: API tokens, hashed at rest",
+    )
+    github_secret: SecretStr | None = None
+    gitlab_token: SecretStr | None = None
+
+    runtime_url: str = Field("http://127.0.0.1:7300", description="the local target's runtime")
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+
+    heartbeat_timeout_s: float = Field(
+        20.0, description="how long a silent activity may run before its worker counts as lost"
+    )
+    worker_lost_retries: int = Field(
+        10, description="how often a step is resumed after its worker was lost (not a retry)"
+    )
+
+    def sqlalchemy_url(self) -> str:
+        if self.database_url is not None:
+            url = self.database_url.get_secret_value()
+            # Accept the libpq-style URL users already have; sqlalchemy needs a driver.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'shipflow.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,136 @@
+"""What a run reports about itself: run and step states, as the query, memo and API show them.
+
+One model family serves the workflow's `status` query, the memo mirror (readable while
+no worker runs) and `GET /runs/{id}`, so the three can never disagree on shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from workflows.plan import Plan
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_RUN_STATES
+
+
+FINAL_RUN_STATES = frozenset(
+    {
+        RunState.SUCCEEDED,
+        RunState.FAILED,
+        RunState.CANCELLED,
+        RunState.ROLLED_BACK,
+        RunState.ROLLBACK_FAILED,
+    }
+)
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+class Approval(BaseModel):
+    decision: str = Field(description="approved | rejected")
+    by: str | None = None
+    comment: str | None = None
+    at: datetime
+
+
+class Compensation(BaseModel):
+    kind: str
+    attempts: int = 0
+    error: str | None = None
+    output: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class StepStatus(BaseModel):
+    id: str
+    kind: str
+    path: str
+    summary: str = ""
+    parent: str | None = Field(None, description="id of the enclosing parallel/sequence group")
+    state: StepState = StepState.PENDING
+    attempts: int = 0
+    max_attempts: int = 1
+    error: str | None = None
+    output: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    approval: Approval | None = None
+    compensation: Compensation | None = None
+
+
+class RunStatus(BaseModel):
+    run_id: str
+    flow: str
+    stage: str
+    flow_version: int = 1
+    state: RunState = RunState.PENDING
+    args: dict[str, str] = {}
+    reason: str | None = None
+    triggered_by: str | None = None
+    error: str | None = None
+    failed_step: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    steps: list[StepStatus] = []
+
+    def step(self, step_id: str) -> StepStatus:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+def initial_steps(plan: Plan) -> list[StepStatus]:
+    """One pending StepStatus per action of the plan, in plan order."""
+    out: list[StepStatus] = []
+
+    def walk(node: Any, parent: str | None) -> None:
+        if node.node == "action":
+            out.append(
+                StepStatus(
+                    id=node.id,
+                    kind=node.kind,
+                    path=node.path,
+                    summary=node.summary,
+                    parent=parent,
+                    max_attempts=node.retry.max_attempts,
+                )
+            )
+        else:
+            for child in node.children:
+                walk(child, node.id if node.id != "steps" else None)
+
+    walk(plan.root, None)
+    return out
