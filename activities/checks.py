@@ -59,6 +59,11 @@ class CheckActivities:
                         type="CheckFailed",
                         non_retryable=False,
                     )
+                if input.timeout_s is not None and time.monotonic() - started > input.timeout_s:
+                    raise ApplicationError(
+                        f"{_where(spec)} did not pass within {input.timeout_s:g}s (last: {last})",
+                        type="CheckTimeout",
+                    )
                 await asyncio.sleep(spec.period.total_seconds())
         finally:
             if self._http is None:
@@ -88,7 +93,10 @@ class CheckActivities:
                 asyncio.open_connection(spec.tcp.host, spec.tcp.port), timeout
             )
         except (OSError, TimeoutError) as e:
-            return False, f"tcp {spec.tcp.host}:{spec.tcp.port}: {e.strerror if isinstance(e, OSError) and e.strerror else 'timeout'}"
+            return (
+                False,
+                f"tcp {spec.tcp.host}:{spec.tcp.port}: {e.strerror if isinstance(e, OSError) and e.strerror else 'timeout'}",
+            )
         writer.close()
         await writer.wait_closed()
         return True, "tcp connected"
@@ -96,6 +104,10 @@ class CheckActivities:
 
 def _where(spec: CheckSpec) -> str:
     if spec.http is not None:
-        return f"GET {spec.http.url}" if spec.http.method == "GET" else f"{spec.http.method} {spec.http.url}"
+        return (
+            f"GET {spec.http.url}"
+            if spec.http.method == "GET"
+            else f"{spec.http.method} {spec.http.url}"
+        )
     assert spec.tcp is not None
     return f"tcp {spec.tcp.host}:{spec.tcp.port}"

@@ -104,14 +104,20 @@ class HttpSink:
         self.gets = 0
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
-                sink.received.append({"path": self.path, "body": json.loads(body or b"null"), "headers": dict(self.headers)})
+                sink.received.append(
+                    {
+                        "path": self.path,
+                        "body": json.loads(body or b"null"),
+                        "headers": dict(self.headers),
+                    }
+                )
                 self.send_response(sink.status)
                 self.end_headers()
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 sink.gets += 1
                 self.send_response(sink.status)
                 self.send_header("Content-Type", "text/plain")

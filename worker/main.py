@@ -37,6 +37,10 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         ),
         max_concurrent_activities=32,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # Cancellation reaches an activity only with a heartbeat response: heartbeat at
+        # least every second so a cancelled run stops its commands promptly.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+        default_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
 
 MEMO_KEY = "status"
 NO_RETRY = RetryPolicy(maximum_attempts=1)
+CLEANUP_MARGIN_S = 30.0
 
 
 class ReleaseInput(BaseModel):
@@ -254,7 +255,9 @@ class ReleaseWorkflow:
             await workflow.wait_condition(lambda: self._dirty or self._done)
             if self._dirty:
                 self._dirty = False
-                workflow.upsert_memo({MEMO_KEY: self._status.model_dump(mode="json")})
+                workflow.upsert_memo(
+                    {MEMO_KEY: self._status.model_dump(mode="json", exclude_none=True)}
+                )
             if self._done and not self._dirty:
                 return
 
@@ -314,6 +317,7 @@ class ReleaseWorkflow:
             self._touch()
             return
         params = resolve_step_outputs(action.params, self._outputs)
+        step.summary = resolve_step_outputs(action.summary, self._outputs)
         step.started_at = workflow.now()
         step.state = StepState.RUNNING
         self._touch()
@@ -471,7 +475,11 @@ class ReleaseWorkflow:
         attempt = 0
         lost = 0
         resume: dict[str, Any] | None = None
-        timeout = timedelta(seconds=action.timeout_s) if action.timeout_s else timedelta(hours=24)
+        # Long activities enforce the step's timeout themselves, so they can clean up (kill
+        # a process group, abort an upload) and say what timed out; Temporal's timeout is
+        # the backstop for a worker that stops answering.
+        step_timeout = action.timeout_s or 86400.0
+        timeout = timedelta(seconds=step_timeout + (CLEANUP_MARGIN_S if long_running else 0))
         while True:
             attempt += 1
             if undo is not None:
@@ -493,7 +501,7 @@ class ReleaseWorkflow:
                     ),
                     retry_policy=NO_RETRY,
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=action.summary,
+                    summary=step.summary or action.summary,
                 )
                 return result.model_dump(mode="json")
             except ActivityError as error:

@@ -21,7 +21,9 @@ def flow(body: str, head: str = HEAD) -> str:
     return head + textwrap.dedent(body)
 
 
-def problems(text: str, args: dict[str, str] | None = None, env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+def problems(
+    text: str, args: dict[str, str] | None = None, env: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     with pytest.raises(FlowError) as caught:
         compile(load_flow_text(text), args, env)
     return caught.value.problems
@@ -62,11 +64,25 @@ FULL = flow(
 def test_design_example_compiles_to_an_explicit_plan() -> None:
     plan = compile(load_flow_text(FULL), {"image": "demo:2"})
     ids = [a.id for a in plan.actions()]
-    assert ids == ["db-backup", "migrate", "api", "worker", "smoke", "go-live", "soak", "tell", "w2"]
+    assert ids == [
+        "db-backup",
+        "migrate",
+        "api",
+        "worker",
+        "smoke",
+        "go-live",
+        "soak",
+        "tell",
+        "w2",
+    ]
     migrate = plan.action("migrate")
     assert migrate.params["image"] == "demo:2"
     assert migrate.retry.max_attempts == 4 and migrate.timeout_s == 600
-    assert migrate.undo is not None and migrate.undo.kind == "restore" and migrate.undo.backup_step == "db-backup"
+    assert (
+        migrate.undo is not None
+        and migrate.undo.kind == "restore"
+        and migrate.undo.backup_step == "db-backup"
+    )
     # Secrets stay references: the value is read on the worker.
     assert plan.action("db-backup").params["database"] == "${env.DATABASE_URL}"
     assert plan.env_refs == ["DATABASE_URL"]
@@ -78,7 +94,9 @@ def test_design_example_compiles_to_an_explicit_plan() -> None:
     assert plan.action("w2").params["duration"] == "1h30m"
     group = plan.root.children[2]
     assert isinstance(group, GroupPlan) and group.node == "parallel"
-    assert plan.action("tell").params["message"] == "released demo:2 after ${steps.soak.duration_s}s"
+    assert (
+        plan.action("tell").params["message"] == "released demo:2 after ${steps.soak.duration_s}s"
+    )
 
 
 def test_plan_is_json_round_trippable() -> None:
@@ -90,19 +108,34 @@ def test_plan_is_json_round_trippable() -> None:
 @pytest.mark.parametrize(
     ("body", "path", "message"),
     [
-        ("steps:\n  - parallel:\n      - deploy: {id: a, service: a}\n", "steps[0].parallel[0].deploy.image", "field required"),
-        ("steps:\n  - deploy: {id: a, service: a, image: x, colour: red}\n", "steps[0].deploy.colour", "unknown field"),
+        (
+            "steps:\n  - parallel:\n      - deploy: {id: a, service: a}\n",
+            "steps[0].parallel[0].deploy.image",
+            "field required",
+        ),
+        (
+            "steps:\n  - deploy: {id: a, service: a, image: x, colour: red}\n",
+            "steps[0].deploy.colour",
+            "unknown field",
+        ),
         ("steps:\n  - frobnicate: {id: a}\n", "steps[0]", "exactly one key"),
         ("steps:\n  - wait: {id: a, duration: 5q}\n", "steps[0].wait.duration", "invalid duration"),
         ("steps:\n  - wait: {id: 'bad id', duration: 1s}\n", "steps[0].wait.id", "pattern"),
         ("steps:\n  - check: {id: c}\n", "steps[0].check", "exactly one of http or tcp"),
         ("steps:\n  - migrate: {id: m, command: []}\n", "steps[0].migrate.command", "at least 1"),
-        ("steps:\n  - migrate: {id: m, command: [x], retries: -1}\n", "steps[0].migrate.retries", "greater than or equal"),
+        (
+            "steps:\n  - migrate: {id: m, command: [x], retries: -1}\n",
+            "steps[0].migrate.retries",
+            "greater than or equal",
+        ),
         ("steps: []\n", "steps", "at least 1"),
         ("steps:\n  - promote: {id: p, service: s}\n", "steps[0].promote.from", "field required"),
         ("target: {kind: nomad}\nsteps:\n  - wait: {id: a, duration: 1s}\n", "target", "kind"),
-        ("steps:\n  - deploy: {id: a, service: a, image: x, probes: {readiness: {period: 1s}}}\n",
-         "steps[0].deploy.probes.readiness", "exactly one of http, tcp or exec"),
+        (
+            "steps:\n  - deploy: {id: a, service: a, image: x, probes: {readiness: {period: 1s}}}\n",
+            "steps[0].deploy.probes.readiness",
+            "exactly one of http, tcp or exec",
+        ),
     ],
 )
 def test_shape_errors_name_the_path(body: str, path: str, message: str) -> None:
@@ -128,7 +161,9 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_header_errors() -> None:
     with pytest.raises(FlowError) as caught:
-        load_flow_text("apiVersion: shipflow/v2\nname: Web_App\nsteps: [{wait: {id: a, duration: 1s}}]\n")
+        load_flow_text(
+            "apiVersion: shipflow/v2\nname: Web_App\nsteps: [{wait: {id: a, duration: 1s}}]\n"
+        )
     paths = {p for p, _ in caught.value.problems}
     assert {"apiVersion", "name", "stage"} <= paths
 
@@ -148,28 +183,81 @@ def test_not_a_mapping() -> None:
 @pytest.mark.parametrize(
     ("body", "path", "message"),
     [
-        ("steps:\n  - wait: {id: a, duration: 1s}\n  - wait: {id: a, duration: 1s}\n", "steps[1].wait.id", "duplicate step id 'a' (first at steps[0].wait.id)"),
-        ("steps:\n  - parallel:\n    - wait: {id: a, duration: 1s}\n    - sequence:\n      - wait: {id: a, duration: 1s}\n",
-         "steps[0].parallel[1].sequence[0].wait.id", "duplicate step id"),
-        ("steps:\n  - notify: {id: n, webhook: 'http://x', message: '${args.nope}'}\n", "steps[0].notify.message", "${args.nope}: undeclared argument"),
-        ("steps:\n  - notify: {id: n, webhook: 'http://x', message: '${steps.later.duration_s}'}\n  - wait: {id: later, duration: 1s}\n",
-         "steps[0].notify.message", "does not run before this one"),
-        ("steps:\n  - parallel:\n    - wait: {id: a, duration: 1s}\n    - notify: {id: n, webhook: 'http://x', message: '${steps.a.duration_s}'}\n",
-         "steps[0].parallel[1].notify.message", "does not run before this one on the same path"),
-        ("steps:\n  - wait: {id: a, duration: 1s}\n  - notify: {id: n, webhook: 'http://x', message: '${steps.a.colour}'}\n",
-         "steps[1].notify.message", "a wait step has no output 'colour'"),
-        ("steps:\n  - notify: {id: n, webhook: 'http://x', message: '${steps.ghost.x}'}\n", "steps[0].notify.message", "no step with id 'ghost'"),
-        ("steps:\n  - notify: {id: n, webhook: 'http://x', message: '${vault.x}'}\n", "steps[0].notify.message", "unknown namespace 'vault'"),
-        ("steps:\n  - notify: {id: n, webhook: 'http://x', message: '${git.sha}'}\n", "steps[0].notify.message", "git trigger"),
-        ("steps:\n  - migrate: {id: m, command: [x], undo: {restore: b}}\n  - backup: {id: b, database: 'sqlite:///x', to: 's3://b/'}\n",
-         "steps[0].migrate.undo.restore", "does not run before this step"),
-        ("steps:\n  - wait: {id: w, duration: 1s}\n  - migrate: {id: m, command: [x], undo: {restore: w}}\n",
-         "steps[1].migrate.undo.restore", "'w' is a wait step, not a backup"),
-        ("steps:\n  - migrate: {id: m, command: [x], undo: {restore: nope}}\n", "steps[0].migrate.undo.restore", "no step with id 'nope'"),
-        ("steps:\n  - parallel:\n    - backup: {id: b, database: 'sqlite:///x', to: 's3://b/'}\n    - migrate: {id: m, command: [x], undo: {restore: b}}\n",
-         "steps[0].parallel[1].migrate.undo.restore", "does not run before"),
-        ("steps:\n  - check: {id: c, tcp: {port: 1}, undo: {command: [x]}}\n", "steps[0].check.undo", "not supported on check steps"),
-        ("steps:\n  - approve: {id: a, retries: 2}\n", "steps[0].approve.retries", "cannot be retried"),
+        (
+            "steps:\n  - wait: {id: a, duration: 1s}\n  - wait: {id: a, duration: 1s}\n",
+            "steps[1].wait.id",
+            "duplicate step id 'a' (first at steps[0].wait.id)",
+        ),
+        (
+            "steps:\n  - parallel:\n    - wait: {id: a, duration: 1s}\n    - sequence:\n      - wait: {id: a, duration: 1s}\n",
+            "steps[0].parallel[1].sequence[0].wait.id",
+            "duplicate step id",
+        ),
+        (
+            "steps:\n  - notify: {id: n, webhook: 'http://x', message: '${args.nope}'}\n",
+            "steps[0].notify.message",
+            "${args.nope}: undeclared argument",
+        ),
+        (
+            "steps:\n  - notify: {id: n, webhook: 'http://x', message: '${steps.later.duration_s}'}\n  - wait: {id: later, duration: 1s}\n",
+            "steps[0].notify.message",
+            "does not run before this one",
+        ),
+        (
+            "steps:\n  - parallel:\n    - wait: {id: a, duration: 1s}\n    - notify: {id: n, webhook: 'http://x', message: '${steps.a.duration_s}'}\n",
+            "steps[0].parallel[1].notify.message",
+            "does not run before this one on the same path",
+        ),
+        (
+            "steps:\n  - wait: {id: a, duration: 1s}\n  - notify: {id: n, webhook: 'http://x', message: '${steps.a.colour}'}\n",
+            "steps[1].notify.message",
+            "a wait step has no output 'colour'",
+        ),
+        (
+            "steps:\n  - notify: {id: n, webhook: 'http://x', message: '${steps.ghost.x}'}\n",
+            "steps[0].notify.message",
+            "no step with id 'ghost'",
+        ),
+        (
+            "steps:\n  - notify: {id: n, webhook: 'http://x', message: '${vault.x}'}\n",
+            "steps[0].notify.message",
+            "unknown namespace 'vault'",
+        ),
+        (
+            "steps:\n  - notify: {id: n, webhook: 'http://x', message: '${git.sha}'}\n",
+            "steps[0].notify.message",
+            "git trigger",
+        ),
+        (
+            "steps:\n  - migrate: {id: m, command: [x], undo: {restore: b}}\n  - backup: {id: b, database: 'sqlite:///x', to: 's3://b/'}\n",
+            "steps[0].migrate.undo.restore",
+            "does not run before this step",
+        ),
+        (
+            "steps:\n  - wait: {id: w, duration: 1s}\n  - migrate: {id: m, command: [x], undo: {restore: w}}\n",
+            "steps[1].migrate.undo.restore",
+            "'w' is a wait step, not a backup",
+        ),
+        (
+            "steps:\n  - migrate: {id: m, command: [x], undo: {restore: nope}}\n",
+            "steps[0].migrate.undo.restore",
+            "no step with id 'nope'",
+        ),
+        (
+            "steps:\n  - parallel:\n    - backup: {id: b, database: 'sqlite:///x', to: 's3://b/'}\n    - migrate: {id: m, command: [x], undo: {restore: b}}\n",
+            "steps[0].parallel[1].migrate.undo.restore",
+            "does not run before",
+        ),
+        (
+            "steps:\n  - check: {id: c, tcp: {port: 1}, undo: {command: [x]}}\n",
+            "steps[0].check.undo",
+            "not supported on check steps",
+        ),
+        (
+            "steps:\n  - approve: {id: a, retries: 2}\n",
+            "steps[0].approve.retries",
+            "cannot be retried",
+        ),
     ],
 )
 def test_reference_errors_name_the_path(body: str, path: str, message: str) -> None:
@@ -178,7 +266,9 @@ def test_reference_errors_name_the_path(body: str, path: str, message: str) -> N
 
 
 def test_run_args_are_checked_against_the_declaration() -> None:
-    text = flow("args:\n  image: {}\n  tier: {default: gold}\nsteps:\n  - wait: {id: a, duration: 1s}\n")
+    text = flow(
+        "args:\n  image: {}\n  tier: {default: gold}\nsteps:\n  - wait: {id: a, duration: 1s}\n"
+    )
     found = problems(text, {"imgae": "x"})
     assert ("args.imgae", "undeclared argument (declared: image, tier)") in found
     assert ("args.image", "required argument not given") in found
@@ -194,7 +284,9 @@ def test_args_shorthand_and_non_string_values() -> None:
 
 def test_env_refs_checked_only_when_env_given_and_never_copied() -> None:
     text = flow("steps:\n  - notify: {id: n, webhook: '${env.HOOK}', message: hi}\n")
-    assert problems(text, env={}) == [("steps[0].notify.webhook", "${env.HOOK}: not set in the environment")]
+    assert problems(text, env={}) == [
+        ("steps[0].notify.webhook", "${env.HOOK}: not set in the environment")
+    ]
     plan = compile(load_flow_text(text), env={"HOOK": "https://secret.example/token"})
     assert "secret.example" not in plan.model_dump_json()
 
@@ -213,7 +305,9 @@ def test_undo_none_and_command() -> None:
     plan = compile(load_flow_text(text))
     assert plan.action("d").undo is None
     undo = plan.action("m").undo
-    assert undo is not None and undo.kind == "command" and undo.command == ["down", "${steps.d.image}"]
+    assert (
+        undo is not None and undo.kind == "command" and undo.command == ["down", "${steps.d.image}"]
+    )
 
 
 def test_nesting_to_any_depth() -> None:
@@ -224,7 +318,9 @@ def test_nesting_to_any_depth() -> None:
     )
     plan = compile(load_flow_text(text))
     assert [a.id for a in plan.actions()] == ["deep", "deep2", "n"]
-    assert plan.action("deep").path == "steps[0].sequence[0].parallel[0].sequence[0].parallel[0].wait"
+    assert (
+        plan.action("deep").path == "steps[0].sequence[0].parallel[0].sequence[0].parallel[0].wait"
+    )
 
 
 def test_resolve_step_outputs_at_run_time() -> None:
@@ -235,7 +331,15 @@ def test_resolve_step_outputs_at_run_time() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("0.5s", 0.5), ("90s", 90), ("10m", 600), ("4h", 14400), ("1h30m", 5400), (12, 12)],
+    [
+        ("500ms", 0.5),
+        ("0.5s", 0.5),
+        ("90s", 90),
+        ("10m", 600),
+        ("4h", 14400),
+        ("1h30m", 5400),
+        (12, 12),
+    ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
@@ -254,7 +358,18 @@ def test_format_duration() -> None:
 def test_json_schema_describes_every_step_kind() -> None:
     schema = flow_json_schema()
     text = str(schema)
-    for kind in ("backup", "migrate", "deploy", "promote", "check", "approve", "wait", "notify", "parallel", "sequence"):
+    for kind in (
+        "backup",
+        "migrate",
+        "deploy",
+        "promote",
+        "check",
+        "approve",
+        "wait",
+        "notify",
+        "parallel",
+        "sequence",
+    ):
         assert f"'{kind}'" in text
     assert "apiVersion" in schema["properties"]
 

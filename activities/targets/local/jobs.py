@@ -41,7 +41,12 @@ def run_local_job(request: JobRequest, progress: Progress) -> JobResult:
         os.sep in program and os.access(program, os.X_OK)
     ):
         raise TargetError(f"command not found: {program!r}", retryable=False)
-    env = {**os.environ, **request.env, "SHIPFLOW_RUN_ID": request.run_id, "SHIPFLOW_STEP_ID": request.step_id}
+    env = {
+        **os.environ,
+        **request.env,
+        "SHIPFLOW_RUN_ID": request.run_id,
+        "SHIPFLOW_STEP_ID": request.step_id,
+    }
     if request.image:
         env["SHIPFLOW_IMAGE"] = request.image
     started = time.monotonic()
@@ -61,6 +66,7 @@ def run_local_job(request: JobRequest, progress: Progress) -> JobResult:
     reader = threading.Thread(target=tail.consume, args=(proc,), daemon=True)
     reader.start()
     outcome = "exited"
+    interrupted: BaseException | None = None
     try:
         while proc.poll() is None:
             progress.beat({"pgid": proc.pid, "started": started, "host": os.uname().nodename})
@@ -74,14 +80,20 @@ def run_local_job(request: JobRequest, progress: Progress) -> JobResult:
                 proc.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 pass
-    finally:
-        if proc.poll() is None or outcome != "exited":
-            _kill_group(proc.pid, proc)
-        reader.join(timeout=5)
+    except BaseException as e:  # the SDK raises cancellation into this thread
+        interrupted = e
+        outcome = "cancelled"
+    _stop(proc, reader)
+    if interrupted is not None:
+        raise interrupted
     duration = time.monotonic() - started
     output = tail.text()
     if outcome == "cancelled":
-        raise JobFailed("cancelled; the command's process group was killed", exit_code=proc.returncode, output=output)
+        raise JobFailed(
+            "cancelled; the command's process group was killed",
+            exit_code=proc.returncode,
+            output=output,
+        )
     if outcome == "timeout":
         raise JobFailed(
             f"timed out after {request.timeout_s:g}s; the command's process group was killed",
@@ -91,8 +103,24 @@ def run_local_job(request: JobRequest, progress: Progress) -> JobResult:
     if proc.returncode != 0:
         last = output.strip().splitlines()[-1:] if output.strip() else []
         hint = f": {last[0][:300]}" if last else ""
-        raise JobFailed(f"{program} exited with code {proc.returncode}{hint}", exit_code=proc.returncode, output=output)
+        raise JobFailed(
+            f"{program} exited with code {proc.returncode}{hint}",
+            exit_code=proc.returncode,
+            output=output,
+        )
     return JobResult(exit_code=0, output=output, duration_s=round(duration, 3))
+
+
+def _stop(proc: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+    """Kill what is left of the command's group, even if a cancellation lands meanwhile."""
+    for _ in range(3):
+        try:
+            if _group_alive(proc.pid) or proc.poll() is None:
+                _kill_group(proc.pid, proc)
+            reader.join(timeout=5)
+            return
+        except BaseException:  # a late cancellation: finish the cleanup first
+            continue
 
 
 class _Tail:
@@ -103,8 +131,10 @@ class _Tail:
         self._size = 0
 
     def consume(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(4096) if proc.stdout else b"", b""):  # type: ignore[union-attr]
+        stream = proc.stdout
+        assert stream is not None
+        read = getattr(stream, "read1", stream.read)
+        for chunk in iter(lambda: read(4096), b""):
             self._chunks.append(chunk)
             self._size += len(chunk)
             while self._size - len(self._chunks[0]) >= TAIL_BYTES:

@@ -1,0 +1,98 @@
+"""Record the histories that `test_replay.py` replays: `python -m tests.workflows.record_histories`.
+
+Re-record only on purpose: a change to the interpreter that breaks replay of these
+histories would break every run in flight when it is deployed, and needs
+`workflow.patched()` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import temporal_binary
+from tests.helpers import finish, new_worker, start_flow, wait_until
+from worker.settings import Settings
+from workflows.release import ApproveInput, ReleaseWorkflow
+
+HERE = Path(__file__).parent / "histories"
+
+FLOWS = {
+    "saga": """
+apiVersion: shipflow/v1
+name: saga
+stage: test
+args: {{v: "1"}}
+steps:
+  - migrate: {{id: first, command: [sh, -c, "echo ${{args.v}}"], undo: {{command: ["true"]}}}}
+  - parallel:
+      - migrate: {{id: quick, command: ["true"], undo: {{command: ["true"]}}}}
+      - migrate: {{id: slow, command: [sleep, "30"], undo: {{command: ["true"]}}}}
+      - sequence:
+          - wait: {{id: settle, duration: 1s}}
+          - migrate: {{id: boom, command: [sh, -c, "exit 1"], retries: 1}}
+  - migrate: {{id: never, command: ["true"]}}
+""",
+    "approved": """
+apiVersion: shipflow/v1
+name: approved
+stage: test
+steps:
+  - check: {{id: c, tcp: {{port: {port}}}, period: 100ms}}
+  - approve: {{id: go}}
+  - parallel:
+      - wait: {{id: a, duration: 200ms}}
+      - notify: {{id: n, webhook: "http://127.0.0.1:{port}/x", message: "${{steps.c.successes}}", retries: 0}}
+""",
+}
+
+
+async def record() -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = Settings(
+                temporal_address=env.client.service_client.config.target_host,
+                data_dir=Path(tmp),
+                task_queue=f"rec-{uuid.uuid4().hex[:6]}",
+                search_attributes=False,
+            )
+            async with new_worker(env.client, settings):
+                for name, text in FLOWS.items():
+                    handle = await start_flow(
+                        env.client, settings, text.format(port=port), run_id=name
+                    )
+                    if name == "approved":
+                        await wait_until(lambda h=handle: _waiting(h))
+                        await handle.execute_update(
+                            ReleaseWorkflow.approve, ApproveInput(step="go", by="rec")
+                        )
+                    await finish(handle)
+                    history = await handle.fetch_history()
+                    (HERE / f"{name}.json").write_text(history.to_json())
+                    print("recorded", name)
+    finally:
+        listener.close()
+        await env.shutdown()
+
+
+async def _waiting(handle) -> bool:  # type: ignore[no-untyped-def]
+    status = await handle.query(ReleaseWorkflow.status)
+    return status.step("go").state == "waiting"
+
+
+if __name__ == "__main__":
+    asyncio.run(record())

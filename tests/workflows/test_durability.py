@@ -1,0 +1,73 @@
+"""A worker SIGKILLed in the middle of a run: a new worker finishes the run, and no step
+that had succeeded runs again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from temporalio.client import Client
+
+from tests.helpers import finish, new_worker, start_flow, wait_until
+from worker.settings import Settings
+
+
+def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SHIPFLOW_TEMPORAL_ADDRESS": settings.temporal_address,
+        "SHIPFLOW_TASK_QUEUE": settings.task_queue,
+        "SHIPFLOW_DATA_DIR": str(settings.data_dir),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.main"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+async def test_sigkilled_worker_loses_nothing(
+    temporal_client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    first, second, third = (tmp_path / n for n in ("first", "second", "third"))
+    pidfile = tmp_path / "pid"
+    text = f"""
+apiVersion: shipflow/v1
+name: crash
+stage: test
+steps:
+  - migrate: {{id: one, command: [sh, -c, 'echo ran >> {first}']}}
+  - migrate: {{id: two, command: [sh, -c, 'echo ran >> {second}; [ $(wc -l < {second}) -ge 2 ] && exit 0; echo $$ > {pidfile}; sleep 60']}}
+  - migrate: {{id: three, command: [sh, -c, 'echo ran >> {third}']}}
+"""
+    worker = spawn_worker(settings, tmp_path / "worker.log")
+    try:
+        handle = await start_flow(temporal_client, settings, text)
+        await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30)
+        orphan = int(pidfile.read_text())
+        os.killpg(orphan, 0)  # running, and would sleep for another minute
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    # The command outlives its worker for now; the next attempt must clean it up.
+    async with new_worker(temporal_client, settings):
+        status = await finish(handle)
+    assert status.state == "succeeded", status
+    assert first.read_text() == "ran\n", "a succeeded step ran again"
+    assert third.read_text() == "ran\n"
+    # Step two was interrupted, so it ran again, but the loss of a worker is not an attempt.
+    assert second.read_text() == "ran\nran\n"
+    assert status.step("two").attempts == 1
+    try:
+        os.killpg(orphan, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the interrupted attempt's process group was left running"
