@@ -20,6 +20,7 @@ from worker.activities import build_activities
 from worker.client import connect
 from worker.settings import Settings, get_settings
 from workflows.release import ReleaseWorkflow
+from workflows.stage_lock import StageLockWorkflow
 
 log = logging.getLogger("shipflow.worker")
 
@@ -27,11 +28,12 @@ log = logging.getLogger("shipflow.worker")
 def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> Worker:
     """A worker for `task_queue` (default: settings) with every workflow and activity."""
     engine = make_engine(settings.sqlalchemy_url())
+    queue = task_queue or settings.task_queue
     return Worker(
         client,
-        task_queue=task_queue or settings.task_queue,
-        workflows=[ReleaseWorkflow],
-        activities=build_activities(settings, engine),
+        task_queue=queue,
+        workflows=[ReleaseWorkflow, StageLockWorkflow],
+        activities=build_activities(settings, engine, client, queue),
         activity_executor=ThreadPoolExecutor(
             max_workers=32, thread_name_prefix="shipflow-activity"
         ),

@@ -35,12 +35,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.models import checks as check_io
     from activities.models import deploy as deploy_io
     from activities.models import jobs as job_io
+    from activities.models import locks as lock_io
     from activities.models import notify as notify_io
     from activities.models import records as record_io
     from activities.models.common import StepContext
     from workflows.durations import parse_duration
     from workflows.plan import ActionPlan, GroupPlan, Plan, UndoPlan, resolve_step_outputs
     from workflows.spec import CheckSpec, Probes
+    from workflows.stage_lock import GRANTED_SIGNAL, POSITION_SIGNAL, RELEASE_SIGNAL, lock_id
     from workflows.status import (
         Approval,
         Compensation,
@@ -93,6 +95,10 @@ class StepFailed(Exception):
         self.message = message
 
 
+class _Refused(Exception):
+    """The stage is busy and the flow's concurrency is `forbid`."""
+
+
 class _Compensate:
     def __init__(self, action: ActionPlan, output: dict[str, Any]):
         self.action = action
@@ -139,6 +145,8 @@ class ReleaseWorkflow:
         self._decisions: dict[str, Approval] = {}
         self._dirty = True
         self._done = False
+        self._lock_asked = False
+        self._granted = False
 
     # ------------------------------------------------------------------ run
 
@@ -146,11 +154,15 @@ class ReleaseWorkflow:
     async def run(self, input: ReleaseInput) -> ReleaseResult:
         flusher = asyncio.create_task(self._flush_memo())
         self._status.started_at = workflow.now()
-        self._set_run(RunState.RUNNING)
         if input.record_start:
             await self._record_run()
         try:
+            await self._take_stage()
+            self._set_run(RunState.RUNNING)
             await self._node(self._plan.root)
+        except _Refused as refused:
+            await self._finish(flusher)
+            raise ApplicationError(str(refused), type="StageBusy", non_retryable=True) from None
         except BaseException as error:  # cancellation included: it arrives once
             cancelled = _is_cancel(error)
             await self._unwind(error, cancelled)
@@ -200,7 +212,10 @@ class ReleaseWorkflow:
 
     async def _finish(self, flusher: asyncio.Task[None]) -> None:
         self._status.ended_at = workflow.now()
+        self._status.queue_position = None
         self._touch()
+        if self._lock_asked:
+            await self._shielded(self._release_stage())
         await self._shielded(self._record_run_count())
         self._done = True
         await self._shielded(self._await_task(flusher))
@@ -235,6 +250,59 @@ class ReleaseWorkflow:
             )
         except ActivityError as e:
             workflow.logger.warning("could not record run %s: %s", status.run_id, _describe(e))
+
+    # ------------------------------------------------------------------ stage lock
+
+    async def _take_stage(self) -> None:
+        """Wait for this run's turn in its stage.
+
+        Raises:
+            _Refused: the flow's policy is `forbid` and another run holds the stage.
+        """
+        policy = self._plan.concurrency
+        if policy == "allow":
+            return
+        self._lock_asked = True
+        answer = await workflow.execute_activity(
+            lock_io.ACQUIRE,
+            lock_io.AcquireInput(stage=self._plan.stage, run_id=self._status.run_id, policy=policy),
+            result_type=lock_io.AcquireOutput,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=5)),
+            summary=f"take stage {self._plan.stage}",
+        )
+        if answer.refused:
+            self._lock_asked = False
+            self._status.blocked_by = answer.holder
+            self._status.error = (
+                f"stage {self._plan.stage} is busy with run {answer.holder} (concurrency: forbid)"
+            )
+            self._set_run(RunState.FAILED)
+            raise _Refused(self._status.error)
+        if not answer.granted:
+            self._status.queue_position = answer.position
+            self._set_run(RunState.QUEUED)
+            await workflow.wait_condition(lambda: self._granted)
+            self._status.queue_position = None
+
+    async def _release_stage(self) -> int:
+        try:
+            await workflow.get_external_workflow_handle(
+                lock_id(self._plan.stage, workflow.info().task_queue)
+            ).signal(RELEASE_SIGNAL, self._status.run_id)
+        except Exception as e:  # the lock's reaper releases a run that could not say so
+            workflow.logger.warning("could not release stage %s: %s", self._plan.stage, e)
+        return 0
+
+    @workflow.signal(name=GRANTED_SIGNAL)
+    def _lock_granted(self) -> None:
+        self._granted = True
+
+    @workflow.signal(name=POSITION_SIGNAL)
+    def _lock_position(self, position: int) -> None:
+        if self._status.state == RunState.QUEUED:
+            self._status.queue_position = position
+            self._touch()
 
     # ------------------------------------------------------------------ status
 

@@ -101,6 +101,10 @@ class RunStatus(BaseModel):
     triggered_by: str | None = None
     error: str | None = None
     failed_step: str | None = None
+    queue_position: int | None = Field(None, description="place in the stage's queue while queued")
+    blocked_by: str | None = Field(
+        None, description="the run holding the stage when this one was refused"
+    )
     started_at: datetime | None = None
     ended_at: datetime | None = None
     steps: list[StepStatus] = []
