@@ -30,11 +30,14 @@ class NotifyActivities:
         }
         http = self._http or httpx.AsyncClient()
         try:
-            response = await http.post(url, json=body, headers=resolve_env_in(input.headers), timeout=10)
+            response = await http.post(
+                url, json=body, headers=resolve_env_in(input.headers), timeout=10
+            )
         except httpx.HTTPError as e:
             # The URL may carry a token (Slack-style hooks): name only its host.
             raise ApplicationError(
-                f"webhook {httpx.URL(url).host} unreachable: {type(e).__name__}", type="NotifyFailed"
+                f"webhook {httpx.URL(url).host} unreachable: {type(e).__name__}",
+                type="NotifyFailed",
             ) from None
         finally:
             if self._http is None:

@@ -25,7 +25,9 @@ class RecordActivities:
         with Session(self._engine) as session:
             run = session.get(Run, input.run_id)
             if run is None:
-                run = Run(run_id=input.run_id, flow=input.flow, stage=input.stage, trigger="schedule")
+                run = Run(
+                    run_id=input.run_id, flow=input.flow, stage=input.stage, trigger="schedule"
+                )
             run.state = input.state
             run.ended_at = input.ended_at
             run.error = input.error

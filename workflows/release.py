@@ -495,6 +495,19 @@ class ReleaseWorkflow:
             if kind == "promote":
                 result["from_stage"] = params["from"]
             return result
+        if kind == "restore":
+            # Only generated plans (rollback with restore_data) have this kind.
+            restore = backup_io.RestoreInput(
+                context=context,
+                database=params["database"],
+                url=params["url"],
+                endpoint=params.get("endpoint"),
+                size=params.get("size"),
+                sha256=params.get("sha256"),
+            )
+            return await self._attempts(
+                action, step, backup_io.RESTORE, restore, backup_io.RestoreOutput, True
+            )
         raise ApplicationError(f"unknown step kind {kind!r}", non_retryable=True)
 
     def _context(self, step_id: str) -> StepContext:
@@ -511,7 +524,7 @@ class ReleaseWorkflow:
         deadline = params.get("progress_deadline")
         return deploy_io.RolloutInput(
             context=self._context(action.id),
-            target=self._plan.target,
+            target=params.get("target") or self._plan.target,
             service=params["service"],
             image=image or "",
             container=params.get("container"),
