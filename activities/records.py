@@ -25,8 +25,16 @@ class RecordActivities:
         with Session(self._engine) as session:
             run = session.get(Run, input.run_id)
             if run is None:
+                # A run nobody recorded at start (a cron fire): record all it knows.
                 run = Run(
-                    run_id=input.run_id, flow=input.flow, stage=input.stage, trigger="schedule"
+                    run_id=input.run_id,
+                    flow=input.flow,
+                    stage=input.stage,
+                    flow_version=input.flow_version,
+                    args=input.args,
+                    reason=input.reason,
+                    triggered_by=input.triggered_by,
+                    trigger=input.trigger,
                 )
             run.state = input.state
             run.ended_at = input.ended_at

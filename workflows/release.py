@@ -130,7 +130,8 @@ class ReleaseWorkflow:
         self._input = input
         self._plan = input.plan
         self._status = RunStatus(
-            run_id=input.run_id,
+            # A schedule's fires share one input; Temporal appends the fire time to the id.
+            run_id=workflow.info().workflow_id,
             flow=input.plan.flow,
             stage=input.plan.stage,
             flow_version=input.plan.flow_version,
@@ -242,6 +243,11 @@ class ReleaseWorkflow:
                     state=status.state.value,
                     ended_at=status.ended_at,
                     error=status.error,
+                    flow_version=status.flow_version,
+                    args=status.args,
+                    reason=status.reason,
+                    triggered_by=status.triggered_by,
+                    trigger=self._input.trigger,
                 ),
                 result_type=record_io.RecordOutput,
                 start_to_close_timeout=timedelta(seconds=30),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -29,7 +28,11 @@ class RunRecordInput(BaseModel):
     state: str
     ended_at: datetime | None = None
     error: str | None = None
-    summary: dict[str, Any] = {}
+    flow_version: int = 1
+    args: dict[str, str] = {}
+    reason: str | None = None
+    triggered_by: str | None = None
+    trigger: str = "schedule"
 
 
 class RecordOutput(BaseModel):
