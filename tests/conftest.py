@@ -66,6 +66,7 @@ def settings(tmp_path: Path, temporal_address: str) -> Settings:
         data_dir=tmp_path / "shipflow",
         task_queue=f"tq-{uuid.uuid4().hex[:10]}",
         heartbeat_timeout_s=3.0,
+        sticky_timeout_s=2.0,
     )
 
 

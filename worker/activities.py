@@ -7,27 +7,34 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine
+from temporalio.client import Client
 
 from activities.checks import CheckActivities
 from activities.jobs import JobActivities
+from activities.locks import LockActivities
 from activities.notify import NotifyActivities
 from activities.records import RecordActivities
 from activities.targets import make_target
 from worker.settings import Settings
 
 
-def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., Any]]:
+def build_activities(
+    settings: Settings, engine: Engine, client: Client, task_queue: str
+) -> list[Callable[..., Any]]:
     """Every activity callable the worker registers."""
     targets = partial(make_target, settings=settings)
     jobs = JobActivities(targets)
     checks = CheckActivities()
     notify = NotifyActivities()
     records = RecordActivities(engine)
+    locks = LockActivities(client, task_queue)
     out: list[Callable[..., Any]] = [
         jobs.run_job,
         checks.probe,
         notify.send,
         records.record_run,
+        locks.acquire,
+        locks.closed_runs,
     ]
     out += _optional(settings, engine, targets)
     return out

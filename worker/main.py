@@ -42,6 +42,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         # Cancellation reaches an activity only with a heartbeat response: heartbeat at
         # least every second so a cancelled run stops its commands promptly.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout_s),
         default_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 

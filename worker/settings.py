@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         20.0, description="how long a silent activity may run before its worker counts as lost"
     )
+    sticky_timeout_s: float = Field(
+        10.0, description="how soon a run's next task may go to another worker if its own is gone"
+    )
     worker_lost_retries: int = Field(
         10, description="how often a step is resumed after its worker was lost (not a retry)"
     )

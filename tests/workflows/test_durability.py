@@ -21,6 +21,7 @@ def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         "SHIPFLOW_TEMPORAL_ADDRESS": settings.temporal_address,
         "SHIPFLOW_TASK_QUEUE": settings.task_queue,
         "SHIPFLOW_DATA_DIR": str(settings.data_dir),
+        "SHIPFLOW_STICKY_TIMEOUT_S": str(settings.sticky_timeout_s),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "worker.main"],

@@ -119,6 +119,7 @@ async def test_retries_exhausted(temporal_client: Client, settings: Settings) ->
     assert status.state == "failed"
     assert step.state == "failed" and step.attempts == 2
     assert step.error == "sh exited with code 4: no such table"
+    assert step.output == {"exit_code": 4, "output": "no such table\n"}
     assert status.step("after").state == "skipped"
     assert status.failed_step == "m" and "step m failed" in (status.error or "")
 

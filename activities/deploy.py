@@ -1,0 +1,150 @@
+"""Deploy activities: `deploy` and `promote` steps, and their undo (back to the previous image).
+
+`rollout` records the image the service ran before, rolls the new one out through the
+flow's Target, then writes the stage's release record, which is what promotion and
+rollback read later. `resolve_promotion` answers "which image did that stage last get".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from activities.models.deploy import (
+    RESOLVE_PROMOTION,
+    ROLLOUT,
+    PromotionInput,
+    PromotionOutput,
+    RolloutInput,
+    RolloutOutput,
+)
+from activities.progress import ActivityProgress
+from activities.records import last_release, write_release
+from activities.targets.base import Progress, RolloutRequest, Target, TargetError
+from api.models import ReleaseRecord
+
+
+class _DeployProgress:
+    """The activity's Progress, plus what the deploy itself must carry across attempts.
+
+    Every heartbeat also holds `previous_image`, so an attempt after a lost worker
+    records the image from before the rollout, not the one the rollout already put in
+    place. A worker shutting down is not a cancellation of the run: aborting would undo
+    a healthy rollout, and failing would spend one of the step's attempts. The attempt
+    follows the rollout (bounded by its progress deadline) to its end instead; a worker
+    killed before that is a lost worker, and the next attempt resumes the same rollout.
+    """
+
+    def __init__(self, inner: ActivityProgress, extra: dict[str, Any]):
+        self._inner = inner
+        self._extra = extra
+
+    @property
+    def resume(self) -> dict[str, Any] | None:
+        return self._inner.resume
+
+    def beat(self, details: dict[str, Any]) -> None:
+        self._inner.beat({**details, **self._extra})
+
+    def cancelled(self) -> bool:
+        return activity.is_cancelled() and not activity.is_worker_shutdown()
+
+
+class DeployActivities:
+    """Given a way to build targets and the database engine, rolls services out."""
+
+    def __init__(self, targets: Callable[[dict[str, Any]], Target], engine: Engine):
+        self._targets = targets
+        self._engine = engine
+
+    @activity.defn(name=ROLLOUT, no_thread_cancel_exception=True)
+    def rollout(self, input: RolloutInput) -> RolloutOutput:
+        """Roll `input.service` out to `input.image` and record it for the stage.
+
+        Cancellation is polled (no exception thrown into the thread), so the target can
+        abort the rollout cleanly and leave the old version serving.
+        """
+        ctx = input.context
+        target = self._targets(input.target)
+        inner = ActivityProgress(input.resume)
+        resume = inner.resume or {}
+        try:
+            if "previous_image" in resume:
+                previous = resume["previous_image"]
+            else:
+                previous = target.current_image(input.service, container=input.container)
+            progress: Progress = _DeployProgress(inner, {"previous_image": previous})
+            result = target.rollout(
+                RolloutRequest(
+                    run_id=ctx.run_id,
+                    step_id=ctx.step_id,
+                    service=input.service,
+                    image=input.image,
+                    container=input.container,
+                    probes=input.probes,
+                    progress_deadline_s=input.progress_deadline_s,
+                ),
+                progress,
+            )
+        except TargetError as e:
+            if activity.is_cancelled() and not activity.is_worker_shutdown():
+                raise CancelledError(str(e)) from None
+            raise ApplicationError(
+                str(e), type=type(e).__name__, non_retryable=not e.retryable
+            ) from None
+        self._record(input, previous)
+        return RolloutOutput(
+            service=input.service,
+            image=result.image,
+            previous_image=previous,
+            instances=result.instances,
+            duration_s=result.duration_s,
+        )
+
+    def _record(self, input: RolloutInput, previous: str | None) -> None:
+        """Write the release record once, even when the activity runs again after a crash."""
+        ctx = input.context
+        with Session(self._engine) as session:
+            existing = session.exec(
+                select(ReleaseRecord).where(
+                    ReleaseRecord.run_id == ctx.run_id,
+                    ReleaseRecord.step_id == ctx.step_id,
+                    ReleaseRecord.stage == ctx.stage,
+                    ReleaseRecord.service == input.service,
+                    ReleaseRecord.image == input.image,
+                    ReleaseRecord.kind == input.purpose,
+                )
+            ).first()
+        if existing is not None:
+            return
+        write_release(
+            self._engine,
+            ReleaseRecord(
+                stage=ctx.stage,
+                service=input.service,
+                image=input.image,
+                previous_image=previous,
+                run_id=ctx.run_id,
+                flow=ctx.flow,
+                step_id=ctx.step_id,
+                kind=input.purpose,
+            ),
+        )
+
+    @activity.defn(name=RESOLVE_PROMOTION)
+    def resolve_promotion(self, input: PromotionInput) -> PromotionOutput:
+        """The image the `from` stage last received for the service (deploy, promote or undo)."""
+        record = last_release(self._engine, input.from_stage, input.service)
+        if record is None:
+            raise ApplicationError(
+                f"stage {input.from_stage!r} has no release of service {input.service!r} yet: "
+                "nothing to promote",
+                type="NothingToPromote",
+                non_retryable=True,
+            )
+        return PromotionOutput(image=record.image, from_run=record.run_id)

@@ -1,0 +1,127 @@
+"""The front port of a local service: an asyncio TCP proxy that routes by readiness.
+
+Each NEW connection goes to the next ready instance (round-robin); a connection already
+open keeps its instance until either side closes it, which is what lets an instance
+drain: it leaves the rotation at once, and the runtime stops it only when its last
+connection is gone (or its termination grace runs out). A connection is counted on its
+instance from the moment it is picked, so a drain never misses one that is connecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+CONNECT_TIMEOUT_S = 2.0
+#: How long a new connection waits for some instance to become ready before it is closed.
+NO_BACKEND_WAIT_S = 2.0
+BUFFER = 256 * 1024
+
+
+class Backend(Protocol):
+    id: str
+    port: int
+    connections: int
+
+
+class FrontPort:
+    """Listen on `port` and proxy each connection to a backend that `pick` chooses."""
+
+    def __init__(self, port: int, pick: Callable[[set[str]], Backend | None], *, host: str = "127.0.0.1"):
+        self.port = port
+        self.host = host
+        self._pick = pick
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind the port.
+
+        Raises:
+            OSError: the port is taken (errno EADDRINUSE) or cannot be bound.
+        """
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, reuse_address=True, backlog=1024, limit=BUFFER
+        )
+
+    async def close(self) -> None:
+        """Stop listening. Open connections are left to finish on their own."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _backend(self, tried: set[str]) -> Backend | None:
+        deadline = time.monotonic() + NO_BACKEND_WAIT_S
+        while True:
+            backend = self._pick(tried)
+            if backend is not None or tried or time.monotonic() >= deadline:
+                return backend
+            await asyncio.sleep(0.02)
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        tried: set[str] = set()
+        try:
+            while True:
+                backend = await self._backend(tried)
+                if backend is None:
+                    return
+                backend.connections += 1
+                try:
+                    try:
+                        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                            up_r, up_w = await asyncio.open_connection(
+                                "127.0.0.1", backend.port, limit=BUFFER
+                            )
+                    except (OSError, TimeoutError):
+                        tried.add(backend.id)  # gone between its last probe and now: next one
+                        continue
+                    await _splice(client_r, client_w, up_r, up_w)
+                    return
+                finally:
+                    backend.connections -= 1
+        finally:
+            client_w.close()
+            with contextlib.suppress(Exception):
+                await client_w.wait_closed()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await src.read(BUFFER)
+            if not data:
+                break
+            dst.write(data)
+            await dst.drain()
+        if dst.can_write_eof():
+            dst.write_eof()
+    except (OSError, RuntimeError):
+        # A reset on either side ends this direction; closing both ends the other.
+        dst.close()
+
+
+async def _splice(
+    client_r: asyncio.StreamReader,
+    client_w: asyncio.StreamWriter,
+    up_r: asyncio.StreamReader,
+    up_w: asyncio.StreamWriter,
+) -> None:
+    up = asyncio.create_task(_pipe(client_r, up_w))
+    down = asyncio.create_task(_pipe(up_r, client_w))
+    try:
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if down.done() and not up.done():
+            # The instance finished its answer and closed: give the client a moment to
+            # close its side, then end the connection so it does not pin the instance.
+            await asyncio.wait({up}, timeout=5.0)
+        else:
+            await asyncio.wait({up, down})
+    finally:
+        for task in (up, down):
+            task.cancel()
+        up_w.close()
+        with contextlib.suppress(Exception):
+            await up_w.wait_closed()

@@ -1,0 +1,139 @@
+"""The shipflow HTTP API: `create_app(settings)` builds a FastAPI app; `main()` serves it.
+
+Importing this module connects to nothing: the Temporal client and the database engine
+are created once, by the app's lifespan, and kept on `app.state` for the dependencies
+in `api.deps`. Every error is `{"detail": ...}`; request validation errors use the same
+`[{"loc": "args.image", "msg": ...}]` shape as flow errors, so clients handle one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import Authenticator, load_tokens
+from api.db import make_engine
+from api.routes import dashboard, flows, health, hooks, recovery, runs, schedules
+from worker.client import connect
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger("shipflow.api")
+
+_FRIENDLY = {"missing": "field required", "extra_forbidden": "unknown field"}
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
+def dotted(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`('body', 'args', 'image')` -> `args.image`; list indexes as `[i]`."""
+    parts = list(loc)
+    if parts and parts[0] in _SOURCES and len(parts) > 1:
+        parts = parts[1:]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = []
+    for error in exc.errors():
+        message = _FRIENDLY.get(error.get("type", ""), error.get("msg", "invalid"))
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        detail.append({"loc": dotted(error.get("loc", ())), "msg": message})
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the log; the caller only learns that it was not their fault.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"detail": "internal error; see the API log"},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for `settings` (default: the `SHIPFLOW_*` environment).
+
+    Raises:
+        ValueError: `SHIPFLOW_TOKENS` is malformed (better at start than at first request).
+    """
+    settings = settings or get_settings()
+    authenticator = Authenticator(load_tokens(settings))
+    metrics = health.Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = await run_in_threadpool(make_engine, settings.sqlalchemy_url())
+        try:
+            app.state.temporal = await connect(settings)
+            if authenticator.open:
+                log.warning("no API tokens configured: the API is open to anyone (anonymous admin)")
+            yield
+        finally:
+            app.state.engine.dispose()
+
+    app = FastAPI(
+        title="shipflow",
+        summary="Durable, inspectable, reversible release flows on Temporal.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.auth = authenticator
+    app.state.metrics = metrics
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        code = 500
+        try:
+            response = await call_next(request)
+            code = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            metrics.requests.labels(request.method, template, str(code)).inc()
+            metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
+
+    app.include_router(flows.router)
+    app.include_router(schedules.router)
+    app.include_router(runs.router)
+    app.include_router(recovery.router)
+    app.include_router(hooks.router)
+    app.include_router(health.router)
+    app.include_router(dashboard.router)
+    return app
+
+
+def main() -> None:
+    """Serve the API on the host and port of `SHIPFLOW_API_URL` (`python -m api.app`)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    url = urlsplit(settings.api_url)
+    uvicorn.run(create_app(settings), host=url.hostname or "127.0.0.1", port=url.port or 8000)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""A small synchronous client for the shipflow HTTP API, used by the CLI and the demo.
+
+It speaks only the public HTTP contract (see DESIGN.md), never Temporal or the database,
+so whatever the CLI can do a user can do with curl. Errors come back as two exception
+types the CLI maps to exit codes: `ApiError` (the API answered with an error; 4xx is the
+caller's fault) and `ApiUnreachable` (nothing answered, or the answer was not HTTP).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from workflows.status import RunStatus
+
+
+class ApiClientError(Exception):
+    """Base of the errors this client raises."""
+
+
+class ApiUnreachable(ApiClientError):
+    """The API did not answer: not started, wrong address, or the connection broke."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"cannot reach the shipflow API at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class ApiError(ApiClientError):
+    """The API answered with an HTTP error. `problems` are `(path, message)` pairs."""
+
+    def __init__(self, status_code: int, problems: list[tuple[str, str]]):
+        self.status_code = status_code
+        self.problems = problems
+        super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
+
+    @property
+    def is_client_error(self) -> bool:
+        return 400 <= self.status_code < 500
+
+
+def detail_problems(detail: Any) -> list[tuple[str, str]]:
+    """Turn an API error `detail` into `(path, message)` pairs, whatever shape it has.
+
+    shipflow answers `[{"loc": "steps[2].deploy.image", "msg": ...}]` for validation
+    errors and a plain string otherwise; FastAPI's own errors carry `loc` as a list.
+    All of them print as `path: message`, the same as `shipflow flow validate`.
+    """
+    if isinstance(detail, str):
+        return [("", detail)]
+    if isinstance(detail, dict):
+        if "msg" in detail or "loc" in detail:
+            return [_one_problem(detail)]
+        return [("", str(detail.get("message") or detail))]
+    if isinstance(detail, list):
+        out: list[tuple[str, str]] = []
+        for item in detail:
+            out += [_one_problem(item)] if isinstance(item, dict) else [("", str(item))]
+        return out
+    return [("", str(detail))]
+
+
+def _one_problem(item: dict[str, Any]) -> tuple[str, str]:
+    loc = item.get("loc", "")
+    if isinstance(loc, list | tuple):
+        # FastAPI: ["body", "args", "image"] -> "args.image"; the "body" part is noise.
+        parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+        loc = ".".join(parts)
+    return str(loc), str(item.get("msg", item.get("message", "")))
+
+
+class ApiClient:
+    """The shipflow HTTP API. Every method raises `ApiError` or `ApiUnreachable`.
+
+    Args:
+        base_url: e.g. `http://127.0.0.1:8000`.
+        token: a Bearer token; None when the API runs without tokens.
+        timeout: seconds per request.
+    """
+
+    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            # The token must never follow a redirect to another host.
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ transport
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send one request; return the decoded JSON body (None when empty)."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise ApiUnreachable(self.base_url, _reason(e)) from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _error_problems(response))
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiUnreachable(
+                self.base_url, f"answered HTTP {response.status_code} with a non-JSON body"
+            ) from None
+
+    # ------------------------------------------------------------ flows
+
+    def apply_flow(self, source: str) -> dict[str, Any]:
+        """POST /flows with the file's text as written (YAML; JSON is YAML too)."""
+        result = self.request(
+            "POST", "/flows", content=source.encode(), headers={"Content-Type": "application/yaml"}
+        )
+        return dict(result or {})
+
+    def list_flows(self) -> list[dict[str, Any]]:
+        return _items(self.request("GET", "/flows"), "flows")
+
+    def get_flow(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/flows/{name}") or {})
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(
+        self, flow: str, args: dict[str, str] | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        """POST /flows/{flow}/runs -> `{run_id, status_url, ui_url}`."""
+        body = {"args": args or {}, "reason": reason}
+        return dict(self.request("POST", f"/flows/{flow}/runs", json=body) or {})
+
+    def list_runs(
+        self,
+        *,
+        flow: str | None = None,
+        stage: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        query = {
+            k: v
+            for k, v in {"flow": flow, "stage": stage, "status": status, "limit": limit}.items()
+            if v is not None
+        }
+        return _items(self.request("GET", "/runs", params=query), "runs")
+
+    def run_json(self, run_id: str) -> dict[str, Any]:
+        """GET /runs/{id} as sent: RunStatus fields plus `ui_url` and `trigger`."""
+        return dict(self.request("GET", f"/runs/{run_id}") or {})
+
+    def get_run(self, run_id: str) -> tuple[RunStatus, str | None]:
+        """The run's status and its Temporal Web UI link."""
+        raw = self.run_json(run_id)
+        return RunStatus.model_validate(raw), raw.get("ui_url")
+
+    def cancel(self, run_id: str) -> Any:
+        return self.request("POST", f"/runs/{run_id}/cancel")
+
+    def approve(self, run_id: str, step: str, comment: str | None = None) -> Any:
+        return self.request(
+            "POST", f"/runs/{run_id}/approve", json={"step": step, "comment": comment}
+        )
+
+    def reject(self, run_id: str, step: str | None = None, comment: str | None = None) -> Any:
+        return self.request(
+            "POST", f"/runs/{run_id}/reject", json={"step": step, "comment": comment}
+        )
+
+    def rollback(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        return dict(self.request("POST", f"/runs/{run_id}/rollback", json={"reason": reason}) or {})
+
+    def healthz(self) -> Any:
+        return self.request("GET", "/healthz")
+
+
+def _reason(error: httpx.TransportError) -> str:
+    if isinstance(error, httpx.ConnectError):
+        return "connection refused"
+    if isinstance(error, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(error, httpx.LocalProtocolError):
+        # Its message would quote the offending header, i.e. the token: never print it.
+        return "the request could not be sent (is --token / SHIPFLOW_TOKEN one line, printable?)"
+    return type(error).__name__
+
+
+def _error_problems(response: httpx.Response) -> list[tuple[str, str]]:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()[:300]
+        return [("", f"HTTP {response.status_code}" + (f": {text}" if text else ""))]
+    if isinstance(body, dict) and "detail" in body:
+        problems = detail_problems(body["detail"])
+    else:
+        problems = detail_problems(body)
+    return problems or [("", f"HTTP {response.status_code}")]
+
+
+def _items(body: Any, key: str) -> list[dict[str, Any]]:
+    """A listing is a JSON array; accept `{key: [...]}` too, so paging can be added later."""
+    if isinstance(body, dict):
+        body = body.get(key, body.get("items", []))
+    return [dict(item) for item in body or []]

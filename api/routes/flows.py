@@ -1,0 +1,310 @@
+"""`/flows`: apply, list and read release flows; start a run of one.
+
+Applying a flow checks it the way a run will (shape, then the compiler's cross-step
+rules with the declared defaults), so a broken reference is reported when the flow is
+applied, with its path, rather than at 3 a.m. when the cron trigger fires.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, NamedTuple
+
+from fastapi import APIRouter, Body, HTTPException, Request, Response, status
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from api.deps import Admin, EngineDep, Operator, SessionDep, SettingsDep, TemporalDep, Viewer
+from api.models import Flow, FlowVersion, Run, utcnow
+from api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
+from api.schemas import FlowDetail, FlowPublic, RunAccepted, RunCreate, flow_summary
+from worker.settings import Settings
+from worker.starter import new_run_id, plan_for, start_release, ui_link
+from workflows.spec import FlowError, FlowSpec, GitTrigger, load_flow_text, parse_flow
+
+router = APIRouter(prefix="/flows", tags=["flows"])
+
+MAX_FLOW_BYTES = 1_000_000
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
+#: Stands in for a required argument when a flow is checked at apply time.
+PLACEHOLDER = "placeholder"
+_GIT_ONLY = "only known when the run is started by a git trigger"
+
+
+def _invalid(problems: list[dict[str, str]]) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+
+
+def parse_body(content_type: str, raw: bytes) -> tuple[FlowSpec, str]:
+    """Decode a YAML or JSON flow document; return the spec and its source text.
+
+    Raises:
+        HTTPException: 413 too large, 415 unknown media type, 422 invalid (with paths,
+            or line and column for a syntax error).
+    """
+    if len(raw) > MAX_FLOW_BYTES:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "a flow file is at most 1 MB")
+    media = content_type.split(";", 1)[0].strip().lower()
+    is_json = media == "application/json" or media.endswith("+json")
+    if media and not is_json and media not in YAML_TYPES:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            "send the flow as application/yaml, text/yaml, text/plain or application/json",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid([{"loc": "", "msg": "the flow file must be UTF-8 text"}]) from None
+    try:
+        if is_json:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                where = f"line {e.lineno}, column {e.colno}"
+                raise FlowError([(where, f"invalid JSON: {e.msg}")]) from None
+            return parse_flow(data), text
+        return load_flow_text(text), text
+    except FlowError as e:
+        raise _invalid(e.as_detail()) from None
+
+
+def check_references(spec: FlowSpec, settings: Settings) -> None:
+    """Run the compiler over the flow with its defaults, as a run would.
+
+    An argument without a default is legitimately left for each run to give, so it gets
+    a placeholder value: only "required argument not given" is waived, while every other
+    use of the argument (an undeclared `${args.X}`, a bad step reference) is still
+    checked. `${git.X}` is only known when a git trigger starts the run, so it is
+    accepted when the flow has a git trigger.
+
+    Raises:
+        FlowError: every remaining problem, with its path.
+    """
+    placeholders = {name: PLACEHOLDER for name, arg in spec.args.items() if arg.default is None}
+    problems: list[tuple[str, str]] = []
+    for index, trigger in enumerate(spec.triggers):
+        if isinstance(trigger, GitTrigger):
+            given, prefix = trigger.git.args, f"triggers[{index}].git.args"
+        else:
+            given, prefix = trigger.args, f"triggers[{index}].args"
+        for name in given:
+            if name not in spec.args:
+                known = ", ".join(sorted(spec.args)) or "none"
+                problems.append((f"{prefix}.{name}", f"undeclared argument (declared: {known})"))
+    problems += validate_triggers(spec)
+    try:
+        plan_for(spec, settings, placeholders)
+    except FlowError as e:
+        has_git = any(isinstance(t, GitTrigger) for t in spec.triggers)
+        problems += [(p, m) for p, m in e.problems if not (has_git and _GIT_ONLY in m)]
+    if problems:
+        raise FlowError(problems)
+
+
+class Applied(NamedTuple):
+    row: Flow
+    created: bool
+    previous_source: str | None  # the source this apply replaced (None: new or unchanged)
+
+
+def apply_flow(engine: Engine, spec: FlowSpec, source: str) -> Applied:
+    """Create the flow or, if its source changed, store a new version."""
+    for attempt in range(2):
+        try:
+            return _apply_once(engine, spec, source)
+        except IntegrityError:  # a concurrent apply of the same flow won the race
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply_once(engine: Engine, spec: FlowSpec, source: str) -> Applied:
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    previous: str | None = None
+    with Session(engine) as session:
+        row = session.get(Flow, spec.name)
+        created = row is None
+        if row is None:
+            row = Flow(name=spec.name, stage=spec.stage, version=1, source=source, spec=dumped)
+        elif row.source != source:
+            previous = row.source
+            row.version += 1
+            row.stage = spec.stage
+            row.source = source
+            row.spec = dumped
+            row.updated_at = utcnow()
+        else:
+            return Applied(row, False, None)
+        session.add(row)
+        session.add(FlowVersion(flow=spec.name, version=row.version, source=source))
+        session.commit()
+        session.refresh(row)
+        return Applied(row, created, previous)
+
+
+async def sync_flow_schedules(
+    client: Client, settings: Settings, spec: FlowSpec, version: int, previous_source: str | None
+) -> None:
+    """Make the flow's Temporal Schedules match its cron triggers (on every apply).
+
+    Syncing even when the source is unchanged repairs schedules a failed earlier sync
+    left behind, so "apply it again" is always the fix.
+
+    Raises:
+        HTTPException: 503 when Temporal refuses; the flow version is stored regardless.
+    """
+    known: list[str] = []
+    if previous_source is not None:
+        try:
+            known = schedule_ids(load_flow_text(previous_source))
+        except FlowError:
+            known = []
+    if not cron_triggers(spec) and not known:
+        return
+    try:
+        await sync_schedules(client, settings, spec.name, spec, version, known_ids=known)
+    except RPCError as e:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"flow {spec.name!r} v{version} is stored, but its schedules could not be synced "
+            f"({e.message}); apply it again",
+        ) from None
+
+
+def to_public(row: Flow, *, detail: bool = False) -> FlowPublic:
+    try:
+        summary: dict[str, Any] = flow_summary(load_flow_text(row.source))
+    except FlowError:  # applied under an older schema; still listable
+        summary = {"steps": [], "triggers": [], "args": {}}
+    fields = {**row.model_dump(include={"name", "stage", "version", "created_at", "updated_at"})}
+    if detail:
+        return FlowDetail(**fields, **summary, source=row.source, spec=row.spec)
+    return FlowPublic(**fields, **summary)
+
+
+@router.post(
+    "",
+    response_model=FlowPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": FlowPublic, "description": "updated (or unchanged)"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/yaml": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def apply(
+    request: Request,
+    response: Response,
+    _caller: Admin,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+) -> FlowPublic:
+    """Create or update a flow from YAML or JSON (201 when new, 200 otherwise).
+
+    Its cron triggers are then synced to Temporal Schedules.
+    """
+    spec, source = parse_body(request.headers.get("content-type", ""), await request.body())
+    try:
+        check_references(spec, settings)
+    except FlowError as e:
+        raise _invalid(e.as_detail()) from None
+    applied = await run_in_threadpool(apply_flow, engine, spec, source)
+    await sync_flow_schedules(client, settings, spec, applied.row.version, applied.previous_source)
+    if not applied.created:
+        response.status_code = status.HTTP_200_OK
+    return to_public(applied.row)
+
+
+@router.get("", response_model=list[FlowPublic])
+def list_flows(_caller: Viewer, session: SessionDep) -> list[FlowPublic]:
+    rows = session.exec(select(Flow).order_by(Flow.name)).all()  # type: ignore[arg-type]
+    return [to_public(row) for row in rows]
+
+
+@router.get("/{name}", response_model=FlowDetail)
+def get_flow(name: str, _caller: Viewer, session: SessionDep) -> FlowPublic:
+    row = session.get(Flow, name)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no flow named {name!r}")
+    return to_public(row, detail=True)
+
+
+def _load_flow(engine: Engine, name: str) -> Flow | None:
+    with Session(engine) as session:
+        return session.get(Flow, name)
+
+
+def _insert_run(engine: Engine, run: Run) -> None:
+    with Session(engine) as session:
+        session.add(run)
+        session.commit()
+
+
+def _mark_failed(engine: Engine, run_id: str, error: str) -> None:
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        if run is not None:
+            run.state = "failed"
+            run.error = error
+            run.ended_at = utcnow()
+            session.add(run)
+            session.commit()
+
+
+@router.post("/{name}/runs", response_model=RunAccepted, status_code=status.HTTP_202_ACCEPTED)
+async def start_run(
+    name: str,
+    request: Request,
+    caller: Operator,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+    body: Annotated[RunCreate | None, Body()] = None,
+) -> RunAccepted:
+    """Start a run of the flow's current version.
+
+    The runs index row is written before the workflow starts, so no run can exist in
+    Temporal without a record; if the start fails, the row says so.
+    """
+    body = body or RunCreate()
+    row = await run_in_threadpool(_load_flow, engine, name)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no flow named {name!r}")
+    try:
+        plan = plan_for(load_flow_text(row.source), settings, body.args, flow_version=row.version)
+    except FlowError as e:
+        raise _invalid(e.as_detail()) from None
+    run_id = new_run_id(plan.flow)
+    record = Run(
+        run_id=run_id,
+        flow=plan.flow,
+        stage=plan.stage,
+        flow_version=plan.flow_version,
+        state="pending",
+        reason=body.reason,
+        triggered_by=caller.name,
+        trigger="api",
+        args=plan.args,
+    )
+    await run_in_threadpool(_insert_run, engine, record)
+    try:
+        await start_release(
+            client, settings, plan, run_id=run_id, reason=body.reason, triggered_by=caller.name
+        )
+    except Exception as e:
+        message = f"could not start the run on Temporal: {type(e).__name__}: {e}"
+        await run_in_threadpool(_mark_failed, engine, run_id, message)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
+    request.app.state.metrics.runs_started.labels(flow=plan.flow).inc()
+    return RunAccepted(
+        run_id=run_id,
+        status_url=str(request.url_for("get_run", run_id=run_id)),
+        ui_url=ui_link(settings, run_id),
+    )

@@ -1,0 +1,204 @@
+"""`/runs/{id}/rollback` and `/runs/{id}/retry`: recovery runs, planned in `api.recovery`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import EngineDep, Operator, SettingsDep, TemporalDep
+from api.models import Flow, ReleaseRecord, Run
+from api.recovery import (
+    RecoveryError,
+    load_run_input,
+    restores_of,
+    retry_input,
+    rollback_plan,
+    services_to_roll_back,
+)
+from api.routes.flows import _insert_run, _mark_failed
+from worker.settings import Settings
+from worker.starter import read_status, start_release, ui_link
+from workflows.plan import Plan
+from workflows.release import ReleaseInput
+from workflows.spec import load_flow_text
+from workflows.status import RunStatus
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    restore_data: bool = False
+    reason: str | None = None
+
+
+class RecoveryAccepted(BaseModel):
+    """A recovery run was started, or (dry run) what it would do."""
+
+    run_id: str | None
+    status_url: str | None = None
+    ui_url: str | None = None
+    dry_run: bool = False
+    plan: list[dict[str, Any]]
+
+
+async def _prior(client: Client, run_id: str) -> tuple[ReleaseInput, RunStatus]:
+    try:
+        return await load_run_input(client, run_id), await read_status(client, run_id)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}") from None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
+        ) from None
+    except (LookupError, RecoveryError):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipflow run {run_id!r}") from None
+
+
+def _stage_records(
+    engine: Engine, stage: str
+) -> tuple[list[ReleaseRecord], dict[str, dict[str, Any]]]:
+    with Session(engine) as session:
+        records = list(
+            session.exec(select(ReleaseRecord).where(ReleaseRecord.stage == stage)).all()
+        )
+        flows = list(session.exec(select(Flow)).all())
+    targets = {
+        f.name: load_flow_text(f.source).target.model_dump(mode="json", by_alias=True)
+        for f in flows
+    }
+    return records, targets
+
+
+def _describe(plan: Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            "step": a.id,
+            "kind": a.kind,
+            "summary": a.summary,
+            **{k: a.params[k] for k in ("service", "image") if k in a.params},
+        }
+        for a in plan.actions()
+    ]
+
+
+async def _start(
+    request: Request,
+    settings: Settings,
+    engine: Engine,
+    client: Client,
+    run_input: ReleaseInput,
+    trigger: str,
+) -> RecoveryAccepted:
+    plan = run_input.plan
+    await run_in_threadpool(
+        _insert_run,
+        engine,
+        Run(
+            run_id=run_input.run_id,
+            flow=plan.flow,
+            stage=plan.stage,
+            flow_version=plan.flow_version,
+            reason=run_input.reason,
+            triggered_by=run_input.triggered_by,
+            trigger=trigger,
+            args=plan.args,
+        ),
+    )
+    try:
+        await start_release(
+            client,
+            settings,
+            plan,
+            run_id=run_input.run_id,
+            reason=run_input.reason,
+            triggered_by=run_input.triggered_by,
+            trigger=trigger,
+            skip=run_input.skip,
+        )
+    except Exception as e:
+        message = f"could not start the run on Temporal: {type(e).__name__}: {e}"
+        await run_in_threadpool(_mark_failed, engine, run_input.run_id, message)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
+    return RecoveryAccepted(
+        run_id=run_input.run_id,
+        status_url=str(request.url_for("get_run", run_id=run_input.run_id)),
+        ui_url=ui_link(settings, run_input.run_id),
+        plan=_describe(plan),
+    )
+
+
+@router.post(
+    "/{run_id}/rollback", response_model=RecoveryAccepted, status_code=status.HTTP_202_ACCEPTED
+)
+async def rollback_run(
+    run_id: str,
+    request: Request,
+    caller: Operator,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+    body: RollbackRequest | None = None,
+    dry_run: bool = False,
+) -> RecoveryAccepted:
+    """A new run returning every service touched since `run_id` to its image right after it.
+
+    Data stays as it is unless `restore_data` is true: then the backups that run took
+    before its migrations are restored after the images are back.
+    """
+    body = body or RollbackRequest()
+    prior, prior_status = await _prior(client, run_id)
+    records, targets = await run_in_threadpool(_stage_records, engine, prior.plan.stage)
+    try:
+        services = services_to_roll_back(records, run_id, targets)
+        restores = restores_of(prior, prior_status) if body.restore_data else []
+        if body.restore_data and not restores:
+            raise RecoveryError(f"run {run_id!r} took no backup to restore")
+        plan = rollback_plan(prior, services, restores)
+    except RecoveryError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    if dry_run:
+        return RecoveryAccepted(run_id=None, dry_run=True, plan=_describe(plan))
+    new_id = f"{prior.plan.flow}-rollback-{run_id.rsplit('-', 1)[-1]}-{_suffix()}"
+    run_input = ReleaseInput(
+        run_id=new_id,
+        plan=plan,
+        reason=body.reason or f"rollback to {run_id}",
+        triggered_by=caller.name,
+        trigger="rollback",
+    )
+    return await _start(request, settings, engine, client, run_input, "rollback")
+
+
+@router.post(
+    "/{run_id}/retry", response_model=RecoveryAccepted, status_code=status.HTTP_202_ACCEPTED
+)
+async def retry_run(
+    run_id: str,
+    request: Request,
+    caller: Operator,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+) -> RecoveryAccepted:
+    """A new run of the same plan and args that starts at the step that failed."""
+    prior, prior_status = await _prior(client, run_id)
+    try:
+        run_input = retry_input(prior, prior_status, f"{run_id}-retry-{_suffix()}", by=caller.name)
+    except RecoveryError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    return await _start(request, settings, engine, client, run_input, "retry")
+
+
+def _suffix() -> str:
+    import secrets
+
+    return secrets.token_hex(3)

@@ -1,0 +1,271 @@
+"""`/runs`: list, read, cancel, approve and reject release runs.
+
+A run's truth is Temporal: `GET /runs/{id}` reads the run's memo (so it answers with no
+worker up), and listing refreshes the non-final rows it returns from their memos. The
+SQL runs index only makes listing and filtering cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import EngineDep, Operator, SettingsDep, TemporalDep, Viewer
+from api.models import Run
+from api.schemas import ApproveRequest, RejectRequest, RunAccepted, RunDetail, RunPublic
+from worker.settings import Settings
+from worker.starter import read_status, ui_link
+from workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
+from workflows.status import RunState, RunStatus, StepStatus
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+#: How long an approve/reject waits for a worker to take the update.
+UPDATE_TIMEOUT = timedelta(seconds=30)
+#: The SDK retries an unreachable server for ~10 s; a request should fail sooner.
+STATUS_TIMEOUT_S = 5.0
+#: Listing shows the index as it is when Temporal is slow to refresh it.
+LIST_REFRESH_TIMEOUT_S = 3.0
+_FINAL = {s.value for s in RunState if s.is_final}
+
+
+def _not_found(run_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+
+
+def _conflict(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, message)
+
+
+# ------------------------------------------------------------------ database
+
+
+def _select_runs(
+    engine: Engine, flow: str | None, stage: str | None, state: str | None, limit: int
+) -> list[Run]:
+    statement = select(Run)
+    if flow:
+        statement = statement.where(Run.flow == flow)
+    if stage:
+        statement = statement.where(Run.stage == stage)
+    if state and state not in _FINAL:
+        # A non-final row may be stale; its real state is read below, then filtered.
+        statement = statement.where(col(Run.state).notin_(_FINAL))
+    elif state:
+        statement = statement.where(Run.state == state)
+    statement = statement.order_by(col(Run.created_at).desc()).limit(limit)
+    with Session(engine) as session:
+        return list(session.exec(statement).all())
+
+
+def _get_run(engine: Engine, run_id: str) -> Run | None:
+    with Session(engine) as session:
+        return session.get(Run, run_id)
+
+
+def _save_states(engine: Engine, updates: list[RunStatus]) -> None:
+    """Copy states read from Temporal into the index (only rows that changed)."""
+    with Session(engine) as session:
+        for found in updates:
+            run = session.get(Run, found.run_id)
+            if run is None:
+                continue
+            run.state = found.state.value
+            run.error = found.error
+            if found.state.is_final:
+                run.ended_at = found.ended_at
+            session.add(run)
+        session.commit()
+
+
+def _differs(row: Run, found: RunStatus) -> bool:
+    return row.state != found.state.value or row.error != found.error
+
+
+# ------------------------------------------------------------------ temporal
+
+
+async def _status(client: Client, run_id: str, *, strict: bool = True) -> RunStatus | None:
+    """The run's status from its memo, or None when Temporal has no such shipflow run.
+
+    With `strict=False` (listing) an unreachable Temporal also gives None: the index is
+    shown as it is rather than not at all.
+    """
+    timeout = STATUS_TIMEOUT_S if strict else LIST_REFRESH_TIMEOUT_S
+    try:
+        return await asyncio.wait_for(read_status(client, run_id), timeout)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND or not strict:
+            return None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
+        ) from None
+    except TimeoutError:
+        if not strict:
+            return None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer within {timeout:g}s"
+        ) from None
+    except LookupError:
+        return None
+
+
+async def _live_status(client: Client, run_id: str) -> RunStatus:
+    """The status of a run that must exist and must not be final (for cancel/approve/reject)."""
+    found = await _status(client, run_id)
+    if found is None:
+        raise _not_found(run_id)
+    if found.state.is_final:
+        raise _conflict(f"run {run_id!r} is already {found.state.value}")
+    return found
+
+
+def _public(row: Run, settings: Settings) -> RunPublic:
+    return RunPublic.model_validate(row, update={"ui_url": ui_link(settings, row.run_id)})
+
+
+# ------------------------------------------------------------------ routes
+
+
+@router.get("", response_model=list[RunPublic])
+async def list_runs(
+    _caller: Viewer,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+    flow: str | None = None,
+    stage: str | None = None,
+    state: Annotated[str | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[RunPublic]:
+    """Runs newest first. Non-final rows are refreshed from Temporal before they are shown."""
+    if state is not None and state not in {s.value for s in RunState}:
+        known = ", ".join(s.value for s in RunState)
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": "status", "msg": f"unknown run state {state!r} (one of: {known})"}],
+        )
+    rows = await run_in_threadpool(_select_runs, engine, flow, stage, state, limit)
+    stale = [row for row in rows if row.state not in _FINAL]
+    found = await asyncio.gather(*(_status(client, row.run_id, strict=False) for row in stale))
+    changed: list[RunStatus] = []
+    for row, current in zip(stale, found, strict=True):
+        if current is not None and _differs(row, current):
+            changed.append(current)
+            row.state, row.error = current.state.value, current.error
+            if current.state.is_final:
+                row.ended_at = current.ended_at
+    if changed:
+        await run_in_threadpool(_save_states, engine, changed)
+    if state is not None:
+        rows = [row for row in rows if row.state == state]
+    return [_public(row, settings) for row in rows]
+
+
+@router.get("/{run_id}", response_model=RunDetail)
+async def get_run(
+    run_id: str, _caller: Viewer, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+) -> RunDetail:
+    """Run state and every step's state, attempts, error, output and timings."""
+    found = await _status(client, run_id)
+    row = await run_in_threadpool(_get_run, engine, run_id)
+    if found is None:
+        if row is None:
+            raise _not_found(run_id)
+        # Recorded, but never reached Temporal (its start failed): the row tells why.
+        found = RunStatus(
+            run_id=row.run_id,
+            flow=row.flow,
+            stage=row.stage,
+            flow_version=row.flow_version,
+            state=RunState(row.state),
+            args={k: str(v) for k, v in row.args.items()},
+            reason=row.reason,
+            triggered_by=row.triggered_by,
+            error=row.error,
+            ended_at=row.ended_at,
+        )
+    elif row is not None and _differs(row, found):
+        await run_in_threadpool(_save_states, engine, [found])
+    return RunDetail(
+        **found.model_dump(),
+        ui_url=ui_link(settings, run_id),
+        trigger=row.trigger if row is not None else None,
+    )
+
+
+@router.post("/{run_id}/cancel", response_model=RunAccepted, status_code=status.HTTP_202_ACCEPTED)
+async def cancel_run(
+    run_id: str, request: Request, _caller: Operator, settings: SettingsDep, client: TemporalDep
+) -> RunAccepted:
+    """Ask the run to stop; it compensates what it did, then ends `cancelled`/`rolled_back`."""
+    await _live_status(client, run_id)
+    try:
+        await client.get_workflow_handle(run_id).cancel()
+    except RPCError as e:
+        raise _conflict(f"run {run_id!r} cannot be cancelled: {e.message}") from None
+    return RunAccepted(
+        run_id=run_id,
+        status_url=str(request.url_for("get_run", run_id=run_id)),
+        ui_url=ui_link(settings, run_id),
+    )
+
+
+async def _decide(client: Client, run_id: str, update: Any, decision: Any) -> StepStatus:
+    """Send an approve/reject update; a validator's refusal becomes a 409 with its message."""
+    await _live_status(client, run_id)
+    handle = client.get_workflow_handle_for(ReleaseWorkflow.run, run_id)
+    try:
+        step: StepStatus = await asyncio.wait_for(
+            handle.execute_update(update, decision), UPDATE_TIMEOUT.total_seconds()
+        )
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or e)
+        raise _conflict(message) from None
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise _conflict(f"run {run_id!r} is no longer running: {e.message}") from None
+        raise _conflict(e.message) from None
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            f"no worker took the decision within {UPDATE_TIMEOUT.total_seconds():g}s; is a "
+            "worker running? The decision may still apply when one picks the run up.",
+        ) from None
+    return step
+
+
+@router.post("/{run_id}/approve", response_model=StepStatus)
+async def approve_run(
+    run_id: str, body: ApproveRequest, caller: Operator, client: TemporalDep
+) -> StepStatus:
+    """Approve a waiting `approve` step; returns that step's status."""
+    decision = ApproveInput(step=body.step, comment=body.comment, by=caller.name)
+    return await _decide(client, run_id, ReleaseWorkflow.approve, decision)
+
+
+@router.post("/{run_id}/reject", response_model=StepStatus)
+async def reject_run(
+    run_id: str,
+    caller: Operator,
+    client: TemporalDep,
+    body: Annotated[RejectRequest | None, Body()] = None,
+) -> StepStatus:
+    """Reject a waiting step (default: the one that waits); the run fails and compensates."""
+    body = body or RejectRequest()
+    decision = RejectInput(step=body.step, comment=body.comment, by=caller.name)
+    return await _decide(client, run_id, ReleaseWorkflow.reject, decision)

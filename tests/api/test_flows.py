@@ -1,0 +1,269 @@
+"""`/flows`: apply (create, update, version), list, read, and every way a flow is refused."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlmodel import Session, select
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from api.db import make_engine
+from api.models import FlowVersion
+from tests.api.conftest import api_client
+from tests.helpers import wait_until
+from worker.settings import Settings
+
+FLOW = """
+apiVersion: shipflow/v1
+name: {name}
+stage: staging
+args:
+  image: {{default: "demo:1"}}
+  ticket: {{description: "change ticket, given by each run"}}
+triggers:
+  - git: {{repo: org/web, branches: [main]}}
+steps:
+  - migrate: {{id: migrate, command: [echo, "${{args.image}}", "${{args.ticket}}"]}}
+  - parallel:
+      - wait: {{id: soak, duration: 100ms}}
+      - migrate: {{id: warm, command: [echo, "${{steps.migrate.exit_code}}"]}}
+  - approve: {{id: go-live}}
+"""
+
+
+def flow(name: str, **replace: str) -> str:
+    text = FLOW.format(name=name)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return text
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+async def test_create_update_version_list_get(db_settings: Settings) -> None:
+    web, api_svc = unique("web"), unique("api-svc")
+    async with api_client(db_settings) as http:
+        created = await http.post(
+            "/flows", content=flow(web), headers={"Content-Type": "application/yaml"}
+        )
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["name"] == web
+        assert body["stage"] == "staging"
+        assert body["version"] == 1
+        assert body["steps"] == ["migrate", "soak", "warm", "go-live"]
+        assert body["triggers"] == [
+            {"git": {"repo": "org/web", "branches": ["main"], "paths": [], "args": {}}}
+        ]
+        assert body["args"]["image"]["default"] == "demo:1"
+        assert body["args"]["ticket"] == {
+            "default": None,
+            "description": "change ticket, given by each run",
+        }
+        assert body["created_at"] and body["updated_at"]
+
+        # The same source again: nothing changes, 200.
+        same = await http.post("/flows", content=flow(web), headers={"Content-Type": "text/yaml"})
+        assert same.status_code == 200
+        assert same.json()["version"] == 1
+
+        # A changed source: version 2, same creation time, new stage.
+        changed = flow(web, **{"stage: staging": "stage: production"})
+        updated = await http.post("/flows", content=changed, headers={"Content-Type": "text/plain"})
+        assert updated.status_code == 200, updated.text
+        assert updated.json()["version"] == 2
+        assert updated.json()["stage"] == "production"
+        assert updated.json()["created_at"] == body["created_at"]
+
+        # JSON bodies are flows too.
+        as_json = {
+            "apiVersion": "shipflow/v1",
+            "name": api_svc,
+            "stage": "dev",
+            "steps": [{"wait": {"id": "pause", "duration": "1s"}}],
+        }
+        from_json = await http.post("/flows", json=as_json)
+        assert from_json.status_code == 201, from_json.text
+        assert from_json.json()["steps"] == ["pause"]
+
+        listed = await http.get("/flows")
+        assert listed.status_code == 200
+        assert [f["name"] for f in listed.json()] == sorted([api_svc, web])
+        assert "source" not in listed.json()[0]
+
+        detail = await http.get(f"/flows/{web}")
+        assert detail.status_code == 200
+        assert detail.json()["source"] == changed
+        assert detail.json()["spec"]["apiVersion"] == "shipflow/v1"
+        assert detail.json()["spec"]["stage"] == "production"
+        assert detail.json()["version"] == 2
+
+    engine = make_engine(db_settings.sqlalchemy_url())
+    try:
+        with Session(engine) as session:
+            versions = session.exec(
+                select(FlowVersion).where(FlowVersion.flow == web).order_by(FlowVersion.version)  # type: ignore[arg-type]
+            ).all()
+        assert [(v.version, v.source) for v in versions] == [(1, flow(web)), (2, changed)]
+    finally:
+        engine.dispose()
+
+
+async def test_invalid_yaml_is_422_with_line(settings: Settings) -> None:
+    async with api_client(settings) as http:
+        response = await http.post(
+            "/flows",
+            content="apiVersion: shipflow/v1\nname: x\nsteps: [\n  - {wait: {id: a",
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert response.status_code == 422
+        (problem,) = response.json()["detail"]
+        assert problem["loc"].startswith("line ")
+        assert "column" in problem["loc"]
+        assert problem["msg"].startswith("invalid YAML")
+
+        bad_json = await http.post(
+            "/flows", content='{"name": "x",', headers={"Content-Type": "application/json"}
+        )
+        assert bad_json.status_code == 422
+        assert bad_json.json()["detail"][0]["loc"] == "line 1, column 14"
+
+        not_a_mapping = await http.post("/flows", content="- just\n- a list\n")
+        assert not_a_mapping.status_code == 422
+        assert "mapping" in not_a_mapping.json()["detail"][0]["msg"]
+
+
+async def test_invalid_flow_is_422_with_paths(settings: Settings) -> None:
+    text = """
+apiVersion: shipflow/v1
+name: web
+stage: dev
+steps:
+  - wait: {id: a, duration: 1s}
+  - parallel:
+      - migrate: {id: m}
+      - deploy: {id: d, service: api, imag: x}
+  - wait: {id: b, duration: soon}
+"""
+    async with api_client(settings) as http:
+        response = await http.post("/flows", content=text, headers={"Content-Type": "text/yaml"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert {"loc": "steps[1].parallel[0].migrate.command", "msg": "field required"} in detail
+    assert {"loc": "steps[1].parallel[1].deploy.image", "msg": "field required"} in detail
+    assert {"loc": "steps[1].parallel[1].deploy.imag", "msg": "unknown field"} in detail
+    assert any(
+        p["loc"] == "steps[2].wait.duration" and "invalid duration" in p["msg"] for p in detail
+    )
+
+
+async def test_reference_errors_are_caught_at_apply(settings: Settings) -> None:
+    text = flow(
+        "refs",
+        **{"${steps.migrate.exit_code}": "${steps.nope.output}", "${args.image}": "${args.colour}"},
+    )
+    async with api_client(settings) as http:
+        response = await http.post("/flows", content=text, headers={"Content-Type": "text/yaml"})
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        locs = {p["loc"]: p["msg"] for p in detail}
+        assert "undeclared argument" in locs["steps[0].migrate.command[1]"]
+        assert "no step with id 'nope'" in locs["steps[1].parallel[1].migrate.command[1]"]
+        # The required argument `ticket` has no default: that alone is no problem.
+        assert not any(loc.startswith("args.") for loc in locs)
+
+        trigger_arg = flow("trig", **{"branches: [main]": "branches: [main], args: {colour: red}"})
+        bad_trigger = await http.post(
+            "/flows", content=trigger_arg, headers={"Content-Type": "text/yaml"}
+        )
+        assert bad_trigger.status_code == 422
+        assert bad_trigger.json()["detail"][0]["loc"] == "triggers[0].git.args.colour"
+
+        # Nothing was stored.
+        assert (await http.get("/flows")).json() == []
+
+
+async def test_git_references_accepted_only_with_git_trigger(settings: Settings) -> None:
+    base = """
+apiVersion: shipflow/v1
+name: gitty
+stage: dev
+{triggers}
+steps:
+  - migrate: {{id: m, command: [echo, "${{git.sha}}"]}}
+"""
+    async with api_client(settings) as http:
+        without = await http.post("/flows", content=base.format(triggers=""))
+        assert without.status_code == 422
+        assert "git trigger" in without.json()["detail"][0]["msg"]
+        with_git = await http.post(
+            "/flows", content=base.format(triggers="triggers: [{git: {repo: org/app}}]")
+        )
+        assert with_git.status_code == 201, with_git.text
+
+
+async def test_unknown_flow_404_and_media_type_415(settings: Settings) -> None:
+    async with api_client(settings) as http:
+        missing = await http.get("/flows/nope")
+        assert missing.status_code == 404
+        assert missing.json() == {"detail": "no flow named 'nope'"}
+        start = await http.post("/flows/nope/runs", json={"args": {}})
+        assert start.status_code == 404
+        wrong = await http.post("/flows", content=b"x", headers={"Content-Type": "image/png"})
+        assert wrong.status_code == 415
+        assert "application/yaml" in wrong.json()["detail"]
+
+
+CRON = """
+apiVersion: shipflow/v1
+name: {name}
+stage: dev
+args: {{ticket: {{description: required}}}}
+triggers:
+{triggers}
+steps:
+  - migrate: {{id: m, command: [echo, "${{args.ticket}}"]}}
+"""
+
+
+async def test_apply_syncs_cron_schedules(temporal_client: Client, settings: Settings) -> None:
+    """POST /flows validates cron triggers and makes Temporal Schedules match them."""
+    name = unique("nightly")
+    schedule = temporal_client.get_schedule_handle(f"shipflow-{name}-nightly")
+    async with api_client(settings) as http:
+        invalid = await http.post(
+            "/flows",
+            content=CRON.format(
+                name=name,
+                triggers='  - {cron: "61 3 * * *", id: nightly, timezone: Mars/Olympus}',
+            ),
+        )
+        assert invalid.status_code == 422
+        locs = {p["loc"] for p in invalid.json()["detail"]}
+        assert {"triggers[0].cron", "triggers[0].timezone", "triggers[0].args.ticket"} <= locs
+
+        good = CRON.format(
+            name=name, triggers='  - {cron: "0 3 * * *", id: nightly, args: {ticket: T-9}}'
+        )
+        created = await http.post("/flows", content=good)
+        assert created.status_code == 201, created.text
+        described = await schedule.describe()
+        spec = described.schedule.spec
+        assert spec.cron_expressions or spec.calendars  # the server may normalise the cron
+        assert described.schedule.action.workflow == "ReleaseWorkflow"  # type: ignore[attr-defined]
+
+        without = await http.post("/flows", content=CRON.format(name=name, triggers="  []"))
+        assert without.status_code == 200, without.text
+        assert without.json()["version"] == 2
+
+        async def deleted() -> bool:
+            try:
+                await schedule.describe()
+            except RPCError:
+                return True
+            return False
+
+        await wait_until(deleted, timeout=10)

@@ -1,0 +1,285 @@
+"""The local target against a real runtime process, real demo instances and real sockets.
+
+Zero downtime is measured, not assumed: clients keep opening connections through the
+front port during each rollout, and every single answer counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from activities.targets.base import Invalid, RolloutFailed, Transient
+from activities.targets.local.process import free_port, pid_alive
+from activities.targets.local.target import LocalTarget, RolloutCancelled
+from tests.helpers import wait_until
+from tests.local.support import Beats, Load, RuntimeProcess, demo_service, make_target, request
+from worker.settings import Settings
+
+STARTUP = {"DEMO_STARTUP_DELAY": "0.3"}
+
+
+async def deploy(target: LocalTarget, service: str, image: str, **kw: str) -> Beats:
+    beats = Beats()
+    await asyncio.to_thread(target.rollout, request(service, image, **kw), beats)
+    return beats
+
+
+async def test_rolling_deploy_of_three_replicas_has_zero_downtime(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=3, env=STARTUP)})
+    assert await asyncio.to_thread(target.current_image, "web") is None
+    await deploy(target, "web", "v1")
+    old = runtime.pids("web")
+    assert len(old) == 3
+    assert await asyncio.to_thread(target.current_image, "web") == "v1"
+
+    load = Load(port)
+    load.start()
+    await wait_until(lambda: len(load.results) > 20)
+    beats = Beats()
+    result = await asyncio.to_thread(target.rollout, request("web", "v2"), beats)
+    done = time.monotonic()
+    await wait_until(lambda: any(r[0] > done + 0.2 for r in load.results))
+    await load.stop()
+
+    assert load.failures() == [], load.failures()[:5]
+    assert load.versions_after(done) == {"v2"}
+    assert {"v1", "v2"} <= {r[2] for r in load.results}
+    assert result.previous_image == "v1" and result.image == "v2"
+    assert len(result.instances) == 3
+    # One surge at a time: progress went 1, 2, 3 and never past the replica count.
+    ready_seen = sorted({b["ready"] for b in beats.beats})
+    assert ready_seen[-1] == 3 and max(b["updated"] for b in beats.beats) <= 3
+    assert {b["rollout_id"] for b in beats.beats} == {beats.beats[0]["rollout_id"]}
+    assert not any(pid_alive(pid) for pid in old)
+    assert runtime.pids("web", "v2") == {i["pid"] for i in result.instances}
+    assert await asyncio.to_thread(target.current_image, "web") == "v2"
+
+
+async def test_failed_rollout_keeps_the_old_version_serving(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    service = demo_service(port, replicas=3, env=STARTUP, deadline="1.5s")
+    target = make_target(runtime, {"web": service})
+    await deploy(target, "web", "v1")
+    old = runtime.pids("web")
+
+    load = Load(port)
+    load.start()
+    await wait_until(lambda: len(load.results) > 20)
+    began = time.monotonic()
+    with pytest.raises(RolloutFailed) as failed:
+        await deploy(target, "web", "v2-broken")
+    assert time.monotonic() - began < 6
+    end = time.monotonic()
+    await wait_until(lambda: any(r[0] > end + 0.2 for r in load.results))
+    await load.stop()
+
+    message = str(failed.value)
+    assert "progress deadline of 1.5s" in message and "/healthz" in message and "503" in message
+    assert not failed.value.retryable
+    assert load.failures() == [], load.failures()[:5]
+    assert {r[2] for r in load.results} == {"v1"}
+    assert runtime.pids("web") == old  # the very same processes, never stopped
+    assert await asyncio.to_thread(target.current_image, "web") == "v1"
+
+
+async def test_instance_that_exits_at_start_fails_the_rollout(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=2, deadline="20s")})
+    await deploy(target, "web", "v1")
+    old = runtime.pids("web")
+    began = time.monotonic()
+    with pytest.raises(RolloutFailed) as failed:
+        await deploy(target, "web", "v2-crash")
+    assert time.monotonic() - began < 10  # fails on the crash loop, long before the deadline
+    assert "failed 3 times at start" in str(failed.value)
+    assert "exited with code 1" in str(failed.value)
+    assert runtime.pids("web") == old
+    load = Load(port)
+    ok, version = await load._one()
+    assert (ok, version) == (True, "v1")
+
+
+async def test_first_deploy_that_never_gets_ready_leaves_nothing_behind(
+    runtime: RuntimeProcess,
+) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=2, deadline="0.8s")})
+    with pytest.raises(RolloutFailed):
+        await deploy(target, "web", "v1-broken")
+    assert runtime.service("web")["instances"] == []
+    assert await asyncio.to_thread(target.current_image, "web") is None
+
+
+async def test_liveness_failure_restarts_the_instance(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    probes = {
+        # The startup probe holds liveness back until the process listens, as in Kubernetes.
+        "startup": {"tcp": {}, "period": "0.05s", "failure_threshold": 200},
+        "readiness": {"tcp": {}, "period": "0.1s"},
+        "liveness": {"http": {"path": "/healthz"}, "period": "0.1s", "failure_threshold": 2},
+    }
+    target = make_target(
+        runtime, {"web": demo_service(port, env={"DEMO_HEALTHY_FOR": "0.8"}, probes=probes)}
+    )
+    await deploy(target, "web", "v1")
+    (first_pid,) = runtime.pids("web")
+
+    def restarted() -> bool:
+        (inst,) = runtime.service("web")["instances"]
+        return inst["restarts"] >= 1 and inst["pid"] != first_pid and inst["ready"]
+
+    try:
+        await wait_until(restarted, timeout=10)
+    except AssertionError:
+        print(json.dumps(runtime.get("/debug/tasks"), indent=1))
+        raise
+    assert not pid_alive(first_pid)
+    (inst,) = runtime.service("web")["instances"]
+    assert inst["image"] == "v1"
+    ok, version = await Load(port)._one()
+    assert (ok, version) == (True, "v1")
+
+
+async def test_runtime_restart_adopts_instances_and_resumes_a_rollout(
+    runtime: RuntimeProcess,
+) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=3, env=STARTUP)})
+    await deploy(target, "web", "v1")
+    v1 = runtime.pids("web")
+
+    # A plain restart: the instances keep running and are adopted, the port serves again.
+    runtime.kill(signal.SIGKILL)
+    assert all(pid_alive(pid) for pid in v1)
+    runtime.start()
+    assert runtime.pids("web") == v1
+    assert runtime.service("web")["image"] == "v1"
+    assert (await Load(port)._one()) == (True, "v1")
+
+    # A restart in the middle of a rollout: the runtime resumes it where it stood, and
+    # the target following it rides over the gap.
+    first = Beats()
+    rollout = asyncio.create_task(asyncio.to_thread(target.rollout, request("web", "v2"), first))
+    await wait_until(lambda: first.beats and first.beats[-1]["ready"] >= 1, timeout=10)
+    runtime.kill(signal.SIGKILL)
+    runtime.start()
+    result = await rollout
+    rollout_id = first.beats[-1]["rollout_id"]
+    status = runtime.get(f"/services/web/rollouts/{rollout_id}")
+    assert status["state"] == "succeeded"
+    assert len(status["created"]) == 3  # no instance was replaced twice
+    assert {i["id"] for i in result.instances} == set(status["created"])
+    assert not any(pid_alive(pid) for pid in v1)
+    assert (await Load(port)._one()) == (True, "v2")
+
+    # A later attempt of the same step resumes the finished rollout: nothing restarts.
+    again = Beats(resume=first.beats[-1])
+    await asyncio.to_thread(target.rollout, request("web", "v2"), again)
+    assert {b["rollout_id"] for b in again.beats} == {rollout_id}
+    assert runtime.get(f"/services/web/rollouts/{rollout_id}")["created"] == status["created"]
+
+
+async def test_changed_command_or_env_rolls_out_with_the_same_image(
+    runtime: RuntimeProcess,
+) -> None:
+    port = free_port()
+    await deploy(make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1")
+    before = runtime.pids("web")
+    # Same image, same spec: nothing to do, nothing restarts.
+    await deploy(make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1", run="r2")
+    assert runtime.pids("web") == before
+    changed = demo_service(port, replicas=2, env={"FEATURE": "on"})
+    await deploy(make_target(runtime, {"web": changed}), "web", "v1", run="r3")
+    after = runtime.pids("web")
+    assert len(after) == 2 and not after & before
+    assert (await Load(port)._one()) == (True, "v1")
+
+
+async def test_exec_and_startup_probes_and_env_secrets(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SF_TEST_SECRET", "hunter2-secret")
+    port = free_port()
+    connect = "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['PORT'])))"
+    probes = {
+        "startup": {"http": {"path": "/healthz"}, "period": "0.1s", "failure_threshold": 30},
+        "readiness": {"exec": {"command": [sys.executable, "-c", connect]}, "period": "0.2s"},
+    }
+    service = demo_service(port, env={"DB_PASSWORD": "${env.SF_TEST_SECRET}"}, probes=probes)
+    beats = await deploy(make_target(runtime, {"web": service}), "web", "v1")
+    (pid,) = runtime.pids("web")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"DB_PASSWORD=hunter2-secret" in environ  # resolved on the worker side
+    assert b"SHIPFLOW_IMAGE=v1" in environ
+    assert (await Load(port)._one()) == (True, "v1")
+    seen = json.dumps([beats.beats, runtime.get("/services"), runtime.get("/services/web")])
+    assert "hunter2" not in seen
+    assert (runtime.data_dir / "state.json").stat().st_mode & 0o077 == 0
+
+
+async def test_cancel_aborts_the_rollout_and_keeps_the_old_version(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=2, env=STARTUP)})
+    await deploy(target, "web", "v1")
+    old = runtime.pids("web")
+    beats = Beats(cancel_when=lambda b: b["updated"] >= 1)
+    with pytest.raises(RolloutCancelled):
+        await asyncio.to_thread(target.rollout, request("web", "v2"), beats)
+    assert runtime.pids("web") == old
+    assert runtime.service("web")["image"] == "v1"
+    assert (await Load(port)._one()) == (True, "v1")
+
+
+async def test_bad_inputs_fail_clearly_and_the_old_version_serves(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    good = demo_service(port, replicas=1)
+    target = make_target(runtime, {"web": good})
+    await deploy(target, "web", "v1")
+    old = runtime.pids("web")
+
+    # A command that does not exist.
+    missing = {**good, "command": ["/no/such/server", "--port", "{port}"]}
+    with pytest.raises(Invalid, match=r"command '/no/such/server' not found"):
+        await deploy(make_target(runtime, {"web": missing}), "web", "v2")
+
+    # A probe on a port the service never opens: fails at the deadline, naming the probe.
+    never = free_port()
+    probes = {"readiness": {"tcp": {"port": never}, "period": "0.1s"}}
+    deaf = demo_service(port, deadline="1s", probes=probes)
+    with pytest.raises(RolloutFailed, match=rf"readiness probe tcp 127.0.0.1:{never}"):
+        await deploy(make_target(runtime, {"web": deaf}), "web", "v2")
+
+    # A service the flow does not declare.
+    with pytest.raises(Invalid, match=r"'api' is not declared in target.services \(declared: web\)"):
+        await deploy(target, "api", "v2")
+
+    assert runtime.pids("web") == old
+    assert (await Load(port)._one()) == (True, "v1")
+
+    # A front port already taken by a foreign process.
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen()
+        taken = foreign.getsockname()[1]
+        other = make_target(runtime, {"api": demo_service(taken)})
+        with pytest.raises(Invalid, match=rf"front port {taken} of service 'api' is already in use"):
+            await deploy(other, "api", "v1")
+    assert (await Load(port)._one()) == (True, "v1")
+
+
+async def test_runtime_unreachable_is_retryable_and_says_how_to_start_it() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    target = LocalTarget({"kind": "local", "services": {}}, Settings(runtime_url=url))
+    with pytest.raises(Transient) as failed:
+        await asyncio.to_thread(target.current_image, "web")
+    assert url in str(failed.value) and "shipflow runtime" in str(failed.value)
+    assert failed.value.retryable
