@@ -187,8 +187,11 @@ def render(outcomes: list[Outcome], command: str, when: datetime, box: dict[str,
         if o.status == "missing":
             continue
         lines += ["", "---", ""]
-        if o.markdown.strip():
-            lines.append(o.markdown.strip())
+        text = o.markdown.strip()
+        if not text.startswith("#"):
+            lines += [f"## `bench.{o.module}`", ""]
+        if text:
+            lines.append(text)
         if o.error:
             lines += ["", f"**`bench.{o.module}` failed**: `{o.error}`"]
     lines += ["", "---", "", "## Raw results", ""]

@@ -612,9 +612,11 @@ class ReleaseWorkflow:
                     undo.error = message
                 else:
                     step.error = message
-                    details = cause.details if isinstance(cause, ApplicationError) else ()
-                    if details and isinstance(details[0], dict):
-                        step.output = details[0]  # e.g. a failed job's exit code and output
+                    failure_details: tuple[Any, ...] = (
+                        tuple(cause.details) if isinstance(cause, ApplicationError) else ()
+                    )
+                    if failure_details and isinstance(failure_details[0], dict):
+                        step.output = failure_details[0]  # e.g. a failed job's exit code and output
                 final = isinstance(cause, ApplicationError) and cause.non_retryable
                 if final or attempt >= limit:
                     raise StepFailed(action.id, message) from None

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from api.concurrency import wait_for_admission
 from api.deps import Admin, EngineDep, Operator, SessionDep, SettingsDep, TemporalDep, Viewer
 from api.models import Flow, FlowVersion, Run, utcnow
 from api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
@@ -303,6 +304,14 @@ async def start_run(
         await run_in_threadpool(_mark_failed, engine, run_id, message)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
     request.app.state.metrics.runs_started.labels(flow=plan.flow).inc()
+    if plan.concurrency == "forbid":
+        admitted = await wait_for_admission(client, run_id)
+        if admitted is not None and admitted.blocked_by:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"stage {plan.stage!r} is busy with run {admitted.blocked_by!r} (concurrency: "
+                f"forbid); the refused run is recorded as {run_id!r}",
+            )
     return RunAccepted(
         run_id=run_id,
         status_url=str(request.url_for("get_run", run_id=run_id)),

@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import EngineDep, Operator, SettingsDep, TemporalDep
 from api.models import Flow, ReleaseRecord, Run
 from api.recovery import (
+    DataRestore,
     RecoveryError,
     load_run_input,
     restores_of,
@@ -76,6 +77,35 @@ def _stage_records(
         for f in flows
     }
     return records, targets
+
+
+def _later_runs(engine: Engine, run_id: str, stage: str) -> list[str]:
+    with Session(engine) as session:
+        target = session.get(Run, run_id)
+        if target is None:
+            return []
+        rows = session.exec(
+            select(Run).where(Run.stage == stage, Run.created_at > target.created_at)
+        ).all()
+    return [r.run_id for r in sorted(rows, key=lambda r: r.created_at)]
+
+
+async def _data_after(client: Client, engine: Engine, run_id: str, stage: str) -> list[DataRestore]:
+    """The data as it was right after `run_id`: the backups the next run took before migrating.
+
+    The backups `run_id` took itself hold the data from before it, which its own images
+    would not understand; the first later run's backups hold the data it left behind.
+    """
+    for later in await run_in_threadpool(_later_runs, engine, run_id, stage):
+        try:
+            found = restores_of(*await _prior(client, later))
+        except HTTPException:
+            continue
+        if found:
+            return found
+    raise RecoveryError(
+        f"no run took a backup of {stage} after {run_id!r}: the data is still what it left"
+    )
 
 
 def _describe(plan: Plan) -> list[dict[str, Any]]:
@@ -151,17 +181,18 @@ async def rollback_run(
 ) -> RecoveryAccepted:
     """A new run returning every service touched since `run_id` to its image right after it.
 
-    Data stays as it is unless `restore_data` is true: then the backups that run took
-    before its migrations are restored after the images are back.
+    Data stays as it is unless `restore_data` is true: then the data is restored to what
+    it was right after that run (the backups the next run took before its migrations),
+    after the images are back.
     """
     body = body or RollbackRequest()
-    prior, prior_status = await _prior(client, run_id)
+    prior, _ = await _prior(client, run_id)
     records, targets = await run_in_threadpool(_stage_records, engine, prior.plan.stage)
     try:
         services = services_to_roll_back(records, run_id, targets)
-        restores = restores_of(prior, prior_status) if body.restore_data else []
-        if body.restore_data and not restores:
-            raise RecoveryError(f"run {run_id!r} took no backup to restore")
+        restores = (
+            await _data_after(client, engine, run_id, prior.plan.stage) if body.restore_data else []
+        )
         plan = rollback_plan(prior, services, restores)
     except RecoveryError as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
