@@ -27,6 +27,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -87,6 +88,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+#: The bucket `shipflow dev` creates for the example flows' backups.
+DEMO_BUCKET = "shipflow"
 
 
 def free_ports(count: int) -> list[int]:
@@ -353,6 +358,7 @@ class EmbeddedStack:
             api = self._start_api()
             self._await(worker)
             self._await(api)
+            self.prepare_demo_database()
         except BaseException:
             self.stop()
             raise
@@ -489,6 +495,26 @@ class EmbeddedStack:
             Child("s3", proc, self.logs_dir / "moto-s3.log", own_group=False, grace_s=5.0)
         )
         self.s3_url = url
+        self._prepare_s3(url)
+
+    def _prepare_s3(self, url: str) -> None:
+        """Create the bucket the example flows back up to (moto accepts any credentials)."""
+        from activities.s3 import ensure_bucket, make_s3_client
+
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "shipflow-local")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "shipflow-local")
+        ensure_bucket(make_s3_client(url), DEMO_BUCKET)
+        self._say(f"s3: bucket {DEMO_BUCKET} ready")
+
+    def prepare_demo_database(self) -> Path:
+        """The demo app's SQLite database, empty (schema 0) until its first release."""
+        path = self.data_dir / "demo.db"
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+        conn.close()
+        return path
 
     def _start_worker(self) -> _Pending:
         argv = [sys.executable, "-m", "worker.main"]

@@ -22,6 +22,7 @@ from api.cli.client import ApiClient
 from api.cli.main import app
 from infra.demo_driver import (
     BASE_ARGS,
+    DEFAULT_PORTS,
     FLOW_FILES,
     DemoContext,
     NotifySink,
@@ -283,14 +284,17 @@ def test_demo_judges_a_scenario_that_goes_wrong(stack: EmbeddedStack) -> None:
                  RunState.SUCCEEDED),
         # It succeeds, but the check expects a database it cannot have.
         Scenario("good, wrong check", "demo", {**BASE_ARGS, "version": "v8"},
-                 RunState.SUCCEEDED, lambda ctx, status: [] if ctx.releases() == ["x"] else ["db"]),
+                 RunState.SUCCEEDED, lambda ctx, status: [] if ctx.database()[0] == 99 else ["db"]),
     ]  # fmt: skip
     sink = NotifySink().start()
     console = Console(record=True, width=150)
     try:
         with ApiClient(stack.api_url, stack.token) as client:
-            ctx = DemoContext(client, sink, stack.data_dir, f"127.0.0.1:{stack.api_port}")
-            apply_flows(client, FLOW_FILES, console)
+            ctx = DemoContext(
+                client, sink, stack.data_dir, f"127.0.0.1:{stack.api_port}",
+                ports=dict(zip(DEFAULT_PORTS, free_ports(len(DEFAULT_PORTS)), strict=True)),
+            )
+            apply_flows(ctx, FLOW_FILES, console)
             outcomes = run_scenarios(ctx, wrong, console)
     finally:
         sink.stop()
@@ -298,7 +302,8 @@ def test_demo_judges_a_scenario_that_goes_wrong(stack: EmbeddedStack) -> None:
     assert outcomes[0].problems == ["ended rolled_back, expected succeeded"]
     assert outcomes[1].problems == ["db"]
     assert "✘ ended rolled_back, expected succeeded" in console.export_text()
-    assert ctx.releases() == ["v8"]  # v9-broken was undone by its compensation
+    assert ctx.database()[0] == 3  # v9-broken's migration was undone, v8 migrated to schema 3
+    assert ctx.serving("web") == {"v8"}
     assert sink.messages() == ["demo version v8 is live"]
 
 
