@@ -180,8 +180,20 @@ class ApiClient:
             "POST", f"/runs/{run_id}/reject", json={"step": step, "comment": comment}
         )
 
-    def rollback(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
-        return dict(self.request("POST", f"/runs/{run_id}/rollback", json={"reason": reason}) or {})
+    def rollback(
+        self,
+        run_id: str,
+        reason: str | None = None,
+        *,
+        restore_data: bool = False,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        path = f"/runs/{run_id}/rollback" + ("?dry_run=true" if dry_run else "")
+        body = {"reason": reason, "restore_data": restore_data}
+        return dict(self.request("POST", path, json=body) or {})
+
+    def retry(self, run_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/runs/{run_id}/retry") or {})
 
     def healthz(self) -> Any:
         return self.request("GET", "/healthz")

@@ -366,14 +366,51 @@ def rollback(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., metavar="RUN"),
     reason: str | None = typer.Option(None, "--reason", "-r"),
+    restore_data: bool = typer.Option(
+        False, "--restore-data", help="also restore the data to what it was right after RUN"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the plan, start nothing"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show the steps live until the end"),
 ) -> None:
-    """Start a run that returns the stage to its state after RUN."""
+    """Start a run that returns the stage to its state right after RUN."""
     state = _state(ctx)
     with _api_errors(state), state.client() as client:
-        started = client.rollback(run_id, reason)
-    out.print(
-        f"started rollback run [bold]{escape(str(started.get('run_id')))}[/bold]", highlight=False
-    )
+        started = client.rollback(run_id, reason, restore_data=restore_data, dry_run=dry_run)
+        _print_recovery_plan(started)
+        if dry_run:
+            return
+        _started_recovery(client, started, "rollback", follow)
+
+
+@app.command("retry")
+def retry(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show the steps live until the end"),
+) -> None:
+    """Start a run of RUN's plan and args that skips what succeeded and starts at the failed step."""
+    state = _state(ctx)
+    with _api_errors(state), state.client() as client:
+        started = client.retry(run_id)
+        _started_recovery(client, started, "retry", follow)
+
+
+def _print_recovery_plan(answer: dict[str, Any]) -> None:
+    for item in answer.get("plan") or []:
+        out.print(
+            f"  {escape(str(item.get('step')))}: {escape(str(item.get('summary')))}",
+            highlight=False,
+        )
+
+
+def _started_recovery(client: ApiClient, started: dict[str, Any], what: str, follow: bool) -> None:
+    run_id = str(started.get("run_id"))
+    out.print(f"started {what} run [bold]{escape(run_id)}[/bold]", highlight=False)
+    print_link(out, started.get("ui_url"))
+    if follow:
+        status, _ = follow_run(client, run_id, show_link=False)
+        if status.state != RunState.SUCCEEDED:
+            raise _fail(f"run {run_id} ended {status.state.value}", EXIT_FAILED)
 
 
 # ---------------------------------------------------------------- processes
