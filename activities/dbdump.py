@@ -253,61 +253,395 @@ class PgDump:
         return self._stderr.read().decode(errors="replace")
 
 
+# The prelude runs inside the restore's transaction, right after pg_restore's BEGIN: it
+# drops every user object the database has now, so the dump recreates the database exactly
+# as it was at backup time instead of merging into what a later migration left behind.
+# Candidates are the objects pg_dump dumps: every non-system schema but `public` (with
+# everything in it), then whatever is left in `public` (and in schemas an extension owns),
+# and the database-wide event triggers, publications, casts, foreign-data wrappers, servers,
+# languages, access methods and extensions created since the backup. Skipped: objects of
+# initdb (oid below 16384, FirstNormalObjectId), members of an extension (pg_depend 'e': they
+# come and go with it), parts of another object (pg_depend 'i' on something else: array and
+# row types, identity sequences, which go with their owner), and partitions (they go with
+# their parent). An object an earlier CASCADE already took is skipped when its turn comes
+# (pg_identify_object then finds nothing). `public` itself stays: dropping and recreating it
+# would change its owner and privileges.
+_PRELUDE = """
+-- shipflow: empty the database first, so the dump below recreates it exactly.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+SELECT pg_catalog.set_config('client_min_messages', 'warning', true);
+DO $shipflow_prelude$
+DECLARE
+    keep_extensions text[] := __KEEP_EXTENSIONS__;
+    target record;
+    found record;
+BEGIN
+    FOR target IN
+        WITH user_ns AS (
+            SELECT oid, nspname FROM pg_catalog.pg_namespace
+            WHERE nspname <> 'information_schema' AND nspname !~ '^pg_'
+        ), candidates(rank, classid, objid) AS (
+            SELECT 1, 'pg_catalog.pg_event_trigger'::regclass, oid FROM pg_catalog.pg_event_trigger
+            UNION ALL
+            SELECT 2, 'pg_catalog.pg_publication'::regclass, oid FROM pg_catalog.pg_publication
+            UNION ALL
+            SELECT 3, 'pg_catalog.pg_namespace'::regclass, oid FROM user_ns
+            WHERE nspname <> 'public'
+            UNION ALL
+            SELECT 4, 'pg_catalog.pg_extension'::regclass, oid FROM pg_catalog.pg_extension
+            WHERE extname <> 'plpgsql' AND extname <> ALL (keep_extensions)
+            UNION ALL
+            SELECT 5, 'pg_catalog.pg_class'::regclass, oid FROM pg_catalog.pg_class
+            WHERE relnamespace IN (SELECT oid FROM user_ns)
+              AND relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND NOT relispartition
+            UNION ALL
+            SELECT 6, 'pg_catalog.pg_type'::regclass, oid FROM pg_catalog.pg_type
+            WHERE typnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 7, 'pg_catalog.pg_proc'::regclass, oid FROM pg_catalog.pg_proc
+            WHERE pronamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_operator'::regclass, oid FROM pg_catalog.pg_operator
+            WHERE oprnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_opfamily'::regclass, oid FROM pg_catalog.pg_opfamily
+            WHERE opfnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_opclass'::regclass, oid FROM pg_catalog.pg_opclass
+            WHERE opcnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_collation'::regclass, oid FROM pg_catalog.pg_collation
+            WHERE collnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_conversion'::regclass, oid FROM pg_catalog.pg_conversion
+            WHERE connamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_ts_config'::regclass, oid FROM pg_catalog.pg_ts_config
+            WHERE cfgnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_ts_dict'::regclass, oid FROM pg_catalog.pg_ts_dict
+            WHERE dictnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_ts_parser'::regclass, oid FROM pg_catalog.pg_ts_parser
+            WHERE prsnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 8, 'pg_catalog.pg_ts_template'::regclass, oid FROM pg_catalog.pg_ts_template
+            WHERE tmplnamespace IN (SELECT oid FROM user_ns)
+            UNION ALL
+            SELECT 9, 'pg_catalog.pg_cast'::regclass, oid FROM pg_catalog.pg_cast
+            UNION ALL
+            SELECT 10, 'pg_catalog.pg_foreign_server'::regclass, oid
+            FROM pg_catalog.pg_foreign_server
+            UNION ALL
+            SELECT 11, 'pg_catalog.pg_foreign_data_wrapper'::regclass, oid
+            FROM pg_catalog.pg_foreign_data_wrapper
+            UNION ALL
+            SELECT 12, 'pg_catalog.pg_language'::regclass, oid FROM pg_catalog.pg_language
+            UNION ALL
+            SELECT 12, 'pg_catalog.pg_am'::regclass, oid FROM pg_catalog.pg_am
+        )
+        SELECT c.classid, c.objid FROM candidates c
+        WHERE c.objid >= 16384
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_catalog.pg_depend d
+              WHERE d.classid = c.classid AND d.objid = c.objid
+                AND (d.deptype = 'e'
+                     OR (d.deptype = 'i'
+                         AND (d.refclassid, d.refobjid) <> (d.classid, d.objid))))
+        ORDER BY c.rank, c.objid
+    LOOP
+        SELECT * INTO found FROM pg_catalog.pg_identify_object(target.classid, target.objid, 0);
+        CONTINUE WHEN found.identity IS NULL;
+        EXECUTE pg_catalog.format('DROP %s %s CASCADE',
+                                  pg_catalog.upper(pg_catalog.replace(found.type, '-', ' ')),
+                                  found.identity);
+    END LOOP;
+    PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
+END
+$shipflow_prelude$;
+
+"""
+
+_BEGIN = b"\nBEGIN;\n"
+_COMMIT = b"\nCOMMIT;\n"
+# pg_restore's BEGIN comes after a few comment lines and `\restrict`: well within this.
+_HEADER_LIMIT = 64 * 1024
+# The script's end (its COMMIT and the closing comments) is held back until pg_restore
+# exited cleanly; the COMMIT is about 150 bytes from the end.
+_HOLD_BACK = 64 * 1024
+_FEED_CHUNK = 1024 * 1024
+
+_TRANSIENT = re.compile(
+    r"Connection refused|timeout expired|starting up|shutting down|too many clients"
+    r"|could not connect|server closed the connection|deadlock detected"
+    r"|terminating connection|connection to server .* failed",
+    re.IGNORECASE,
+)
+
+_EXTENSION_ENTRY = re.compile(r"^\s*\d+;\s+3079\s+\d+\s+EXTENSION\s+-\s+(.+?)\s*$")
+
+
+def dump_extensions(db: DatabaseUrl, dump_file: Path) -> list[str]:
+    """The extensions a custom-format dump creates, from its table of contents.
+
+    `pg_restore --list` reads only the archive's header and TOC, so it is also the check
+    that the file is a dump pg_restore can read before anything touches the database.
+
+    Raises:
+        DumpError: (non-retryable) not a readable archive.
+    """
+    out = subprocess.run(
+        [_tool("pg_restore"), "--list", str(dump_file)],
+        capture_output=True,
+        env=db.tool_env(),
+        check=False,
+    )
+    if out.returncode != 0:
+        raise _tool_error(
+            "pg_restore",
+            db,
+            out.returncode,
+            out.stderr.decode(errors="replace") + "; the database was not touched",
+            default_retryable=False,
+        )
+    names = []
+    for line in out.stdout.decode(errors="replace").splitlines():
+        match = _EXTENSION_ENTRY.match(line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+def restore_prelude(keep_extensions: list[str]) -> bytes:
+    """The SQL that empties the database inside the restore's transaction (see `_PRELUDE`).
+
+    Args:
+        keep_extensions: extensions the dump creates (`CREATE EXTENSION IF NOT EXISTS`),
+            left in place; every other extension but plpgsql was created after the backup
+            and is dropped.
+    """
+    for name in keep_extensions:
+        if "$" in name or "\0" in name:
+            raise DumpError(f"unexpected extension name in the dump: {name!r}", retryable=False)
+    # E'' literals mean the same whatever standard_conforming_strings says.
+    literals = [
+        "E'" + name.replace("\\", "\\\\").replace("'", "''") + "'" for name in keep_extensions
+    ]
+    array = f"ARRAY[{', '.join(literals)}]::text[]"
+    return _PRELUDE.replace("__KEEP_EXTENSIONS__", array).encode()
+
+
+class _Feeder(threading.Thread):
+    """Copies pg_restore's script into psql, with the prelude after its BEGIN.
+
+    The last `_HOLD_BACK` bytes, which hold the script's COMMIT, are written only after
+    pg_restore exited 0 and only if they do contain the COMMIT. A pg_restore that dies
+    halfway (unreadable archive data, killed) therefore never lets psql commit a partial
+    restore: psql is killed and the server rolls the transaction back. (`psql
+    --single-transaction` would be wrong here: it sends its COMMIT when its input ends,
+    however early that is.) Memory is bounded by one chunk plus the held-back tail.
+
+    After `join()`, `failure` says what went wrong, if anything: "pg_restore" (it
+    failed), "script" (its output was not a single-transaction script) or "psql" (psql
+    stopped reading: it failed or was killed).
+    """
+
+    def __init__(self, restore: subprocess.Popen[bytes], psql: subprocess.Popen[bytes], prelude: bytes):
+        super().__init__(name="pg-restore-feeder", daemon=True)
+        self.restore = restore
+        self.psql = psql
+        self.prelude = prelude
+        self.failure: Literal["pg_restore", "script", "psql"] | None = None
+        self.detail = ""
+
+    def run(self) -> None:
+        src = self.restore.stdout
+        dst = self.psql.stdin
+        assert src is not None and dst is not None
+        try:
+            held = self._copy(src, dst)
+            if held is None:
+                return
+            code = self.restore.wait()
+            if code != 0:
+                self._fail("pg_restore", f"exit {code}")
+            elif _COMMIT not in held:
+                self._fail("script", "its script does not end with COMMIT")
+            else:
+                dst.write(held)
+                dst.close()
+        except OSError as e:  # BrokenPipeError: psql exited or was killed
+            self._fail("psql", str(e))
+
+    def _copy(self, src: IO[bytes], dst: IO[bytes]) -> bytes | None:
+        """Forward everything but the tail; return the tail, or None after a failure."""
+        buf = b""
+        injected = False
+        while True:
+            chunk = src.read1(_FEED_CHUNK) if hasattr(src, "read1") else src.read(_FEED_CHUNK)
+            if not chunk:
+                break
+            buf += chunk
+            if not injected:
+                at = buf.find(_BEGIN)
+                if at < 0:
+                    if len(buf) > _HEADER_LIMIT:
+                        self._fail("script", "no BEGIN at the start of its script")
+                        return None
+                    continue
+                at += len(_BEGIN)
+                dst.write(buf[:at])
+                dst.write(self.prelude)
+                buf = buf[at:]
+                injected = True
+            if len(buf) > _HOLD_BACK:
+                cut = len(buf) - _HOLD_BACK
+                dst.write(buf[:cut])
+                buf = buf[cut:]
+        if not injected:
+            if self.restore.wait() != 0:
+                self._fail("pg_restore", "failed before its script began")
+            else:
+                self._fail("script", "no BEGIN at the start of its script")
+            return None
+        return buf
+
+    def _fail(self, what: Literal["pg_restore", "script", "psql"], detail: str) -> None:
+        self.failure = what
+        self.detail = detail
+        # Whichever side is still running must not go on: psql is killed before it could
+        # see the end of its input, pg_restore before it blocks on a pipe nobody reads.
+        for proc in (self.psql, self.restore):
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def pg_restore(
     db: DatabaseUrl, dump_file: Path, *, on_wait: Callable[[], None] = lambda: None
 ) -> None:
-    """Restore a custom-format dump in one transaction.
+    """Make `db` exactly what the custom-format dump describes, in one transaction.
 
-    `--clean --if-exists` drops each object of the dump before recreating it and
-    `--single-transaction` makes the whole restore atomic: a failure leaves the
-    database as it was. Objects that exist only in the live database (created after
-    the backup) are not in the dump's list, so they survive the restore.
+    `pg_restore --clean` is not enough for a rollback: it drops only the objects the
+    dump has, so a table, view, type, function or schema a migration created after the
+    backup survives it (and a new view on a backed-up table makes its DROP fail). So
+    the dump's SQL (`pg_restore --single-transaction --no-owner -f -`, streamed, never
+    whole in memory) is piped into `psql -v ON_ERROR_STOP=1` with a prelude right
+    after its BEGIN that drops every user object the database has now (see
+    `_PRELUDE`): after the COMMIT the database holds what the dump holds, nothing more.
+    Any failure before the COMMIT (an SQL error, pg_restore dying, a cancellation)
+    rolls everything back, prelude included: the database is left as it was.
+
+    Extensions: the ones the dump creates are kept (its `CREATE EXTENSION IF NOT
+    EXISTS` is then a no-op; one living in a schema other than `public` goes and comes
+    back with that schema); the others, except plpgsql, were created after the backup
+    and are dropped.
 
     A big restore runs for minutes: `on_wait` is called about every second meanwhile
     (the activity heartbeats there). If it raises (the activity was cancelled),
-    pg_restore is killed, which rolls its transaction back.
+    pg_restore and psql are killed, which rolls the transaction back.
 
     Raises:
-        DumpError: with pg_restore's redacted stderr; non-retryable for bad URLs,
-            credentials and SQL errors (a deterministic failure), retryable otherwise.
+        DumpError: with the failing tool's redacted stderr; non-retryable for bad URLs,
+            credentials, unreadable dumps and SQL errors (a deterministic failure),
+            retryable when the server was unreachable or went away.
     """
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
+    prelude = restore_prelude(dump_extensions(db, dump_file))
+    env = db.tool_env()
+    env.setdefault("PGAPPNAME", "shipflow-restore")
+    with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
+        restore = subprocess.Popen(
             [
                 _tool("pg_restore"),
-                "--clean",
-                "--if-exists",
                 "--single-transaction",
                 "--no-owner",
-                "--no-password",
-                f"--dbname={db.conninfo()}",
+                "--file=-",
                 str(dump_file),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=db.tool_env(),
+            stdout=subprocess.PIPE,
+            stderr=restore_err,
+            env=env,
         )
         try:
+            psql = subprocess.Popen(
+                [
+                    _tool("psql"),
+                    "--no-psqlrc",
+                    "--quiet",
+                    "--no-password",
+                    "--set=ON_ERROR_STOP=1",
+                    f"--dbname={db.conninfo()}",
+                    "--file=-",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=psql_err,
+                env=env,
+            )
+        except BaseException:
+            _kill(restore)
+            raise
+        assert restore.stdout is not None and psql.stdin is not None
+        _widen_pipe(restore.stdout)
+        _widen_pipe(psql.stdin)
+        feeder = _Feeder(restore, psql, prelude)
+        feeder.start()
+        try:
+            while feeder.is_alive():
+                feeder.join(timeout=1.0)
+                if feeder.is_alive():
+                    on_wait()
             while True:
                 try:
-                    code = proc.wait(timeout=1.0)
+                    psql_code = psql.wait(timeout=1.0)
                     break
                 except subprocess.TimeoutExpired:
                     on_wait()
         except BaseException:
-            proc.kill()
-            proc.wait()
+            _kill(psql)
+            _kill(restore)
+            feeder.join(timeout=10)
             raise
-        stderr.seek(0)
-        text = stderr.read().decode(errors="replace")
-    if code != 0:
-        transient = re.search(
-            r"Connection refused|timeout expired|starting up|shutting down|too many clients"
-            r"|could not connect|server closed the connection|deadlock detected",
-            text,
-            re.IGNORECASE,
+        finally:
+            _kill(restore)
+            for pipe in (restore.stdout, psql.stdin):
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        restore_code = restore.returncode
+        restore_err.seek(0)
+        restore_text = restore_err.read().decode(errors="replace")
+        psql_err.seek(0)
+        psql_text = psql_err.read().decode(errors="replace")
+
+    rolled_back = "; the restore was rolled back, the database is unchanged"
+    if feeder.failure == "pg_restore":
+        raise _tool_error(
+            "pg_restore",
+            db,
+            restore_code,
+            (restore_text.strip() or feeder.detail) + rolled_back,
+            default_retryable=False,
         )
-        raise _tool_error("pg_restore", db, code, text, default_retryable=bool(transient))
+    if feeder.failure == "script":
+        raise DumpError(
+            f"pg_restore's output for {db.display} is not what shipflow expects "
+            f"({feeder.detail}){rolled_back}",
+            retryable=False,
+        )
+    if psql_code != 0 or feeder.failure is not None:
+        text = psql_text.strip() or feeder.detail or "psql stopped reading the restore script"
+        raise _tool_error(
+            "psql",
+            db,
+            psql_code,
+            text + rolled_back,
+            default_retryable=bool(_TRANSIENT.search(text)),
+        )
 
 
 # ---------------------------------------------------------------- SQLite

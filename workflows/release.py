@@ -148,6 +148,7 @@ class ReleaseWorkflow:
         self._done = False
         self._lock_asked = False
         self._granted = False
+        self._stopping = False
 
     # ------------------------------------------------------------------ run
 
@@ -367,9 +368,11 @@ class ReleaseWorkflow:
                                 asyncio.CancelledError() if task.cancelled() else task.exception()
                             )
                 if failure is not None:
+                    self._stopping = True  # a failure always ends the run
                     await self._cancel_all(pending)
                     raise failure
         except asyncio.CancelledError:
+            self._stopping = True
             await self._cancel_all(pending)
             raise
 
@@ -390,6 +393,7 @@ class ReleaseWorkflow:
             self._outputs[action.id] = step.output
             self._touch()
             return
+        self._stop_if_stopping()
         params = resolve_step_outputs(action.params, self._outputs)
         step.summary = resolve_step_outputs(action.summary, self._outputs)
         step.started_at = workflow.now()
@@ -423,6 +427,17 @@ class ReleaseWorkflow:
             self._undo_stack.append(_Compensate(action, output))
         self._refresh_run_state()
         self._touch()
+        self._stop_if_stopping()
+
+    def _stop_if_stopping(self) -> None:
+        """Start nothing new once the run is stopping.
+
+        An activity that completes although its cancellation was requested returns its
+        result, and the SDK then clears the cancellation of the awaiting task: without
+        this check, the run (or a branch whose sibling failed) would go on to its next step.
+        """
+        if self._stopping or workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError()
 
     async def _perform(
         self, action: ActionPlan, params: dict[str, Any], step: StepStatus

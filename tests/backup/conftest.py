@@ -136,22 +136,31 @@ def pg_schema(url: str) -> str:
 
 
 def pg_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table's rows (ordered by their text form) and every sequence's position."""
+    """Every table's and materialized view's rows (ordered by their text form) in every user
+    schema, every sequence's position and every large object's content."""
     out: dict[str, list[tuple[Any, ...]]] = {}
+    user = "n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'"
     with psycopg.connect(url) as conn:
-        tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables "
-                "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1"
+        relations = list(
+            conn.execute(  # type: ignore[call-overload]
+                "SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
+                f"JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {user} "
+                "AND c.relkind IN ('r', 'm', 'S') ORDER BY 1, 2"
             )
-        ]
-        for table in tables:
-            out[table] = list(conn.execute(f'SELECT * FROM "{table}" t ORDER BY t::text'))  # type: ignore[call-overload]
-        for (seq,) in list(
-            conn.execute("SELECT sequence_name FROM information_schema.sequences ORDER BY 1")
-        ):
-            out[f"seq:{seq}"] = list(conn.execute(f'SELECT last_value, is_called FROM "{seq}"'))  # type: ignore[call-overload]
+        )
+        for schema, name, kind in relations:
+            ident = f'"{schema}"."{name}"'
+            if kind == "S":
+                out[f"seq:{schema}.{name}"] = list(
+                    conn.execute(f"SELECT last_value, is_called FROM {ident}")  # type: ignore[call-overload]
+                )
+            else:
+                out[f"{schema}.{name}"] = list(
+                    conn.execute(f"SELECT * FROM {ident} t ORDER BY t::text")  # type: ignore[call-overload]
+                )
+        out["large objects"] = list(
+            conn.execute("SELECT oid, lo_get(oid) FROM pg_largeobject_metadata ORDER BY 1")
+        )
     return out
 
 

@@ -414,4 +414,20 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-_ = asyncio
+
+
+
+async def test_cancel_is_not_lost_when_the_running_step_completes_anyway(
+    temporal_client: Client, settings: Settings
+) -> None:
+    """A cancel that reaches a step just as it succeeds still stops the run before its next step."""
+    text = flow(
+        "racecancel",
+        "concurrency: allow\nsteps:\n  - migrate: {id: quick, command: ['true']}\n  - wait: {id: soak, duration: 1h}\n",
+    )
+    async with new_worker(temporal_client, settings):
+        handles = [await start_flow(temporal_client, settings, text) for _ in range(8)]
+        await asyncio.gather(*(h.cancel() for h in handles))
+        statuses = await asyncio.wait_for(asyncio.gather(*(finish(h) for h in handles)), timeout=60)
+    assert {s.state.value for s in statuses} <= {"cancelled", "rolled_back"}
+    assert all(s.step("soak").state in ("skipped", "cancelled") for s in statuses)
