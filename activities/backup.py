@@ -24,7 +24,10 @@ A retried backup (Temporal retry, or a new execution after a lost worker, which 
 the last heartbeat as `resume`) first aborts the multipart uploads left on its key,
 so abandoned parts never accumulate. A restore downloads the object to a temporary
 file while hashing it and refuses a truncated or corrupt object before it touches the
-database.
+database. A PostgreSQL restore is exact: in one transaction it drops every user object
+the database has now (what a migration created after the backup included), then
+recreates everything from the dump (`activities.dbdump.pg_restore`); a failure rolls all
+of it back.
 """
 
 from __future__ import annotations
@@ -645,11 +648,13 @@ def restore_backup(
 
     Size and sha256 come from the caller (the backup step's output) or, when not
     given, from the backup's manifest. Nothing touches the database before the whole
-    object was downloaded and matched both.
+    object was downloaded and matched both. PostgreSQL ends up exactly as it was at
+    backup time, objects created since then dropped (see `activities.dbdump.pg_restore`).
 
     Raises:
         ApplicationError: missing, corrupt or mismatched backup (non-retryable); S3 failures.
-        DumpError: pg_restore failed, or the SQLite database is in use (retryable).
+        DumpError: the PostgreSQL restore failed and was rolled back, or the SQLite
+            database is in use (retryable).
     """
     started = time.monotonic()
     bucket, key = parse_s3_url(url)
@@ -699,9 +704,9 @@ def _application_error(e: DumpError, db_secrets: list[str]) -> ApplicationError:
 def _beat_or_cancel(progress: ActivityProgress) -> Beat:
     """Heartbeat, and stop the work once Temporal cancelled the activity or the worker stops.
 
-    Raising from the heartbeat unwinds through the upload (aborted), pg_dump and
-    pg_restore (killed: the restore's transaction rolls back), so a cancelled step
-    leaves neither parts in S3 nor a half-restored database.
+    Raising from the heartbeat unwinds through the upload (aborted), pg_dump, and
+    pg_restore and psql (killed before the COMMIT: the restore's transaction rolls
+    back), so a cancelled step leaves neither parts in S3 nor a half-restored database.
     """
 
     def beat(details: dict[str, Any]) -> None:

@@ -470,7 +470,7 @@ class _Feeder(threading.Thread):
             else:
                 dst.write(held)
                 dst.close()
-        except OSError as e:  # BrokenPipeError: psql exited or was killed
+        except (OSError, ValueError) as e:  # BrokenPipeError, closed pipe: psql is gone
             self._fail("psql", str(e))
 
     def _copy(self, src: IO[bytes], dst: IO[bytes]) -> bytes | None:

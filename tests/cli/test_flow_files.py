@@ -76,7 +76,7 @@ def test_validate_good_file(tmp_path: Path) -> None:
 def test_validate_demo_flow_ships_valid() -> None:
     result = runner.invoke(app, ["flow", "validate", str(FLOWS / "demo.yaml")])
     assert result.exit_code == 0, result.output
-    assert "ok: demo (5 steps)" in result.output
+    assert "ok: demo (6 steps)" in result.output
 
 
 def test_validate_bad_file_prints_every_problem_with_its_path(tmp_path: Path) -> None:
