@@ -22,9 +22,9 @@ from temporalio.common import (
 from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
 from worker.settings import Settings
 from workflows.plan import CompileOptions, Plan, compile
-from workflows.release import MEMO_KEY, ReleaseInput, ReleaseWorkflow
+from workflows.release import ReleaseInput, ReleaseWorkflow
 from workflows.spec import FlowSpec
-from workflows.status import RunState, RunStatus, initial_steps
+from workflows.status import RunState, RunStatus, initial_steps, memo_entries, status_from_memo
 
 
 def new_run_id(flow: str, commit: str | None = None) -> str:
@@ -104,7 +104,7 @@ async def start_release(
         task_queue=task_queue or settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        memo={MEMO_KEY: initial.model_dump(mode="json")},
+        memo=memo_entries(initial),
         search_attributes=TypedSearchAttributes(attributes) if settings.search_attributes else None,
         static_summary=f"release {plan.flow} → {plan.stage}"
         + (f" ({args_text})" if args_text else ""),
@@ -139,8 +139,7 @@ async def read_status(client: Client, run_id: str) -> RunStatus:
     """
     handle = client.get_workflow_handle(run_id)
     description = await handle.describe()
-    raw = await description.memo_value(MEMO_KEY, default=None)
-    status = RunStatus.model_validate(raw) if raw is not None else None
+    status = status_from_memo(await description.memo())
     if status is None:
         raise LookupError(f"run {run_id} has no shipflow status")
     # A run whose workflow was terminated from outside never wrote its final memo.

@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
@@ -31,6 +31,8 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    # Models live in their own module, imported once per worker: defining pydantic models
+    # here would rebuild them for every workflow instance the sandbox creates.
     from activities.models import backup as backup_io
     from activities.models import checks as check_io
     from activities.models import deploy as deploy_io
@@ -40,10 +42,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.models import records as record_io
     from activities.models.common import StepContext
     from workflows.durations import parse_duration
-    from workflows.plan import ActionPlan, GroupPlan, Plan, UndoPlan, resolve_step_outputs
+    from workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
+    from workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
     from workflows.spec import CheckSpec, Probes
     from workflows.stage_lock import GRANTED_SIGNAL, POSITION_SIGNAL, RELEASE_SIGNAL, lock_id
     from workflows.status import (
+        MEMO_KEY,
+        STEP_MEMO_PREFIX,
         Approval,
         Compensation,
         RunState,
@@ -51,39 +56,20 @@ with workflow.unsafe.imports_passed_through():
         StepState,
         StepStatus,
         initial_steps,
+        memo_entries,
     )
 
-MEMO_KEY = "status"
+__all__ = [
+    "MEMO_KEY",
+    "STEP_MEMO_PREFIX",
+    "ApproveInput",
+    "RejectInput",
+    "ReleaseInput",
+    "ReleaseResult",
+    "ReleaseWorkflow",
+]
 NO_RETRY = RetryPolicy(maximum_attempts=1)
 CLEANUP_MARGIN_S = 30.0
-
-
-class ReleaseInput(BaseModel):
-    run_id: str
-    plan: Plan
-    reason: str | None = None
-    triggered_by: str | None = None
-    trigger: str = "api"
-    record_start: bool = Field(False, description="write the runs index at start (schedules)")
-    skip: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="step id -> output of an earlier run, not run again"
-    )
-
-
-class ReleaseResult(BaseModel):
-    status: RunStatus
-
-
-class ApproveInput(BaseModel):
-    step: str
-    comment: str | None = None
-    by: str | None = None
-
-
-class RejectInput(BaseModel):
-    step: str | None = Field(None, description="default: the one step that waits")
-    comment: str | None = None
-    by: str | None = None
 
 
 class StepFailed(Exception):
@@ -146,6 +132,7 @@ class ReleaseWorkflow:
         self._decisions: dict[str, Approval] = {}
         self._dirty = True
         self._done = False
+        self._flushed: dict[str, Any] = {}
         self._lock_asked = False
         self._granted = False
         self._stopping = False
@@ -235,7 +222,8 @@ class ReleaseWorkflow:
         """Mirror the run into the SQL runs index. Best effort: the run's truth is Temporal."""
         status = self._status
         try:
-            await workflow.execute_activity(
+            # A local activity: recorded in the same workflow task, no extra round trip.
+            await workflow.execute_local_activity(
                 record_io.RECORD_RUN,
                 record_io.RunRecordInput(
                     run_id=status.run_id,
@@ -330,9 +318,11 @@ class ReleaseWorkflow:
             await workflow.wait_condition(lambda: self._dirty or self._done)
             if self._dirty:
                 self._dirty = False
-                workflow.upsert_memo(
-                    {MEMO_KEY: self._status.model_dump(mode="json", exclude_none=True)}
-                )
+                entries = memo_entries(self._status)
+                changed = {k: v for k, v in entries.items() if self._flushed.get(k) != v}
+                if changed:
+                    workflow.upsert_memo(changed)
+                    self._flushed.update(changed)
             if self._done and not self._dirty:
                 return
 

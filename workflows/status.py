@@ -6,6 +6,7 @@ no worker runs) and `GET /runs/{id}`, so the three can never disagree on shape.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -138,3 +139,36 @@ def initial_steps(plan: Plan) -> list[StepStatus]:
 
     walk(plan.root, None)
     return out
+
+
+# ------------------------------------------------------------------ memo layout
+
+#: The run-level part of the status (every field but the steps, plus `step_ids` in order).
+MEMO_KEY = "status"
+#: Each step's status under its own key, so an update rewrites only the steps that changed
+#: and the history grows with the number of changes, not with changes times steps.
+STEP_MEMO_PREFIX = "step."
+
+
+def memo_entries(status: RunStatus) -> dict[str, Any]:
+    """The whole status as memo entries (JSON-able)."""
+    run = status.model_dump(mode="json", exclude_none=True, exclude={"steps"})
+    run["step_ids"] = [step.id for step in status.steps]
+    out: dict[str, Any] = {MEMO_KEY: run}
+    for step in status.steps:
+        out[STEP_MEMO_PREFIX + step.id] = step.model_dump(mode="json", exclude_none=True)
+    return out
+
+
+def status_from_memo(memo: Mapping[str, Any]) -> RunStatus | None:
+    """Reassemble a RunStatus from memo entries (also reads a status memo in one piece)."""
+    run = memo.get(MEMO_KEY)
+    if not isinstance(run, dict):
+        return None
+    steps = {step["id"]: step for step in run.get("steps", []) if isinstance(step, dict)}
+    for key, value in memo.items():
+        if key.startswith(STEP_MEMO_PREFIX) and isinstance(value, dict):
+            steps[key[len(STEP_MEMO_PREFIX) :]] = value
+    order = run.get("step_ids") or list(steps)
+    fields = {k: v for k, v in run.items() if k not in ("steps", "step_ids")}
+    return RunStatus.model_validate({**fields, "steps": [steps[i] for i in order if i in steps]})
