@@ -36,16 +36,13 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
-from worker.client import FLOW_KEY, STAGE_KEY
 from worker.settings import Settings
-from worker.starter import plan_for
+from worker.starter import RunLook, plan_for
 from workflows.plan import Plan
-from workflows.release import MEMO_KEY, ReleaseInput, ReleaseWorkflow
+from workflows.release import ReleaseInput, ReleaseWorkflow
 from workflows.spec import CronTrigger, FlowError, FlowSpec
-from workflows.status import RunState, RunStatus, initial_steps
 
 PREFIX = "shipflow-"
 #: Key of the schedule's own memo that names its flow.
@@ -167,23 +164,7 @@ def _action(
 ) -> ScheduleActionStartWorkflow:
     run_prefix = f"{plan.flow}-sched"  # Temporal appends the fire time to the workflow id
     reason = f"cron {trigger.cron} ({trigger.timezone})"
-    initial = RunStatus(
-        run_id=run_prefix,
-        flow=plan.flow,
-        stage=plan.stage,
-        flow_version=plan.flow_version,
-        state=RunState.PENDING,
-        args=plan.args,
-        reason=reason,
-        triggered_by=f"schedule {sid}",
-        steps=initial_steps(plan),
-    )
-    attributes = TypedSearchAttributes(
-        [SearchAttributePair(FLOW_KEY, plan.flow), SearchAttributePair(STAGE_KEY, plan.stage)]
-        if settings.search_attributes
-        else []
-    )
-    args_text = ", ".join(f"{k}={v}" for k, v in sorted(plan.args.items()))
+    look = RunLook.of(settings, plan, run_prefix, reason, f"schedule {sid}", "schedule")
     return ScheduleActionStartWorkflow(
         ReleaseWorkflow.run,
         ReleaseInput(
@@ -197,7 +178,7 @@ def _action(
         id=run_prefix,
         task_queue=settings.task_queue,
         memo={
-            MEMO_KEY: initial.model_dump(mode="json"),
+            **look.memo,
             SCHEDULE_MEMO_KEY: {
                 "cron": trigger.cron,
                 "timezone": trigger.timezone,
@@ -206,16 +187,9 @@ def _action(
                 "flow_version": plan.flow_version,
             },
         },
-        typed_search_attributes=attributes,
-        static_summary=f"scheduled release {plan.flow} → {plan.stage}"
-        + (f" ({args_text})" if args_text else ""),
-        static_details="\n\n".join(
-            [
-                f"**flow** {plan.flow} v{plan.flow_version} · **stage** {plan.stage}",
-                f"**trigger** schedule {sid}: {reason}",
-                "**steps** " + ", ".join(a.id for a in plan.actions()),
-            ]
-        ),
+        typed_search_attributes=look.search_attributes,
+        static_summary=look.summary,
+        static_details=look.details,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -71,24 +72,7 @@ async def start_release(
 ) -> WorkflowHandle[ReleaseWorkflow, Any]:
     """Start (or, for the same id, join) a release run."""
     run_id = run_id or new_run_id(plan.flow, commit)
-    initial = RunStatus(
-        run_id=run_id,
-        flow=plan.flow,
-        stage=plan.stage,
-        flow_version=plan.flow_version,
-        state=RunState.PENDING,
-        args=plan.args,
-        reason=reason,
-        triggered_by=triggered_by,
-        steps=initial_steps(plan),
-    )
-    attributes = [
-        SearchAttributePair(FLOW_KEY, plan.flow),
-        SearchAttributePair(STAGE_KEY, plan.stage),
-    ]
-    if commit:
-        attributes.append(SearchAttributePair(COMMIT_KEY, commit))
-    args_text = ", ".join(f"{k}={v}" for k, v in sorted(plan.args.items()))
+    look = RunLook.of(settings, plan, run_id, reason, triggered_by, trigger, commit=commit)
     return await client.start_workflow(
         ReleaseWorkflow.run,
         ReleaseInput(
@@ -104,12 +88,61 @@ async def start_release(
         task_queue=task_queue or settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        memo=memo_entries(initial),
-        search_attributes=TypedSearchAttributes(attributes) if settings.search_attributes else None,
-        static_summary=f"release {plan.flow} → {plan.stage}"
-        + (f" ({args_text})" if args_text else ""),
-        static_details=_details(plan, reason, triggered_by, trigger),
+        memo=look.memo,
+        search_attributes=look.search_attributes,
+        static_summary=look.summary,
+        static_details=look.details,
     )
+
+
+@dataclass
+class RunLook:
+    """What makes a run readable before it has done anything: its memo (the initial
+    status), search attributes, and the summary and details the Web UI shows. Runs
+    started here and runs started by schedules look the same."""
+
+    memo: dict[str, Any]
+    search_attributes: TypedSearchAttributes
+    summary: str
+    details: str
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        plan: Plan,
+        run_id: str,
+        reason: str | None,
+        triggered_by: str | None,
+        trigger: str,
+        *,
+        commit: str | None = None,
+    ) -> RunLook:
+        initial = RunStatus(
+            run_id=run_id,
+            flow=plan.flow,
+            stage=plan.stage,
+            flow_version=plan.flow_version,
+            state=RunState.PENDING,
+            args=plan.args,
+            reason=reason,
+            triggered_by=triggered_by,
+            steps=initial_steps(plan),
+        )
+        pairs = [
+            SearchAttributePair(FLOW_KEY, plan.flow),
+            SearchAttributePair(STAGE_KEY, plan.stage),
+        ]
+        if commit:
+            pairs.append(SearchAttributePair(COMMIT_KEY, commit))
+        args_text = ", ".join(f"{k}={v}" for k, v in sorted(plan.args.items()))
+        what = "scheduled release" if trigger == "schedule" else "release"
+        return cls(
+            memo=memo_entries(initial),
+            search_attributes=TypedSearchAttributes(pairs if settings.search_attributes else []),
+            summary=f"{what} {plan.flow} → {plan.stage}" + (f" ({args_text})" if args_text else ""),
+            details=_details(plan, reason, triggered_by, trigger),
+        )
 
 
 def _details(plan: Plan, reason: str | None, triggered_by: str | None, trigger: str) -> str:
