@@ -9,6 +9,7 @@ releasing (terminated from outside) is found by a periodic check and released.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -60,6 +61,8 @@ class StageLockWorkflow:
         self._holder = input.holder
         self._queue = list(input.queue)
         self._changed = False
+        # Handlers await (cancels, signals); one at a time keeps holder and queue consistent.
+        self._mutex = asyncio.Lock()
 
     @workflow.run
     async def run(self, input: StageLockInput) -> None:
@@ -70,7 +73,8 @@ class StageLockWorkflow:
                     lambda: self._changed, timeout=REAP_INTERVAL_S if busy else None
                 )
             except TimeoutError:
-                await self._reap()
+                async with self._mutex:
+                    await self._reap()
             self._changed = False
             if workflow.info().is_continue_as_new_suggested() and workflow.all_handlers_finished():
                 workflow.continue_as_new(
@@ -85,6 +89,10 @@ class StageLockWorkflow:
 
     @workflow.update
     async def acquire(self, request: AcquireInput) -> AcquireOutput:
+        async with self._mutex:
+            return await self._acquire(request)
+
+    async def _acquire(self, request: AcquireInput) -> AcquireOutput:
         run_id = request.run_id
         self._changed = True
         if self._holder == run_id:
@@ -112,6 +120,10 @@ class StageLockWorkflow:
 
     @workflow.signal(name=RELEASE_SIGNAL)
     async def release(self, run_id: str) -> None:
+        async with self._mutex:
+            await self._release(run_id)
+
+    async def _release(self, run_id: str) -> None:
         self._changed = True
         if self._holder == run_id:
             await self._grant_next()

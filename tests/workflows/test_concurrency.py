@@ -128,3 +128,29 @@ async def _state(client: Client, run_id: str, state: str) -> bool:
 
 async def _step_running(client: Client, run_id: str, step: str) -> bool:
     return (await read_status(client, run_id)).step(step).state == "running"
+
+
+async def test_cancel_previous_under_twenty_simultaneous_starts(
+    temporal_client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    text = flow(
+        "stampede", "busy", "cancel-previous", "  - wait: {id: soak, duration: 2s}\n" + logged(log)
+    )
+    async with new_worker(temporal_client, settings):
+        handles = await asyncio.gather(
+            *(start_flow(temporal_client, settings, text) for _ in range(20))
+        )
+        statuses = await asyncio.wait_for(
+            asyncio.gather(*(finish(h) for h in handles)), timeout=120
+        )
+    states = [s.state.value for s in statuses]
+    # Each newcomer supersedes the run before it. A start that reaches the lock only after
+    # its predecessor finished (its request was retried) finds nothing to cancel and runs too:
+    # so at least one run succeeds, every other was cancelled, and none ran side by side.
+    assert "succeeded" in states and set(states) <= {"succeeded", "cancelled"}, states
+    lines = log.read_text().split("\n")[:-1]
+    for status in statuses:
+        if status.state == "succeeded":
+            at = lines.index(f"start {status.run_id}")
+            assert lines[at + 1] == f"end {status.run_id}", lines  # nobody started in between

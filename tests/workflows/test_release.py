@@ -414,9 +414,6 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-
-
-
 async def test_cancel_is_not_lost_when_the_running_step_completes_anyway(
     temporal_client: Client, settings: Settings
 ) -> None:
@@ -431,3 +428,22 @@ async def test_cancel_is_not_lost_when_the_running_step_completes_anyway(
         statuses = await asyncio.wait_for(asyncio.gather(*(finish(h) for h in handles)), timeout=60)
     assert {s.state.value for s in statuses} <= {"cancelled", "rolled_back"}
     assert all(s.step("soak").state in ("skipped", "cancelled") for s in statuses)
+
+
+async def test_approval_distinct_from_the_trigger(
+    temporal_client: Client, settings: Settings
+) -> None:
+    text = flow("four-eyes", "steps:\n  - approve: {id: go, distinct_from_trigger: true}\n")
+    async with new_worker(temporal_client, settings):
+        handle = await start_flow(temporal_client, settings, text, triggered_by="alice")
+        await wait_until(lambda: _is(handle, "go", "waiting"))
+        with pytest.raises(WorkflowUpdateFailedError) as caught:
+            await handle.execute_update(
+                ReleaseWorkflow.approve, ApproveInput(step="go", by="alice")
+            )
+        assert "must be approved by someone other than alice" in str(caught.value.cause)
+        await handle.execute_update(ReleaseWorkflow.approve, ApproveInput(step="go", by="bob"))
+        status = await finish(handle)
+    assert status.state == "succeeded"
+    approval = status.step("go").approval
+    assert approval is not None and approval.by == "bob" and approval.at is not None
