@@ -132,7 +132,8 @@ class ReleaseWorkflow:
         self._decisions: dict[str, Approval] = {}
         self._dirty = True
         self._done = False
-        self._flushed: dict[str, Any] = {}
+        # What the starter put in the memo: only what changes from here on is upserted.
+        self._flushed: dict[str, Any] = memo_entries(self._status)
         self._lock_asked = False
         self._granted = False
         self._stopping = False
