@@ -17,7 +17,7 @@ import asyncio
 import builtins
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from temporalio import workflow
@@ -69,6 +69,7 @@ __all__ = [
     "ReleaseWorkflow",
 ]
 NO_RETRY = RetryPolicy(maximum_attempts=1)
+T = TypeVar("T")
 CLEANUP_MARGIN_S = 30.0
 
 
@@ -191,8 +192,9 @@ class ReleaseWorkflow:
             final = RunState.CANCELLED if cancelled else RunState.FAILED
         self._set_run(final)
 
-    async def _shielded(self, work: Awaitable[int]) -> int:
-        """Run compensation to the end even if a cancel request arrives meanwhile."""
+    async def _shielded(self, work: Awaitable[T]) -> T:
+        """Run `work` (compensation, the run's last records) to the end even if a cancel
+        request arrives meanwhile."""
         task = asyncio.ensure_future(work)
         while True:
             try:
@@ -206,18 +208,9 @@ class ReleaseWorkflow:
         self._touch()
         if self._lock_asked:
             await self._shielded(self._release_stage())
-        await self._shielded(self._record_run_count())
+        await self._shielded(self._record_run())
         self._done = True
-        await self._shielded(self._await_task(flusher))
-
-    @staticmethod
-    async def _await_task(task: asyncio.Task[None]) -> int:
-        await task
-        return 0
-
-    async def _record_run_count(self) -> int:
-        await self._record_run()
-        return 0
+        await self._shielded(flusher)
 
     async def _record_run(self) -> None:
         """Mirror the run into the SQL runs index. Best effort: the run's truth is Temporal."""
@@ -281,14 +274,13 @@ class ReleaseWorkflow:
             await workflow.wait_condition(lambda: self._granted)
             self._status.queue_position = None
 
-    async def _release_stage(self) -> int:
+    async def _release_stage(self) -> None:
         try:
             await workflow.get_external_workflow_handle(
                 lock_id(self._plan.stage, workflow.info().task_queue)
             ).signal(RELEASE_SIGNAL, self._status.run_id)
         except Exception as e:  # the lock's reaper releases a run that could not say so
             workflow.logger.warning("could not release stage %s: %s", self._plan.stage, e)
-        return 0
 
     @workflow.signal(name=GRANTED_SIGNAL)
     def _lock_granted(self) -> None:

@@ -21,6 +21,7 @@ from temporalio.service import RPCError
 from api.concurrency import wait_for_admission
 from api.deps import Admin, EngineDep, Operator, SessionDep, SettingsDep, TemporalDep, Viewer
 from api.models import Flow, FlowVersion, Run, utcnow
+from api.runs_index import insert_run, mark_start_failed
 from api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
 from api.schemas import FlowDetail, FlowPublic, RunAccepted, RunCreate, flow_summary
 from worker.settings import Settings
@@ -242,23 +243,6 @@ def _load_flow(engine: Engine, name: str) -> Flow | None:
         return session.get(Flow, name)
 
 
-def _insert_run(engine: Engine, run: Run) -> None:
-    with Session(engine) as session:
-        session.add(run)
-        session.commit()
-
-
-def _mark_failed(engine: Engine, run_id: str, error: str) -> None:
-    with Session(engine) as session:
-        run = session.get(Run, run_id)
-        if run is not None:
-            run.state = "failed"
-            run.error = error
-            run.ended_at = utcnow()
-            session.add(run)
-            session.commit()
-
-
 @router.post("/{name}/runs", response_model=RunAccepted, status_code=status.HTTP_202_ACCEPTED)
 async def start_run(
     name: str,
@@ -294,14 +278,13 @@ async def start_run(
         trigger="api",
         args=plan.args,
     )
-    await run_in_threadpool(_insert_run, engine, record)
+    await run_in_threadpool(insert_run, engine, record)
     try:
         await start_release(
             client, settings, plan, run_id=run_id, reason=body.reason, triggered_by=caller.name
         )
     except Exception as e:
-        message = f"could not start the run on Temporal: {type(e).__name__}: {e}"
-        await run_in_threadpool(_mark_failed, engine, run_id, message)
+        message = await run_in_threadpool(mark_start_failed, engine, run_id, e)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
     request.app.state.metrics.runs_started.labels(flow=plan.flow).inc()
     if plan.concurrency == "forbid":

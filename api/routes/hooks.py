@@ -37,6 +37,7 @@ from api.git import (
     resolve_args,
 )
 from api.models import Flow, Run, WebhookDelivery, utcnow
+from api.runs_index import insert_run, mark_start_failed
 from worker.settings import Settings
 from worker.starter import new_run_id, plan_for, start_release, ui_link
 from workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
@@ -46,7 +47,6 @@ log = logging.getLogger("shipflow.hooks")
 router = APIRouter(prefix="/hooks", tags=["hooks"])
 
 MAX_PAYLOAD_BYTES = 5_000_000  # GitHub caps payloads at 25 MB; a push is far smaller
-START_FAILED = "could not start the run on Temporal"
 
 
 class HookRun(BaseModel):
@@ -179,36 +179,6 @@ def _flows(engine: Engine) -> list[tuple[Flow, FlowSpec]]:
     return out
 
 
-def _insert_run(engine: Engine, run: Run) -> None:
-    """Add the index row unless it exists: the same commit maps to the same run.
-
-    A row left by a start that failed (Temporal was unreachable) is reset, since the
-    provider's retry of that delivery is about to start the run after all.
-    """
-    with Session(engine) as session:
-        existing = session.get(Run, run.run_id)
-        if existing is not None:
-            if existing.state == "failed" and (existing.error or "").startswith(START_FAILED):
-                existing.state, existing.error, existing.ended_at = "pending", None, None
-                session.add(existing)
-                session.commit()
-            return
-        session.add(run)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-
-
-def _mark_failed(engine: Engine, run_id: str, error: str) -> None:
-    with Session(engine) as session:
-        run = session.get(Run, run_id)
-        if run is not None and run.state == "pending":
-            run.state, run.error, run.ended_at = "failed", error, utcnow()
-            session.add(run)
-            session.commit()
-
-
 # ------------------------------------------------------------------ handling
 
 
@@ -252,7 +222,7 @@ async def _start(
         trigger=event.provider,
         args=plan.args,
     )
-    await run_in_threadpool(_insert_run, engine, record)
+    await run_in_threadpool(insert_run, engine, record)
     try:
         await start_release(
             client,
@@ -265,8 +235,7 @@ async def _start(
             commit=event.sha,
         )
     except Exception as e:
-        message = f"{START_FAILED}: {type(e).__name__}: {e}"
-        await run_in_threadpool(_mark_failed, engine, run_id, message)
+        message = await run_in_threadpool(mark_start_failed, engine, run_id, e)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
     return _link(request, settings, plan.flow, run_id)
 

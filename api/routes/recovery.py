@@ -23,7 +23,7 @@ from api.recovery import (
     rollback_plan,
     services_to_roll_back,
 )
-from api.routes.flows import _insert_run, _mark_failed
+from api.runs_index import insert_run, mark_start_failed
 from worker.settings import Settings
 from worker.starter import read_status, start_release, ui_link
 from workflows.plan import Plan
@@ -130,7 +130,7 @@ async def _start(
 ) -> RecoveryAccepted:
     plan = run_input.plan
     await run_in_threadpool(
-        _insert_run,
+        insert_run,
         engine,
         Run(
             run_id=run_input.run_id,
@@ -155,8 +155,7 @@ async def _start(
             skip=run_input.skip,
         )
     except Exception as e:
-        message = f"could not start the run on Temporal: {type(e).__name__}: {e}"
-        await run_in_threadpool(_mark_failed, engine, run_input.run_id, message)
+        message = await run_in_threadpool(mark_start_failed, engine, run_input.run_id, e)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
     return RecoveryAccepted(
         run_id=run_input.run_id,

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import (
@@ -30,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Admin, EngineDep, SettingsDep, TemporalDep, Viewer
 from api.models import Flow, Run
+from api.runs_index import insert_run
 from api.schedules import PREFIX, built_from, cron_triggers, schedule_id
 from worker.starter import ui_link
 from workflows.release import MEMO_KEY
@@ -198,17 +198,6 @@ def _initial_status(client: Client, description: ScheduleDescription) -> dict[st
     return value if isinstance(value, dict) else {}
 
 
-def _insert_run(engine: Engine, run: Run) -> None:
-    with Session(engine) as session:
-        if session.get(Run, run.run_id) is not None:
-            return
-        session.add(run)
-        try:
-            session.commit()
-        except IntegrityError:  # the run recorded itself first
-            session.rollback()
-
-
 # ------------------------------------------------------------------ routes
 
 
@@ -304,7 +293,7 @@ async def trigger_schedule(
         trigger="schedule",
         args=dict(initial.get("args", {})),
     )
-    await run_in_threadpool(_insert_run, engine, record)
+    await run_in_threadpool(insert_run, engine, record)
     return ScheduleTriggered(
         schedule_id=full,
         run_id=run_id,
