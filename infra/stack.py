@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import httpx
 
-from worker.client import SEARCH_ATTRIBUTES
+from worker.client import SEARCH_ATTRIBUTES, dev_server_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN_NAME = "local-admin"
@@ -444,8 +444,7 @@ class EmbeddedStack:
             "--log-level",
             "warn",
             "--ui-disable-news-fetch",
-            "--dynamic-config-value",
-            "frontend.enableUpdateWorkflowExecution=true",
+            *dev_server_args(),
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():
             argv += ["--search-attribute", f"{name}={kind}"]

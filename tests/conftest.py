@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
+from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY, dev_server_args
 from worker.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("SHIPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,10 +37,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=temporal_binary(),
         data_converter=pydantic_data_converter,
         search_attributes=[FLOW_KEY, STAGE_KEY, COMMIT_KEY],
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "frontend.enableUpdateWorkflowExecution=true",
-        ],
+        dev_server_extra_args=dev_server_args(),
     )
     try:
         yield env
