@@ -2,6 +2,10 @@
 
 The Plan (and so Temporal history) carries only the reference; the value lives in the
 worker's environment and in the activity's memory for as long as the step runs.
+
+Only references the flow's author wrote are resolved: text substituted from a run's
+arguments or a step's output reaches the worker escaped (`$${`, see
+`workflows.templates`), and is handed on as those literal characters.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-_ENV = re.compile(r"\$\{\s*env\.([A-Za-z0-9_.-]+?)\s*\}")
+from workflows.templates import TOKEN, expressions
 
 
 def resolve_env(text: str, environ: Mapping[str, str] | None = None) -> str:
@@ -25,7 +29,11 @@ def resolve_env(text: str, environ: Mapping[str, str] | None = None) -> str:
     source = os.environ if environ is None else environ
 
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
+        if match.group(1) is None:  # an escaped `${`: literal text
+            return "${"
+        if match.group(1) != "env":
+            return match.group(0)
+        name = match.group(2)
         if name not in source:
             raise ApplicationError(
                 f"environment variable {name} is not set on the worker (referenced as ${{env.{name}}})",
@@ -34,7 +42,9 @@ def resolve_env(text: str, environ: Mapping[str, str] | None = None) -> str:
             )
         return source[name]
 
-    return _ENV.sub(replace, text)
+    if "${" not in text:
+        return text
+    return TOKEN.sub(replace, text)
 
 
 def resolve_env_in(value: Any, environ: Mapping[str, str] | None = None) -> Any:
@@ -53,7 +63,11 @@ def secret_values(value: Any, environ: Mapping[str, str] | None = None) -> list[
     source = os.environ if environ is None else environ
     found: list[str] = []
     if isinstance(value, str):
-        found = [source[m.group(1)] for m in _ENV.finditer(value) if source.get(m.group(1))]
+        found = [
+            source[m.group(2)]
+            for m in expressions(value)
+            if m.group(1) == "env" and source.get(m.group(2))
+        ]
     elif isinstance(value, list | tuple):
         for item in value:
             found += secret_values(item, environ)

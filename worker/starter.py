@@ -7,7 +7,7 @@ so every run gets the same id scheme, memo, search attributes and summary.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,10 +49,16 @@ def plan_for(
     *,
     context: Mapping[str, Mapping[str, str]] | None = None,
     flow_version: int = 1,
+    placeholders: Collection[str] = (),
 ) -> Plan:
     """Raises FlowError (with paths) for bad args or references."""
     return compile(
-        flow, args, context=context, flow_version=flow_version, options=compile_options(settings)
+        flow,
+        args,
+        context=context,
+        flow_version=flow_version,
+        options=compile_options(settings),
+        placeholders=placeholders,
     )
 
 

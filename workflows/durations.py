@@ -6,6 +6,7 @@ same way the compiler does.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -15,6 +16,12 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"
+#: The longest duration a flow may name (a year): far beyond any sane timeout or wait, far
+#: below what `timedelta` and Temporal's timers can hold, so a typo is an error, not a crash.
+MAX_DURATION_S = 366 * 86400.0
+MAX_DURATION_TEXT = "366d"
+#: Longer duration text is refused before any number in it is converted.
+MAX_DURATION_CHARS = 64
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -28,12 +35,22 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 90s, 10m or 1h30m")
     if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("a duration must be a finite number of seconds")
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=float(value))
+        if value > MAX_DURATION_S:  # before float(): a 400-digit int overflows it
+            shown = str(value) if len(str(value)) <= 20 else str(value)[:20] + "..."
+            raise ValueError(f"duration of {shown}s is too long: at most {MAX_DURATION_TEXT}")
+        return _bounded(float(value), f"{value}s")
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 90s, 10m or 1h30m")
     text = value.strip()
+    if len(text) > MAX_DURATION_CHARS:
+        raise ValueError(
+            f"invalid duration {text[:20]}...: at most {MAX_DURATION_CHARS} characters, "
+            f"and at most {MAX_DURATION_TEXT}"
+        )
     pos = 0
     total = 0.0
     for match in _PART.finditer(text):
@@ -45,7 +62,13 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError(
             f"invalid duration {value!r}: use forms like 500ms, 0.5s, 90s, 10m, 4h, 1h30m"
         )
-    return timedelta(seconds=total)
+    return _bounded(total, repr(value))
+
+
+def _bounded(seconds: float, shown: str) -> timedelta:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError(f"duration {shown} is too long: at most {MAX_DURATION_TEXT}")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta | float) -> str:

@@ -13,8 +13,9 @@ interpreter from step outputs right before the step runs.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -29,9 +30,19 @@ from workflows.spec import (
     step_body,
     step_kind,
 )
+from workflows.templates import ESCAPED, TOKEN, expressions, join, substitute
+from workflows.templates import TEMPLATE as TEMPLATE  # re-exported: api.git reads trigger args
 
-TEMPLATE = re.compile(r"\$\{\s*([A-Za-z_]+)\.([A-Za-z0-9_.-]+?)\s*\}")
 NAMESPACES = ("args", "env", "steps", "git", "run")
+
+#: What a string in the flow is, for where an argument may land in it.
+Role = Literal["text", "url", "host", "argv"]
+_URL_KEYS = {"url", "webhook", "database", "endpoint", "runtime", "to"}
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: The largest compiled plan a run may have. Temporal refuses payloads over 2 MB; the Plan
+#: shares the start request with the status memo (about as large again for small steps) and
+#: a payload codec may add to it, so half of the limit is left as headroom.
+MAX_PLAN_BYTES = 1_000_000
 
 
 class RetryPlan(BaseModel):
@@ -144,6 +155,7 @@ def compile(
     context: Mapping[str, Mapping[str, str]] | None = None,
     flow_version: int = 1,
     options: CompileOptions | None = None,
+    placeholders: Collection[str] = (),
 ) -> Plan:
     """Compile a validated flow and a run's arguments into a Plan.
 
@@ -154,13 +166,16 @@ def compile(
         context: extra namespaces known at start, e.g. `{"git": {"sha": ...}}`.
         flow_version: the version of the flow this run executes.
         options: retry and heartbeat defaults.
+        placeholders: arguments whose values only stand in for what each run will give
+            (checking a flow at apply time): their values are not held to the argument's
+            constraints, everything else about them is checked.
 
     Raises:
         FlowError: every problem found, each with its path in the flow file.
     """
-    return _Compiler(flow, args or {}, env, context or {}, options or CompileOptions()).run(
-        flow_version
-    )
+    return _Compiler(
+        flow, args or {}, env, context or {}, options or CompileOptions(), frozenset(placeholders)
+    ).run(flow_version)
 
 
 class _Compiler:
@@ -171,8 +186,10 @@ class _Compiler:
         env: Mapping[str, str] | None,
         context: Mapping[str, Mapping[str, str]],
         options: CompileOptions,
+        placeholders: frozenset[str],
     ):
         self.flow = flow
+        self.placeholders = placeholders
         self.env = env
         self.context = context
         self.options = options
@@ -190,7 +207,7 @@ class _Compiler:
         )
         if self.problems:
             raise FlowError(self.problems)
-        return Plan(
+        plan = Plan(
             flow=self.flow.name,
             stage=self.flow.stage,
             flow_version=flow_version,
@@ -202,6 +219,18 @@ class _Compiler:
             heartbeat_timeout_s=self.options.heartbeat_timeout_s,
             worker_lost_retries=self.options.worker_lost_retries,
         )
+        size = len(plan.model_dump_json())
+        if size > MAX_PLAN_BYTES:
+            raise FlowError(
+                [
+                    (
+                        "steps",
+                        f"the compiled plan is {size} bytes: at most {MAX_PLAN_BYTES} fit in "
+                        "a run's input (limit: plan size; Temporal refuses payloads over 2 MB)",
+                    )
+                ]
+            )
+        return plan
 
     # -------------------------------------------------------------- arguments
 
@@ -213,7 +242,11 @@ class _Compiler:
                 known = ", ".join(sorted(declared)) or "none"
                 self.problems.append((f"args.{name}", f"undeclared argument (declared: {known})"))
                 continue
-            out[name] = _as_text(value)
+            text = _as_text(value)
+            problem = None if name in self.placeholders else declared[name].violation(text)
+            if problem:
+                self.problems.append((f"args.{name}", f"the value {problem}"))
+            out[name] = text
         for name, spec in declared.items():
             if name not in out:
                 if spec.default is None:
@@ -341,73 +374,165 @@ class _Compiler:
 
     # -------------------------------------------------------------- templates
 
-    def _resolve_value(self, value: Any, path: str, before: frozenset[str]) -> Any:
+    def _resolve_value(
+        self, value: Any, path: str, before: frozenset[str], role: Role = "text"
+    ) -> Any:
         if isinstance(value, str):
-            return self._resolve_text(value, path, before)
+            return self._resolve_text(value, path, before, role)
         if isinstance(value, list):
-            return [self._resolve_value(v, f"{path}[{i}]", before) for i, v in enumerate(value)]
+            item_role: Role = "argv" if role == "argv" else "text"
+            return [
+                self._resolve_value(v, f"{path}[{i}]", before, item_role)
+                for i, v in enumerate(value)
+            ]
         if isinstance(value, dict):
-            return {k: self._resolve_value(v, f"{path}.{k}", before) for k, v in value.items()}
+            return {
+                k: self._resolve_value(v, f"{path}.{k}", before, _role_of(k))
+                for k, v in value.items()
+            }
         return value
 
-    def _resolve_text(self, text: str, path: str, before: frozenset[str]) -> str:
+    def _resolve_text(
+        self, text: str, path: str, before: frozenset[str], role: Role = "text"
+    ) -> str:
         if "${" not in text:
             return text
-
-        def replace(match: re.Match[str]) -> str:
-            namespace, name = match.group(1), match.group(2)
-            if namespace == "args":
-                if name not in self.flow.args:
-                    known = ", ".join(sorted(self.flow.args)) or "none"
-                    self.problems.append(
-                        (path, f"${{args.{name}}}: undeclared argument (declared: {known})")
-                    )
-                    return match.group(0)
-                return self.args.get(name, match.group(0))
-            if namespace == "env":
-                self.env_refs.add(name)
-                if self.env is not None and name not in self.env:
-                    self.problems.append((path, f"${{env.{name}}}: not set in the environment"))
-                return match.group(0)
-            if namespace == "steps":
-                self._check_step_ref(name, path, before)
-                return match.group(0)
-            if namespace in self.context:
-                values = self.context[namespace]
-                if name not in values:
-                    self.problems.append(
-                        (
-                            path,
-                            f"${{{namespace}.{name}}}: unknown (known: {', '.join(sorted(values))})",
-                        )
-                    )
-                    return match.group(0)
-                return values[name]
-            if namespace in ("git", "run"):
-                self.problems.append(
-                    (
-                        path,
-                        f"${{{namespace}.{name}}}: only known when the run is started by a {namespace} trigger",
-                    )
-                    if namespace == "git"
-                    else (path, f"${{run.{name}}}: unknown run variable")
-                )
-                return match.group(0)
+        if role == "text" and _URL_START.match(text):
+            role = "url"
+        # Where in a URL the next piece lands: scheme and host until the author's own text
+        # has passed `://` and then reached `/`, `?` or `#`.
+        part = "host" if role in ("url", "host") else "none"
+        after_scheme = role == "host"
+        pieces: list[tuple[str, bool]] = []
+        literals: list[str] = []
+        pos = 0
+        for match in TOKEN.finditer(text):
+            written = text[pos : match.start()]
+            pieces.append((written, False))
+            literals.append(written)
+            if role != "host":
+                part, after_scheme = _url_part(written, part, after_scheme)
+            pos = match.end()
+            if match.group(1) is None:  # an escaped `${` stays escaped
+                pieces.append((ESCAPED, False))
+                continue
+            replaced = self._expression(match, path, before)
+            if replaced is None:
+                pieces.append((match.group(0), False))
+                continue
+            value, name = replaced
+            if name is not None:
+                value = self._place_arg(name, value, path, part, role, pieces)
+            pieces.append((value, True))
+        pieces.append((text[pos:], False))
+        literals.append(text[pos:])
+        if any("${" in written for written in literals):
             self.problems.append(
                 (
                     path,
-                    f"${{{namespace}.{name}}}: unknown namespace {namespace!r} (use one of {', '.join(NAMESPACES)})",
+                    "malformed ${...} expression: use ${args.X}, ${env.X} or "
+                    "${steps.ID.OUTPUT} ($${ for a literal ${)",
                 )
             )
-            return match.group(0)
+        return join(pieces)
 
-        out = TEMPLATE.sub(replace, text)
-        leftover = TEMPLATE.sub("", out)
-        if "${" in leftover.replace("$${", ""):
+    def _expression(
+        self, match: re.Match[str], path: str, before: frozenset[str]
+    ) -> tuple[str, str | None] | None:
+        """The data an expression stands for (and the argument's name), or None to keep it."""
+        namespace, name = match.group(1), match.group(2)
+        if namespace == "args":
+            if name not in self.flow.args:
+                known = ", ".join(sorted(self.flow.args)) or "none"
+                self.problems.append(
+                    (path, f"${{args.{name}}}: undeclared argument (declared: {known})")
+                )
+                return None
+            if name not in self.args:
+                return None
+            return self.args[name], name
+        if namespace == "env":
+            self.env_refs.add(name)
+            if self.env is not None and name not in self.env:
+                self.problems.append((path, f"${{env.{name}}}: not set in the environment"))
+            return None
+        if namespace == "steps":
+            self._check_step_ref(name, path, before)
+            return None
+        if namespace in self.context:
+            values = self.context[namespace]
+            if name not in values:
+                self.problems.append(
+                    (
+                        path,
+                        f"${{{namespace}.{name}}}: unknown (known: {', '.join(sorted(values))})",
+                    )
+                )
+                return None
+            return values[name], None
+        if namespace in ("git", "run"):
             self.problems.append(
-                (path, "malformed ${...} expression: use ${args.X}, ${env.X} or ${steps.ID.OUTPUT}")
+                (
+                    path,
+                    f"${{{namespace}.{name}}}: only known when the run is started by a {namespace} trigger",
+                )
+                if namespace == "git"
+                else (path, f"${{run.{name}}}: unknown run variable")
             )
-        return out
+            return None
+        self.problems.append(
+            (
+                path,
+                f"${{{namespace}.{name}}}: unknown namespace {namespace!r} (use one of {', '.join(NAMESPACES)})",
+            )
+        )
+        return None
+
+    def _place_arg(
+        self,
+        name: str,
+        value: str,
+        path: str,
+        part: str,
+        role: Role,
+        pieces: list[tuple[str, bool]],
+    ) -> str:
+        """An argument's text as it lands at this place; refuse the places that need a pattern.
+
+        In a URL's path, query or fragment it is percent-encoded (one component, `/`
+        included). In the scheme or host it would choose where the request goes, and as
+        the start of a command-line argument it could become an option: both need the
+        author's explicit `pattern` (or `enum`) for that argument.
+        """
+        spec = self.flow.args[name]
+        if part in ("path", "query", "fragment"):
+            return quote(value, safe="")
+        if part == "host" and not spec.constrained:
+            where = "host part of the address" if role == "host" else "scheme or host of the URL"
+            self.problems.append(
+                (
+                    f"args.{name}",
+                    f"lands in the {where} at {path}, where it would choose what is "
+                    f"contacted: give the argument a `pattern` (or `enum`) in the flow to "
+                    f"allow this",
+                )
+            )
+        elif (
+            role == "argv"
+            and not spec.constrained
+            and name not in self.placeholders
+            and value.startswith("-")
+            and not "".join(p for p, _ in pieces)
+        ):
+            self.problems.append(
+                (
+                    f"args.{name}",
+                    f"starts with '-' where it begins the command argument {path}, where it "
+                    f"would be read as an option: give the argument a `pattern` in the flow "
+                    f"to allow this",
+                )
+            )
+        return value
 
     def _check_step_ref(self, name: str, path: str, before: frozenset[str]) -> None:
         step_id, _, output = name.partition(".")
@@ -433,6 +558,39 @@ class _Compiler:
             self.problems.append(
                 (path, f"${{steps.{name}}}: a {kind} step has no output {output!r} (has: {known})")
             )
+
+
+def _role_of(key: str) -> Role:
+    if key in _URL_KEYS:
+        return "url"
+    if key == "command":
+        return "argv"
+    if key == "host":
+        return "host"
+    return "text"
+
+
+def _url_part(written: str, part: str, after_scheme: bool) -> tuple[str, bool]:
+    """Where a URL stands after the author's literal text `written` (see `_resolve_text`)."""
+    if part in ("none", "fragment") or not written:
+        return part, after_scheme
+    rest = written
+    if part == "host":
+        if not after_scheme:
+            scheme_end = rest.find("://")
+            if scheme_end < 0:
+                return part, after_scheme
+            rest, after_scheme = rest[scheme_end + 3 :], True
+        cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=-1)
+        if cut < 0:
+            return part, after_scheme
+        part = {"/": "path", "?": "query", "#": "fragment"}[rest[cut]]
+        rest = rest[cut + 1 :]
+    if part == "path" and "?" in rest.split("#", 1)[0]:
+        part, rest = "query", rest[rest.index("?") + 1 :]
+    if "#" in rest:
+        part = "fragment"
+    return part, after_scheme
 
 
 def _as_text(value: Any) -> str:
@@ -469,7 +627,7 @@ def step_refs(value: Any) -> set[str]:
     """Step ids whose outputs `value` refers to."""
     found: set[str] = set()
     if isinstance(value, str):
-        for match in TEMPLATE.finditer(value):
+        for match in expressions(value):
             if match.group(1) == "steps":
                 found.add(match.group(2).partition(".")[0])
     elif isinstance(value, list):
@@ -482,20 +640,22 @@ def step_refs(value: Any) -> set[str]:
 
 
 def resolve_step_outputs(value: Any, outputs: Mapping[str, Mapping[str, Any]]) -> Any:
-    """Replace `${steps.<id>.<output>}` with the recorded outputs (deterministic)."""
-    if isinstance(value, str):
-        if "${" not in value:
-            return value
+    """Replace `${steps.<id>.<output>}` with the recorded outputs (deterministic).
 
-        def replace(match: re.Match[str]) -> str:
+    An output is data (a command's output is whatever the command printed): it is escaped
+    as it goes in, so an `${env.X}` in it is never resolved on the worker.
+    """
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> tuple[str, bool] | None:
             if match.group(1) != "steps":
-                return match.group(0)
+                return None
             step_id, _, output = match.group(2).partition(".")
             if step_id in outputs and output in outputs[step_id]:
-                return _as_text(outputs[step_id][output])
-            return match.group(0)
+                return _as_text(outputs[step_id][output]), True
+            return None
 
-        return TEMPLATE.sub(replace, value)
+        return substitute(value, replace)
     if isinstance(value, list):
         return [resolve_step_outputs(v, outputs) for v in value]
     if isinstance(value, dict):

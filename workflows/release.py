@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         initial_steps,
         memo_entries,
     )
+    from workflows.templates import literal
 
 __all__ = [
     "MEMO_KEY",
@@ -378,7 +379,7 @@ class ReleaseWorkflow:
             return
         self._stop_if_stopping()
         params = resolve_step_outputs(action.params, self._outputs)
-        step.summary = resolve_step_outputs(action.summary, self._outputs)
+        step.summary = literal(resolve_step_outputs(action.summary, self._outputs))
         step.started_at = workflow.now()
         step.state = StepState.RUNNING
         self._touch()
@@ -430,7 +431,7 @@ class ReleaseWorkflow:
         if kind == "wait":
             duration = parse_duration(params["duration"]).total_seconds()
             step.attempts = 1
-            await workflow.sleep(duration, summary=action.summary)
+            await workflow.sleep(duration, summary=literal(action.summary))
             return {"duration_s": duration}
         if kind == "approve":
             return await self._approval(action, params, step)
@@ -586,7 +587,7 @@ class ReleaseWorkflow:
                     ),
                     retry_policy=NO_RETRY,
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=step.summary or action.summary,
+                    summary=step.summary or literal(action.summary),
                 )
                 return result.model_dump(mode="json")
             except ActivityError as error:

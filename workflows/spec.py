@@ -9,6 +9,7 @@ live in `workflows.plan`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -315,19 +316,87 @@ SequenceStep.model_rebuild()
 # ---------------------------------------------------------------- flow
 
 
+ArgType = Literal["string", "integer", "boolean"]
+
+#: No argument value is longer than this, whatever the flow says: args travel in every Plan.
+MAX_ARG_CHARS = 4096
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 class ArgSpec(StrictModel):
+    """A run-time argument: text given by whoever starts a run (an operator, a trigger).
+
+    Its value is data: it is substituted once, literally, and never read as an expression.
+    The constraints let the flow's author say what a run may pass; a value that breaks one
+    refuses the run (422 naming the argument). `pattern` (or `enum`) is also how an author
+    allows an argument where its text decides more than a value, e.g. the host of a URL.
+    """
+
     default: str | None = None
     description: str | None = None
+    type: ArgType = "string"
+    pattern: str | None = Field(
+        None, max_length=1000, description="a regular expression the whole value must match"
+    )
+    enum: list[str] | None = Field(None, min_length=1, description="the only values allowed")
+    max_length: int | None = Field(None, ge=1, le=MAX_ARG_CHARS)
 
     @field_validator("default", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
         # YAML turns `1` or `true` into numbers and booleans; args are always text.
-        if isinstance(value, bool):
-            return str(value).lower()
-        if isinstance(value, int | float):
-            return str(value)
+        return _arg_text(value)
+
+    @field_validator("enum", mode="before")
+    @classmethod
+    def _stringify_enum(cls, value: Any) -> Any:
+        return [_arg_text(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f"invalid regular expression: {e}") from None
         return value
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> ArgSpec:
+        if self.default is not None:
+            problem = self.violation(self.default)
+            if problem:
+                raise ValueError(f"the default {self.default!r} {problem}")
+        return self
+
+    @property
+    def constrained(self) -> bool:
+        """The author said exactly which values are fine (a pattern or a list)."""
+        return self.pattern is not None or self.enum is not None
+
+    def violation(self, value: str) -> str | None:
+        """What is wrong with `value` for this argument, or None when it fits."""
+        limit = self.max_length or MAX_ARG_CHARS
+        if len(value) > limit:
+            return f"is {len(value)} characters long; at most {limit} allowed"
+        if self.type == "integer" and not _INTEGER.fullmatch(value):
+            return "is not an integer"
+        if self.type == "boolean" and value not in ("true", "false"):
+            return "is not a boolean (true or false)"
+        if self.enum is not None and value not in self.enum:
+            return "is not one of: " + ", ".join(self.enum)
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return f"does not match the pattern {self.pattern!r}"
+        return None
+
+
+def _arg_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
+    return value
 
 
 class CronTrigger(StrictModel):
@@ -448,6 +517,128 @@ def problems_from(error: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
+#: How deep `sequence` and `parallel` may nest. The interpreter walks the plan recursively in
+#: a workflow task: a flow far deeper would fail that task forever, out of reach of cancel.
+MAX_NESTING = 20
+#: How many steps (actions and groups) a flow may have. The Plan is workflow input and must
+#: stay well inside Temporal's 2 MB payload limit: a step costs about 0.5-1.5 KB of plan and
+#: start memo (more with long commands), so 500 steps stay under 1 MB (see `plan.MAX_PLAN_BYTES`).
+MAX_STEPS = 500
+
+
+_SECRET_NAME = re.compile(
+    r"token|secret|passw(or)?d|pwd|api[-_]?key|^key$|sig(nature)?$|^auth|credential", re.I
+)
+_ENV_REF = "${env."
+_USE_ENV = "write it in the worker's environment and name it here as ${env.X}"
+
+
+def _url_secrets(url: str, *, query: bool, user_is_secret: bool) -> list[str]:
+    """What in `url` looks like a credential written literally (not an `${env.X}`)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if "://" not in url:
+        return []
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found: list[str] = []
+    userinfo, at, _host = parts.netloc.rpartition("@")
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if colon and password and _ENV_REF not in password:
+            found.append("a password in the URL")
+        elif user_is_secret and user and _ENV_REF not in user:
+            found.append("credentials in the URL's user part")
+    if query:
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if value and _SECRET_NAME.search(name) and _ENV_REF not in value:
+                found.append(f"a {name!r} in the URL's query")
+    return found
+
+
+def literal_secret_problems(spec: FlowSpec) -> list[tuple[str, str]]:
+    """Credentials written literally in the flow (refused at apply and validate).
+
+    A flow's source is readable by every viewer (`GET /flows/{name}`) and its values travel
+    in Temporal history; a secret belongs in the worker's environment, named as `${env.X}`.
+    """
+    problems: list[tuple[str, str]] = []
+
+    def check(path: str, url: str | None, *, query: bool, user_is_secret: bool) -> None:
+        if url:
+            for what in _url_secrets(url, query=query, user_is_secret=user_is_secret):
+                problems.append((path, f"{what} is written literally: {_USE_ENV}"))
+
+    if isinstance(spec.target, LocalTarget):
+        check("target.runtime", spec.target.runtime, query=True, user_is_secret=True)
+    for here, kind, body in walk_steps(spec.steps, "steps"):
+        if kind == "backup":
+            check(f"{here}.database", body.database, query=True, user_is_secret=False)
+            check(f"{here}.endpoint", body.endpoint, query=True, user_is_secret=True)
+        elif kind == "check" and body.http is not None:
+            check(f"{here}.http.url", body.http.url, query=True, user_is_secret=True)
+        elif kind == "notify":
+            check(f"{here}.webhook", body.webhook, query=True, user_is_secret=True)
+    return problems
+
+
+def walk_steps(steps: list[Any], path: str) -> Iterator[tuple[str, str, Any]]:
+    """Every action step as (path, kind, body), depth first, as written."""
+    for index, step in enumerate(steps):
+        kind = step_kind(step)
+        here = f"{path}[{index}].{kind}"
+        body = step_body(step)
+        if kind in GROUP_KINDS:
+            yield from walk_steps(body, here)
+        else:
+            yield here, kind, body
+
+
+def limit_problems(data: Any) -> list[tuple[str, str]]:
+    """Nesting depth and step count of a decoded flow, checked before the models see it.
+
+    Iterative on purpose: the point is to refuse a pathological flow cheaply, before
+    anything recursive (validation, compiling, the interpreter) walks it.
+    """
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not isinstance(steps, list):
+        return []
+    problems: list[tuple[str, str]] = []
+    count = 0
+    pending: list[tuple[list[Any], str, int]] = [(steps, "steps", 1)]
+    while pending:
+        items, path, depth = pending.pop()
+        count += len(items)
+        for index, item in enumerate(items):
+            if not (isinstance(item, dict) and len(item) == 1):
+                continue
+            ((kind, children),) = item.items()
+            if kind in GROUP_KINDS and isinstance(children, list):
+                here = f"{path}[{index}].{kind}"
+                if depth >= MAX_NESTING:
+                    problems.append(
+                        (
+                            here,
+                            f"nested too deeply: sequence and parallel nest at most "
+                            f"{MAX_NESTING} levels (limit: nesting depth)",
+                        )
+                    )
+                    continue
+                pending.append((children, here, depth + 1))
+    if count > MAX_STEPS:
+        problems.insert(
+            0,
+            (
+                "steps",
+                f"{count} steps: a flow has at most {MAX_STEPS} steps, parallel and "
+                "sequence included (limit: number of steps)",
+            ),
+        )
+    return problems
+
+
 def parse_flow(data: Any) -> FlowSpec:
     """Validate a decoded flow document (a dict) into a FlowSpec.
 
@@ -456,6 +647,9 @@ def parse_flow(data: Any) -> FlowSpec:
     """
     if not isinstance(data, dict):
         raise FlowError([("", "a flow file is a YAML mapping with apiVersion, name, stage, steps")])
+    limits = limit_problems(data)
+    if limits:
+        raise FlowError(limits)
     try:
         return FlowSpec.model_validate(data)
     except ValidationError as e:
@@ -470,8 +664,14 @@ def load_flow_text(text: str) -> FlowSpec:
     """
     import yaml
 
+    # libyaml's loader when it is there: the same safe YAML, several times faster.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)  # a safe loader, either way
+    except RecursionError:
+        raise FlowError(
+            [("", f"nested too deeply: a flow nests at most {MAX_NESTING} levels of steps")]
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

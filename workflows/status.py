@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from workflows.plan import Plan
+from workflows.templates import literal
 
 
 class RunState(StrEnum):
@@ -128,7 +129,7 @@ def initial_steps(plan: Plan) -> list[StepStatus]:
                     id=node.id,
                     kind=node.kind,
                     path=node.path,
-                    summary=node.summary,
+                    summary=literal(node.summary),
                     parent=parent,
                     max_attempts=node.retry.max_attempts,
                 )

@@ -146,10 +146,17 @@ def check_flow_text(text: str) -> tuple[str, int]:
         FlowError: every problem, each as `(path, message)`.
     """
     from workflows.plan import compile
+    from workflows.spec import literal_secret_problems
 
     spec = load_flow_text(text)
     placeholders = {name: f"<{name}>" for name, arg in spec.args.items() if arg.default is None}
-    plan = compile(spec, placeholders)
+    secrets = literal_secret_problems(spec)
+    try:
+        plan = compile(spec, placeholders, placeholders=placeholders)
+    except FlowError as e:
+        raise FlowError(secrets + e.problems) from None
+    if secrets:
+        raise FlowError(secrets)
     return spec.name, sum(1 for _ in plan.actions())
 
 

@@ -26,7 +26,14 @@ from api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_
 from api.schemas import FlowDetail, FlowPublic, RunAccepted, RunCreate, flow_summary
 from worker.settings import Settings
 from worker.starter import new_run_id, plan_for, start_release, ui_link
-from workflows.spec import FlowError, FlowSpec, GitTrigger, load_flow_text, parse_flow
+from workflows.spec import (
+    FlowError,
+    FlowSpec,
+    GitTrigger,
+    literal_secret_problems,
+    load_flow_text,
+    parse_flow,
+)
 
 router = APIRouter(prefix="/flows", tags=["flows"])
 
@@ -65,6 +72,8 @@ def parse_body(content_type: str, raw: bytes) -> tuple[FlowSpec, str]:
         if is_json:
             try:
                 data = json.loads(text)
+            except RecursionError:
+                raise FlowError([("", "invalid JSON: nested too deeply")]) from None
             except json.JSONDecodeError as e:
                 where = f"line {e.lineno}, column {e.colno}"
                 raise FlowError([(where, f"invalid JSON: {e.msg}")]) from None
@@ -98,13 +107,28 @@ def check_references(spec: FlowSpec, settings: Settings) -> None:
                 known = ", ".join(sorted(spec.args)) or "none"
                 problems.append((f"{prefix}.{name}", f"undeclared argument (declared: {known})"))
     problems += validate_triggers(spec)
+    problems += literal_secret_problems(spec)
     try:
-        plan_for(spec, settings, placeholders)
+        plan_for(spec, settings, placeholders, placeholders=placeholders)
     except FlowError as e:
         has_git = any(isinstance(t, GitTrigger) for t in spec.triggers)
         problems += [(p, m) for p, m in e.problems if not (has_git and _GIT_ONLY in m)]
     if problems:
         raise FlowError(problems)
+
+
+def checked_flow(content_type: str, raw: bytes, settings: Settings) -> tuple[FlowSpec, str]:
+    """`parse_body`, then `check_references`: everything apply checks, in one blocking call.
+
+    Raises:
+        HTTPException: as `parse_body`; 422 with every problem of the flow.
+    """
+    spec, source = parse_body(content_type, raw)
+    try:
+        check_references(spec, settings)
+    except FlowError as e:
+        raise _invalid(e.as_detail()) from None
+    return spec, source
 
 
 class Applied(NamedTuple):
@@ -212,11 +236,12 @@ async def apply(
 
     Its cron triggers are then synced to Temporal Schedules.
     """
-    spec, source = parse_body(request.headers.get("content-type", ""), await request.body())
-    try:
-        check_references(spec, settings)
-    except FlowError as e:
-        raise _invalid(e.as_detail()) from None
+    raw = await request.body()
+    # Parsing and compiling a large flow takes CPU time: off the event loop, so that one
+    # apply never stalls every other request.
+    spec, source = await run_in_threadpool(
+        checked_flow, request.headers.get("content-type", ""), raw, settings
+    )
     applied = await run_in_threadpool(apply_flow, engine, spec, source)
     await sync_flow_schedules(client, settings, spec, applied.row.version, applied.previous_source)
     if not applied.created:
@@ -263,7 +288,11 @@ async def start_run(
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no flow named {name!r}")
     try:
-        plan = plan_for(load_flow_text(row.source), settings, body.args, flow_version=row.version)
+        plan = await run_in_threadpool(
+            lambda: plan_for(
+                load_flow_text(row.source), settings, body.args, flow_version=row.version
+            )
+        )
     except FlowError as e:
         raise _invalid(e.as_detail()) from None
     run_id = new_run_id(plan.flow)
