@@ -397,11 +397,11 @@ class _Compiler:
     ) -> str:
         if "${" not in text:
             return text
-        if role == "text" and _URL_START.match(text):
-            role = "url"
         # Where in a URL the next piece lands: scheme and host until the author's own text
-        # has passed `://` and then reached `/`, `?` or `#`.
-        part = "host" if role in ("url", "host") else "none"
+        # has passed `://` and then reached `/`, `?` or `#`. A field meant for a URL is one
+        # however it starts; any other text is one when the author starts it like one.
+        is_url = role in ("url", "host") or bool(_URL_START.match(text))
+        part = "host" if is_url else "none"
         after_scheme = role == "host"
         pieces: list[tuple[str, bool]] = []
         literals: list[str] = []
@@ -419,6 +419,10 @@ class _Compiler:
             replaced = self._expression(match, path, before)
             if replaced is None:
                 pieces.append((match.group(0), False))
+                if match.group(1) == "env" and part == "host" and not after_scheme:
+                    # A URL that starts with the author's `${env.X}`: that value is the
+                    # base (scheme and host), what follows it is path.
+                    after_scheme = True
                 continue
             value, name = replaced
             if name is not None:

@@ -110,6 +110,57 @@ def test_validate_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
     assert "invalid YAML" in result.output
 
 
+@pytest.mark.parametrize(
+    ("duration", "message"),
+    [
+        ("99999999999h", "is too long: at most 366d"),
+        (".inf", "must be a finite number of seconds"),
+        ("9" * 400, "is too long: at most 366d"),
+    ],
+)
+def test_validate_bad_durations_exit_2_without_a_traceback(
+    tmp_path: Path, duration: str, message: str
+) -> None:
+    text = GOOD.replace("duration: 1s", f"duration: {duration}")
+    result = runner.invoke(app, ["flow", "validate", str(write(tmp_path, "d.yaml", text))])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("steps[1].parallel[0].wait.duration: "), lines
+    assert message in lines[0]
+
+
+def test_validate_refuses_what_apply_refuses(tmp_path: Path) -> None:
+    """Constraints, arg placement, literal secrets and limits: the same answer as the API."""
+    text = GOOD.replace(
+        'webhook: "http://127.0.0.1:1/hook"', 'webhook: "http://127.0.0.1:1/hook?token=abc"'
+    )
+    result = runner.invoke(app, ["flow", "validate", str(write(tmp_path, "s.yaml", text))])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(
+        "steps[2].notify.webhook: a 'token' in the URL's query is written literally"
+    )
+    assert "abc" not in result.output
+
+    typed = GOOD.replace('image: {default: "demo:1"}', 'image: {default: "demo:1", type: integer}')
+    result = runner.invoke(app, ["flow", "validate", str(write(tmp_path, "t.yaml", typed))])
+    assert result.exit_code == 2, result.output
+    assert "args.image: the default 'demo:1' is not an integer" in result.output
+
+    host = GOOD.replace('url: "http://127.0.0.1:1/healthz"', 'url: "http://${args.who}/x"')
+    result = runner.invoke(app, ["flow", "validate", str(write(tmp_path, "h.yaml", host))])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("args.who: lands in the scheme or host of the URL")
+
+    deep = "apiVersion: shipflow/v1\nname: deep\nstage: s\nsteps:\n" + "".join(
+        "  " * (i + 1) + "- sequence:\n" for i in range(100)
+    ) + "  " * 101 + "- wait: {id: w, duration: 1s}\n"
+    result = runner.invoke(app, ["flow", "validate", str(write(tmp_path, "deep.yaml", deep))])
+    assert result.exit_code == 2, result.output
+    assert "limit: nesting depth" in result.output
+
+
 def test_validate_missing_file_is_bad_input(tmp_path: Path) -> None:
     result = runner.invoke(app, ["flow", "validate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
