@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 from sqlmodel import Session, select
@@ -62,6 +64,10 @@ async def test_create_update_version_list_get(db_settings: Settings) -> None:
         assert body["args"]["ticket"] == {
             "default": None,
             "description": "change ticket, given by each run",
+            "type": "string",
+            "pattern": None,
+            "enum": None,
+            "max_length": None,
         }
         assert body["created_at"] and body["updated_at"]
 
@@ -267,3 +273,167 @@ async def test_apply_syncs_cron_schedules(temporal_client: Client, settings: Set
             return False
 
         await wait_until(deleted, timeout=10)
+
+
+# ---------------------------------------------------------------- issue #9: the flow contract
+
+
+async def test_literal_password_refused_at_apply_env_reference_accepted(
+    settings: Settings,
+) -> None:
+    base = """
+apiVersion: shipflow/v1
+name: {name}
+stage: dev
+steps:
+  - backup: {{id: b, database: "{database}", to: "s3://bucket/p/"}}
+  - notify: {{id: n, webhook: "{webhook}", message: hi}}
+"""
+    name = unique("secrets")
+    async with api_client(settings) as http:
+        literal = base.format(
+            name=name,
+            database="postgresql://app:Hunter2pw@db.internal:5432/app",
+            webhook="https://hooks.example/x?token=tok-9f8e7d",
+        )
+        refused = await http.post("/flows", content=literal)
+        assert refused.status_code == 422, refused.text
+        detail = refused.json()["detail"]
+        assert [p["loc"] for p in detail] == ["steps[0].backup.database", "steps[1].notify.webhook"]
+        assert all("written literally" in p["msg"] and "${env.X}" in p["msg"] for p in detail)
+        assert "Hunter2pw" not in refused.text and "tok-9f8e7d" not in refused.text
+        assert (await http.get(f"/flows/{name}")).status_code == 404
+
+        by_reference = base.format(
+            name=name,
+            database="postgresql://app:${env.APP_DB_PASSWORD}@db.internal:5432/app",
+            webhook="https://hooks.example/x?token=${env.HOOK_TOKEN}",
+        )
+        created = await http.post("/flows", content=by_reference)
+        assert created.status_code == 201, created.text
+        shown = await http.get(f"/flows/{name}")
+        assert shown.status_code == 200
+        assert "${env.APP_DB_PASSWORD}" in shown.text and "Hunter2pw" not in shown.text
+
+
+async def test_deep_nesting_and_too_many_steps_are_422_naming_the_limit(
+    settings: Settings,
+) -> None:
+    head = "apiVersion: shipflow/v1\nname: {name}\nstage: dev\nsteps:\n"
+    deep = (
+        head.format(name=unique("deep"))
+        + "".join("  " * (i + 1) + "- sequence:\n" for i in range(100))
+        + "  " * 101
+        + "- wait: {id: w, duration: 1s}\n"
+    )
+    huge = head.format(name=unique("huge")) + "".join(
+        f"  - wait: {{id: w{i}, duration: 1s}}\n" for i in range(10_000)
+    )
+    async with api_client(settings) as http:
+        too_deep = await http.post("/flows", content=deep)
+        assert too_deep.status_code == 422, too_deep.text
+        (problem,) = too_deep.json()["detail"]
+        assert problem["loc"].startswith("steps[0].sequence[0].sequence")
+        assert "limit: nesting depth" in problem["msg"]
+
+        started = time.monotonic()
+        too_many = await http.post("/flows", content=huge)
+        took = time.monotonic() - started
+        assert too_many.status_code == 422, too_many.text
+        assert too_many.json()["detail"] == [
+            {
+                "loc": "steps",
+                "msg": "10000 steps: a flow has at most 500 steps, parallel and sequence "
+                "included (limit: number of steps)",
+            }
+        ]
+        assert took < 10, f"refusing 10,000 steps took {took:.1f}s"
+
+        deep_json = await http.post(
+            "/flows",
+            content='{"steps": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            headers={"Content-Type": "application/json"},
+        )
+        assert deep_json.status_code == 422, deep_json.text
+        assert (await http.get("/flows")).json() == []
+
+
+async def test_applying_a_large_flow_does_not_block_other_requests(settings: Settings) -> None:
+    """The parse and the checks run off the event loop: the loop keeps ticking, /healthz answers.
+
+    Parsing this body takes about a second; done on the event loop, one tick of the loop
+    would wait that long.
+    """
+    huge = "apiVersion: shipflow/v1\nname: big\nstage: dev\nsteps:\n" + "".join(
+        f"  - migrate: {{id: m{i}, command: [echo, '{'x' * 20}']}}\n" for i in range(12_000)
+    )
+    async with api_client(settings) as http:
+        started = time.monotonic()
+        applying = asyncio.create_task(http.post("/flows", content=huge))
+        gaps: list[float] = []
+        healthy: list[int] = []
+        while not applying.done():
+            before = time.monotonic()
+            await asyncio.sleep(0.01)  # one tick of the loop, measured; not a wait
+            gaps.append(time.monotonic() - before)
+            if len(healthy) < 3 and not applying.done():
+                healthy.append((await http.get("/healthz")).status_code)
+        took = time.monotonic() - started
+        refused = await applying
+        assert refused.status_code == 422, refused.text
+        assert "limit: number of steps" in refused.text
+        # Answered while the apply was still running (on the loop, it would have gone first).
+        assert healthy == [200, 200, 200], (healthy, took)
+        # No tick waited for the whole parse (a shared CI machine may still pause a little).
+        assert max(gaps) < 0.6 * took, f"the loop stalled {max(gaps):.2f}s of {took:.2f}s"
+
+
+async def test_bad_durations_are_422_not_500(settings: Settings) -> None:
+    async with api_client(settings) as http:
+        for duration in ("99999999999h", ".inf", "9" * 400):
+            text = f"""
+apiVersion: shipflow/v1
+name: {unique("dur")}
+stage: dev
+steps:
+  - wait: {{id: w, duration: {duration}}}
+  - approve: {{id: a, timeout: {duration}}}
+"""
+            response = await http.post("/flows", content=text)
+            assert response.status_code == 422, (duration, response.text)
+            locs = [p["loc"] for p in response.json()["detail"]]
+            assert locs == ["steps[0].wait.duration", "steps[1].approve.timeout"], locs
+
+
+async def test_arg_constraints_are_checked_and_shown(settings: Settings) -> None:
+    name = unique("typed")
+    text = f"""
+apiVersion: shipflow/v1
+name: {name}
+stage: dev
+args:
+  replicas: {{type: integer, default: 2}}
+  sink: {{default: "127.0.0.1:9"}}
+steps:
+  - check: {{id: c, http: {{url: "http://${{args.sink}}/check"}}}}
+"""
+    async with api_client(settings) as http:
+        host = await http.post("/flows", content=text)
+        assert host.status_code == 422, host.text
+        (problem,) = host.json()["detail"]
+        assert problem["loc"] == "args.sink"
+        assert "host of the URL at steps[0].check.http.url" in problem["msg"]
+
+        bad_default = await http.post("/flows", content=text.replace("default: 2", "default: two"))
+        assert bad_default.status_code == 422
+        assert bad_default.json()["detail"][0]["loc"] == "args.replicas"
+
+        allowed = text.replace(
+            'sink: {default: "127.0.0.1:9"}',
+            'sink: {default: "127.0.0.1:9", pattern: "127\\\\.0\\\\.0\\\\.1:[0-9]+"}',
+        )
+        created = await http.post("/flows", content=allowed)
+        assert created.status_code == 201, created.text
+        args = created.json()["args"]
+        assert args["replicas"]["type"] == "integer"
+        assert args["sink"]["pattern"] == "127\\.0\\.0\\.1:[0-9]+"

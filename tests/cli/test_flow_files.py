@@ -153,9 +153,12 @@ def test_validate_refuses_what_apply_refuses(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert result.output.startswith("args.who: lands in the scheme or host of the URL")
 
-    deep = "apiVersion: shipflow/v1\nname: deep\nstage: s\nsteps:\n" + "".join(
-        "  " * (i + 1) + "- sequence:\n" for i in range(100)
-    ) + "  " * 101 + "- wait: {id: w, duration: 1s}\n"
+    deep = (
+        "apiVersion: shipflow/v1\nname: deep\nstage: s\nsteps:\n"
+        + "".join("  " * (i + 1) + "- sequence:\n" for i in range(100))
+        + "  " * 101
+        + "- wait: {id: w, duration: 1s}\n"
+    )
     result = runner.invoke(app, ["flow", "validate", str(write(tmp_path, "deep.yaml", deep))])
     assert result.exit_code == 2, result.output
     assert "limit: nesting depth" in result.output

@@ -315,7 +315,9 @@ def test_an_arg_that_would_start_a_command_argument_with_a_dash_is_refused() -> 
     assert all("would be read as an option" in m for _, m in found)
     # Not at the start of an argument, not starting with '-', or an explicit pattern: fine.
     plan_of(text, {"version": "v2-rc1"})
-    patterned = text.replace("version: {default: v1}", "version: {default: v1, pattern: '-?v[0-9]+'}")
+    patterned = text.replace(
+        "version: {default: v1}", "version: {default: v1, pattern: '-?v[0-9]+'}"
+    )
     assert plan_of(patterned, {"version": "-v2"}).action("m").params["command"][2] == "-v2"
     # A stand-in value (apply time) is not a value anyone gave.
     plan_of(text, {"version": "-x"}, placeholders={"version"})

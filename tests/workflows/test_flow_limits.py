@@ -78,18 +78,24 @@ def test_10000_steps_are_refused_quickly_naming_the_limit() -> None:
 
 def test_the_step_limit_counts_groups_and_allows_the_limit_itself() -> None:
     assert len(list(compile(load_flow_text(many(MAX_STEPS))).actions())) == MAX_STEPS
-    grouped = HEAD + "steps:\n  - parallel:\n" + "".join(
-        f"      - wait: {{id: w{i}, duration: 1s}}\n" for i in range(MAX_STEPS)
+    grouped = (
+        HEAD
+        + "steps:\n  - parallel:\n"
+        + "".join(f"      - wait: {{id: w{i}, duration: 1s}}\n" for i in range(MAX_STEPS))
     )
     assert "limit: number of steps" in refused(grouped)[0][1]
 
 
 def test_the_step_limit_leaves_the_plan_far_below_temporals_payload_limit() -> None:
     """The derivation in the README: MAX_STEPS ordinary steps stay well under MAX_PLAN_BYTES."""
-    text = HEAD + "steps:\n" + "".join(
-        f"  - migrate: {{id: migrate-{i}, command: [python, migrate.py, --db, "
-        f"'${{env.DATA_DIR}}/app.db', --to, v1], undo: {{command: [python, undo.py]}}}}\n"
-        for i in range(MAX_STEPS)
+    text = (
+        HEAD
+        + "steps:\n"
+        + "".join(
+            f"  - migrate: {{id: migrate-{i}, command: [python, migrate.py, --db, "
+            f"'${{env.DATA_DIR}}/app.db', --to, v1], undo: {{command: [python, undo.py]}}}}\n"
+            for i in range(MAX_STEPS)
+        )
     )
     size = len(compile(load_flow_text(text)).model_dump_json())
     assert size < MAX_PLAN_BYTES / 2, size
@@ -98,9 +104,13 @@ def test_the_step_limit_leaves_the_plan_far_below_temporals_payload_limit() -> N
 
 def test_a_plan_too_large_for_a_payload_is_refused_naming_the_limit() -> None:
     big = "x" * 4000
-    text = HEAD + f"args:\n  big: {{default: {big}}}\nsteps:\n" + "".join(
-        f"  - migrate: {{id: m{i}, command: [echo, '${{args.big}}', '${{args.big}}']}}\n"
-        for i in range(200)
+    text = (
+        HEAD
+        + f"args:\n  big: {{default: {big}}}\nsteps:\n"
+        + "".join(
+            f"  - migrate: {{id: m{i}, command: [echo, '${{args.big}}', '${{args.big}}']}}\n"
+            for i in range(200)
+        )
     )
     found = refused(text)
     assert len(found) == 1 and found[0][0] == "steps", found
