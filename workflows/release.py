@@ -440,10 +440,10 @@ class ReleaseWorkflow:
                 context=context,
                 target=self._plan.target,
                 command=params["command"],
-                image=params.get("image"),
+                image=_plain(params.get("image")),
                 env=params.get("env") or {},
-                cwd=params.get("cwd"),
-                service_account=params.get("service_account"),
+                cwd=_plain(params.get("cwd")),
+                service_account=_plain(params.get("service_account")),
                 timeout_s=action.timeout_s,
                 retries=action.retry.max_attempts - 1,
             )
@@ -451,7 +451,7 @@ class ReleaseWorkflow:
         if kind == "check":
             check = check_io.CheckInput(
                 context=context,
-                check=CheckSpec.model_validate({**params, "id": action.id}),
+                check=CheckSpec.model_validate({**_plain_check(params), "id": action.id}),
                 timeout_s=action.timeout_s,
             )
             return await self._attempts(
@@ -461,7 +461,7 @@ class ReleaseWorkflow:
             note = notify_io.NotifyInput(
                 context=context,
                 webhook=params["webhook"],
-                message=params["message"],
+                message=_plain(params["message"]),
                 headers=params.get("headers") or {},
                 run_state=self._status.state.value,
             )
@@ -472,7 +472,7 @@ class ReleaseWorkflow:
             request = backup_io.BackupInput(
                 context=context,
                 database=params["database"],
-                to=params["to"],
+                to=_plain(params["to"]),
                 endpoint=params.get("endpoint"),
                 keep=params.get("keep"),
                 sse=params.get("sse"),
@@ -482,13 +482,15 @@ class ReleaseWorkflow:
                 action, step, backup_io.CREATE, request, backup_io.BackupOutput, True
             )
         if kind in ("deploy", "promote"):
-            image = params.get("image")
+            image = _plain(params.get("image"))
             if kind == "promote":
                 found = await self._attempts(
                     action,
                     step,
                     deploy_io.RESOLVE_PROMOTION,
-                    deploy_io.PromotionInput(from_stage=params["from"], service=params["service"]),
+                    deploy_io.PromotionInput(
+                        from_stage=_plain(params["from"]), service=_plain(params["service"])
+                    ),
                     deploy_io.PromotionOutput,
                     False,
                 )
@@ -530,9 +532,9 @@ class ReleaseWorkflow:
         return deploy_io.RolloutInput(
             context=self._context(action.id),
             target=params.get("target") or self._plan.target,
-            service=params["service"],
+            service=_plain(params["service"]),
             image=image or "",
-            container=params.get("container"),
+            container=_plain(params.get("container")),
             probes=Probes.model_validate(params["probes"]) if params.get("probes") else None,
             progress_deadline_s=parse_duration(deadline).total_seconds() if deadline else None,
             purpose=purpose,
@@ -763,9 +765,9 @@ class ReleaseWorkflow:
                 context=context,
                 target=self._plan.target,
                 command=resolve_step_outputs(undo.command, self._outputs),
-                image=undo.image or action.params.get("image"),
+                image=_plain(undo.image or action.params.get("image")),
                 env=undo.env,
-                cwd=undo.cwd,
+                cwd=_plain(undo.cwd),
                 timeout_s=action.timeout_s,
                 purpose="undo",
             )
@@ -782,3 +784,22 @@ class ReleaseWorkflow:
             sha256=made.get("sha256"),
         )
         return await run(backup_io.RESTORE, restore, backup_io.RestoreOutput)
+
+
+def _plain(value: Any) -> Any:
+    """The plain text of a field no activity resolves `${env.X}` in (see `workflows.templates`).
+
+    Fields the worker does resolve (commands, env, URLs, headers, database) stay encoded:
+    `resolve_env` undoes the escapes itself, after it has filled in the author's references.
+    """
+    return literal(value) if isinstance(value, str) else value
+
+
+def _plain_check(params: dict[str, Any]) -> dict[str, Any]:
+    """A check's params with its plain-text fields decoded (its URL and headers stay encoded)."""
+    out = dict(params)
+    if isinstance(out.get("http"), dict) and out["http"].get("contains") is not None:
+        out["http"] = {**out["http"], "contains": literal(out["http"]["contains"])}
+    if isinstance(out.get("tcp"), dict) and isinstance(out["tcp"].get("host"), str):
+        out["tcp"] = {**out["tcp"], "host": literal(out["tcp"]["host"])}
+    return out

@@ -3,8 +3,12 @@ Temporal server, followed, approved, rejected, cancelled and listed over HTTP.""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -408,3 +412,144 @@ async def test_failed_start_is_recorded(settings: Settings) -> None:
         assert detail.status_code == 200, detail.text
         assert detail.json()["state"] == "failed"
         assert detail.json()["trigger"] == "api"
+
+
+# ---------------------------------------------------------------- issue #9: args are data
+
+
+class Listener:
+    """A loopback HTTP server that records every request line, header block and body."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self, status: int) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length).decode("utf-8", "replace")
+                listener.seen.append(f"{self.requestline}\n{self.headers}\n{body}")
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                self._record(200)
+
+            def do_POST(self) -> None:
+                self._record(204)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    server = Listener()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+LEAKY = """
+apiVersion: shipflow/v1
+name: {name}
+stage: dev
+args:
+  sink: {{default: "127.0.0.1:1", pattern: "[^ ]+"}}   # the author allowed any host here
+  note: {{default: "x"}}
+steps:
+  - migrate: {{id: m, command: [cat, "{printed}"]}}
+  - check: {{id: c, http: {{url: "http://${{args.sink}}/check"}}, failure_threshold: 1}}
+  - notify: {{id: n, webhook: "http://${{args.sink}}/notify",
+             message: "note=${{args.note}} out=${{steps.m.output}}"}}
+"""
+
+
+async def test_the_issue_repro_an_operator_cannot_read_the_workers_secret(
+    temporal_client: Client,
+    settings: Settings,
+    listener: Listener,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Args and step outputs that say `${env.X}` reach the listener as those characters."""
+    secret = "postgresql://app:Leaked-Pa55word@db/app"
+    monkeypatch.setenv("SHIPFLOW_LEAK_SECRET", secret)
+    printed = tmp_path / "printed.txt"
+    printed.write_text("${env.SHIPFLOW_LEAK_SECRET}")
+    name = unique("leaky")
+    leak = f"{listener.address}/leak?db=${{env.SHIPFLOW_LEAK_SECRET}}&q="
+    async with api_client(settings) as http, new_worker(temporal_client, settings):
+        await apply(http, LEAKY.format(name=name, printed=printed))
+        run_id = await start(http, name, args={"sink": leak, "note": "${env.SHIPFLOW_LEAK_SECRET}"})
+        final = await run_state(http, run_id, "succeeded")
+        assert final["args"]["note"] == "${env.SHIPFLOW_LEAK_SECRET}"
+    seen = "\n".join(listener.seen)
+    assert len(listener.seen) == 2, listener.seen
+    assert listener.seen[0].startswith("GET /leak?db=")
+    assert listener.seen[1].startswith("POST /leak?db=")
+    assert "SHIPFLOW_LEAK_SECRET" in seen  # the reference's text arrived, as data
+    assert secret not in seen and "Leaked-Pa55word" not in seen
+    body = listener.seen[1].split("\n\n", 1)[1]
+    assert "note=${env.SHIPFLOW_LEAK_SECRET} out=${env.SHIPFLOW_LEAK_SECRET}" in body
+    assert "Leaked-Pa55word" not in str(final)
+
+
+async def test_the_demo_flow_refuses_the_leak_arg(settings: Settings, listener: Listener) -> None:
+    demo = (Path(__file__).resolve().parents[2] / "infra" / "flows" / "demo.yaml").read_text()
+    async with api_client(settings) as http:
+        await apply(http, demo)
+        leak = f"{listener.address}/leak?db=${{env.DATABASE_URL}}&q="
+        refused = await http.post("/flows/demo/runs", json={"args": {"sink": leak}})
+        assert refused.status_code == 422, refused.text
+        (problem,) = refused.json()["detail"]
+        assert problem["loc"] == "args.sink"
+        assert "does not match the pattern" in problem["msg"]
+        option = await http.post("/flows/demo/runs", json={"args": {"version": "--help"}})
+        assert option.status_code == 422
+        assert option.json()["detail"][0]["loc"] == "args.version"
+        assert (await http.get("/runs", params={"flow": "demo"})).json() == []
+    assert listener.seen == []
+
+
+CONSTRAINED = """
+apiVersion: shipflow/v1
+name: {name}
+stage: dev
+args:
+  replicas: {{type: integer, default: 1}}
+  colour: {{enum: [red, green], default: red}}
+  ticket: {{pattern: "[A-Z]+-[0-9]+"}}
+  version: {{default: v1}}
+steps:
+  - migrate: {{id: m, command: [echo, "${{args.version}}", "${{args.ticket}}", "${{args.replicas}}",
+                               "${{args.colour}}"]}}
+"""
+
+
+async def test_run_args_breaking_a_constraint_are_422_naming_the_arg(settings: Settings) -> None:
+    name = unique("constrained")
+    async with api_client(settings) as http:
+        await apply(http, CONSTRAINED.format(name=name))
+        cases = [
+            ({"ticket": "nope"}, "args.ticket", "does not match the pattern"),
+            ({"ticket": "OPS-1", "replicas": "3; reboot"}, "args.replicas", "not an integer"),
+            ({"ticket": "OPS-1", "colour": "blue"}, "args.colour", "not one of: red, green"),
+            ({"ticket": "OPS-1", "version": "--force"}, "args.version", "starts with '-'"),
+        ]
+        for args, loc, message in cases:
+            response = await http.post(f"/flows/{name}/runs", json={"args": args})
+            assert response.status_code == 422, (args, response.text)
+            (problem,) = response.json()["detail"]
+            assert problem["loc"] == loc and message in problem["msg"], problem
+        assert (await http.get("/runs", params={"flow": name})).json() == []
