@@ -558,6 +558,36 @@ def _url_secrets(url: str, *, query: bool, user_is_secret: bool) -> list[str]:
     return found
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s@:'\"]*:)(?P<pw>[^/\s@'\"]+)@")
+_QUERY_VALUE = re.compile(r"(?P<head>[?&](?P<name>[^=&#\s'\"]+)=)(?P<value>[^&#\s'\"]+)")
+
+
+def redact_literal_secrets(value: Any) -> Any:
+    """`value` (text, or the strings in lists and dicts) with literal credentials masked.
+
+    For showing flows stored before apply refused them: a URL's password and secret-named
+    query values become `***`; `${env.X}` references are kept.
+    """
+    if isinstance(value, list):
+        return [redact_literal_secrets(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_literal_secrets(v) for k, v in value.items()}
+    if not isinstance(value, str) or ("@" not in value and "=" not in value):
+        return value
+
+    def password(match: re.Match[str]) -> str:
+        if _ENV_REF in match.group("pw"):
+            return match.group(0)
+        return match.group("head") + "***@"
+
+    def query(match: re.Match[str]) -> str:
+        if not _SECRET_NAME.search(match.group("name")) or _ENV_REF in match.group("value"):
+            return match.group(0)
+        return match.group("head") + "***"
+
+    return _QUERY_VALUE.sub(query, _URL_PASSWORD.sub(password, value))
+
+
 def literal_secret_problems(spec: FlowSpec) -> list[tuple[str, str]]:
     """Credentials written literally in the flow (refused at apply and validate).
 

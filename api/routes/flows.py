@@ -33,6 +33,7 @@ from workflows.spec import (
     literal_secret_problems,
     load_flow_text,
     parse_flow,
+    redact_literal_secrets,
 )
 
 router = APIRouter(prefix="/flows", tags=["flows"])
@@ -208,7 +209,13 @@ def to_public(row: Flow, *, detail: bool = False) -> FlowPublic:
         summary = {"steps": [], "triggers": [], "args": {}}
     fields = {**row.model_dump(include={"name", "stage", "version", "created_at", "updated_at"})}
     if detail:
-        return FlowDetail(**fields, **summary, source=row.source, spec=row.spec)
+        # A flow stored before literal secrets were refused at apply may still hold one.
+        return FlowDetail(
+            **fields,
+            **summary,
+            source=redact_literal_secrets(row.source),
+            spec=redact_literal_secrets(row.spec),
+        )
     return FlowPublic(**fields, **summary)
 
 

@@ -11,10 +11,11 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from api.db import make_engine
-from api.models import FlowVersion
+from api.models import Flow, FlowVersion
 from tests.api.conftest import api_client
 from tests.helpers import wait_until
 from worker.settings import Settings
+from workflows.spec import load_flow_text
 
 FLOW = """
 apiVersion: shipflow/v1
@@ -437,3 +438,32 @@ steps:
         args = created.json()["args"]
         assert args["replicas"]["type"] == "integer"
         assert args["sink"]["pattern"] == "127\\.0\\.0\\.1:[0-9]+"
+
+
+async def test_a_secret_stored_before_the_check_is_masked_for_viewers(settings: Settings) -> None:
+    """A flow applied before literal secrets were refused: GET shows it, masked."""
+    name = unique("legacy")
+    source = f"""
+apiVersion: shipflow/v1
+name: {name}
+stage: dev
+steps:
+  - backup: {{id: b, database: "postgresql://app:Legacy-Pw-1@db/app", to: "s3://bucket/p/"}}
+  - notify: {{id: n, webhook: "https://hooks.example/x?token=legacy-tok&channel=ops", message: hi}}
+"""
+    spec = load_flow_text(source).model_dump(mode="json", by_alias=True)
+    engine = make_engine(settings.sqlalchemy_url())
+    try:
+        with Session(engine) as session:
+            session.add(Flow(name=name, stage="dev", version=1, source=source, spec=spec))
+            session.commit()
+    finally:
+        engine.dispose()
+    async with api_client(settings) as http:
+        shown = await http.get(f"/flows/{name}")
+        assert shown.status_code == 200, shown.text
+        assert "Legacy-Pw-1" not in shown.text and "legacy-tok" not in shown.text
+        body = shown.json()
+        assert "postgresql://app:***@db/app" in body["source"]
+        assert "token=***&channel=ops" in body["source"]
+        assert body["spec"]["steps"][0]["backup"]["database"] == "postgresql://app:***@db/app"
