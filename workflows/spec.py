@@ -527,7 +527,9 @@ MAX_STEPS = 500
 
 
 _SECRET_NAME = re.compile(
-    r"token|secret|passw(or)?d|pwd|api[-_]?key|^key$|sig(nature)?$|^auth|credential", re.I
+    r"token|secret|passw(or)?d|^pwd$|api[-_]?key|access[-_]?key|^key$|^sig$|signature|^auth$"
+    r"|authorization|credential",
+    re.I,
 )
 _ENV_REF = "${env."
 _USE_ENV = "write it in the worker's environment and name it here as ${env.X}"

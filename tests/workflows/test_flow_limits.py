@@ -204,6 +204,7 @@ def test_a_literal_secret_is_refused_with_advice(step: str, path: str, what: str
         "notify: {id: n, webhook: '${env.HOOK_URL}', message: hi}",
         "notify: {id: n, webhook: 'https://hooks.example/x?channel=ops', message: hi}",
         "check: {id: c, http: {url: 'http://127.0.0.1:8080/healthz?verbose=1'}}",
+        "check: {id: c, http: {url: 'http://127.0.0.1:8080/x?author=bob&monkey=1&keys=2'}}",
     ],
 )
 def test_secrets_by_reference_and_urls_without_secrets_are_fine(step: str) -> None:
