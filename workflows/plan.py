@@ -8,6 +8,12 @@ interpreter never looks at the flow file again. Pure functions, no I/O.
 `${env.X}` stays a reference in the Plan: it is resolved by the activity on the worker,
 so secrets never enter Temporal history. `${steps.<id>.<output>}` is resolved by the
 interpreter from step outputs right before the step runs.
+
+A run's arguments are data, never code: each is substituted once, escaped so that no later
+reader takes a `${...}` in it for an expression (`workflows.templates`), percent-encoded in
+a URL's path or query, and held to the constraints its declaration sets. Where the text
+itself would decide what happens (the host of a URL, the start of a command argument) the
+author has to allow it with a `pattern`.
 """
 
 from __future__ import annotations
