@@ -66,7 +66,7 @@ from activities.dbdump import (
     sqlite_version,
     tool_version,
 )
-from activities.envrefs import resolve_env
+from activities.envrefs import resolve_env, secret_values
 from activities.models.backup import (
     CREATE,
     RESTORE,
@@ -79,6 +79,7 @@ from activities.models.common import StepContext
 from activities.progress import ActivityProgress
 from activities.s3 import S3Client, parse_s3_url, raise_s3_error
 from worker.settings import Settings
+from workflows.redaction import redact
 
 PART_SIZE = 8 * 1024 * 1024
 MANIFEST_SUFFIX = ".json"
@@ -691,11 +692,8 @@ def restore_backup(
 
 
 def _application_error(e: DumpError, db_secrets: list[str]) -> ApplicationError:
-    message = str(e)
-    for secret in db_secrets:
-        message = message.replace(secret, "***")
     return ApplicationError(
-        message,
+        redact(str(e), db_secrets),
         type="BackupFailed" if e.retryable else "BackupFailedPermanently",
         non_retryable=not e.retryable,
     )
@@ -744,7 +742,7 @@ class BackupActivities:
         beat = _beat_or_cancel(progress)
         db = self._database(input.database)
         client = self.s3_factory(input.endpoint)
-        activity.logger.info("backing up %s to %s", db.display, input.to)
+        activity.logger.info("backing up %s to %s", db.display, redact(input.to))
         try:
             return create_backup(
                 client,
@@ -764,7 +762,7 @@ class BackupActivities:
         beat = _beat_or_cancel(ActivityProgress(input.resume))
         db = self._database(input.database)
         client = self.s3_factory(input.endpoint)
-        activity.logger.info("restoring %s into %s", input.url, db.display)
+        activity.logger.info("restoring %s into %s", redact(input.url), db.display)
         try:
             return restore_backup(
                 client, input.url, db, size=input.size, sha256=input.sha256, beat=beat
@@ -777,8 +775,11 @@ class BackupActivities:
         try:
             return parse_database(resolve_env(database))
         except DumpError as e:
+            # `from None`: the cause's traceback would carry the raw text into history.
             raise ApplicationError(
-                str(e), type="BackupFailedPermanently", non_retryable=True
+                redact(str(e), secret_values(database)),
+                type="BackupFailedPermanently",
+                non_retryable=True,
             ) from None
 
 

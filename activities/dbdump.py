@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from workflows.redaction import redact
+
 DatabaseKind = Literal["postgresql", "sqlite"]
 
 #: File suffix of the backup object per database kind (also how a restore knows the format).
@@ -37,7 +39,8 @@ class DumpError(Exception):
     """A dump or restore failed. `retryable=False` means another attempt cannot help."""
 
     def __init__(self, message: str, *, retryable: bool):
-        super().__init__(message)
+        # Every message may quote a connection string or a tool's stderr: mask it here once.
+        super().__init__(redact(message))
         self.retryable = retryable
 
 
@@ -46,8 +49,9 @@ def redact_url(url: str) -> str:
 
     It is what errors, logs, step outputs and backup metadata show, so a backup can be
     traced to its database without the credential travelling with it. A `password=`
-    query option is dropped too. Text that does not parse as a URL is returned with
-    anything between `://user:` and `@` masked.
+    query option is dropped too. Whatever is left goes through `workflows.redaction.redact`,
+    so text that is not a URL at all (a libpq keyword DSN, `host=db password=secret`) comes
+    back with its credentials masked rather than whole.
     """
     try:
         parts = urlsplit(url)
@@ -61,16 +65,16 @@ def redact_url(url: str) -> str:
         if any(k == "password" for k, _ in pairs):
             query = urlencode([(k, v) for k, v in pairs if k != "password"])
         if netloc == parts.netloc and query == parts.query:
-            return url
+            return redact(url)
         # Built by hand: urlunsplit would turn sqlite:////abs into sqlite://abs.
         text = f"{parts.scheme}://{netloc}{parts.path}"
         if query:
             text += f"?{query}"
         if parts.fragment:
             text += f"#{parts.fragment}"
-        return text
+        return redact(text)
     except ValueError:
-        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+        return redact(url)
 
 
 @dataclass(frozen=True)
@@ -174,10 +178,7 @@ def _tool_error(
 
 
 def _redact(text: str, db: DatabaseUrl) -> str:
-    for secret in db.secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return redact(text, db.secrets)
 
 
 def _tool(name: str) -> str:
@@ -446,7 +447,9 @@ class _Feeder(threading.Thread):
     stopped reading: it failed or was killed).
     """
 
-    def __init__(self, restore: subprocess.Popen[bytes], psql: subprocess.Popen[bytes], prelude: bytes):
+    def __init__(
+        self, restore: subprocess.Popen[bytes], psql: subprocess.Popen[bytes], prelude: bytes
+    ):
         super().__init__(name="pg-restore-feeder", daemon=True)
         self.restore = restore
         self.psql = psql
