@@ -56,6 +56,7 @@ from activities.dbdump import (
     DatabaseKind,
     DatabaseUrl,
     DumpError,
+    Owners,
     PgDump,
     parse_database,
     pg_restore,
@@ -644,6 +645,7 @@ def restore_backup(
     size: int | None,
     sha256: str | None,
     beat: Beat,
+    owners: Owners = "keep",
 ) -> RestoreOutput:
     """Verify the backup at `url`, then restore it into `db`.
 
@@ -681,7 +683,7 @@ def restore_backup(
         restoring = BackupProgress(phase="restore", key=key, bytes=size).model_dump(mode="json")
         beat(restoring)
         if db.kind == "postgresql":
-            pg_restore(db, dump, on_wait=lambda: beat(restoring))
+            pg_restore(db, dump, owners=owners, on_wait=lambda: beat(restoring))
         else:
             sqlite_check(dump)
             sqlite_replace(db, dump)
@@ -765,7 +767,13 @@ class BackupActivities:
         activity.logger.info("restoring %s into %s", redact(input.url), db.display)
         try:
             return restore_backup(
-                client, input.url, db, size=input.size, sha256=input.sha256, beat=beat
+                client,
+                input.url,
+                db,
+                size=input.size,
+                sha256=input.sha256,
+                beat=beat,
+                owners=input.owners,
             )
         except DumpError as e:
             raise _application_error(e, db.secrets) from None

@@ -525,20 +525,40 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+#: What a restore does with the dump's owners and grants (`ALTER … OWNER TO`, `GRANT`).
+#: keep: restore them (the roles must exist on the target server, and the restoring user
+#: must be a superuser or a member of each); drop: every object belongs to the restoring
+#: user and no grant is restored (`pg_restore --no-owner --no-privileges`).
+Owners = Literal["keep", "drop"]
+
+_MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
+
+
 def pg_restore(
-    db: DatabaseUrl, dump_file: Path, *, on_wait: Callable[[], None] = lambda: None
+    db: DatabaseUrl,
+    dump_file: Path,
+    *,
+    owners: Owners = "keep",
+    on_wait: Callable[[], None] = lambda: None,
 ) -> None:
     """Make `db` exactly what the custom-format dump describes, in one transaction.
 
     `pg_restore --clean` is not enough for a rollback: it drops only the objects the
     dump has, so a table, view, type, function or schema a migration created after the
     backup survives it (and a new view on a backed-up table makes its DROP fail). So
-    the dump's SQL (`pg_restore --single-transaction --no-owner -f -`, streamed, never
+    the dump's SQL (`pg_restore --single-transaction -f -`, streamed, never
     whole in memory) is piped into `psql -v ON_ERROR_STOP=1` with a prelude right
     after its BEGIN that drops every user object the database has now (see
     `_PRELUDE`): after the COMMIT the database holds what the dump holds, nothing more.
     Any failure before the COMMIT (an SQL error, pg_restore dying, a cancellation)
     rolls everything back, prelude included: the database is left as it was.
+
+    Owners and grants (`owners`): kept by default, so tables and functions owned by an
+    application role, the `public` schema's owner and every GRANT come back as they were.
+    A role the dump names that does not exist on the target server fails the restore
+    (rolled back, nothing changed) with a message naming the role: create the role, or
+    restore with `owners="drop"`, which leaves every object owned by the restoring user
+    and restores no grants.
 
     Extensions: the ones the dump creates are kept (its `CREATE EXTENSION IF NOT
     EXISTS` is then a no-op; one living in a schema other than `public` goes and comes
@@ -562,7 +582,7 @@ def pg_restore(
             [
                 _tool("pg_restore"),
                 "--single-transaction",
-                "--no-owner",
+                *(["--no-owner", "--no-privileges"] if owners == "drop" else []),
                 "--file=-",
                 str(dump_file),
             ],
@@ -638,6 +658,13 @@ def pg_restore(
         )
     if psql_code != 0 or feeder.failure is not None:
         text = psql_text.strip() or feeder.detail or "psql stopped reading the restore script"
+        missing = _MISSING_ROLE.search(text)
+        if missing and owners == "keep":
+            text = (
+                f"the backup's objects or grants belong to role {missing.group(1)!r}, which does "
+                f"not exist on this server: create it, or restore with owners: drop "
+                f"(CLI: --drop-owners) to give every object to the restoring user ({text})"
+            )
         raise _tool_error(
             "psql",
             db,

@@ -119,6 +119,11 @@ Target = Annotated[LocalTarget | KubernetesTarget, Field(discriminator="kind")]
 
 class RestoreUndo(StrictModel):
     restore: str = Field(description="id of a backup step that runs earlier")
+    owners: Literal["keep", "drop"] = Field(
+        "keep",
+        description="PostgreSQL: restore the backup's object owners and grants (keep; the "
+        "roles must exist) or leave everything owned by the restoring user, no grants (drop)",
+    )
 
 
 class CommandUndo(StrictModel):

@@ -115,6 +115,12 @@ def restore_command(
     bucket: str | None = typer.Option(None, "--bucket", help="s3://bucket when KEY is a bare key"),
     endpoint: str | None = typer.Option(None, "--endpoint", help="S3 endpoint URL"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    drop_owners: bool = typer.Option(
+        False,
+        "--drop-owners",
+        help="PostgreSQL: give every object to the restoring user and restore no grants "
+        "(default: owners and grants as in the backup; their roles must exist)",
+    ),
 ) -> None:
     """Verify backup KEY against its manifest, then restore it into --to (replacing its data)."""
     if key.startswith("s3://"):
@@ -132,7 +138,15 @@ def restore_command(
         typer.confirm(f"Replace the data of {db.display} with {url}?", abort=True)
     client = S3Factory(get_settings())(endpoint)
     try:
-        result = restore_backup(client, url, db, size=None, sha256=None, beat=lambda _d: None)
+        result = restore_backup(
+            client,
+            url,
+            db,
+            size=None,
+            sha256=None,
+            beat=lambda _d: None,
+            owners="drop" if drop_owners else "keep",
+        )
     except (DumpError, ApplicationError) as e:
         raise _fail(str(e)) from None
     _out.print(
