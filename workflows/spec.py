@@ -149,7 +149,11 @@ class StepBase(StrictModel):
 
 class BackupSpec(StepBase):
     database: str = Field(description="postgresql://... or sqlite:///path; ${env.X} for secrets")
-    to: str = Field(pattern=r"^s3://[^/]+(/.*)?$", description="s3://bucket/prefix/")
+    to: str = Field(
+        pattern=r"^(s3://[^/]+(/.*)?|file://(/|\$\{\s*env\.).*)$",
+        description="s3://bucket/prefix/, or file:///abs/dir/ (a directory on the worker; "
+        "file://${env.X}/dir/ allowed)",
+    )
     endpoint: str | None = None
     keep: int | None = Field(None, ge=1)
     sse: str | None = Field(None, description="server-side encryption, e.g. AES256 or aws:kms")
