@@ -1,4 +1,10 @@
-"""Database backups to S3 and verified restores: the `backup` step and `undo: {restore}`.
+"""Database backups to S3 (or a `file://` directory) and verified restores: the `backup`
+step and `undo: {restore}`.
+
+The functions here work on a `BackupStore` (`activities.stores`): `S3Store` below, or
+`FileStore` for `file:///abs/dir/`, with the same layout, manifest, retention and
+verification; `open_store(url)` picks one. What follows describes S3; the file store
+writes a temporary file and renames it into place instead of a multipart upload.
 
 A backup streams the dump straight into S3: `pg_dump --format=custom`'s stdout is cut
 into parts of `part_size` bytes (8 MiB) by a reader thread and uploaded as an S3
@@ -27,7 +33,8 @@ file while hashing it and refuses a truncated or corrupt object before it touche
 database. A PostgreSQL restore is exact: in one transaction it drops every user object
 the database has now (what a migration created after the backup included), then
 recreates everything from the dump (`activities.dbdump.pg_restore`); a failure rolls all
-of it back.
+of it back. By default it restores the dump's owners and grants too (`owners="keep"`;
+`"drop"` gives every object to the restoring user, see `activities.dbdump.pg_restore`).
 """
 
 from __future__ import annotations
@@ -734,12 +741,20 @@ class BackupActivities:
 
     @activity.defn(name=CREATE)
     def create(self, input: BackupInput) -> BackupOutput:
-        """Back the step's database up to S3 (see the module docstring)."""
+        """Back the step's database up to S3 or a directory (see the module docstring)."""
         progress = ActivityProgress(input.resume)
         beat = _beat_or_cancel(progress)
         db = self._database(input.database)
         to = resolve_env(input.to)
         store, prefix = open_store(to, self.s3_factory, input.endpoint)
+        s3_only = [name for name in ("endpoint", "sse", "storage_class") if getattr(input, name)]
+        if isinstance(store, FileStore) and s3_only:
+            raise ApplicationError(
+                f"backup.{', backup.'.join(s3_only)}: only for s3:// destinations, "
+                f"not {redact(to)}",
+                type="BackupFailedPermanently",
+                non_retryable=True,
+            )
         activity.logger.info("backing up %s to %s", db.display, redact(to))
         try:
             return create_backup(

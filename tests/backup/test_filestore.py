@@ -152,6 +152,10 @@ def test_env_reference_in_to_and_bad_urls(
     monkeypatch.setenv("BK_FILE_DIR", str(tmp_path / "data"))
     out = backup(backups, url, "file://${env.BK_FILE_DIR}/backups/")
     assert out.url.startswith(f"file://{tmp_path}/data/backups/web/")
+    s3_only = BackupInput(context=context(), database=url, to=f"file://{tmp_path}/", sse="AES256")
+    error, _ = run_failing(backups.create, s3_only)
+    assert isinstance(error, ApplicationError) and error.non_retryable
+    assert "backup.sse: only for s3:// destinations" in str(error)
     for bad in ("file://relative/dir/", f"file://{tmp_path}/../x/"):
         request = BackupInput(context=context(), database=url, to=bad)
         error, _ = run_failing(backups.create, request)

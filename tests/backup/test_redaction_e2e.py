@@ -2,7 +2,7 @@
 
 The repro: a backup step whose `database:` is a libpq keyword DSN (`host=… password='…'`),
 which the backup cannot parse. Today's message echoed it whole into the run status,
-Temporal history and the worker's log. The worker runs here as its own process
+Temporal history, the SQL database and the worker's log. The worker runs here as its own process
 (`python -m worker.main`, its real logging setup) with the log captured like
 `shipflow dev` captures `worker.log`; a notify step to a webhook URL with a token also
 runs, so the log would show httpx's request line if client request logging were on.
@@ -16,8 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlmodel import Session
 from temporalio.client import Client
 
+from api.db import make_engine
+from api.models import Run
 from tests.api.conftest import api_client
 from tests.helpers import HttpSink, finish, start_flow
 from worker.settings import Settings
@@ -85,6 +88,17 @@ async def test_unparseable_keyword_dsn_password_appears_nowhere(
         assert response.status_code == 200
         assert "unsupported database URL" in response.text
         assert "Redact Me" not in response.text
+
+        # The worker records the run (state, error) in the SQL database the API reads.
+        engine = make_engine(settings.sqlalchemy_url())
+        with Session(engine) as session:
+            row = session.get(Run, status.run_id)
+            assert row is not None and row.state == "failed"
+            assert "unsupported database URL" in (row.error or ""), row.error
+            assert "Redact Me" not in (row.error or "")
+        engine.dispose()
+        for db_file in settings.data_dir.glob("shipflow.db*"):
+            assert b"Redact Me" not in db_file.read_bytes()
 
         history = await temporal_client.get_workflow_handle(status.run_id).fetch_history()
         raw = b"".join(e.SerializeToString() for e in history.events)
