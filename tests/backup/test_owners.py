@@ -10,6 +10,7 @@ checksum, are identical to the original's.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.backup import BackupActivities
@@ -24,6 +26,8 @@ from activities.models.backup import BackupInput, BackupOutput, RestoreInput
 from tests.backup.conftest import psql, run_activity, run_failing
 from tests.backup.test_postgres import context
 from tests.conftest import PG_ADMIN_URL
+from tests.helpers import new_worker, run_flow
+from worker.settings import Settings
 from workflows.plan import compile
 from workflows.spec import FlowError, load_flow_text
 
@@ -285,3 +289,47 @@ def test_bad_owners_value_names_the_field() -> None:
     with pytest.raises(FlowError) as info:
         load_flow_text(OWNERS_FLOW.format(owners=", owners: maybe"))
     assert "steps[1].migrate.undo" in str(info.value) and "owners" in str(info.value)
+
+
+E2E_FLOW = """
+apiVersion: shipflow/v1
+name: owners-e2e
+stage: test
+steps:
+  - backup: {{id: db-backup, database: "{db}", to: "s3://{bucket}/e2e/", endpoint: "{endpoint}"}}
+  - migrate: {{id: migrate, command: {migrate}, undo: {{restore: db-backup{owners}}}}}
+  - migrate: {{id: smoke, command: [sh, -c, "exit 1"]}}
+"""
+
+
+@pytest.mark.parametrize("owners", ["keep", "drop"])
+async def test_compensation_restores_with_the_flows_owners_option(
+    owners: str,
+    roles: tuple[str, str],
+    pg_url: str,
+    temporal_client: Client,
+    settings: Settings,
+    bucket: str,
+    s3_endpoint: str,
+) -> None:
+    a, b = roles
+    psql(pg_url, SCHEMA.format(a=a, b=b))
+    schema, sums = full_schema(pg_url), checksums(pg_url)
+    migrate = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg_url,
+               "-c", MIGRATION.format(a=a, b=b)]  # fmt: skip
+    flow = E2E_FLOW.format(
+        db=pg_url,
+        bucket=bucket,
+        endpoint=s3_endpoint,
+        migrate=json.dumps(migrate),
+        owners="" if owners == "keep" else ", owners: drop",
+    )
+    async with new_worker(temporal_client, settings):
+        status = await run_flow(temporal_client, settings, flow)
+    assert status.state == "rolled_back", status.model_dump_json(indent=1)
+    assert status.step("migrate").state == "compensated"
+    assert checksums(pg_url) == sums
+    if owners == "keep":
+        assert full_schema(pg_url) == schema
+    else:
+        assert owners_of(pg_url, a) == [] and owners_of(pg_url, b) == []
