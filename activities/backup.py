@@ -1,4 +1,10 @@
-"""Database backups to S3 and verified restores: the `backup` step and `undo: {restore}`.
+"""Database backups to S3 (or a `file://` directory) and verified restores: the `backup`
+step and `undo: {restore}`.
+
+The functions here work on a `BackupStore` (`activities.stores`): `S3Store` below, or
+`FileStore` for `file:///abs/dir/`, with the same layout, manifest, retention and
+verification; `open_store(url)` picks one. What follows describes S3; the file store
+writes a temporary file and renames it into place instead of a multipart upload.
 
 A backup streams the dump straight into S3: `pg_dump --format=custom`'s stdout is cut
 into parts of `part_size` bytes (8 MiB) by a reader thread and uploaded as an S3
@@ -27,7 +33,8 @@ file while hashing it and refuses a truncated or corrupt object before it touche
 database. A PostgreSQL restore is exact: in one transaction it drops every user object
 the database has now (what a migration created after the backup included), then
 recreates everything from the dump (`activities.dbdump.pg_restore`); a failure rolls all
-of it back.
+of it back. By default it restores the dump's owners and grants too (`owners="keep"`;
+`"drop"` gives every object to the restoring user, see `activities.dbdump.pg_restore`).
 """
 
 from __future__ import annotations
@@ -35,15 +42,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -56,6 +61,7 @@ from activities.dbdump import (
     DatabaseKind,
     DatabaseUrl,
     DumpError,
+    Owners,
     PgDump,
     parse_database,
     pg_restore,
@@ -66,7 +72,7 @@ from activities.dbdump import (
     sqlite_version,
     tool_version,
 )
-from activities.envrefs import resolve_env
+from activities.envrefs import resolve_env, secret_values
 from activities.models.backup import (
     CREATE,
     RESTORE,
@@ -78,24 +84,22 @@ from activities.models.backup import (
 from activities.models.common import StepContext
 from activities.progress import ActivityProgress
 from activities.s3 import S3Client, parse_s3_url, raise_s3_error
+from activities.stores import (
+    DOWNLOAD_CHUNK,
+    HEARTBEAT_EVERY_S,
+    MANIFEST_SUFFIX,
+    BackupProgress,
+    BackupStore,
+    Beat,
+    FileStore,
+    PartReader,
+    corrupt,
+    parse_file_url,
+)
 from worker.settings import Settings
+from workflows.redaction import redact
 
 PART_SIZE = 8 * 1024 * 1024
-MANIFEST_SUFFIX = ".json"
-_DOWNLOAD_CHUNK = 1024 * 1024
-_HEARTBEAT_EVERY_S = 1.0
-
-Beat = Callable[[dict[str, Any]], None]
-
-
-class BackupProgress(BaseModel):
-    """What a backup or restore heartbeats, and what its next attempt reads back."""
-
-    phase: Literal["dump", "upload", "download", "restore"]
-    key: str
-    upload_id: str | None = None
-    bytes: int = 0
-    parts: int = 0
 
 
 class BackupManifest(BaseModel):
@@ -144,64 +148,6 @@ def _ascii(value: str) -> str:
 
 
 # ---------------------------------------------------------------- streaming upload
-
-
-_EOF = object()
-
-
-class _PartReader:
-    """Reads `part_size` chunks of a stream on a thread, one chunk queued ahead.
-
-    The producer (pg_dump) keeps writing while the previous part uploads; the queue's
-    depth of one bounds memory to three parts. `stop()` unblocks the thread when the
-    upload gives up.
-    """
-
-    def __init__(self, src: IO[bytes], part_size: int):
-        self._src = src
-        self._part_size = part_size
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=1)
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="backup-reader", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: object) -> bool:
-        while not self._stopped.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            while True:
-                chunk = self._src.read(self._part_size)
-                if chunk and not self._put(chunk):
-                    return
-                if len(chunk) < self._part_size:
-                    self._put(_EOF)
-                    return
-        except BaseException as e:
-            self._put(e)
-
-    def next(self, timeout: float) -> bytes | None:
-        """The next chunk, `b""` at the end of the stream, None if nothing came in `timeout`."""
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is _EOF:
-            return b""
-        if isinstance(item, BaseException):
-            raise DumpError(f"reading the dump failed: {item}", retryable=True) from item
-        assert isinstance(item, bytes)
-        return item
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=5)
 
 
 def _s3(client: S3Client, what: str, call: Callable[..., Any], **kwargs: Any) -> Any:
@@ -274,7 +220,7 @@ def stream_upload(
     Returns:
         (size, sha256 hex) of the uploaded object.
     """
-    reader = _PartReader(src, part_size)
+    reader = PartReader(src, part_size)
     digest = hashlib.sha256()
     size = 0
     progress = BackupProgress(phase="dump", key=key)
@@ -283,7 +229,7 @@ def stream_upload(
 
         def next_chunk() -> bytes:
             while True:
-                chunk = reader.next(timeout=_HEARTBEAT_EVERY_S)
+                chunk = reader.next(timeout=HEARTBEAT_EVERY_S)
                 if chunk is not None:
                     return chunk
                 beat(progress.model_dump(mode="json"))
@@ -368,7 +314,8 @@ def stream_upload(
 
 
 def create_backup(
-    client: S3Client,
+    store: BackupStore,
+    prefix: str,
     request: BackupInput,
     db: DatabaseUrl,
     *,
@@ -377,10 +324,11 @@ def create_backup(
     part_size: int = PART_SIZE,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> BackupOutput:
-    """Dump `db` into S3 under the step's key, write its manifest, apply retention.
+    """Dump `db` into the store under the step's key, write its manifest, apply retention.
 
     Args:
-        client: S3 client for the step's endpoint.
+        store: where the backup goes (`open_store(request.to)`).
+        prefix: the key prefix `request.to` names in the store.
         request: the step (destination, options, run context).
         db: the parsed database URL (`${env.X}` already resolved).
         beat: heartbeat callback; gets `BackupProgress` dicts.
@@ -390,12 +338,12 @@ def create_backup(
 
     Raises:
         DumpError: the dump failed (retryable or not, per the cause).
-        ApplicationError: S3 failed (unreachable: retryable; NoSuchBucket/AccessDenied: not).
+        ApplicationError: the store failed (S3 unreachable: retryable; NoSuchBucket,
+            AccessDenied: not).
     """
     started = time.monotonic()
-    bucket, prefix = parse_s3_url(request.to)
     key = backup_key(prefix, request.context, db.kind)
-    abort_abandoned_uploads(client, bucket, key, resume)
+    store.abort_abandoned(key, resume)
 
     tool = tool_version("pg_dump") if db.kind == "postgresql" else sqlite_version()
     version = shipflow_version()
@@ -417,9 +365,7 @@ def create_backup(
     if db.kind == "postgresql":
         dump = PgDump(db)
         try:
-            size, sha256 = stream_upload(
-                client,
-                bucket,
+            size, sha256 = store.upload(
                 key,
                 dump.stdout,
                 finish=dump.wait,
@@ -436,9 +382,7 @@ def create_backup(
             progress = BackupProgress(phase="dump", key=key).model_dump(mode="json")
             sqlite_snapshot(db, snapshot, on_wait=lambda: beat(progress))
             with open(snapshot, "rb") as src:
-                size, sha256 = stream_upload(
-                    client,
-                    bucket,
+                size, sha256 = store.upload(
                     key,
                     src,
                     finish=lambda: None,
@@ -449,7 +393,7 @@ def create_backup(
                 )
 
     duration = time.monotonic() - started
-    url = f"s3://{bucket}/{key}"
+    url = store.url(key)
     manifest = BackupManifest(
         key=key,
         url=url,
@@ -466,22 +410,10 @@ def create_backup(
         created_at=datetime.now(UTC),
         duration_s=round(duration, 3),
     )
-    _s3(
-        client,
-        f"writing the manifest of {url}",
-        client.put_object,
-        Bucket=bucket,
-        Key=key + MANIFEST_SUFFIX,
-        Body=manifest.model_dump_json(indent=2).encode(),
-        ContentType="application/json",
-        # Encrypted like the dump, but never in a cold storage class: listings read it.
-        **{k: v for k, v in extra.items() if k != "StorageClass"},
-    )
+    store.put_manifest(key, manifest.model_dump_json(indent=2).encode(), extra)
     if request.keep:
         try:
-            deleted = apply_retention(
-                client, bucket, prefix, request.context.flow, db.display, request.keep
-            )
+            deleted = apply_retention(store, prefix, request.context.flow, db.display, request.keep)
             if deleted:
                 log(f"retention keep={request.keep}: deleted {', '.join(deleted)}")
         except ApplicationError as e:
@@ -492,34 +424,24 @@ def create_backup(
     )
 
 
-def list_backups(client: S3Client, bucket: str, prefix: str, flow: str) -> list[BackupManifest]:
-    """Every complete backup of `flow` under `s3://bucket/prefix/`, newest first.
+def list_backups(store: BackupStore, prefix: str, flow: str) -> list[BackupManifest]:
+    """Every complete backup of `flow` under `prefix` in `store`, newest first.
 
     Complete means "has a manifest": a dump whose manifest was never written (the
     attempt died in between) is not listed and not restorable by key alone.
     """
-    base = flow_prefix(prefix, flow)
     found: list[BackupManifest] = []
-    paginator = client.get_paginator("list_objects_v2")
-    try:
-        for page in paginator.paginate(Bucket=bucket, Prefix=base):
-            for obj in page.get("Contents", []):
-                name = obj["Key"]
-                if not name.endswith(MANIFEST_SUFFIX):
-                    continue
-                body = client.get_object(Bucket=bucket, Key=name)["Body"].read()
-                try:
-                    found.append(BackupManifest.model_validate_json(body))
-                except ValidationError:
-                    continue
-    except (BotoCoreError, ClientError) as e:
-        raise_s3_error(e, client, f"listing backups under s3://{bucket}/{base}")
+    for body in store.manifests(flow_prefix(prefix, flow)):
+        try:
+            found.append(BackupManifest.model_validate_json(body))
+        except ValidationError:
+            continue
     found.sort(key=lambda m: (m.created_at, m.key), reverse=True)
     return found
 
 
 def apply_retention(
-    client: S3Client, bucket: str, prefix: str, flow: str, database: str, keep: int
+    store: BackupStore, prefix: str, flow: str, database: str, keep: int
 ) -> list[str]:
     """Delete all but the newest `keep` backups of `flow` taken from `database`.
 
@@ -529,45 +451,34 @@ def apply_retention(
     Returns:
         The deleted dump keys.
     """
-    same = [m for m in list_backups(client, bucket, prefix, flow) if m.database == database]
-    doomed = same[keep:]
+    same = [m for m in list_backups(store, prefix, flow) if m.database == database]
     deleted: list[str] = []
-    for m in doomed:
-        _s3(
-            client,
-            f"deleting old backup s3://{bucket}/{m.key}",
-            client.delete_objects,
-            Bucket=bucket,
-            Delete={"Objects": [{"Key": m.key + MANIFEST_SUFFIX}, {"Key": m.key}], "Quiet": True},
-        )
+    for m in same[keep:]:
+        store.delete(m.key)
         deleted.append(m.key)
     return deleted
 
 
-def read_manifest(client: S3Client, bucket: str, key: str) -> BackupManifest:
+def read_manifest(store: BackupStore, key: str) -> BackupManifest:
     """The manifest of the dump at `key`.
 
     Raises:
         ApplicationError: (non-retryable) no manifest, or not a shipflow manifest.
     """
-    try:
-        body = client.get_object(Bucket=bucket, Key=key + MANIFEST_SUFFIX)["Body"].read()
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise ApplicationError(
-                f"s3://{bucket}/{key} has no manifest ({key}{MANIFEST_SUFFIX}): the backup never "
-                "completed or is not a shipflow backup, so it cannot be verified",
-                type="BackupNotFound",
-                non_retryable=True,
-            ) from None
-        raise_s3_error(e, client, f"reading the manifest of s3://{bucket}/{key}")
-    except BotoCoreError as e:
-        raise_s3_error(e, client, f"reading the manifest of s3://{bucket}/{key}")
+    url = store.url(key)
+    body = store.get_manifest(key)
+    if body is None:
+        raise ApplicationError(
+            f"{url} has no manifest ({key}{MANIFEST_SUFFIX}): the backup never "
+            "completed or is not a shipflow backup, so it cannot be verified",
+            type="BackupNotFound",
+            non_retryable=True,
+        )
     try:
         return BackupManifest.model_validate_json(body)
     except ValidationError as e:
         raise ApplicationError(
-            f"s3://{bucket}/{key}{MANIFEST_SUFFIX} is not a valid manifest: {e}",
+            f"{url}{MANIFEST_SUFFIX} is not a valid manifest: {e}",
             type="BackupNotFound",
             non_retryable=True,
         ) from None
@@ -583,14 +494,6 @@ def _kind_of_key(key: str) -> DatabaseKind | None:
     return None
 
 
-def _corrupt(url: str, message: str) -> ApplicationError:
-    return ApplicationError(
-        f"refusing to restore {url}: {message}; the database was not touched",
-        type="BackupCorrupt",
-        non_retryable=True,
-    )
-
-
 def download_verified(
     client: S3Client, bucket: str, key: str, dest: Path, *, size: int, sha256: str, beat: Beat
 ) -> None:
@@ -604,9 +507,7 @@ def download_verified(
     url = f"s3://{bucket}/{key}"
     head = _s3(client, f"reading {url}", client.head_object, Bucket=bucket, Key=key)
     if int(head["ContentLength"]) != size:
-        raise _corrupt(
-            url, f"its size is {head['ContentLength']} bytes, the backup recorded {size}"
-        )
+        raise corrupt(url, f"its size is {head['ContentLength']} bytes, the backup recorded {size}")
     digest = hashlib.sha256()
     got = 0
     last_beat = time.monotonic()
@@ -614,11 +515,11 @@ def download_verified(
     with os.fdopen(fd, "wb") as out:
         try:
             body = client.get_object(Bucket=bucket, Key=key)["Body"]
-            for chunk in body.iter_chunks(_DOWNLOAD_CHUNK):
+            for chunk in body.iter_chunks(DOWNLOAD_CHUNK):
                 digest.update(chunk)
                 got += len(chunk)
                 out.write(chunk)
-                if time.monotonic() - last_beat >= _HEARTBEAT_EVERY_S:
+                if time.monotonic() - last_beat >= HEARTBEAT_EVERY_S:
                     last_beat = time.monotonic()
                     beat(
                         BackupProgress(phase="download", key=key, bytes=got).model_dump(mode="json")
@@ -630,21 +531,125 @@ def download_verified(
         out.flush()
         os.fsync(out.fileno())
     if got != size:
-        raise _corrupt(url, f"downloaded {got} bytes, the backup recorded {size}")
+        raise corrupt(url, f"downloaded {got} bytes, the backup recorded {size}")
     if digest.hexdigest() != sha256:
-        raise _corrupt(url, f"its sha256 is {digest.hexdigest()}, the backup recorded {sha256}")
+        raise corrupt(url, f"its sha256 is {digest.hexdigest()}, the backup recorded {sha256}")
+
+
+class S3Store:
+    """`BackupStore` on one S3 bucket: streamed multipart uploads, `s3://bucket/key` URLs."""
+
+    def __init__(self, client: S3Client, bucket: str):
+        self.client = client
+        self.bucket = bucket
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def abort_abandoned(self, key: str, resume: dict[str, Any] | None) -> list[str]:
+        return abort_abandoned_uploads(self.client, self.bucket, key, resume)
+
+    def upload(
+        self,
+        key: str,
+        src: IO[bytes],
+        *,
+        finish: Callable[[], None],
+        metadata: dict[str, str],
+        extra: dict[str, str],
+        beat: Beat,
+        part_size: int,
+    ) -> tuple[int, str]:
+        return stream_upload(
+            self.client,
+            self.bucket,
+            key,
+            src,
+            finish=finish,
+            metadata=metadata,
+            extra=extra,
+            beat=beat,
+            part_size=part_size,
+        )
+
+    def put_manifest(self, key: str, body: bytes, extra: dict[str, str]) -> None:
+        _s3(
+            self.client,
+            f"writing the manifest of {self.url(key)}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=key + MANIFEST_SUFFIX,
+            Body=body,
+            ContentType="application/json",
+            # Encrypted like the dump, but never in a cold storage class: listings read it.
+            **{k: v for k, v in extra.items() if k != "StorageClass"},
+        )
+
+    def manifests(self, prefix: str) -> Iterator[bytes]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"]
+                    if name.endswith(MANIFEST_SUFFIX):
+                        yield self.client.get_object(Bucket=self.bucket, Key=name)["Body"].read()
+        except (BotoCoreError, ClientError) as e:
+            raise_s3_error(e, self.client, f"listing backups under {self.url(prefix)}")
+
+    def get_manifest(self, key: str) -> bytes | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key + MANIFEST_SUFFIX)["Body"]
+            return bytes(body.read())
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise_s3_error(e, self.client, f"reading the manifest of {self.url(key)}")
+        except BotoCoreError as e:
+            raise_s3_error(e, self.client, f"reading the manifest of {self.url(key)}")
+
+    def delete(self, key: str) -> None:
+        _s3(
+            self.client,
+            f"deleting old backup {self.url(key)}",
+            self.client.delete_objects,
+            Bucket=self.bucket,
+            Delete={"Objects": [{"Key": key + MANIFEST_SUFFIX}, {"Key": key}], "Quiet": True},
+        )
+
+    def download_verified(
+        self, key: str, dest: Path, *, size: int, sha256: str, beat: Beat
+    ) -> None:
+        download_verified(self.client, self.bucket, key, dest, size=size, sha256=sha256, beat=beat)
+
+
+def open_store(
+    url: str, s3_factory: Callable[[str | None], S3Client], endpoint: str | None = None
+) -> tuple[BackupStore, str]:
+    """The store a backup URL names, and the key (or prefix) inside it.
+
+    `s3://bucket/prefix/` -> (S3Store on bucket, `prefix/`); `file:///abs/dir/` ->
+    (FileStore on the filesystem root, `abs/dir/`).
+
+    Raises:
+        ApplicationError: (non-retryable) neither an s3:// nor a file:/// URL.
+    """
+    if url.startswith("file:"):
+        return FileStore(), parse_file_url(url)
+    bucket, key = parse_s3_url(url)
+    return S3Store(s3_factory(endpoint), bucket), key
 
 
 def restore_backup(
-    client: S3Client,
-    url: str,
+    store: BackupStore,
+    key: str,
     db: DatabaseUrl,
     *,
     size: int | None,
     sha256: str | None,
     beat: Beat,
+    owners: Owners = "keep",
 ) -> RestoreOutput:
-    """Verify the backup at `url`, then restore it into `db`.
+    """Verify the backup at `key` in `store`, then restore it into `db`.
 
     Size and sha256 come from the caller (the backup step's output) or, when not
     given, from the backup's manifest. Nothing touches the database before the whole
@@ -657,10 +662,10 @@ def restore_backup(
             database is in use (retryable).
     """
     started = time.monotonic()
-    bucket, key = parse_s3_url(url)
+    url = store.url(key)
     kind = _kind_of_key(key)
     if size is None or sha256 is None:
-        manifest = read_manifest(client, bucket, key)
+        manifest = read_manifest(store, key)
         size = manifest.size if size is None else size
         sha256 = manifest.sha256 if sha256 is None else sha256
         kind = manifest.kind
@@ -676,11 +681,11 @@ def restore_backup(
         tmp_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".shipflow-restore-", dir=tmp_parent) as tmp:
         dump = Path(tmp) / f"restore{SUFFIXES[db.kind]}"
-        download_verified(client, bucket, key, dump, size=size, sha256=sha256, beat=beat)
+        store.download_verified(key, dump, size=size, sha256=sha256, beat=beat)
         restoring = BackupProgress(phase="restore", key=key, bytes=size).model_dump(mode="json")
         beat(restoring)
         if db.kind == "postgresql":
-            pg_restore(db, dump, on_wait=lambda: beat(restoring))
+            pg_restore(db, dump, owners=owners, on_wait=lambda: beat(restoring))
         else:
             sqlite_check(dump)
             sqlite_replace(db, dump)
@@ -691,11 +696,8 @@ def restore_backup(
 
 
 def _application_error(e: DumpError, db_secrets: list[str]) -> ApplicationError:
-    message = str(e)
-    for secret in db_secrets:
-        message = message.replace(secret, "***")
     return ApplicationError(
-        message,
+        redact(str(e), db_secrets),
         type="BackupFailed" if e.retryable else "BackupFailedPermanently",
         non_retryable=not e.retryable,
     )
@@ -739,15 +741,25 @@ class BackupActivities:
 
     @activity.defn(name=CREATE)
     def create(self, input: BackupInput) -> BackupOutput:
-        """Back the step's database up to S3 (see the module docstring)."""
+        """Back the step's database up to S3 or a directory (see the module docstring)."""
         progress = ActivityProgress(input.resume)
         beat = _beat_or_cancel(progress)
         db = self._database(input.database)
-        client = self.s3_factory(input.endpoint)
-        activity.logger.info("backing up %s to %s", db.display, input.to)
+        to = resolve_env(input.to)
+        store, prefix = open_store(to, self.s3_factory, input.endpoint)
+        s3_only = [name for name in ("endpoint", "sse", "storage_class") if getattr(input, name)]
+        if isinstance(store, FileStore) and s3_only:
+            raise ApplicationError(
+                f"backup.{', backup.'.join(s3_only)}: only for s3:// destinations, "
+                f"not {redact(to)}",
+                type="BackupFailedPermanently",
+                non_retryable=True,
+            )
+        activity.logger.info("backing up %s to %s", db.display, redact(to))
         try:
             return create_backup(
-                client,
+                store,
+                prefix,
                 input,
                 db,
                 beat=beat,
@@ -763,11 +775,17 @@ class BackupActivities:
         """Verify a backup and restore it into the step's database."""
         beat = _beat_or_cancel(ActivityProgress(input.resume))
         db = self._database(input.database)
-        client = self.s3_factory(input.endpoint)
-        activity.logger.info("restoring %s into %s", input.url, db.display)
+        store, key = open_store(input.url, self.s3_factory, input.endpoint)
+        activity.logger.info("restoring %s into %s", redact(input.url), db.display)
         try:
             return restore_backup(
-                client, input.url, db, size=input.size, sha256=input.sha256, beat=beat
+                store,
+                key,
+                db,
+                size=input.size,
+                sha256=input.sha256,
+                beat=beat,
+                owners=input.owners,
             )
         except DumpError as e:
             raise _application_error(e, db.secrets) from None
@@ -777,8 +795,11 @@ class BackupActivities:
         try:
             return parse_database(resolve_env(database))
         except DumpError as e:
+            # `from None`: the cause's traceback would carry the raw text into history.
             raise ApplicationError(
-                str(e), type="BackupFailedPermanently", non_retryable=True
+                redact(str(e), secret_values(database)),
+                type="BackupFailedPermanently",
+                non_retryable=True,
             ) from None
 
 
@@ -787,10 +808,14 @@ __all__ = [
     "BackupActivities",
     "BackupManifest",
     "BackupProgress",
+    "BackupStore",
+    "FileStore",
+    "S3Store",
     "abort_abandoned_uploads",
     "apply_retention",
     "create_backup",
     "list_backups",
+    "open_store",
     "read_manifest",
     "redact_url",
     "restore_backup",

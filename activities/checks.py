@@ -14,8 +14,9 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.envrefs import resolve_env, resolve_env_in
+from activities.envrefs import resolve_env, resolve_env_in, secret_values
 from activities.models.checks import PROBE, CheckInput, CheckOutput
+from workflows.redaction import redact
 from workflows.spec import CheckSpec
 
 
@@ -55,13 +56,17 @@ class CheckActivities:
                     )
                 if consecutive_bad >= spec.failure_threshold:
                     raise ApplicationError(
-                        f"{_where(spec)} failed {consecutive_bad} times in a row (last: {last})",
+                        redact(
+                            f"{_where(spec)} failed {consecutive_bad} times in a row (last: {last})"
+                        ),
                         type="CheckFailed",
                         non_retryable=False,
                     )
                 if input.timeout_s is not None and time.monotonic() - started > input.timeout_s:
                     raise ApplicationError(
-                        f"{_where(spec)} did not pass within {input.timeout_s:g}s (last: {last})",
+                        redact(
+                            f"{_where(spec)} did not pass within {input.timeout_s:g}s (last: {last})"
+                        ),
                         type="CheckTimeout",
                     )
                 await asyncio.sleep(spec.period.total_seconds())
@@ -81,7 +86,9 @@ class CheckActivities:
                     timeout=timeout,
                 )
             except httpx.HTTPError as e:
-                return False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                # httpx quotes the URL in some errors: it may carry a token or a password.
+                text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                return False, redact(text, secret_values(spec.http.url))
             accepted = spec.http.status or None
             ok = response.status_code in accepted if accepted else 200 <= response.status_code < 400
             if ok and spec.http.contains is not None and spec.http.contains not in response.text:

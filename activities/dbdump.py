@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from workflows.redaction import redact
+
 DatabaseKind = Literal["postgresql", "sqlite"]
 
 #: File suffix of the backup object per database kind (also how a restore knows the format).
@@ -37,7 +39,8 @@ class DumpError(Exception):
     """A dump or restore failed. `retryable=False` means another attempt cannot help."""
 
     def __init__(self, message: str, *, retryable: bool):
-        super().__init__(message)
+        # Every message may quote a connection string or a tool's stderr: mask it here once.
+        super().__init__(redact(message))
         self.retryable = retryable
 
 
@@ -46,8 +49,9 @@ def redact_url(url: str) -> str:
 
     It is what errors, logs, step outputs and backup metadata show, so a backup can be
     traced to its database without the credential travelling with it. A `password=`
-    query option is dropped too. Text that does not parse as a URL is returned with
-    anything between `://user:` and `@` masked.
+    query option is dropped too. Whatever is left goes through `workflows.redaction.redact`,
+    so text that is not a URL at all (a libpq keyword DSN, `host=db password=secret`) comes
+    back with its credentials masked rather than whole.
     """
     try:
         parts = urlsplit(url)
@@ -61,16 +65,16 @@ def redact_url(url: str) -> str:
         if any(k == "password" for k, _ in pairs):
             query = urlencode([(k, v) for k, v in pairs if k != "password"])
         if netloc == parts.netloc and query == parts.query:
-            return url
+            return redact(url)
         # Built by hand: urlunsplit would turn sqlite:////abs into sqlite://abs.
         text = f"{parts.scheme}://{netloc}{parts.path}"
         if query:
             text += f"?{query}"
         if parts.fragment:
             text += f"#{parts.fragment}"
-        return text
+        return redact(text)
     except ValueError:
-        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+        return redact(url)
 
 
 @dataclass(frozen=True)
@@ -174,10 +178,7 @@ def _tool_error(
 
 
 def _redact(text: str, db: DatabaseUrl) -> str:
-    for secret in db.secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return redact(text, db.secrets)
 
 
 def _tool(name: str) -> str:
@@ -446,7 +447,9 @@ class _Feeder(threading.Thread):
     stopped reading: it failed or was killed).
     """
 
-    def __init__(self, restore: subprocess.Popen[bytes], psql: subprocess.Popen[bytes], prelude: bytes):
+    def __init__(
+        self, restore: subprocess.Popen[bytes], psql: subprocess.Popen[bytes], prelude: bytes
+    ):
         super().__init__(name="pg-restore-feeder", daemon=True)
         self.restore = restore
         self.psql = psql
@@ -522,20 +525,40 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+#: What a restore does with the dump's owners and grants (`ALTER … OWNER TO`, `GRANT`).
+#: keep: restore them (the roles must exist on the target server, and the restoring user
+#: must be a superuser or a member of each); drop: every object belongs to the restoring
+#: user and no grant is restored (`pg_restore --no-owner --no-privileges`).
+Owners = Literal["keep", "drop"]
+
+_MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
+
+
 def pg_restore(
-    db: DatabaseUrl, dump_file: Path, *, on_wait: Callable[[], None] = lambda: None
+    db: DatabaseUrl,
+    dump_file: Path,
+    *,
+    owners: Owners = "keep",
+    on_wait: Callable[[], None] = lambda: None,
 ) -> None:
     """Make `db` exactly what the custom-format dump describes, in one transaction.
 
     `pg_restore --clean` is not enough for a rollback: it drops only the objects the
     dump has, so a table, view, type, function or schema a migration created after the
     backup survives it (and a new view on a backed-up table makes its DROP fail). So
-    the dump's SQL (`pg_restore --single-transaction --no-owner -f -`, streamed, never
+    the dump's SQL (`pg_restore --single-transaction -f -`, streamed, never
     whole in memory) is piped into `psql -v ON_ERROR_STOP=1` with a prelude right
     after its BEGIN that drops every user object the database has now (see
     `_PRELUDE`): after the COMMIT the database holds what the dump holds, nothing more.
     Any failure before the COMMIT (an SQL error, pg_restore dying, a cancellation)
     rolls everything back, prelude included: the database is left as it was.
+
+    Owners and grants (`owners`): kept by default, so tables and functions owned by an
+    application role, the `public` schema's owner and every GRANT come back as they were.
+    A role the dump names that does not exist on the target server fails the restore
+    (rolled back, nothing changed) with a message naming the role: create the role, or
+    restore with `owners="drop"`, which leaves every object owned by the restoring user
+    and restores no grants.
 
     Extensions: the ones the dump creates are kept (its `CREATE EXTENSION IF NOT
     EXISTS` is then a no-op; one living in a schema other than `public` goes and comes
@@ -559,7 +582,7 @@ def pg_restore(
             [
                 _tool("pg_restore"),
                 "--single-transaction",
-                "--no-owner",
+                *(["--no-owner", "--no-privileges"] if owners == "drop" else []),
                 "--file=-",
                 str(dump_file),
             ],
@@ -635,6 +658,13 @@ def pg_restore(
         )
     if psql_code != 0 or feeder.failure is not None:
         text = psql_text.strip() or feeder.detail or "psql stopped reading the restore script"
+        missing = _MISSING_ROLE.search(text)
+        if missing and owners == "keep":
+            text = (
+                f"the backup's objects or grants belong to role {missing.group(1)!r}, which does "
+                f"not exist on this server: create it, or restore with owners: drop "
+                f"(CLI: --drop-owners) to give every object to the restoring user ({text})"
+            )
         raise _tool_error(
             "psql",
             db,

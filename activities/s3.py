@@ -28,6 +28,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from temporalio.exceptions import ApplicationError
 
 from worker.settings import Settings
+from workflows.redaction import redact
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -61,10 +62,14 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         ApplicationError: (non-retryable) not an s3:// URL or no bucket.
     """
     if not url.startswith("s3://") or len(url) <= len("s3://"):
-        raise ApplicationError(f"not an s3:// URL: {url}", type="InvalidS3Url", non_retryable=True)
+        raise ApplicationError(
+            redact(f"not an s3:// URL: {url}"), type="InvalidS3Url", non_retryable=True
+        )
     bucket, _, key = url[len("s3://") :].partition("/")
     if not bucket:
-        raise ApplicationError(f"no bucket in {url}", type="InvalidS3Url", non_retryable=True)
+        raise ApplicationError(
+            redact(f"no bucket in {url}"), type="InvalidS3Url", non_retryable=True
+        )
     return bucket, key
 
 
@@ -120,19 +125,19 @@ def raise_s3_error(e: BaseException, client: S3Client, what: str) -> NoReturn:
     endpoint = endpoint_of(client)
     if isinstance(e, BotoConnectionError | HTTPClientError):
         raise ApplicationError(
-            f"S3 endpoint {endpoint} unreachable while {what}: {e}", type="S3Unreachable"
+            redact(f"S3 endpoint {endpoint} unreachable while {what}: {e}"), type="S3Unreachable"
         ) from e
     if isinstance(e, ClientError):
         code = str(e.response.get("Error", {}).get("Code", ""))
         message = e.response.get("Error", {}).get("Message", "") or str(e)
         permanent = code in PERMANENT_CODES
         raise ApplicationError(
-            f"S3 {code or 'error'} while {what} ({endpoint}): {message}",
+            redact(f"S3 {code or 'error'} while {what} ({endpoint}): {message}"),
             type=f"S3{code}" if code else "S3Error",
             non_retryable=permanent,
         ) from e
     if isinstance(e, BotoCoreError):
-        raise ApplicationError(f"S3 client error while {what}: {e}", type="S3Error") from e
+        raise ApplicationError(redact(f"S3 client error while {what}: {e}"), type="S3Error") from e
     raise e
 
 

@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 from api.db import make_engine
 from worker.activities import build_activities
 from worker.client import connect
+from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
 from workflows.release import ReleaseWorkflow
 from workflows.stage_lock import StageLockWorkflow
@@ -61,7 +62,7 @@ async def run_worker(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(logging.INFO)
     asyncio.run(run_worker(get_settings()))
 
 

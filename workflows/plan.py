@@ -65,6 +65,7 @@ class RetryPlan(BaseModel):
 class UndoPlan(BaseModel):
     kind: Literal["restore", "command", "previous_image"]
     backup_step: str | None = None
+    owners: Literal["keep", "drop"] = "keep"
     command: list[str] = []
     env: dict[str, str] = {}
     cwd: str | None = None
@@ -370,7 +371,7 @@ class _Compiler:
                 self.problems.append(
                     (f"{where}.restore", f"backup {undo.restore!r} does not run before this step")
                 )
-            return UndoPlan(kind="restore", backup_step=undo.restore)
+            return UndoPlan(kind="restore", backup_step=undo.restore, owners=undo.owners)
         assert isinstance(undo, CommandUndo)
         if "command" not in allowed:
             self.problems.append((where, f"undo: command is not supported on {kind} steps"))

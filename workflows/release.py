@@ -511,6 +511,7 @@ class ReleaseWorkflow:
                 endpoint=params.get("endpoint"),
                 size=params.get("size"),
                 sha256=params.get("sha256"),
+                owners=params.get("owners", "keep"),
             )
             return await self._attempts(
                 action, step, backup_io.RESTORE, restore, backup_io.RestoreOutput, True
@@ -782,6 +783,7 @@ class ReleaseWorkflow:
             endpoint=backup.params.get("endpoint"),
             size=made.get("size"),
             sha256=made.get("sha256"),
+            owners=undo.owners,
         )
         return await run(backup_io.RESTORE, restore, backup_io.RestoreOutput)
 

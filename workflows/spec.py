@@ -120,6 +120,11 @@ Target = Annotated[LocalTarget | KubernetesTarget, Field(discriminator="kind")]
 
 class RestoreUndo(StrictModel):
     restore: str = Field(description="id of a backup step that runs earlier")
+    owners: Literal["keep", "drop"] = Field(
+        "keep",
+        description="PostgreSQL: restore the backup's object owners and grants (keep; the "
+        "roles must exist) or leave everything owned by the restoring user, no grants (drop)",
+    )
 
 
 class CommandUndo(StrictModel):
@@ -145,7 +150,11 @@ class StepBase(StrictModel):
 
 class BackupSpec(StepBase):
     database: str = Field(description="postgresql://... or sqlite:///path; ${env.X} for secrets")
-    to: str = Field(pattern=r"^s3://[^/]+(/.*)?$", description="s3://bucket/prefix/")
+    to: str = Field(
+        pattern=r"^(s3://[^/]+(/.*)?|file://(/|\$\{\s*env\.).*)$",
+        description="s3://bucket/prefix/, or file:///abs/dir/ (a directory on the worker; "
+        "file://${env.X}/dir/ allowed)",
+    )
     endpoint: str | None = None
     keep: int | None = Field(None, ge=1)
     sse: str | None = Field(None, description="server-side encryption, e.g. AES256 or aws:kms")

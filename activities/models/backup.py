@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -40,6 +40,11 @@ class RestoreInput(BaseModel):
     endpoint: str | None = None
     size: int | None = None
     sha256: str | None = None
+    owners: Literal["keep", "drop"] = Field(
+        "keep",
+        description="PostgreSQL: restore the dump's owners and grants (keep) or give every "
+        "object to the restoring user without grants (drop)",
+    )
     resume: dict[str, Any] | None = Field(
         None, description="progress the previous execution heartbeated before its worker was lost"
     )

@@ -15,13 +15,15 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.exceptions import ApplicationError
 
-from activities.backup import list_backups, restore_backup
+from activities.backup import list_backups, open_store, restore_backup
 from activities.dbdump import DumpError, parse_database
 from activities.envrefs import resolve_env
-from activities.s3 import S3Factory, parse_s3_url
+from activities.s3 import S3Factory
 from worker.settings import get_settings
 
-app = typer.Typer(help="Database backups in S3: list them, restore one.", no_args_is_help=True)
+app = typer.Typer(
+    help="Database backups in S3 or under file://: list them, restore one.", no_args_is_help=True
+)
 
 _out = Console()
 _err = Console(stderr=True)
@@ -69,7 +71,8 @@ def list_command(
     bucket: str | None = typer.Option(
         None,
         "--bucket",
-        help="s3://bucket/prefix/ the flow backs up to (default: read from the applied flow)",
+        help="s3://bucket/prefix/ or file:///dir/ the flow backs up to "
+        "(default: read from the applied flow)",
     ),
     endpoint: str | None = typer.Option(
         None, "--endpoint", help="S3 endpoint URL (default: SHIPFLOW_S3_ENDPOINT, else AWS)"
@@ -79,13 +82,15 @@ def list_command(
     """Show the complete backups of FLOW, newest first."""
     targets = [bucket] if bucket else _flow_backup_targets(flow)
     if not targets:
-        raise _fail(f"flow {flow!r} has no backup step in the API database: give --bucket s3://…")
-    client = S3Factory(get_settings())(endpoint)
+        raise _fail(
+            f"flow {flow!r} has no backup step in the API database: give --bucket s3://… or file:///…"
+        )
+    factory = S3Factory(get_settings())
     rows = []
     try:
         for target in targets:
-            name, prefix = parse_s3_url(target)
-            rows += list_backups(client, name, prefix, flow)
+            store, prefix = open_store(resolve_env(target), factory, endpoint)
+            rows += list_backups(store, prefix, flow)
     except ApplicationError as e:
         raise _fail(str(e)) from None
     rows.sort(key=lambda m: m.created_at, reverse=True)
@@ -110,29 +115,47 @@ def list_command(
 
 @app.command("restore")
 def restore_command(
-    key: str = typer.Argument(..., help="s3://bucket/key, or a key inside --bucket"),
+    key: str = typer.Argument(
+        ..., help="s3://bucket/key or file:///path/to/dump, or a key inside --bucket"
+    ),
     to: str = typer.Option(..., "--to", help="database URL to restore into (${env.X} allowed)"),
     bucket: str | None = typer.Option(None, "--bucket", help="s3://bucket when KEY is a bare key"),
     endpoint: str | None = typer.Option(None, "--endpoint", help="S3 endpoint URL"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    drop_owners: bool = typer.Option(
+        False,
+        "--drop-owners",
+        help="PostgreSQL: give every object to the restoring user and restore no grants "
+        "(default: owners and grants as in the backup; their roles must exist)",
+    ),
 ) -> None:
     """Verify backup KEY against its manifest, then restore it into --to (replacing its data)."""
-    if key.startswith("s3://"):
+    if key.startswith(("s3://", "file://")):
         url = key
+    elif bucket and bucket.startswith("s3://"):
+        # A key is the whole path inside the bucket (what `backup list` shows).
+        url = f"s3://{bucket[len('s3://') :].split('/', 1)[0]}/{key.lstrip('/')}"
     elif bucket:
-        name, _ = parse_s3_url(bucket)
-        url = f"s3://{name}/{key.lstrip('/')}"
+        raise _fail("--bucket takes s3://bucket; give a file:// backup as file:///path/to/dump", 2)
     else:
-        raise _fail("KEY is not an s3:// URL: give --bucket s3://bucket")
+        raise _fail("KEY is not an s3:// or file:// URL: give --bucket s3://bucket", 2)
     try:
         db = parse_database(resolve_env(to))
     except (DumpError, ApplicationError) as e:
         raise _fail(str(e)) from None
     if not yes:
         typer.confirm(f"Replace the data of {db.display} with {url}?", abort=True)
-    client = S3Factory(get_settings())(endpoint)
     try:
-        result = restore_backup(client, url, db, size=None, sha256=None, beat=lambda _d: None)
+        store, inner = open_store(url, S3Factory(get_settings()), endpoint)
+        result = restore_backup(
+            store,
+            inner,
+            db,
+            size=None,
+            sha256=None,
+            beat=lambda _d: None,
+            owners="drop" if drop_owners else "keep",
+        )
     except (DumpError, ApplicationError) as e:
         raise _fail(str(e)) from None
     _out.print(

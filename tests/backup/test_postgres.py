@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.backup import BackupActivities, list_backups
+from activities.backup import BackupActivities, S3Store, list_backups
 from activities.dbdump import DumpError, PgDump, parse_database, pg_restore, redact_url
 from activities.models.backup import BackupInput, BackupOutput, RestoreInput
 from activities.models.common import StepContext
@@ -149,7 +149,7 @@ def test_retention_keeps_newest_of_same_flow_and_database(
         backups.create, BackupInput(context=context(flow="api"), database=pg_url, to=to, keep=1)
     ).result
 
-    listed = list_backups(s3, bucket, "r", "web")
+    listed = list_backups(S3Store(s3, bucket), "r", "web")
     assert [m.key for m in listed if m.database == pg_url] == [outs[3].key, outs[2].key]
     assert [m.key for m in listed if m.database != pg_url] == [first_other.key]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
