@@ -46,6 +46,7 @@ class JobActivities:
             service_account=input.service_account,
             timeout_s=input.timeout_s,
             retries=input.retries,
+            execution=activity.info().workflow_run_id or "",
         )
         target = self._targets(input.target)
         progress = ActivityProgress(input.resume)
