@@ -18,7 +18,6 @@ from activities.targets.local.process import free_port
 from api.db import make_engine
 from api.models import ReleaseRecord
 from tests.local.support import RuntimeProcess, demo_service
-from worker.settings import Settings
 
 pytestmark = pytest.mark.postgres
 

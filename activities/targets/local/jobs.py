@@ -210,7 +210,9 @@ class JobStore:
             "created": time.time(),
             "host": os.uname().nodename,
         }
-        (job.dir / "job.json").write_text(json.dumps(info))
+        fd = os.open(job.dir / "job.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
         # The lock is taken here and handed to the supervisor, so that there is no moment
         # in which the job exists, unlocked, and could be taken for one that was lost.
         lock = os.open(job.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
