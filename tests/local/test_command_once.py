@@ -1,7 +1,8 @@
 """A local command step runs at most once per attempt, whatever happens to its worker.
 
-A worker (a real `worker.main` process) is SIGKILLed early in a command; a new worker
-resumes the step after the heartbeat timeout (3 s in tests). The command's side effect,
+A worker (a real `worker.main` process) is SIGKILLed (or stopped with SIGTERM) early in a
+command; a new worker resumes the step after the heartbeat timeout (3 s in tests), or
+after the stopped worker's grace period (10 s). The command's side effect,
 a line appended to a counter file, must happen exactly once, the step must show one
 attempt, and its output must be the command's real output.
 """
@@ -85,3 +86,29 @@ async def test_resumed_step_waits_for_a_command_that_still_runs(
     assert step.output is not None
     assert step.output["output"] == "migrating\nmigrated-after-10s\n"  # not killed midway
     assert step.output["duration_s"] >= 10.0
+
+
+async def test_a_worker_stopped_gracefully_leaves_its_command_to_the_next_one(
+    temporal_client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM (a worker being redeployed): the command is not killed and not run twice."""
+    counter, marker = tmp_path / "counter", tmp_path / "begun"
+    worker = spawn_worker(settings, tmp_path / "worker.log")
+    try:
+        handle = await start_flow(
+            temporal_client, settings, command_flow("once-term", counter, marker, 14)
+        )
+        await wait_until(marker.exists, timeout=30, interval=0.02)
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(worker.wait, 30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    async with new_worker(temporal_client, settings):
+        status = await asyncio.wait_for(finish(handle), timeout=80)
+    step = status.step("migrate")
+    assert status.state == "succeeded", (step.error, (tmp_path / "worker.log").read_text()[-1500:])
+    assert counter.read_text() == "ran\n"
+    assert step.attempts == 1
+    assert step.output is not None and step.output["output"] == "migrating\nmigrated-after-14s\n"

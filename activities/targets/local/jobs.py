@@ -283,8 +283,10 @@ def _follow(job: Job, request: JobRequest, progress: Progress) -> JobResult:
             time.sleep(POLL_S)
     except BaseException as e:  # the SDK raises cancellation into this thread
         interrupted = e
-        outcome = "cancelled"
-    if outcome != "ended":
+        # A cancelled run kills the command. Anything else that ends this execution (the
+        # worker shutting down) leaves it to its supervisor: the next execution re-attaches.
+        outcome = "cancelled" if progress.cancelled() else "abandoned"
+    if outcome in ("cancelled", "timeout"):
         _stop(job)
     if interrupted is not None:
         raise interrupted
