@@ -116,6 +116,25 @@ def test_key_file_is_generated_owner_only_and_kept_across_restarts(runtime: Runt
     assert call(runtime, "GET", "/services", None, runtime.headers).status_code == 200
 
 
+def test_a_key_given_by_setting_is_used_and_no_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = "given-key-" + "k" * 30
+    monkeypatch.setenv("SHIPFLOW_RUNTIME_KEY", given)
+    runtime = RuntimeProcess(tmp_path / "given")
+    runtime.start()
+    try:
+        assert not runtime.key_file.exists()
+        ok = call(runtime, "GET", "/services", None, {"Authorization": f"Bearer {given}"})
+        assert ok.status_code == 200
+        assert call(runtime, "GET", "/services", None, {}).status_code == 401
+        # the worker takes the same setting
+        target = LocalTarget({"kind": "local", "services": {}}, Settings(runtime_url=runtime.url))
+        assert target.current_image("web") is None
+    finally:
+        runtime.kill()
+
+
 async def test_front_ports_stay_open_without_the_key(runtime: RuntimeProcess) -> None:
     """The services' own traffic is not the control port's: it is served to anyone."""
     port = free_port()

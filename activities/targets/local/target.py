@@ -58,6 +58,7 @@ class LocalTarget:
         self._timeout = httpx.Timeout(10.0, connect=2.0)
         self.jobs_dir = settings.data_dir.resolve() / "jobs"
         self._settings = settings
+        self._key: str | None = None
 
     # ------------------------------------------------------------ protocol
 
@@ -173,9 +174,12 @@ class LocalTarget:
 
     def _call(self, method: str, path: str, json: Any = None) -> tuple[int, dict[str, Any]]:
         try:
-            headers = auth_headers(client_key(self._settings))
+            # Read when first needed: the runtime may write its key file after this target
+            # was built. Kept for the target's life (one activity).
+            self._key = self._key or client_key(self._settings)
         except RuntimeKeyError as e:
             raise TargetError(str(e), retryable=False) from None
+        headers = auth_headers(self._key)
         try:
             # One connection per call: the runtime answers with `Connection: close`, and a
             # target built per activity leaves no pooled connection behind.
