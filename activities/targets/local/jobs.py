@@ -117,6 +117,11 @@ class Job:
             return "ended"
         return "lost" if (self.dir / "pid.json").exists() else "unstarted"
 
+    def local(self) -> bool:
+        """Started on this host? Pids and locks mean nothing on another one (shared data dir)."""
+        info = self.read("job.json") or {}
+        return info.get("host") == os.uname().nodename
+
     def succeeded(self) -> bool:
         result = self.read("exit.json")
         return result is not None and result.get("exit_code") == 0
@@ -169,7 +174,7 @@ class JobStore:
         if resume and resume.get("job_key") == key and isinstance(resume.get("job"), int):
             # Resumed after a lost worker: that job is this attempt, whatever its outcome.
             job = Job(self.root / key / str(resume["job"]), key, resume["job"])
-            if job.dir.is_dir() and job.state() != "unstarted":
+            if job.dir.is_dir() and job.local() and job.state() != "unstarted":
                 return job
         seqs = self._seqs(key)
         if not seqs:
@@ -177,6 +182,8 @@ class JobStore:
         # No heartbeat came through (the worker died right after starting the command):
         # the newest job is still this attempt's unless it failed.
         job = Job(self.root / key / str(seqs[-1]), key, seqs[-1])
+        if not job.local():
+            return None
         state = job.state()
         if state == "running" or (state == "ended" and job.succeeded()):
             return job
