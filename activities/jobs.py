@@ -26,6 +26,14 @@ def job_name(run_id: str, step_id: str, purpose: str) -> str:
     return base
 
 
+class _JobProgress(ActivityProgress):
+    """A worker that shuts down is not a cancelled run: the command is left to its supervisor
+    (local) or its Job (kubernetes), and the execution that resumes the step re-attaches."""
+
+    def cancelled(self) -> bool:
+        return activity.is_cancelled() and not activity.is_worker_shutdown()
+
+
 class JobActivities:
     """Given a way to build targets, runs one-off commands on them."""
 
@@ -46,9 +54,10 @@ class JobActivities:
             service_account=input.service_account,
             timeout_s=input.timeout_s,
             retries=input.retries,
+            execution=activity.info().workflow_run_id or "",
         )
         target = self._targets(input.target)
-        progress = ActivityProgress(input.resume)
+        progress = _JobProgress(input.resume)
         try:
             result = target.run_job(request, progress)
         except JobFailed as e:

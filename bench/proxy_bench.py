@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.rollout_bench import demo_service, local_runtime  # noqa: E402
+from bench.rollout_bench import demo_service, local_runtime, runtime_headers  # noqa: E402
 
 TARGET_RATIO = 0.7
 
@@ -93,13 +93,18 @@ def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
     front = free_port()
     with tempfile.TemporaryDirectory(prefix="sf-proxy-bench-") as tmp, local_runtime(Path(tmp)) as url:
         spec = demo_service(front, replicas=1, startup=0.0, period=0.2)
-        httpx.put(f"{url}/services/web/rollout", json={"spec": spec, "image": "v1", "rollout_id": "b"})
+        auth = runtime_headers(Path(tmp))
+        httpx.put(
+            f"{url}/services/web/rollout",
+            json={"spec": spec, "image": "v1", "rollout_id": "b"},
+            headers=auth,
+        )
         deadline = time.monotonic() + 15
-        while httpx.get(f"{url}/services/web/rollouts/b").json()["state"] == "running":
+        while httpx.get(f"{url}/services/web/rollouts/b", headers=auth).json()["state"] == "running":
             if time.monotonic() > deadline:
                 raise RuntimeError("demo instance did not get ready")
             time.sleep(0.05)
-        (instance,) = httpx.get(f"{url}/services/web").json()["instances"]
+        (instance,) = httpx.get(f"{url}/services/web", headers=auth).json()["instances"]
 
         def load(port: int) -> dict[str, float]:
             target = f"http://127.0.0.1:{port}/version"

@@ -33,6 +33,11 @@ TARGET_RATIO = 1.3
 DEMO_APP = str(ROOT / "infra" / "demo" / "app.py")
 
 
+def runtime_headers(data_dir: Path) -> dict[str, str]:
+    """The runtime's key (generated into its data dir at start) as a request header."""
+    return {"Authorization": "Bearer " + (data_dir / "runtime.key").read_text().strip()}
+
+
 @contextlib.contextmanager
 def local_runtime(data_dir: Path) -> Iterator[str]:
     """A runtime process on a free port; every service removed and the runtime stopped after."""
@@ -61,8 +66,9 @@ def local_runtime(data_dir: Path) -> Iterator[str]:
         yield url
     finally:
         with contextlib.suppress(Exception):
-            for svc in httpx.get(url + "/services", timeout=5).json():
-                httpx.delete(f"{url}/services/{svc['name']}", timeout=30)
+            auth = runtime_headers(data_dir)
+            for svc in httpx.get(url + "/services", headers=auth, timeout=5).json():
+                httpx.delete(f"{url}/services/{svc['name']}", headers=auth, timeout=30)
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
 
@@ -97,7 +103,8 @@ def main(replicas: int = 3, startup: float = 0.5, period: float = 0.2, reps: int
 
     with tempfile.TemporaryDirectory(prefix="sf-rollout-bench-") as tmp, local_runtime(Path(tmp)) as url:
         spec = {"kind": "local", "services": {"web": demo_service(free_port(), replicas, startup, period)}}
-        target = LocalTarget(spec, Settings(runtime_url=url))
+        settings = Settings(runtime_url=url, runtime_key_file=Path(tmp) / "runtime.key")
+        target = LocalTarget(spec, settings)
 
         def roll(image: str) -> float:
             began = time.monotonic()

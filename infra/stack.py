@@ -377,15 +377,22 @@ class EmbeddedStack:
     def _stop_services(self) -> None:
         """Ask the runtime to stop every service it runs (their processes outlive it otherwise)."""
         url = self.runtime_url or f"http://127.0.0.1:{self.runtime_port}"
+        key_file = self.data_dir / "runtime" / "runtime.key"  # written by the runtime at start
         try:
-            with httpx.Client(base_url=url, timeout=httpx.Timeout(60.0, connect=2.0)) as http:
+            key = os.environ.get("SHIPFLOW_RUNTIME_KEY") or (
+                key_file.read_text().strip() if key_file.exists() else ""
+            )
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            with httpx.Client(
+                base_url=url, headers=headers, timeout=httpx.Timeout(60.0, connect=2.0)
+            ) as http:
                 services = http.get("/services").json()
                 for service in services:
                     name = service.get("name")
                     if name:
                         self._say(f"runtime: stopping service {name}")
                         http.delete(f"/services/{name}")
-        except (httpx.HTTPError, ValueError) as e:
+        except (httpx.HTTPError, ValueError, OSError) as e:
             self._say(f"runtime: could not stop its services ({type(e).__name__})")
 
     def _lock_data_dir(self) -> None:

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     gitlab_token: SecretStr | None = None
 
     runtime_url: str = Field("http://127.0.0.1:7300", description="the local target's runtime")
+    runtime_key: SecretStr | None = Field(
+        None, description="the local runtime's key; default: read from runtime_key_file"
+    )
+    runtime_key_file: Path | None = Field(
+        None, description="the runtime's key file; default <data_dir>/runtime/runtime.key"
+    )
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
 

@@ -70,6 +70,13 @@ __all__ = [
     "ReleaseWorkflow",
 ]
 NO_RETRY = RetryPolicy(maximum_attempts=1)
+#: Patch id: an activity failed by its worker's shutdown is resumed like a lost worker.
+WORKER_SHUTDOWN_IS_LOST = "worker-shutdown-is-lost"
+
+
+def _worker_shut_down(cause: BaseException | None) -> bool:
+    """The SDK fails an activity that outlives its worker's graceful shutdown this way."""
+    return isinstance(cause, ApplicationError) and cause.type == "WorkerShutdown"
 T = TypeVar("T")
 CLEANUP_MARGIN_S = 30.0
 
@@ -608,6 +615,19 @@ class ReleaseWorkflow:
                     if details and isinstance(details[0], dict):
                         resume = details[0]
                     workflow.logger.warning("step %s lost its worker; resuming", action.id)
+                    continue
+                if (
+                    _worker_shut_down(cause)
+                    and lost < self._plan.worker_lost_retries
+                    and workflow.patched(WORKER_SHUTDOWN_IS_LOST)
+                ):
+                    # A worker stopped gracefully (redeployed) whose activity did not end in
+                    # its grace period is a lost worker too, not a failed attempt. No
+                    # heartbeat comes with it: the activity finds its work again by itself
+                    # (a command's job record, a rollout's derived id).
+                    lost += 1
+                    attempt -= 1
+                    workflow.logger.warning("step %s: its worker shut down; resuming", action.id)
                     continue
                 message = _describe(error)
                 if undo is not None:

@@ -108,6 +108,10 @@ class JobRequest(BaseModel):
     service_account: str | None = None
     timeout_s: float | None = None
     retries: int = 0
+    execution: str = Field(
+        "", description="Temporal's id of the workflow execution: tells apart two runs "
+        "that reuse a run id, so a job record of one is never taken for the other's"
+    )
 
 
 class JobResult(BaseModel):

@@ -271,7 +271,10 @@ def test_a_local_deploy_runs_on_the_stacks_runtime(stack: EmbeddedStack, tmp_pat
     assert result.exit_code == 0, result.output
     assert re.search(r"✔ web deploy  succeeded", result.output), result.output
     assert httpx.get(f"http://127.0.0.1:{port}/version").json()["version"] == "v7"
-    service = httpx.get(f"{stack.runtime_url}/services/web").json()
+    key = (stack.data_dir / "runtime" / "runtime.key").read_text().strip()
+    service = httpx.get(
+        f"{stack.runtime_url}/services/web", headers={"Authorization": f"Bearer {key}"}
+    ).json()
     SERVICE_PIDS.extend(i["pid"] for i in service["instances"])
     assert SERVICE_PIDS and all(_alive(pid) for pid in SERVICE_PIDS)
 

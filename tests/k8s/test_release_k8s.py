@@ -200,3 +200,58 @@ async def test_failing_migration_fails_the_run_with_its_log(
     assert len(pods) == 3
     assert status.step("api").state == "skipped"
     assert emulator.image_patches(space, "api") == []
+
+
+async def test_worker_killed_mid_job_reattaches_to_it_and_creates_no_second_job(
+    temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str, tmp_path: Path
+) -> None:
+    """The Job lives in the cluster: the resumed step adopts it by name, never makes another."""
+    space = ns()
+    emulator.job_outcome("sf-", log="applying 0042\nmigrated once\n", duration_s=5.0)
+    text = k8s_flow("k8s-job-crash", "production", space, kubeconfig, """\
+  - migrate: {id: migrate, command: [alembic, upgrade, head], image: "api:2", timeout: 2m}
+""")
+    jobs_path = f"/apis/batch/v1/namespaces/{space}/jobs"
+    env = {
+        **os.environ,
+        "KUBECONFIG": os.environ["KUBECONFIG"],
+        "SHIPFLOW_TEMPORAL_ADDRESS": settings.temporal_address,
+        "SHIPFLOW_TASK_QUEUE": settings.task_queue,
+        "SHIPFLOW_DATA_DIR": str(settings.data_dir),
+        "PYTHONPATH": str(REPO),
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "worker.main"], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        handle = await start_flow(temporal_client, settings, text)
+        # the subprocess created the Job and is following it
+        await wait_until(lambda: _job_names(emulator, space), timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    assert _job_names(emulator, space) != [], "the Job must still run when the worker is gone"
+    async with new_worker(temporal_client, settings):
+        status = await asyncio.wait_for(finish(handle), timeout=60)
+    assert status.state == "succeeded", (status, (tmp_path / "worker.log").read_text()[-3000:])
+    step = status.step("migrate")
+    assert step.attempts == 1
+    assert step.output is not None and "migrated once" in step.output["output"]
+    with emulator.cond:
+        creates = [r for r in emulator.requests if r == ("create", jobs_path)]
+    assert len(creates) >= 2  # the resumed execution asked too, and was told it exists (409)
+    created = [e for e in emulator.events
+               if e[1] == "jobs" and e[2] == "ADDED" and e[3]["metadata"]["namespace"] == space]
+    assert len(created) == 1, created  # exactly one Job ever existed
+    pods = [e for e in emulator.events
+            if e[1] == "pods" and e[2] == "ADDED" and e[3]["metadata"]["namespace"] == space]
+    assert len(pods) == 1  # and it ran its command once
+
+
+def _job_names(emulator: KubeEmulator, namespace: str) -> list[str]:
+    with emulator.cond:
+        return [n for (ns_, n) in emulator.objects["jobs"] if ns_ == namespace]

@@ -12,7 +12,9 @@ from tests.local.support import RuntimeProcess
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[RuntimeProcess]:
-    rt = RuntimeProcess(tmp_path / "runtime")
+    # Where `shipflow dev` puts it, under the data dir of the `settings` fixture: a worker
+    # built from those settings finds the runtime's key there without being told.
+    rt = RuntimeProcess(tmp_path / "shipflow" / "runtime")
     rt.start()
     try:
         yield rt

@@ -57,6 +57,20 @@ class RuntimeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "runtime.log"
+        self.key_file = data_dir / "runtime.key"
+
+    @property
+    def key(self) -> str:
+        """The key the runtime generated at its first start."""
+        return self.key_file.read_text().strip()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def settings(self, **kwargs: Any) -> Settings:
+        """Worker settings that reach this runtime with its key."""
+        return Settings(runtime_url=self.url, runtime_key_file=self.key_file, **kwargs)
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +101,7 @@ class RuntimeProcess:
         self.proc = None
 
     def get(self, path: str) -> Any:
-        return httpx.get(self.url + path, timeout=5).json()
+        return httpx.get(self.url + path, headers=self.headers, timeout=5).json()
 
     def service(self, name: str) -> dict[str, Any]:
         return self.get(f"/services/{name}")
@@ -111,7 +125,7 @@ class RuntimeProcess:
         with contextlib.suppress(Exception):
             if self.proc is not None:
                 for svc in self.get("/services"):
-                    httpx.delete(f"{self.url}/services/{svc['name']}", timeout=30)
+                    httpx.delete(f"{self.url}/services/{svc['name']}", headers=self.headers, timeout=30)
         pids = self.saved_pids()
         self.kill(signal.SIGTERM)
         for pid in pids:
@@ -186,7 +200,7 @@ def run_env() -> dict[str, str]:
 
 
 def make_target(runtime: RuntimeProcess, services: dict[str, dict[str, Any]]) -> LocalTarget:
-    settings = Settings(runtime_url=runtime.url, data_dir=runtime.data_dir.parent / "shipflow")
+    settings = runtime.settings(data_dir=runtime.data_dir.parent / "shipflow")
     return LocalTarget({"kind": "local", "services": services}, settings)
 
 

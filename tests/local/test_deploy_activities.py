@@ -18,7 +18,6 @@ from activities.targets.local.process import free_port
 from api.db import make_engine
 from api.models import ReleaseRecord
 from tests.local.support import RuntimeProcess, demo_service
-from worker.settings import Settings
 
 pytestmark = pytest.mark.postgres
 
@@ -36,7 +35,7 @@ def rollout_input(target: dict[str, Any], image: str, *, stage: str = "staging",
 
 def test_rollout_records_release_and_promotion_reads_it(runtime: RuntimeProcess, pg_url: str) -> None:
     engine = make_engine("postgresql+psycopg://" + pg_url.split("://", 1)[1])
-    settings = Settings(runtime_url=runtime.url)
+    settings = runtime.settings()
     deploy = DeployActivities(partial(make_target, settings=settings), engine)
     target = {"kind": "local", "services": {"web": demo_service(free_port(), replicas=2)}}
     env = ActivityEnvironment()
@@ -82,7 +81,7 @@ def test_rollout_failure_is_non_retryable_application_error(
     runtime: RuntimeProcess, pg_url: str
 ) -> None:
     engine = make_engine("postgresql+psycopg://" + pg_url.split("://", 1)[1])
-    deploy = DeployActivities(partial(make_target, settings=Settings(runtime_url=runtime.url)), engine)
+    deploy = DeployActivities(partial(make_target, settings=runtime.settings()), engine)
     target = {"kind": "local", "services": {"web": demo_service(free_port(), deadline="0.6s")}}
     env = ActivityEnvironment()
     with pytest.raises(ApplicationError) as failed:

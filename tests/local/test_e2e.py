@@ -84,6 +84,7 @@ def start_worker(settings: Settings, runtime: RuntimeProcess, log: Path) -> subp
         "SHIPFLOW_TASK_QUEUE": settings.task_queue,
         "SHIPFLOW_DATA_DIR": str(settings.data_dir),
         "SHIPFLOW_RUNTIME_URL": runtime.url,
+        "SHIPFLOW_RUNTIME_KEY_FILE": str(runtime.key_file),
     }
     with open(log, "ab") as out:
         return subprocess.Popen(

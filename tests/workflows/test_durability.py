@@ -1,5 +1,5 @@
-"""A worker SIGKILLed in the middle of a run: a new worker finishes the run, and no step
-that had succeeded runs again."""
+"""A worker SIGKILLed in the middle of a run: a new worker finishes the run, no step that
+had succeeded runs again, and the interrupted command is waited for, not run again."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ name: crash
 stage: test
 steps:
   - migrate: {{id: one, command: [sh, -c, 'echo ran >> {first}']}}
-  - migrate: {{id: two, command: [sh, -c, 'echo ran >> {second}; [ $(wc -l < {second}) -ge 2 ] && exit 0; echo $$ > {pidfile}; sleep 60']}}
+  - migrate: {{id: two, command: [sh, -c, 'echo ran >> {second}; echo $$ > {pidfile}; sleep 4; echo slept']}}
   - migrate: {{id: three, command: [sh, -c, 'echo ran >> {third}']}}
 """
     worker = spawn_worker(settings, tmp_path / "worker.log")
@@ -51,24 +51,27 @@ steps:
         handle = await start_flow(temporal_client, settings, text)
         await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30)
         orphan = int(pidfile.read_text())
-        os.killpg(orphan, 0)  # running, and would sleep for another minute
+        os.killpg(orphan, 0)  # running, and sleeps on for a few seconds
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
     finally:
         if worker.poll() is None:
             worker.kill()
-    # The command outlives its worker for now; the next attempt must clean it up.
+    # The command outlives its worker; the resumed step waits for it and takes its result.
     async with new_worker(temporal_client, settings):
         status = await finish(handle)
     assert status.state == "succeeded", status
     assert first.read_text() == "ran\n", "a succeeded step ran again"
     assert third.read_text() == "ran\n"
-    # Step two was interrupted, so it ran again, but the loss of a worker is not an attempt.
-    assert second.read_text() == "ran\nran\n"
+    # Step two was interrupted, not failed: its command ran once, and the loss of a worker
+    # is not an attempt.
+    assert second.read_text() == "ran\n"
     assert status.step("two").attempts == 1
+    output = status.step("two").output
+    assert output is not None and output["exit_code"] == 0 and output["output"] == "slept\n"
     try:
         os.killpg(orphan, 0)
         alive = True
     except ProcessLookupError:
         alive = False
-    assert not alive, "the interrupted attempt's process group was left running"
+    assert not alive, "the command's process group outlived the step"

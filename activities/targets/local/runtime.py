@@ -19,8 +19,14 @@ file, then rename). A restarted runtime re-adopts the instances whose pid still 
 kernel start time, so a reused pid is not mistaken) and whose port still answers, binds
 the front ports again, and resumes rollouts that were running.
 
-HTTP API on loopback (JSON, one request per connection):
-    GET    /healthz
+HTTP API on loopback (JSON, one request per connection). Every call but `/healthz`
+needs `Authorization: Bearer <key>` (see `runtime_key`: generated at first start into
+`<data-dir>/runtime.key`, mode 0600, or given in `SHIPFLOW_RUNTIME_KEY`): 401 without it.
+A request whose `Host` is not the runtime's own address (`127.0.0.1:PORT`,
+`localhost:PORT`, the bound host) is refused with 403, so a web page cannot reach the
+port by DNS rebinding. The front ports (the services' own traffic) need neither.
+    GET    /healthz                                   open: liveness of the runtime only
+    GET    /debug/tasks                               what every task waits on
     GET    /services                                  every service, summarized
     GET    /services/{name}                           one service and its instances
     PUT    /services/{name}/rollout                   {spec, image, rollout_id}: start or resume
@@ -28,7 +34,7 @@ HTTP API on loopback (JSON, one request per connection):
     POST   /services/{name}/rollouts/{rollout_id}/abort
     DELETE /services/{name}                           stop every instance, close the front port
 Errors are `{"error": <code>, "detail": <message>}` with codes `invalid`, `not_found`,
-`conflict`, `command_not_found`, `port_in_use`.
+`conflict`, `command_not_found`, `port_in_use`, `unauthorized`, `forbidden_host`.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from pydantic import ValidationError
 from activities.targets.local import probes as probing
 from activities.targets.local import process
 from activities.targets.local.proxy import FrontPort
+from activities.targets.local.runtime_key import KEY_ENV, RuntimeKeyError, ensure_key, key_matches
 from workflows.spec import LocalService, Probe
 
 log = logging.getLogger("shipflow.runtime")
@@ -218,11 +225,42 @@ class Service:
 class Runtime:
     """Everything the runtime process owns. All methods run in one event loop."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, key: str):
         self.data_dir = data_dir
         self.state_path = data_dir / "state.json"
         self.services: dict[str, Service] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.key = key
+        #: `Host` header values that name this runtime; set once the port is bound.
+        self.hosts: set[str] = set()
+
+    def listening_on(self, host: str, port: int) -> None:
+        names = {"127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]"}
+        self.hosts = {f"{name}:{port}".lower() for name in names}
+
+    def check_access(self, path: str, headers: dict[str, str]) -> None:
+        """Refuse a foreign `Host` (DNS rebinding), then a missing or wrong key.
+
+        Raises:
+            ApiError: 403 for the host, 401 for the key; neither message echoes the key.
+        """
+        host = headers.get("host", "").strip().lower()
+        if host not in self.hosts:
+            raise ApiError(
+                403,
+                "forbidden_host",
+                f"Host {host[:100]!r} is not this runtime's address; use one of "
+                f"{', '.join(sorted(self.hosts))}",
+            )
+        if path == "/healthz":
+            return
+        if not key_matches(self.key, headers.get("authorization")):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong runtime key: send Authorization: Bearer <key> (the key is "
+                f"in {self.data_dir / 'runtime.key'} or SHIPFLOW_RUNTIME_KEY)",
+            )
 
     # ------------------------------------------------------------ persistence
 
@@ -765,11 +803,12 @@ class Runtime:
             if len(line) < 2:
                 return
             method, path = line[0], line[1].split("?", 1)[0]
-            length = 0
+            headers: dict[str, str] = {}
             while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
                 key, _, value = header.decode("latin-1").partition(":")
-                if key.strip().lower() == "content-length":
-                    length = int(value.strip())
+                headers[key.strip().lower()] = value.strip()
+            self.check_access(path, headers)
+            length = int(headers.get("content-length") or 0)
             raw = await reader.readexactly(length) if length else b""
             body = json.loads(raw) if raw else {}
             status, payload = await self.handle(method, path, body)
@@ -782,10 +821,11 @@ class Runtime:
             status, payload = 500, {"error": "internal", "detail": repr(e)}
         finally:
             data = json.dumps(payload).encode()
+            challenge = 'WWW-Authenticate: Bearer realm="shipflow-runtime"\r\n' if status == 401 else ""
             head = (
                 f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                "Connection: close\r\n\r\n"
+                f"{challenge}Connection: close\r\n\r\n"
             )
             with contextlib.suppress(OSError):
                 writer.write(head.encode() + data)
@@ -836,11 +876,12 @@ async def _accepts(port: int) -> bool:
     return True
 
 
-async def serve(data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
-    """Run the runtime until SIGTERM or SIGINT."""
-    runtime = Runtime(data_dir)
+async def serve(data_dir: Path, port: int, host: str = "127.0.0.1", key: str | None = None) -> None:
+    """Run the runtime until SIGTERM or SIGINT. `key` defaults to the key file's."""
+    runtime = Runtime(data_dir, ensure_key(data_dir, key))
     await runtime.recover()
     server = await asyncio.start_server(runtime.serve_http, host, port, reuse_address=True)
+    runtime.listening_on(host, server.sockets[0].getsockname()[1])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -862,7 +903,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(args.data_dir.resolve(), args.port, args.host))
+    try:
+        key = ensure_key(args.data_dir.resolve(), os.environ.get(KEY_ENV) or None)
+    except RuntimeKeyError as e:
+        print(f"shipflow runtime: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(args.data_dir.resolve(), args.port, args.host, key))
     return 0
 
 

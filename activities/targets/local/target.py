@@ -31,6 +31,7 @@ from activities.targets.base import (
     Transient,
 )
 from activities.targets.local.jobs import run_local_job
+from activities.targets.local.runtime_key import RuntimeKeyError, auth_headers, client_key
 from worker.settings import Settings
 from workflows.spec import LocalService, Probes
 from workflows.spec import LocalTarget as LocalTargetSpec
@@ -55,6 +56,9 @@ class LocalTarget:
         self.spec = LocalTargetSpec.model_validate(spec)
         self.url = (self.spec.runtime or settings.runtime_url).rstrip("/")
         self._timeout = httpx.Timeout(10.0, connect=2.0)
+        self.jobs_dir = settings.data_dir.resolve() / "jobs"
+        self._settings = settings
+        self._key: str | None = None
 
     # ------------------------------------------------------------ protocol
 
@@ -123,7 +127,7 @@ class LocalTarget:
         )
 
     def run_job(self, request: JobRequest, progress: Progress) -> JobResult:
-        return run_local_job(request, progress)
+        return run_local_job(request, progress, self.jobs_dir)
 
     # ------------------------------------------------------------ helpers
 
@@ -170,9 +174,18 @@ class LocalTarget:
 
     def _call(self, method: str, path: str, json: Any = None) -> tuple[int, dict[str, Any]]:
         try:
+            # Read when first needed: the runtime may write its key file after this target
+            # was built. Kept for the target's life (one activity).
+            self._key = self._key or client_key(self._settings)
+        except RuntimeKeyError as e:
+            raise TargetError(str(e), retryable=False) from None
+        headers = auth_headers(self._key)
+        try:
             # One connection per call: the runtime answers with `Connection: close`, and a
             # target built per activity leaves no pooled connection behind.
-            response = httpx.request(method, self.url + path, json=json, timeout=self._timeout)
+            response = httpx.request(
+                method, self.url + path, json=json, headers=headers, timeout=self._timeout
+            )
         except httpx.TransportError as e:
             raise Transient(
                 f"the local runtime at {self.url} is unreachable ({type(e).__name__}: {e}); "
@@ -190,6 +203,13 @@ class LocalTarget:
             return
         detail = str(body.get("detail") or body)
         code = body.get("error")
+        if status in (401, 403):
+            raise TargetError(
+                f"the local runtime refused the call ({detail}); the worker sends the key from "
+                "SHIPFLOW_RUNTIME_KEY or SHIPFLOW_RUNTIME_KEY_FILE (default "
+                "<SHIPFLOW_DATA_DIR>/runtime/runtime.key)",
+                retryable=False,
+            )
         if code == "conflict":
             raise Conflict(detail)
         if status == 404:
