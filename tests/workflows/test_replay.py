@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from tests.conftest import TEST_PAYLOAD_KEYS
+from worker.client import make_data_converter
+from worker.codec import parse_keys
 from workflows.release import ReleaseWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -21,7 +23,10 @@ def test_there_are_histories_to_replay() -> None:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_replay(path: Path) -> None:
-    replayer = Replayer(workflows=[ReleaseWorkflow], data_converter=pydantic_data_converter)
+    # The converter every client uses: histories recorded in clear (before encryption)
+    # pass through its codec; encrypted ones decrypt with the session's test key.
+    converter = make_data_converter(parse_keys(TEST_PAYLOAD_KEYS, source="tests"))
+    replayer = Replayer(workflows=[ReleaseWorkflow], data_converter=converter)
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await replayer.replay_workflow(history)
     assert result.replay_failure is None
