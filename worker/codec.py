@@ -92,8 +92,9 @@ def parse_keys(text: str, *, source: str) -> KeyRing:
             position or key id, never its key.
     """
     entries: list[tuple[str, bytes]] = []
-    items = [item.strip() for line in text.splitlines() for item in line.split(",")]
-    for position, item in enumerate(i for i in items if i and not i.startswith("#")):
+    lines = [line for line in text.splitlines() if not line.strip().startswith("#")]
+    items = [item.strip() for line in lines for item in line.split(",")]
+    for position, item in enumerate(i for i in items if i):
         key_id, sep, encoded = item.partition(":")
         key_id = key_id.strip()
         if not sep or not key_id:
