@@ -102,9 +102,7 @@ def parse_keys(text: str, *, source: str) -> KeyRing:
         try:
             key = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
-            raise PayloadKeyError(
-                f"{source}: the key of {key_id!r} is not valid base64"
-            ) from None
+            raise PayloadKeyError(f"{source}: the key of {key_id!r} is not valid base64") from None
         entries.append((key_id, key))
     if not entries:
         raise PayloadKeyError(f"{source} holds no key")

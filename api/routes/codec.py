@@ -131,7 +131,7 @@ async def _payloads(request: Request) -> list[Payload]:
     try:
         body: Any = await request.json()
     except ValueError:
-        raise _unprocessable("body: not JSON; send {\"payloads\": [...]}") from None
+        raise _unprocessable('body: not JSON; send {"payloads": [...]}') from None
     if not isinstance(body, dict) or not isinstance(body.get("payloads"), list):
         raise _unprocessable("payloads: field required (a list of payloads)")
     payloads: list[Payload] = []
