@@ -103,6 +103,30 @@ def test_stack_encrypts_and_the_web_ui_decodes_through_the_api(stack: EmbeddedSt
     payloads = payloads_in(history)
     assert payloads
 
+    # The temporal CLI with our codec endpoint and a shipflow token shows the run in clear.
+    decoded_cli = subprocess.run(
+        [
+            temporal_binary(),
+            "workflow",
+            "show",
+            "-w",
+            run_id,
+            "--address",
+            stack.temporal_address,
+            "-o",
+            "json",
+            "--codec-endpoint",
+            f"{stack.api_url}/codec",
+            "--codec-auth",
+            f"Bearer {stack.token}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert decoded_cli.returncode == 0, decoded_cli.stderr
+    assert marker in all_text(json.loads(decoded_cli.stdout))
+
     # The browser on the UI's page: loopback, the UI's Origin, no shipflow token.
     with httpx.Client(base_url=stack.api_url, timeout=30) as browser:
         preflight = browser.options(
