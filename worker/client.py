@@ -8,9 +8,16 @@ import logging
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.converter import DataConverter
 
-from worker.codec import KEY_FILE_NAME, EncryptionCodec, KeyRing, PayloadKeyError, parse_keys
+from worker.codec import (
+    KEY_FILE_NAME,
+    EncryptedFailureConverter,
+    EncryptionCodec,
+    KeyRing,
+    PayloadKeyError,
+    parse_keys,
+)
 from worker.settings import Settings
 
 log = logging.getLogger("shipflow.client")
@@ -68,15 +75,15 @@ def payload_keys(settings: Settings) -> KeyRing | None:
 def make_data_converter(keys: KeyRing | None) -> DataConverter:
     """pydantic_data_converter, plus the encryption codec when there are keys.
 
-    With a codec, failure messages and stack traces move into the failure's encoded
-    attributes, so they are encrypted too (a failed command's message quotes its output).
+    With a codec, failure messages and stack traces are encrypted too (a failed command's
+    message quotes its output); see `EncryptedFailureConverter`.
     """
     if keys is None:
         return pydantic_data_converter
     return dataclasses.replace(
         pydantic_data_converter,
         payload_codec=EncryptionCodec(keys),
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        failure_converter_class=EncryptedFailureConverter,
     )
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.api.failure.v1 import Failure
+from temporalio.converter import DefaultFailureConverter, PayloadCodec, PayloadConverter
 
 #: `encoding` metadata of an encrypted payload (the convention Temporal's samples use).
 ENCODING = b"binary/encrypted"
@@ -187,3 +188,25 @@ class EncryptionCodec(PayloadCodec):
                 "configured key of that id (wrong key, or the payload was altered)"
             ) from None
         return Payload.FromString(plain)
+
+
+class EncryptedFailureConverter(DefaultFailureConverter):
+    """Failure messages and stack traces go into the failure's encoded attributes, so the
+    codec encrypts them (a failed command's message quotes its output).
+
+    Except a `PayloadKeyError`: it says which key is missing, to the very reader who lacks
+    it (a worker with the wrong key fails its workflow tasks with it), and it never holds
+    data or key material, so it stays readable in the history and the worker's log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(encode_common_attributes=True)
+
+    def to_failure(
+        self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure
+    ) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        if isinstance(exception, PayloadKeyError):
+            failure.message = str(exception)
+            failure.stack_trace = ""
+            failure.ClearField("encoded_attributes")

@@ -3,7 +3,8 @@ the API's `/codec` endpoint (what the Web UI and `temporal --codec-endpoint` cal
 it for viewers; keys rotate; a wrong key is a clear error.
 
 Everything is real: the session's Temporal dev server, a worker running the flow, the
-`temporal` CLI reading the history without any codec, and the API app over HTTP.
+`temporal` CLI reading the history without any codec, and the API app driven through
+httpx (`tests/cli/test_stack_codec.py` does the same over real sockets, from the UI's origin).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from api.app import create_app
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
-from tests.helpers import new_worker, run_flow
+from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
+from worker.client import make_data_converter
 from worker.codec import EncryptionCodec, new_key_entry, parse_keys
 from worker.settings import Settings
 from workflows.status import RunState
@@ -360,3 +363,43 @@ async def test_malformed_keys_stop_the_api_at_start_with_a_clear_error(
             pass
     assert "SHIPFLOW_PAYLOAD_KEYS" in str(raised.value)
     assert expected in str(raised.value)
+
+
+async def test_a_worker_with_the_wrong_key_stalls_the_run_until_a_right_one_takes_over(
+    temporal_client: Client, settings: Settings, temporal_address: str
+) -> None:
+    """A misconfigured worker must not fail runs: its workflow tasks fail (Temporal retries
+    them) and the run continues, untouched, once a worker with the right key is back."""
+    wrong = await Client.connect(
+        temporal_address,
+        data_converter=make_data_converter(parse_keys(new_key_entry("test-1"), source="wrong")),
+    )
+    text = """
+apiVersion: shipflow/v1
+name: wrongkey
+stage: codec
+steps:
+  - migrate: {id: one, command: ["true"]}
+"""
+    handle = await start_flow(temporal_client, settings, text)
+
+    async def task_failed() -> bool:
+        history = await handle.fetch_history()
+        return any(
+            e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in history.events
+        )
+
+    async with new_worker(wrong, settings):
+        await wait_until(task_failed, timeout=30)
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    # The reason is readable in the history without any key: it names the key id.
+    history = await handle.fetch_history()
+    failure = next(
+        e.workflow_task_failed_event_attributes.failure
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    )
+    assert "key id 'test-1' does not decrypt with the configured key" in failure.message
+    async with new_worker(temporal_client, settings):
+        status = await asyncio.wait_for(finish(handle), timeout=60)
+    assert status.state == RunState.SUCCEEDED
