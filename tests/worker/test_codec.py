@@ -4,7 +4,10 @@ payloads, and clear errors for unknown keys, altered payloads and malformed key 
 from __future__ import annotations
 
 import base64
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,19 @@ def test_where_the_keys_come_from(tmp_path: Path) -> None:
     missing = base.model_copy(update={"payload_key_file": tmp_path / "nope"})
     with pytest.raises(PayloadKeyError, match=r"payload key file .*nope"):
         payload_keys(missing)
+
+
+@pytest.mark.parametrize("command", ["worker", "api"])
+def test_worker_and_api_commands_refuse_malformed_keys_with_exit_2(command: str) -> None:
+    shipflow = Path(sys.executable).parent / "shipflow"
+    bad = "k1:" + base64.b64encode(b"too-short-key").decode()
+    done = subprocess.run(
+        [str(shipflow), command],
+        env={**os.environ, "SHIPFLOW_PAYLOAD_KEYS": bad},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "SHIPFLOW_PAYLOAD_KEYS: payload key 'k1' is 13 bytes" in done.stderr
+    assert "Traceback" not in done.stderr and bad.split(":")[1] not in done.stderr
