@@ -95,7 +95,14 @@ def data_converter(settings: Settings) -> DataConverter:
 async def connect(settings: Settings) -> Client:
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     converter = data_converter(settings)
-    if converter.payload_codec is None:
+    codec = converter.payload_codec
+    if isinstance(codec, EncryptionCodec):
+        log.info(
+            "payloads encrypted with key %r; %d key(s) decrypt",
+            codec.keys.current_id,
+            len(codec.keys.ids),
+        )
+    else:
         log.warning(
             "no payload keys configured (SHIPFLOW_PAYLOAD_KEYS): run data goes to Temporal in clear"
         )
