@@ -22,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authenticator, load_tokens
 from api.db import make_engine
-from api.routes import dashboard, flows, health, hooks, recovery, runs, schedules
+from api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
 from worker.client import connect
+from worker.codec import PayloadKeyError
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("shipflow.api")
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_exception_handler(PayloadKeyError, codec.payload_key_error)
 
     @app.middleware("http")
     async def count_requests(
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(hooks.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
+    app.include_router(codec.router)
     return app
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.models import ReleaseRecord
 from workflows.plan import ActionPlan, GroupPlan, Plan, RetryPlan, UndoPlan
@@ -50,7 +49,8 @@ async def load_run_input(client: Client, run_id: str) -> ReleaseInput:
         payloads = list(attributes.input.payloads)
         if not payloads:
             break
-        (value,) = pydantic_data_converter.payload_converter.from_payloads(payloads, [ReleaseInput])
+        # Through the client's whole converter: the input is encrypted when keys are set.
+        (value,) = await client.data_converter.decode(payloads, [ReleaseInput])
         assert isinstance(value, ReleaseInput)
         return value
     raise RecoveryError(f"run {run_id!r} has no recorded input")

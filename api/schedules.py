@@ -237,7 +237,7 @@ def desired_schedules(
 # ------------------------------------------------------------------ reading back
 
 
-def built_from(client: Client, description: ScheduleDescription) -> dict[str, Any]:
+async def built_from(client: Client, description: ScheduleDescription) -> dict[str, Any]:
     """What shipflow recorded in a schedule's action memo (cron, timezone, fingerprint)."""
     action = description.schedule.action
     memo = getattr(action, "memo", None) or {}
@@ -246,7 +246,7 @@ def built_from(client: Client, description: ScheduleDescription) -> dict[str, An
         return {}
     if isinstance(raw, dict):
         return raw
-    value = client.data_converter.payload_converter.from_payloads([raw])[0]
+    value = (await client.data_converter.decode([raw]))[0]  # the memo may be encrypted
     return value if isinstance(value, dict) else {}
 
 
@@ -289,9 +289,9 @@ async def _update(client: Client, want: DesiredSchedule) -> bool:
     """Replace the schedule if what it was built from changed; keep its paused state."""
     changed = False
 
-    def updater(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
+    async def updater(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
         nonlocal changed
-        recorded = built_from(client, current.description)
+        recorded = await built_from(client, current.description)
         if recorded.get("fingerprint") == want.fingerprint:
             changed = False
             return None

@@ -39,6 +39,7 @@ from typing import IO, Any
 import httpx
 
 from worker.client import SEARCH_ATTRIBUTES, dev_server_args
+from worker.codec import KEY_FILE_NAME, ensure_key_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN_NAME = "local-admin"
@@ -245,6 +246,11 @@ class EmbeddedStack:
     def database_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'shipflow.db'}"
 
+    @property
+    def payload_key_file(self) -> Path:
+        """The payload encryption keys (mode 0600), generated on the first start."""
+        return self.data_dir / KEY_FILE_NAME
+
     def endpoints(self, *, show_token: bool = True) -> list[tuple[str, str]]:
         """(component, where) for the summary table; the token is the last row.
 
@@ -298,6 +304,10 @@ class EmbeddedStack:
                     ]
                 ),
                 "SHIPFLOW_RUNTIME_URL": self.runtime_url or f"http://127.0.0.1:{self.runtime_port}",
+                # Temporal gets only ciphertext; the Web UI decodes through the API's
+                # /codec, open to it on loopback (the UI cannot send a shipflow token).
+                "SHIPFLOW_PAYLOAD_KEY_FILE": str(self.payload_key_file),
+                "SHIPFLOW_CODEC_LOOPBACK_OPEN": "true",
             }
         )
         if self.s3_url:
@@ -343,6 +353,8 @@ class EmbeddedStack:
         self.check_ports()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
+        if ensure_key_file(self.payload_key_file):
+            self._say(f"payload keys: generated {self.payload_key_file}")
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
@@ -451,6 +463,8 @@ class EmbeddedStack:
             "--log-level",
             "warn",
             "--ui-disable-news-fetch",
+            "--ui-codec-endpoint",
+            f"{self.api_url}/codec",
             *dev_server_args(),
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():

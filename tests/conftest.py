@@ -6,6 +6,7 @@ each other's state.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import sys
@@ -14,14 +15,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY, dev_server_args
+from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY, dev_server_args, make_data_converter
+from worker.codec import parse_keys
 from worker.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("SHIPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+#: The session's payload key: every client, test settings and worker subprocess encrypts
+#: with it, as in production. Set in the environment so `python -m worker.main` children
+#: (crash tests) get it too; a developer's own SHIPFLOW_PAYLOAD_KEYS must not leak in.
+TEST_PAYLOAD_KEYS = "test-1:" + base64.b64encode(b"shipflow-test-payload-key-32byte").decode()
+os.environ["SHIPFLOW_PAYLOAD_KEYS"] = TEST_PAYLOAD_KEYS
+for _name in ("SHIPFLOW_PAYLOAD_KEY_FILE", "SHIPFLOW_CODEC_LOOPBACK_OPEN"):
+    os.environ.pop(_name, None)
 
 
 def temporal_binary() -> str:
@@ -35,7 +45,7 @@ def temporal_binary() -> str:
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
+        data_converter=make_data_converter(parse_keys(TEST_PAYLOAD_KEYS, source="tests")),
         search_attributes=[FLOW_KEY, STAGE_KEY, COMMIT_KEY],
         dev_server_extra_args=dev_server_args(),
     )
@@ -64,6 +74,7 @@ def settings(tmp_path: Path, temporal_address: str) -> Settings:
         task_queue=f"tq-{uuid.uuid4().hex[:10]}",
         heartbeat_timeout_s=3.0,
         sticky_timeout_s=2.0,
+        payload_keys=SecretStr(TEST_PAYLOAD_KEYS),
     )
 
 

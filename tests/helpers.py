@@ -146,3 +146,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+
+async def decoded_history_text(client: Client, workflow_id: str) -> str:
+    """A run's history as text with every payload decrypted by `client`'s codec and its
+    data shown in clear: for asserting what a run's data holds (e.g. that a secret was
+    never in it), now that the raw history is ciphertext that would hide anything."""
+    from google.protobuf.json_format import ParseDict
+    from temporalio.api.common.v1 import Payload
+
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    codec = client.data_converter.payload_codec
+    parts: list[str] = []
+
+    async def visit(value: Any) -> None:
+        if isinstance(value, dict) and "metadata" in value and "data" in value:
+            payload = ParseDict(value, Payload(), ignore_unknown_fields=True)
+            (clear,) = await codec.decode([payload]) if codec else [payload]
+            parts.append(clear.data.decode("utf-8", "replace"))
+        elif isinstance(value, dict):
+            for item in value.values():
+                await visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                await visit(item)
+        elif isinstance(value, str):
+            parts.append(value)
+
+    await visit(history.to_json_dict())
+    return "\n".join(parts)

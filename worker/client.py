@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
+from worker.codec import (
+    KEY_FILE_NAME,
+    EncryptedFailureConverter,
+    EncryptionCodec,
+    KeyRing,
+    PayloadKeyError,
+    parse_keys,
+)
 from worker.settings import Settings
+
+log = logging.getLogger("shipflow.client")
 
 FLOW_KEY = SearchAttributeKey.for_keyword("ShipflowFlow")
 STAGE_KEY = SearchAttributeKey.for_keyword("ShipflowStage")
@@ -37,12 +51,65 @@ def dev_server_args() -> list[str]:
     return args
 
 
+def payload_keys(settings: Settings) -> KeyRing | None:
+    """The payload key ring: `SHIPFLOW_PAYLOAD_KEYS`, else the key file, else None.
+
+    The key file is `SHIPFLOW_PAYLOAD_KEY_FILE` (which must then exist) or, when that is
+    not set, `<data_dir>/payload-keys` if it exists (what the embedded stack writes).
+
+    Raises:
+        PayloadKeyError: the keys are malformed or the named key file cannot be read.
+    """
+    if settings.payload_keys is not None:
+        return parse_keys(settings.payload_keys.get_secret_value(), source="SHIPFLOW_PAYLOAD_KEYS")
+    path = settings.payload_key_file or settings.data_dir / KEY_FILE_NAME
+    if settings.payload_key_file is None and not path.exists():
+        return None
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PayloadKeyError(f"payload key file {path}: {e.strerror or e}") from None
+    return parse_keys(text, source=f"payload key file {path}")
+
+
+def make_data_converter(keys: KeyRing | None) -> DataConverter:
+    """pydantic_data_converter, plus the encryption codec when there are keys.
+
+    With a codec, failure messages and stack traces are encrypted too (a failed command's
+    message quotes its output); see `EncryptedFailureConverter`.
+    """
+    if keys is None:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keys),
+        failure_converter_class=EncryptedFailureConverter,
+    )
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """The one data converter of every shipflow client (worker, API, CLI, Replayer)."""
+    return make_data_converter(payload_keys(settings))
+
+
 async def connect(settings: Settings) -> Client:
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    converter = data_converter(settings)
+    codec = converter.payload_codec
+    if isinstance(codec, EncryptionCodec):
+        log.info(
+            "payloads encrypted with key %r; %d key(s) decrypt",
+            codec.keys.current_id,
+            len(codec.keys.ids),
+        )
+    else:
+        log.warning(
+            "no payload keys configured (SHIPFLOW_PAYLOAD_KEYS): run data goes to Temporal in clear"
+        )
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=converter,
         api_key=api_key,
         tls=settings.temporal_tls or api_key is not None,
     )

@@ -62,6 +62,21 @@ class Settings(BaseSettings):
         10, description="how often a step is resumed after its worker was lost (not a retry)"
     )
 
+    payload_keys: SecretStr | None = Field(
+        None,
+        description="Temporal payload encryption keys, 'id:base64key,...' (32-byte keys); "
+        "the first encrypts, every one decrypts (rotation)",
+    )
+    payload_key_file: Path | None = Field(
+        None,
+        description="file of 'id:base64key' lines; default <data_dir>/payload-keys if it exists",
+    )
+    codec_loopback_open: bool = Field(
+        False,
+        description="serve /codec/* without a token to loopback callers from the Web UI origin "
+        "(the embedded stack, whose Web UI cannot send a shipflow token)",
+    )
+
     def sqlalchemy_url(self) -> str:
         if self.database_url is not None:
             url = self.database_url.get_secret_value()

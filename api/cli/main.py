@@ -428,7 +428,19 @@ def worker() -> None:
     """Run the worker (ReleaseWorkflow and every activity) until SIGINT/SIGTERM."""
     from worker.main import main as worker_main
 
+    _check_payload_keys()
     worker_main()
+
+
+def _check_payload_keys() -> None:
+    """Malformed payload keys: exit 2 naming the setting, before connecting to anything."""
+    from worker.client import payload_keys
+    from worker.codec import PayloadKeyError
+
+    try:
+        payload_keys(get_settings())
+    except PayloadKeyError as e:
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -449,6 +461,7 @@ def api(
     from api.app import create_app
 
     settings = get_settings()
+    _check_payload_keys()
     default_host, default_port = _host_port(settings.api_url)
     uvicorn.run(
         create_app(settings), host=host or default_host, port=port or default_port, log_level="info"

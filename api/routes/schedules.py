@@ -137,7 +137,7 @@ async def _existing(client: Client, sid: str) -> tuple[ScheduleHandle, ScheduleD
     return client.get_schedule_handle(sid), description
 
 
-def _public(
+async def _public(
     client: Client, sid: str, index: int, spec: FlowSpec, found: ScheduleDescription | None
 ) -> SchedulePublic:
     trigger = dict(cron_triggers(spec))[index]
@@ -145,7 +145,7 @@ def _public(
         return SchedulePublic(
             id=sid, trigger=index, cron=trigger.cron, timezone=trigger.timezone, exists=False
         )
-    recorded = built_from(client, found)
+    recorded = await built_from(client, found)
     recent = [
         ScheduleAction(
             scheduled_at=a.scheduled_at, started_at=a.started_at, run_id=a.action.workflow_id
@@ -184,17 +184,14 @@ def _started_ids(description: ScheduleDescription) -> set[str]:
     return ids
 
 
-def _initial_status(client: Client, description: ScheduleDescription) -> dict[str, Any]:
+async def _initial_status(client: Client, description: ScheduleDescription) -> dict[str, Any]:
     """The RunStatus the schedule's action puts in each run's memo (stage, version, args)."""
     memo = getattr(description.schedule.action, "memo", None) or {}
     raw = memo.get(MEMO_KEY)
     if raw is None:
         return {}
-    value = (
-        raw
-        if isinstance(raw, dict)
-        else client.data_converter.payload_converter.from_payloads([raw])[0]
-    )
+    # The action's memo is raw payloads, encrypted when keys are set: decode through the codec.
+    value = raw if isinstance(raw, dict) else (await client.data_converter.decode([raw]))[0]
     return value if isinstance(value, dict) else {}
 
 
@@ -210,7 +207,7 @@ async def list_schedules(
     out: list[SchedulePublic] = []
     for index, trigger in cron_triggers(spec):
         sid = schedule_id(name, index, trigger)
-        out.append(_public(client, sid, index, spec, await _describe(client, sid)))
+        out.append(await _public(client, sid, index, spec, await _describe(client, sid)))
     return out
 
 
@@ -225,7 +222,7 @@ async def _set_paused(
         await handle.pause(note=text)
     else:
         await handle.unpause(note=text)
-    return _public(client, full, index, spec, await _describe(client, full))
+    return await _public(client, full, index, spec, await _describe(client, full))
 
 
 @router.post("/{name}/schedules/{sid}/pause", response_model=SchedulePublic)
@@ -281,7 +278,7 @@ async def trigger_schedule(
     run_id = await _new_run(client, full, seen)
     if run_id is None:
         return ScheduleTriggered(schedule_id=full, run_id=None)
-    initial = _initial_status(client, before)
+    initial = await _initial_status(client, before)
     record = Run(
         run_id=run_id,
         flow=name,

@@ -67,6 +67,9 @@ async def test_every_route_for_every_role(settings: Settings) -> None:
             ("GET", "/healthz", None, None, 200),
             ("GET", "/metrics", None, None, 200),
             ("GET", "/", None, None, 200),
+            ("POST", "/codec/decode", {"payloads": []}, "viewer", 200),
+            ("POST", "/codec/encode", {"payloads": []}, "viewer", 200),
+            ("OPTIONS", "/codec/decode", None, None, 204),  # CORS preflight: no credentials
         ]
         # The table covers every route the app serves (a new route must join it).
         app_routes = [r for r in create_app(secured).routes if isinstance(r, APIRoute)]

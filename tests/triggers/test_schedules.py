@@ -168,7 +168,8 @@ async def test_schedules_follow_the_applied_flow(
         assert action.workflow == "ReleaseWorkflow"  # type: ignore[attr-defined]
         assert action.task_queue == settings.task_queue  # type: ignore[attr-defined]
         assert action.id == f"{name}-sched"  # type: ignore[attr-defined]
-        payload = json.loads(action.args[0].data)  # type: ignore[attr-defined]
+        # The args are stored encrypted: decode them with the client's converter.
+        (payload,) = await temporal_client.data_converter.decode([action.args[0]])  # type: ignore[attr-defined]
         assert payload["plan"]["args"] == {"image": "app:nightly"}
         assert payload["record_start"] is True and payload["trigger"] == "schedule"
         # What apply made is what a direct sync wants: nothing to change.
@@ -183,9 +184,11 @@ async def test_schedules_follow_the_applied_flow(
         second = flow(name, 'cron: "30 4 * * *"\n    timezone: Europe/Berlin')
         await apply(http, second)
         described = await handle.describe()
-        assert built_from(temporal_client, described)["cron"] == "30 4 * * *"
+        assert (await built_from(temporal_client, described))["cron"] == "30 4 * * *"
         assert described.schedule.state.paused is True
-        payload = json.loads(described.schedule.action.args[0].data)  # type: ignore[attr-defined]
+        (payload,) = await temporal_client.data_converter.decode(
+            [described.schedule.action.args[0]]  # type: ignore[attr-defined]
+        )
         assert payload["plan"]["args"] == {"image": "app:1"}
         assert payload["plan"]["flow_version"] == 2
         upcoming = list(described.info.next_action_times)

@@ -12,11 +12,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import temporal_binary
+from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
 from tests.helpers import finish, new_worker, start_flow, wait_until
+from worker.client import make_data_converter
+from worker.codec import parse_keys
 from worker.settings import Settings
 from workflows.release import ApproveInput, ReleaseWorkflow
 
@@ -60,7 +61,9 @@ async def record() -> None:
     listener.listen()
     port = listener.getsockname()[1]
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter
+        dev_server_existing_path=temporal_binary(),
+        # Encrypted with the tests' key, as every run is: test_replay decrypts with it.
+        data_converter=make_data_converter(parse_keys(TEST_PAYLOAD_KEYS, source="tests")),
     )
     try:
         with tempfile.TemporaryDirectory() as tmp:
