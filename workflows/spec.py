@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from workflows.durations import Duration
+from workflows.globs import check_glob
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 STEP_ID_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$"
@@ -337,10 +339,14 @@ class CronTrigger(StrictModel):
     id: str | None = Field(None, pattern=STEP_ID_PATTERN)
 
 
+#: A branch or path filter; a malformed one (`[z-a]`) is refused at apply, with its path.
+Glob = Annotated[str, AfterValidator(check_glob)]
+
+
 class GitMatch(StrictModel):
     repo: str
-    branches: list[str] = ["main"]
-    paths: list[str] = []
+    branches: list[Glob] = ["main"]
+    paths: list[Glob] = []
     args: dict[str, str] = {}
 
 
