@@ -53,6 +53,8 @@ _STAR = 3  # `*`: any run of non-`/` characters
 _ANY = 4  # `**` not followed by `/`: any run of characters
 _SEGMENTS = 5  # `**/`: empty, or any run of characters ending in `/`
 
+_STARS = (_STAR, _ANY, _SEGMENTS)  # may match nothing
+
 _Token = tuple[int, object]
 
 
@@ -130,10 +132,10 @@ class Glob:
         out = set(states)
         while stack:
             position = stack.pop()
-            if position < len(self.tokens) and self.tokens[position][0] in (_STAR, _ANY, _SEGMENTS):
-                if position + 1 not in out:
-                    out.add(position + 1)
-                    stack.append(position + 1)
+            skippable = position < len(self.tokens) and self.tokens[position][0] in _STARS
+            if skippable and position + 1 not in out:
+                out.add(position + 1)
+                stack.append(position + 1)
         return out
 
     def match(self, name: str) -> bool:
