@@ -64,6 +64,7 @@ def settings(tmp_path: Path, temporal_address: str) -> Settings:
         task_queue=f"tq-{uuid.uuid4().hex[:10]}",
         heartbeat_timeout_s=3.0,
         sticky_timeout_s=2.0,
+        open_dev_instance=True,  # most tests drive an API with no tokens on purpose
     )
 
 

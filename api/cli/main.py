@@ -443,9 +443,11 @@ def api(
 
     settings = get_settings()
     default_host, default_port = _host_port(settings.api_url)
-    uvicorn.run(
-        create_app(settings), host=host or default_host, port=port or default_port, log_level="info"
-    )
+    try:
+        served = create_app(settings)
+    except ValueError as e:  # no tokens and not an open dev instance, or malformed tokens
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
+    uvicorn.run(served, host=host or default_host, port=port or default_port, log_level="info")
 
 
 @app.command("runtime")

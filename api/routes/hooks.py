@@ -106,11 +106,37 @@ def verify_gitlab(settings: Settings, token: str | None) -> None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad X-Gitlab-Token")
 
 
+def _too_large() -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"webhook payload too large (at most {MAX_PAYLOAD_BYTES} bytes)",
+    )
+
+
 async def _read_body(request: Request) -> bytes:
-    body = await request.body()
-    if len(body) > MAX_PAYLOAD_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "webhook payload too large")
-    return body
+    """The raw body, read against the size limit while it streams in.
+
+    Anyone can POST here before the signature is checked, so nothing is buffered beyond
+    `MAX_PAYLOAD_BYTES`: a declared `Content-Length` over the limit is refused before a
+    byte is read, and a body without one (chunked) is refused as soon as it exceeds it.
+
+    Raises:
+        HTTPException: 413 too large, 400 for a `Content-Length` that is not a number.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "Content-Length is not a number")
+        if int(declared) > MAX_PAYLOAD_BYTES:
+            raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_PAYLOAD_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode(body: bytes, content_type: str = "") -> Any:
