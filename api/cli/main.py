@@ -333,6 +333,19 @@ def cancel(ctx: typer.Context, run_id: str = typer.Argument(..., metavar="RUN"))
     out.print(f"cancel requested for {escape(run_id)}", highlight=False)
 
 
+@app.command("terminate")
+def terminate(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    reason: str | None = typer.Option(None, "--reason", "-r"),
+) -> None:
+    """Stop RUN at once, WITHOUT compensation (admin): for a run that is stuck."""
+    state = _state(ctx)
+    with _api_errors(state), state.client() as client:
+        client.request("POST", f"/runs/{run_id}/terminate", json={"reason": reason})
+    out.print(f"terminated {escape(run_id)} (nothing was undone)", highlight=False)
+
+
 @app.command("approve")
 def approve(
     ctx: typer.Context,
