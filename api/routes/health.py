@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, MetricsAccess, TemporalDep
+from api.errors import error_responses
 from api.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -87,7 +88,7 @@ async def healthz(engine: EngineDep, client: TemporalDep) -> Response:
     return JSONResponse(Health(status="ok", checks=results).model_dump())
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=error_responses(401, 403))
 def metrics(request: Request, _access: MetricsAccess) -> Response:
     """Prometheus metrics; open, or for `SHIPFLOW_METRICS_ROLE` and above when it is set."""
     registry: CollectorRegistry = request.app.state.metrics.registry

@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Admin, EngineDep, Operator, SettingsDep, TemporalDep, Viewer
+from api.errors import error_responses
 from api.models import Run, utcnow
 from api.schemas import (
     ApproveRequest,
@@ -40,7 +41,9 @@ from worker.starter import read_status, ui_link
 from workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from workflows.status import RunState, RunStatus, StepStatus
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(
+    prefix="/runs", tags=["runs"], responses=error_responses(401, 403, 404, 409, 422, 503, 504)
+)
 
 #: How long an approve/reject waits for a worker to take the update.
 UPDATE_TIMEOUT = timedelta(seconds=30)
