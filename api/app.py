@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authenticator, load_tokens
 from api.db import make_engine
+from api.hostile import RefuseUnstorableText, storage_error
 from api.routes import dashboard, flows, health, hooks, recovery, runs, schedules
 from worker.client import connect
 from worker.settings import Settings, get_settings
@@ -107,6 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_exception_handler(DataError, storage_error)
+    app.add_exception_handler(UnicodeEncodeError, storage_error)
+    app.add_middleware(RefuseUnstorableText)
 
     @app.middleware("http")
     async def count_requests(

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.hostile import bad_text
 from workflows.globs import GlobError, glob_match
 from workflows.plan import TEMPLATE
 from workflows.spec import FlowSpec, GitMatch, GitTrigger
@@ -81,6 +82,14 @@ def _required_text(payload: Mapping[str, Any], path: str) -> str:
     value = _get(payload, path)
     if not isinstance(value, str) or not value:
         raise PayloadError(path)
+    return _storable(value, path)
+
+
+def _storable(value: str, path: str) -> str:
+    """`value`, if it can be stored and sent on (no NUL, valid Unicode)."""
+    why = bad_text(value)
+    if why:
+        raise PayloadError(path, f"malformed push payload: {path!r} {why}")
     return value
 
 
@@ -123,7 +132,7 @@ def parse_github_push(payload: Any) -> PushEvent:
         repo=repo,
         ref=ref,
         sha=after,
-        pusher=str(pusher),
+        pusher=_storable(str(pusher), "pusher.name"),
         deleted=bool(payload.get("deleted")) or after == ZERO_SHA,
         changed=_changed_files(payload.get("commits")),
     )
@@ -151,8 +160,8 @@ def parse_gitlab_push(payload: Any) -> PushEvent:
         provider="gitlab",
         repo=repo,
         ref=ref,
-        sha=sha,
-        pusher=str(pusher),
+        sha=_storable(sha, "after"),
+        pusher=_storable(str(pusher), "user_username"),
         deleted=after == ZERO_SHA or (checkout is None and "checkout_sha" in payload),
         changed=_changed_files(payload.get("commits")),
     )

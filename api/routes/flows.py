@@ -32,7 +32,7 @@ from workflows.spec import FlowError, FlowSpec, GitTrigger, load_flow_text, pars
 router = APIRouter(
     prefix="/flows",
     tags=["flows"],
-    responses=error_responses(401, 403, 404, 409, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
 )
 
 MAX_FLOW_BYTES = 1_000_000

@@ -33,7 +33,7 @@ from workflows.spec import load_flow_text
 from workflows.status import RunStatus
 
 router = APIRouter(
-    prefix="/runs", tags=["runs"], responses=error_responses(401, 403, 404, 409, 422, 503)
+    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503)
 )
 
 

@@ -42,7 +42,7 @@ from workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from workflows.status import RunState, RunStatus, StepStatus
 
 router = APIRouter(
-    prefix="/runs", tags=["runs"], responses=error_responses(401, 403, 404, 409, 422, 503, 504)
+    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503, 504)
 )
 
 #: How long an approve/reject waits for a worker to take the update.

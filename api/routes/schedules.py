@@ -37,7 +37,9 @@ from workflows.release import MEMO_KEY
 from workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
 router = APIRouter(
-    prefix="/flows", tags=["schedules"], responses=error_responses(401, 403, 404, 409, 422, 503)
+    prefix="/flows",
+    tags=["schedules"],
+    responses=error_responses(400, 401, 403, 404, 409, 422, 503),
 )
 
 #: How long `trigger` waits for Temporal to report the run it started.
