@@ -4,7 +4,7 @@ PostgreSQL refuses NUL characters in text and JSON, and no encoder accepts an un
 UTF-16 surrogate (`"\\ud800"` is valid JSON); either one reaching a query or a Temporal
 payload used to be a 500. This middleware reads JSON request bodies (small, and parsed
 by the route anyway), walks their strings and answers 422 naming the first bad one; it
-also refuses a NUL in the URL. Webhook bodies are left to their own bounded, streamed
+also refuses a NUL in the URL, and YAML bodies that escape a surrogate. Webhook bodies are left to their own bounded, streamed
 reader (`api.routes.hooks`), which checks the fields it uses. Anything that still gets
 through is turned into a 422 by `storage_error` instead of a 500.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,6 +26,16 @@ log = logging.getLogger("shipflow.api")
 #: Bodies this large are not inspected here (the routes refuse them with 413 anyway).
 MAX_INSPECTED_BYTES = 2_000_000
 _STREAMED_PREFIXES = ("/hooks/",)
+#: YAML (flow files) and plain text bodies; YAML is checked for surrogate escapes only.
+_TEXT_TYPES = {
+    b"",
+    b"application/yaml",
+    b"application/x-yaml",
+    b"text/yaml",
+    b"text/x-yaml",
+    b"text/plain",
+}
+_SURROGATE_ESCAPE = re.compile(rb"\\(?:u|U0000)[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def bad_text(value: str) -> str | None:
@@ -89,7 +100,8 @@ class RefuseUnstorableText:
         headers = dict(scope.get("headers") or [])
         media = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
         is_json = media == b"application/json" or media.endswith(b"+json")
-        if not is_json or scope["path"].startswith(_STREAMED_PREFIXES):
+        is_text = media in _TEXT_TYPES
+        if not (is_json or is_text) or scope["path"].startswith(_STREAMED_PREFIXES):
             await self.app(scope, receive, send)
             return
         body, more, messages = b"", True, []
@@ -103,10 +115,15 @@ class RefuseUnstorableText:
             if len(body) > MAX_INSPECTED_BYTES:
                 break
         if not more and body:
-            try:
-                found = find_bad_text(json.loads(body))
-            except (ValueError, RecursionError):
-                found = None  # not JSON: the route says so, in its own words
+            found: tuple[str, str] | None = None
+            if is_json:
+                try:
+                    found = find_bad_text(json.loads(body))
+                except (ValueError, RecursionError):
+                    pass  # not JSON: the route says so, in its own words
+            elif _SURROGATE_ESCAPE.search(body):
+                # YAML decodes `"\ud83d"` to an unpaired surrogate (it never pairs them).
+                found = ("body", "contains an escaped UTF-16 surrogate (\\uD800-\\uDFFF)")
             if found is not None:
                 loc, why = found
                 await _refuse(
