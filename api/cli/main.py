@@ -319,8 +319,18 @@ def status(
         if as_json:
             typer.echo(json.dumps(client.run_json(run_id), indent=2))
             return
-        run_status, ui_url = client.get_run(run_id)
+        raw = client.run_json(run_id)
+    run_status, ui_url = RunStatus.model_validate(raw), raw.get("ui_url")
     out.print(run_view(run_status))
+    stuck = raw.get("stuck")
+    if isinstance(stuck, dict):
+        out.print(
+            f"[red]stuck[/red] after {stuck.get('attempts')} workflow task attempts: "
+            f"{escape(str(stuck.get('reason')))}\n"
+            f"it cannot carry out a cancel; `shipflow terminate {escape(run_id)}` stops it "
+            "(without compensation)",
+            highlight=False,
+        )
     print_link(out, ui_url)
 
 

@@ -133,6 +133,11 @@ async def test_stuck_run_is_shown_and_terminated_from_api_and_cli(
                 cli, ["--api", base, "--token", TOKENS["admin"], *args], catch_exceptions=False
             )
 
+        shown_stuck = await asyncio.to_thread(invoke, "status", second)
+        assert shown_stuck.exit_code == 0, shown_stuck.output
+        text = " ".join(shown_stuck.output.split())
+        assert "stuck after" in text and BUG in text and "shipflow terminate" in text
+
         result = await asyncio.to_thread(invoke, "terminate", second, "--reason", "stuck")
         assert result.exit_code == 0, result.output
         assert f"terminated {second}" in result.output
