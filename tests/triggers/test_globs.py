@@ -36,7 +36,9 @@ def test_a_flow_with_a_malformed_glob_names_the_path() -> None:
     with pytest.raises(FlowError) as caught:
         load_flow_text(text)
     assert any(
-        path.endswith("git.paths[1]") and "invalid glob 'x[z-a]'" in message and "reversed" in message
+        path.endswith("git.paths[1]")
+        and "invalid glob 'x[z-a]'" in message
+        and "reversed" in message
         for path, message in caught.value.problems
     ), caught.value.problems
 
@@ -78,7 +80,9 @@ def test_nested_double_stars_against_a_deep_path_answer_at_once() -> None:
 def test_a_stored_trigger_with_a_bad_glob_is_skipped_not_raised() -> None:
     # Flows applied before globs were checked can still hold one: matching says why.
     good = load_flow_text(flow("web", "{repo: org/app}"))
-    bad = GitTrigger.model_construct(git=GitMatch.model_construct(repo="org/app", branches=["[z-a]"], paths=[], args={}))
+    bad = GitTrigger.model_construct(
+        git=GitMatch.model_construct(repo="org/app", branches=["[z-a]"], paths=[], args={})
+    )
     spec = good.model_copy(update={"triggers": [bad]})
     decision = decide(spec, parse_github_push(github_push(repo="org/app")))
     assert decision is not None and not decision.matched
@@ -106,3 +110,20 @@ async def test_bad_glob_is_a_422_at_apply_and_other_flows_still_match(
         response = await post_github(http, github_push(repo="org/app"))
         assert response.status_code == 202, response.text
         assert [r["flow"] for r in response.json()["runs"]] == [good]
+
+
+async def test_a_hostile_paths_glob_does_not_block_a_push(
+    settings: Settings, temporal_client: Client
+) -> None:
+    settings = hook_settings(settings)
+    name = unique("glob-deep")
+    hostile = "**/" * 8 + "x"
+    async with api(settings) as http:
+        await apply(http, flow(name, f'{{repo: org/deep, paths: ["{hostile}"]}}'))
+        push = github_push(repo="org/deep", modified=["a/" * 40 + "y"])
+        started = time.perf_counter()
+        response = await post_github(http, push)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.text
+        assert response.json()["skipped"][0]["reason"].startswith("no changed file matches")
+        assert elapsed < 2.0, f"the push took {elapsed:.1f}s"  # ~12 s of matching on main
