@@ -42,7 +42,7 @@ from workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from workflows.status import RunState, RunStatus, StepStatus
 
 router = APIRouter(
-    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503, 504)
+    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503)
 )
 
 #: How long an approve/reject waits for a worker to take the update.
@@ -341,7 +341,7 @@ async def _decide(client: Client, run_id: str, update: Any, decision: Any) -> St
     return step
 
 
-@router.post("/{run_id}/approve", response_model=StepStatus)
+@router.post("/{run_id}/approve", response_model=StepStatus, responses=error_responses(504))
 async def approve_run(
     run_id: str, body: ApproveRequest, caller: Operator, client: TemporalDep
 ) -> StepStatus:
@@ -350,7 +350,7 @@ async def approve_run(
     return await _decide(client, run_id, ReleaseWorkflow.approve, decision)
 
 
-@router.post("/{run_id}/reject", response_model=StepStatus)
+@router.post("/{run_id}/reject", response_model=StepStatus, responses=error_responses(504))
 async def reject_run(
     run_id: str,
     caller: Operator,

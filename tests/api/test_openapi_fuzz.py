@@ -217,3 +217,24 @@ def test_the_api_conforms_to_its_openapi(
             assert token not in response.text
 
     exchange()
+
+
+def test_every_error_response_is_documented_with_the_error_body() -> None:
+    """What the fuzzing cannot see: codes a route sends only in states it never reaches."""
+    document = create_app(Settings(open_dev_instance=True)).openapi()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            responses = operation["responses"]
+            for code, response in responses.items():
+                if code.startswith(("4", "5")) and path != "/healthz":
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (
+                        method,
+                        path,
+                        code,
+                    )
+            if path not in ("/healthz", "/metrics") and not path.startswith("/hooks/"):
+                assert {"401", "403", "422"} <= set(responses), (method, path)
+            if "{" in path:
+                assert "404" in responses, (method, path)
+    assert "HTTPValidationError" not in json.dumps(document)
