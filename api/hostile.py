@@ -4,9 +4,10 @@ PostgreSQL refuses NUL characters in text and JSON, and no encoder accepts an un
 UTF-16 surrogate (`"\\ud800"` is valid JSON); either one reaching a query or a Temporal
 payload used to be a 500. This middleware reads JSON request bodies (small, and parsed
 by the route anyway), walks their strings and answers 422 naming the first bad one; it
-also refuses a NUL in the URL, and YAML bodies that escape a surrogate. Webhook bodies are left to their own bounded, streamed
-reader (`api.routes.hooks`), which checks the fields it uses. Anything that still gets
-through is turned into a 422 by `storage_error` instead of a 500.
+also refuses a NUL in the URL (400) and YAML bodies that escape a surrogate. Webhook
+bodies are left to their own bounded, streamed reader (`api.routes.hooks`), which checks
+the fields it uses. Anything that still gets through is turned into a 422 by
+`storage_error` instead of a 500.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import logging
 import re
 from typing import Any
-from urllib.parse import unquote
 
 from fastapi import Request, status
 from fastapi.responses import JSONResponse
@@ -89,11 +89,6 @@ class RefuseUnstorableText:
         query = scope.get("query_string", b"")
         if b"%00" in raw_path.lower() + query.lower() or "\x00" in scope["path"]:
             await _refuse(status.HTTP_400_BAD_REQUEST, "the URL contains a NUL character")(
-                scope, receive, send
-            )
-            return
-        if query and bad_text(unquote(query.decode("latin-1"))):
-            await _refuse(status.HTTP_400_BAD_REQUEST, "the query string is not valid text")(
                 scope, receive, send
             )
             return
