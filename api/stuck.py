@@ -20,7 +20,7 @@ from temporalio.client import Client, WorkflowExecutionDescription
 
 from api.schemas import Stuck
 
-#: A workflow task on its second attempt has failed (or timed out) once already.
+#: A workflow task on its second attempt has failed once already (timeouts: see `stuck`).
 STUCK_AT_ATTEMPT = 2
 #: How far back to look for the failure; after it, only signals and requests are written.
 HISTORY_PAGE = 100
@@ -57,7 +57,11 @@ async def stuck(
         return None
     reason = await _last_task_failure(client, run_id)
     if reason is None:
-        reason = f"the workflow task timed out {pending.attempt - 1} time(s); is a worker stuck?"
+        # Only timeouts: one is a worker lost mid-task (the next worker carries on), so
+        # call it stuck only when it keeps happening.
+        if pending.attempt < STUCK_AT_ATTEMPT + 1:
+            return None
+        reason = f"the workflow task timed out {pending.attempt - 1} times; is a worker stuck?"
     since = (
         pending.original_scheduled_time.ToDatetime(tzinfo=UTC)
         if pending.HasField("original_scheduled_time")
