@@ -9,6 +9,7 @@ in `api.deps`. Every error is `{"detail": ...}`; request validation errors use t
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,10 +19,12 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Authenticator, load_tokens
 from api.db import make_engine
+from api.hostile import RefuseUnstorableText, storage_error
 from api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
 from worker.client import connect
 from worker.codec import PayloadKeyError
@@ -71,10 +74,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for `settings` (default: the `SHIPFLOW_*` environment).
 
     Raises:
-        ValueError: `SHIPFLOW_TOKENS` is malformed (better at start than at first request).
+        ValueError: `SHIPFLOW_TOKENS` is malformed (better at start than at first request),
+            or no tokens are configured and `open_dev_instance` does not say that an open
+            API is meant (a deployment must never be open by accident).
     """
     settings = settings or get_settings()
     authenticator = Authenticator(load_tokens(settings))
+    if authenticator.open and not settings.open_dev_instance:
+        raise ValueError(
+            "no API tokens configured (SHIPFLOW_TOKENS): refusing to serve an API that anyone "
+            "may use as admin. Configure tokens, or set SHIPFLOW_OPEN_DEV_INSTANCE=true for a "
+            "development instance that is open on purpose."
+        )
     metrics = health.Metrics()
 
     @asynccontextmanager
@@ -100,6 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(PayloadKeyError, codec.payload_key_error)
+    app.add_exception_handler(DataError, storage_error)
+    app.add_exception_handler(UnicodeEncodeError, storage_error)
+    app.add_middleware(RefuseUnstorableText)
 
     @app.middleware("http")
     async def count_requests(
@@ -135,7 +149,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
     url = urlsplit(settings.api_url)
-    uvicorn.run(create_app(settings), host=url.hostname or "127.0.0.1", port=url.port or 8000)
+    try:
+        app = create_app(settings)
+    except ValueError as e:
+        print(f"shipflow api: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8000)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ file or environment does not leak a usable token. Tokens are compared with
 matched. A token value is never logged, echoed in an error, or stored.
 
 With no tokens configured the API is open: every caller is an anonymous admin. That is
-what a laptop demo wants; `shipflow dev` configures a token so a shared stack is not open.
+only allowed when `SHIPFLOW_OPEN_DEV_INSTANCE` says so (`api.app.create_app` refuses to
+start otherwise), so a deployment is never open by accident; `shipflow dev` configures a
+token and prints it.
 """
 
 from __future__ import annotations

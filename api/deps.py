@@ -78,3 +78,14 @@ def require(role: Role) -> Callable[[Caller], Caller]:
 Viewer = Annotated[Caller, Depends(require(Role.VIEWER))]
 Operator = Annotated[Caller, Depends(require(Role.OPERATOR))]
 Admin = Annotated[Caller, Depends(require(Role.ADMIN))]
+
+
+def metrics_access(request: Request) -> None:
+    """`/metrics` is open unless `metrics_role` names a role; then it needs that role."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_role == "open":
+        return
+    require(Role(settings.metrics_role))(get_caller(request))
+
+
+MetricsAccess = Annotated[None, Depends(metrics_access)]

@@ -4,10 +4,9 @@ Nothing here does I/O, so every rule (which repository, which branch, which chan
 files start which flow, and with which arguments) is unit-tested without a server.
 `api.routes.hooks` does the signature checks, the database and the starting.
 
-Glob rules, for `branches` and `paths` (the same as GitHub Actions filters): `*`
-matches within one path segment (no `/`), `**` matches across segments (`src/**`
-matches `src/a/b.py`; `**/test_*.py` matches at any depth, the top included), `?` one
-character, `[abc]` a class. Tags (`refs/tags/...`) never match a branch trigger.
+Glob rules, for `branches` and `paths`, are those of GitHub Actions filters (see
+`workflows.globs`: validated when a flow is applied, matched in linear time). Tags
+(`refs/tags/...`) never match a branch trigger.
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
+from api.hostile import bad_text
+from workflows.globs import GlobError, glob_match
 from workflows.plan import TEMPLATE
 from workflows.spec import FlowSpec, GitMatch, GitTrigger
 
@@ -82,6 +82,14 @@ def _required_text(payload: Mapping[str, Any], path: str) -> str:
     value = _get(payload, path)
     if not isinstance(value, str) or not value:
         raise PayloadError(path)
+    return _storable(value, path)
+
+
+def _storable(value: str, path: str) -> str:
+    """`value`, if it can be stored and sent on (no NUL, valid Unicode)."""
+    why = bad_text(value)
+    if why:
+        raise PayloadError(path, f"malformed push payload: {path!r} {why}")
     return value
 
 
@@ -124,7 +132,7 @@ def parse_github_push(payload: Any) -> PushEvent:
         repo=repo,
         ref=ref,
         sha=after,
-        pusher=str(pusher),
+        pusher=_storable(str(pusher), "pusher.name"),
         deleted=bool(payload.get("deleted")) or after == ZERO_SHA,
         changed=_changed_files(payload.get("commits")),
     )
@@ -152,54 +160,11 @@ def parse_gitlab_push(payload: Any) -> PushEvent:
         provider="gitlab",
         repo=repo,
         ref=ref,
-        sha=sha,
-        pusher=str(pusher),
+        sha=_storable(sha, "after"),
+        pusher=_storable(str(pusher), "user_username"),
         deleted=after == ZERO_SHA or (checkout is None and "checkout_sha" in payload),
         changed=_changed_files(payload.get("commits")),
     )
-
-
-# ------------------------------------------------------------------ globs
-
-
-@lru_cache(maxsize=512)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")  # zero or more whole segments
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif char == "*":
-            out.append("[^/]*")
-            i += 1
-        elif char == "?":
-            out.append("[^/]")
-            i += 1
-        elif char == "[":
-            end = pattern.find("]", i + 2 if pattern.startswith("[!", i) else i + 1)
-            if end < 0:
-                out.append(re.escape(char))
-                i += 1
-                continue
-            body = pattern[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
-            i = end + 1
-        else:
-            out.append(re.escape(char))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def glob_match(pattern: str, name: str) -> bool:
-    """`*` stays within a segment, `**` crosses segments (see the module docstring)."""
-    return _glob_regex(pattern).match(name) is not None
 
 
 # ------------------------------------------------------------------ matching
@@ -266,7 +231,10 @@ def decide(flow: FlowSpec, event: PushEvent) -> Decision | None:
         return None
     decision = Decision(flow=flow.name)
     for index, match in triggers:
-        why = _mismatch(match, event)
+        try:
+            why = _mismatch(match, event)
+        except GlobError as e:  # stored before globs were checked at apply: skip, say why
+            why = f"the trigger has an invalid glob: {e}"
         if why is None:
             return Decision(flow=flow.name, trigger_index=index, trigger=match)
         decision.reasons.append(why)

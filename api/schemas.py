@@ -77,11 +77,29 @@ class RunPublic(SQLModel):
     ui_url: str = ""
 
 
+class Stuck(BaseModel):
+    """A run that cannot make progress: its workflow task keeps failing (a bug or a
+    non-deterministic change in the workflow code). Only terminating it ends it."""
+
+    reason: str = Field(description="the last workflow task failure, as the worker reported it")
+    attempts: int = Field(description="how often the workflow task was tried")
+    since: datetime | None = Field(None, description="when the failing task was first scheduled")
+
+
 class RunDetail(RunStatus):
     """`GET /runs/{id}`: the run's status (from its memo) plus links and trigger."""
 
     ui_url: str
     trigger: str | None = None
+    stuck: Stuck | None = Field(None, description="set while the run cannot make progress")
+
+
+class TerminateRequest(BaseModel):
+    """Body of `POST /runs/{id}/terminate` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=2000)
 
 
 class ApproveRequest(BaseModel):

@@ -75,6 +75,7 @@ def settings(tmp_path: Path, temporal_address: str) -> Settings:
         heartbeat_timeout_s=3.0,
         sticky_timeout_s=2.0,
         payload_keys=SecretStr(TEST_PAYLOAD_KEYS),
+        open_dev_instance=True,  # most tests drive an API with no tokens on purpose
     )
 
 

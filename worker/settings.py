@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,14 @@ class Settings(BaseSettings):
     tokens: SecretStr | None = Field(
         None,
         description="JSON list of {name, role, sha256}: API tokens, hashed at rest",
+    )
+    open_dev_instance: bool = Field(
+        False,
+        description="serve the API with no tokens configured: everyone is an anonymous admin"
+        " (a laptop only; without it an API with no tokens refuses to start)",
+    )
+    metrics_role: Literal["open", "viewer", "operator", "admin"] = Field(
+        "open", description="the role /metrics needs (open: anyone, e.g. a scraper without a token)"
     )
     github_secret: SecretStr | None = None
     gitlab_token: SecretStr | None = None

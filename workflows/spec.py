@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 from workflows.durations import Duration
+from workflows.globs import check_glob
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 STEP_ID_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$"
@@ -415,10 +417,14 @@ class CronTrigger(StrictModel):
     id: str | None = Field(None, pattern=STEP_ID_PATTERN)
 
 
+#: A branch or path filter; a malformed one (`[z-a]`) is refused at apply, with its path.
+Glob = Annotated[str, AfterValidator(check_glob)]
+
+
 class GitMatch(StrictModel):
     repo: str
-    branches: list[str] = ["main"]
-    paths: list[str] = []
+    branches: list[Glob] = ["main"]
+    paths: list[Glob] = []
     args: dict[str, str] = {}
 
 

@@ -326,8 +326,18 @@ def status(
         if as_json:
             typer.echo(json.dumps(client.run_json(run_id), indent=2))
             return
-        run_status, ui_url = client.get_run(run_id)
+        raw = client.run_json(run_id)
+    run_status, ui_url = RunStatus.model_validate(raw), raw.get("ui_url")
     out.print(run_view(run_status))
+    stuck = raw.get("stuck")
+    if isinstance(stuck, dict):
+        out.print(
+            f"[red]stuck[/red] after {stuck.get('attempts')} workflow task attempts: "
+            f"{escape(str(stuck.get('reason')))}\n"
+            f"it cannot carry out a cancel; `shipflow terminate {escape(run_id)}` stops it "
+            "(without compensation)",
+            highlight=False,
+        )
     print_link(out, ui_url)
 
 
@@ -338,6 +348,19 @@ def cancel(ctx: typer.Context, run_id: str = typer.Argument(..., metavar="RUN"))
     with _api_errors(state), state.client() as client:
         client.cancel(run_id)
     out.print(f"cancel requested for {escape(run_id)}", highlight=False)
+
+
+@app.command("terminate")
+def terminate(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    reason: str | None = typer.Option(None, "--reason", "-r"),
+) -> None:
+    """Stop RUN at once, WITHOUT compensation (admin): for a run that is stuck."""
+    state = _state(ctx)
+    with _api_errors(state), state.client() as client:
+        client.request("POST", f"/runs/{run_id}/terminate", json={"reason": reason})
+    out.print(f"terminated {escape(run_id)} (nothing was undone)", highlight=False)
 
 
 @app.command("approve")
@@ -463,9 +486,11 @@ def api(
     settings = get_settings()
     _check_payload_keys()
     default_host, default_port = _host_port(settings.api_url)
-    uvicorn.run(
-        create_app(settings), host=host or default_host, port=port or default_port, log_level="info"
-    )
+    try:
+        served = create_app(settings)
+    except ValueError as e:  # no tokens and not an open dev instance, or malformed tokens
+        raise _fail(str(e), EXIT_BAD_INPUT) from None
+    uvicorn.run(served, host=host or default_host, port=port or default_port, log_level="info")
 
 
 @app.command("runtime")

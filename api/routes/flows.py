@@ -20,6 +20,7 @@ from temporalio.service import RPCError
 
 from api.concurrency import wait_for_admission
 from api.deps import Admin, EngineDep, Operator, SessionDep, SettingsDep, TemporalDep, Viewer
+from api.errors import error_responses
 from api.models import Flow, FlowVersion, Run, utcnow
 from api.runs_index import insert_run, mark_start_failed
 from api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
@@ -36,7 +37,11 @@ from workflows.spec import (
     redact_literal_secrets,
 )
 
-router = APIRouter(prefix="/flows", tags=["flows"])
+router = APIRouter(
+    prefix="/flows",
+    tags=["flows"],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
+)
 
 MAX_FLOW_BYTES = 1_000_000
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}

@@ -1,4 +1,4 @@
-"""`/healthz` and `/metrics`: open to everyone, for probes and Prometheus.
+"""`/healthz` and `/metrics`: for probes and Prometheus (`/metrics` can need a role).
 
 Metrics live in a registry owned by each app (not prometheus_client's global one), so a
 process (a test session) can build several apps without "duplicated timeseries" errors.
@@ -17,7 +17,8 @@ from prometheus_client.exposition import generate_latest
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, TemporalDep
+from api.deps import EngineDep, MetricsAccess, TemporalDep
+from api.errors import error_responses
 from api.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -87,7 +88,8 @@ async def healthz(engine: EngineDep, client: TemporalDep) -> Response:
     return JSONResponse(Health(status="ok", checks=results).model_dump())
 
 
-@router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+@router.get("/metrics", response_class=Response, responses=error_responses(401, 403))
+def metrics(request: Request, _access: MetricsAccess) -> Response:
+    """Prometheus metrics; open, or for `SHIPFLOW_METRICS_ROLE` and above when it is set."""
     registry: CollectorRegistry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

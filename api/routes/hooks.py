@@ -14,10 +14,10 @@ import hashlib
 import hmac
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Engine
@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
 from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.errors import error_responses
 from api.git import (
     Decision,
     PayloadError,
@@ -44,7 +45,9 @@ from workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
 log = logging.getLogger("shipflow.hooks")
 
-router = APIRouter(prefix="/hooks", tags=["hooks"])
+router = APIRouter(
+    prefix="/hooks", tags=["hooks"], responses=error_responses(400, 401, 413, 422, 503)
+)
 
 MAX_PAYLOAD_BYTES = 5_000_000  # GitHub caps payloads at 25 MB; a push is far smaller
 
@@ -67,6 +70,67 @@ class HookResult(BaseModel):
     runs: list[HookRun] = []
     skipped: list[HookSkip] = []
     message: str | None = None
+
+
+# ------------------------------------------------------------------ OpenAPI
+
+_FILES = {"type": "array", "items": {"type": "string"}}
+_COMMITS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "added": _FILES,
+            "modified": _FILES,
+            "removed": _FILES,
+        },
+    },
+}
+#: The parts of a push the API reads (the providers send much more; all of it is allowed).
+GITHUB_PUSH = {
+    "type": "object",
+    "required": ["ref", "after", "repository"],
+    "properties": {
+        "ref": {"type": "string", "example": "refs/heads/main"},
+        "after": {"type": "string", "description": "the pushed commit"},
+        "deleted": {"type": "boolean"},
+        "repository": {
+            "type": "object",
+            "required": ["full_name"],
+            "properties": {"full_name": {"type": "string", "example": "org/app"}},
+        },
+        "pusher": {"type": "object", "properties": {"name": {"type": "string"}}},
+        "commits": _COMMITS,
+    },
+}
+GITLAB_PUSH = {
+    "type": "object",
+    "required": ["ref", "after", "project"],
+    "properties": {
+        "ref": {"type": "string", "example": "refs/heads/main"},
+        "after": {"type": "string"},
+        "checkout_sha": {"type": ["string", "null"]},
+        "user_username": {"type": "string"},
+        "project": {
+            "type": "object",
+            "required": ["path_with_namespace"],
+            "properties": {"path_with_namespace": {"type": "string", "example": "org/app"}},
+        },
+        "commits": _COMMITS,
+    },
+}
+
+
+def _push_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its raw body (it must, to check a signature)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"the push event; at most {MAX_PAYLOAD_BYTES} bytes",
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
 
 
 # ------------------------------------------------------------------ auth
@@ -106,11 +170,37 @@ def verify_gitlab(settings: Settings, token: str | None) -> None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad X-Gitlab-Token")
 
 
+def _too_large() -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"webhook payload too large (at most {MAX_PAYLOAD_BYTES} bytes)",
+    )
+
+
 async def _read_body(request: Request) -> bytes:
-    body = await request.body()
-    if len(body) > MAX_PAYLOAD_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "webhook payload too large")
-    return body
+    """The raw body, read against the size limit while it streams in.
+
+    Anyone can POST here before the signature is checked, so nothing is buffered beyond
+    `MAX_PAYLOAD_BYTES`: a declared `Content-Length` over the limit is refused before a
+    byte is read, and a body without one (chunked) is refused as soon as it exceeds it.
+
+    Raises:
+        HTTPException: 413 too large, 400 for a `Content-Length` that is not a number.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "Content-Length is not a number")
+        if int(declared) > MAX_PAYLOAD_BYTES:
+            raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_PAYLOAD_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode(body: bytes, content_type: str = "") -> Any:
@@ -304,6 +394,7 @@ def _ignored(response: Response, reason: str) -> HookResult:
     response_model_exclude_none=True,
     status_code=status.HTTP_202_ACCEPTED,
     responses={200: {"model": HookResult, "description": "ping, or no flow matched"}},
+    openapi_extra=_push_body(GITHUB_PUSH),
 )
 async def github(
     request: Request,
@@ -311,17 +402,20 @@ async def github(
     settings: SettingsDep,
     engine: EngineDep,
     client: TemporalDep,
+    x_hub_signature_256: Annotated[str | None, Header()] = None,
+    x_github_event: Annotated[str | None, Header(description="push or ping")] = None,
+    x_github_delivery: Annotated[str | None, Header()] = None,
 ) -> HookResult | JSONResponse:
     """A GitHub webhook (content type `application/json`, signed with the shared secret)."""
     body = await _read_body(request)
-    verify_github(settings, body, request.headers.get("x-hub-signature-256"))
-    kind = request.headers.get("x-github-event", "")
+    verify_github(settings, body, x_hub_signature_256)
+    kind = x_github_event or ""
     if kind == "ping":  # sent once when the hook is created: proves the secret matches
         return JSONResponse({"ok": True}, status_code=status.HTTP_200_OK)
     if kind != "push":
         return _ignored(response, f"event {kind or '(none)'!r} is not a push")
     event = _parse(parse_github_push, _decode(body, request.headers.get("content-type", "")))
-    delivery = request.headers.get("x-github-delivery") or f"github:{event.repo}:{event.sha}"
+    delivery = x_github_delivery or f"github:{event.repo}:{event.sha}"
     return await handle_push(request, response, settings, engine, client, event, delivery[:200])
 
 
@@ -331,6 +425,7 @@ async def github(
     response_model_exclude_none=True,
     status_code=status.HTTP_202_ACCEPTED,
     responses={200: {"model": HookResult, "description": "no flow matched"}},
+    openapi_extra=_push_body(GITLAB_PUSH),
 )
 async def gitlab(
     request: Request,
@@ -338,13 +433,16 @@ async def gitlab(
     settings: SettingsDep,
     engine: EngineDep,
     client: TemporalDep,
+    x_gitlab_token: Annotated[str | None, Header()] = None,
+    x_gitlab_event: Annotated[str | None, Header(description="Push Hook or Tag Push Hook")] = None,
+    x_gitlab_event_uuid: Annotated[str | None, Header()] = None,
 ) -> HookResult:
     """A GitLab project webhook (`Push Hook`), authenticated by its secret token."""
     body = await _read_body(request)
-    verify_gitlab(settings, request.headers.get("x-gitlab-token"))
-    kind = request.headers.get("x-gitlab-event", "")
+    verify_gitlab(settings, x_gitlab_token)
+    kind = x_gitlab_event or ""
     if kind not in ("Push Hook", "Tag Push Hook"):
         return _ignored(response, f"event {kind or '(none)'!r} is not a push")
     event = _parse(parse_gitlab_push, _decode(body))
-    delivery = request.headers.get("x-gitlab-event-uuid") or f"gitlab:{event.repo}:{event.sha}"
+    delivery = x_gitlab_event_uuid or f"gitlab:{event.repo}:{event.sha}"
     return await handle_push(request, response, settings, engine, client, event, delivery[:200])

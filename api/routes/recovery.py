@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import EngineDep, Operator, SettingsDep, TemporalDep
+from api.errors import error_responses
 from api.models import Flow, ReleaseRecord, Run
 from api.recovery import (
     DataRestore,
@@ -31,7 +32,9 @@ from workflows.release import ReleaseInput
 from workflows.spec import load_flow_text
 from workflows.status import RunStatus
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(
+    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503)
+)
 
 
 class RollbackRequest(BaseModel):

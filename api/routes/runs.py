@@ -1,4 +1,4 @@
-"""`/runs`: list, read, cancel, approve and reject release runs.
+"""`/runs`: list, read, cancel, terminate, approve and reject release runs.
 
 A run's truth is Temporal: `GET /runs/{id}` reads the run's memo (so it answers with no
 worker up), and listing refreshes the non-final rows it returns from their memos. The
@@ -23,15 +23,27 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import EngineDep, Operator, SettingsDep, TemporalDep, Viewer
-from api.models import Run
-from api.schemas import ApproveRequest, RejectRequest, RunAccepted, RunDetail, RunPublic
+from api.deps import Admin, EngineDep, Operator, SettingsDep, TemporalDep, Viewer
+from api.errors import error_responses
+from api.models import Run, utcnow
+from api.schemas import (
+    ApproveRequest,
+    RejectRequest,
+    RunAccepted,
+    RunDetail,
+    RunPublic,
+    Stuck,
+    TerminateRequest,
+)
+from api.stuck import stuck
 from worker.settings import Settings
 from worker.starter import read_status, ui_link
 from workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from workflows.status import RunState, RunStatus, StepStatus
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(
+    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503)
+)
 
 #: How long an approve/reject waits for a worker to take the update.
 UPDATE_TIMEOUT = timedelta(seconds=30)
@@ -40,6 +52,8 @@ STATUS_TIMEOUT_S = 5.0
 #: Listing shows the index as it is when Temporal is slow to refresh it.
 LIST_REFRESH_TIMEOUT_S = 3.0
 _FINAL = {s.value for s in RunState if s.is_final}
+#: How a run terminated through the API is recorded (then `<caller>[: reason]`).
+_TERMINATED_HERE = "terminated by "
 
 
 def _not_found(run_id: str) -> HTTPException:
@@ -91,6 +105,17 @@ def _save_states(engine: Engine, updates: list[RunStatus]) -> None:
         session.commit()
 
 
+def _record_termination(engine: Engine, run_id: str, why: str) -> None:
+    """The index row of a terminated run: failed, with who terminated it and why."""
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return
+        run.state, run.error, run.ended_at = RunState.FAILED.value, why, utcnow()
+        session.add(run)
+        session.commit()
+
+
 def _differs(row: Run, found: RunStatus) -> bool:
     return row.state != found.state.value or row.error != found.error
 
@@ -131,6 +156,18 @@ async def _live_status(client: Client, run_id: str) -> RunStatus:
     if found.state.is_final:
         raise _conflict(f"run {run_id!r} is already {found.state.value}")
     return found
+
+
+async def _stuck(client: Client, run_id: str) -> Stuck | None:
+    """Why a live run cannot make progress (see `api.stuck`), or None; never raises, since
+    this only adds to an answer that is right without it."""
+    try:
+        description = await asyncio.wait_for(
+            client.get_workflow_handle(run_id).describe(), STATUS_TIMEOUT_S
+        )
+        return await asyncio.wait_for(stuck(client, run_id, description), STATUS_TIMEOUT_S)
+    except (RPCError, TimeoutError):
+        return None
 
 
 def _public(row: Run, settings: Settings) -> RunPublic:
@@ -198,12 +235,21 @@ async def get_run(
             error=row.error,
             ended_at=row.ended_at,
         )
-    elif row is not None and _differs(row, found):
-        await run_in_threadpool(_save_states, engine, [found])
+    else:
+        if (
+            row is not None
+            and (row.error or "").startswith(_TERMINATED_HERE)
+            and found.state.is_final
+        ):
+            found.error = row.error  # terminated through shipflow: say by whom, not "outside"
+        if row is not None and _differs(row, found):
+            await run_in_threadpool(_save_states, engine, [found])
+    blocked = None if found.state.is_final else await _stuck(client, run_id)
     return RunDetail(
         **found.model_dump(),
         ui_url=ui_link(settings, run_id),
         trigger=row.trigger if row is not None else None,
+        stuck=blocked,
     )
 
 
@@ -211,12 +257,58 @@ async def get_run(
 async def cancel_run(
     run_id: str, request: Request, _caller: Operator, settings: SettingsDep, client: TemporalDep
 ) -> RunAccepted:
-    """Ask the run to stop; it compensates what it did, then ends `cancelled`/`rolled_back`."""
+    """Ask the run to stop; it compensates what it did, then ends `cancelled`/`rolled_back`.
+
+    A stuck run (its workflow task keeps failing) cannot act on a cancel: 409 says so and
+    points at terminate.
+    """
     await _live_status(client, run_id)
+    blocked = await _stuck(client, run_id)
+    if blocked is not None:
+        raise _conflict(
+            f"run {run_id!r} is stuck ({blocked.reason}) and cannot carry out a cancel; "
+            f"terminate it instead (POST /runs/{run_id}/terminate, `shipflow terminate "
+            f"{run_id}`): that stops it at once, without compensation"
+        )
     try:
         await client.get_workflow_handle(run_id).cancel()
     except RPCError as e:
         raise _conflict(f"run {run_id!r} cannot be cancelled: {e.message}") from None
+    return RunAccepted(
+        run_id=run_id,
+        status_url=str(request.url_for("get_run", run_id=run_id)),
+        ui_url=ui_link(settings, run_id),
+    )
+
+
+@router.post(
+    "/{run_id}/terminate", response_model=RunAccepted, status_code=status.HTTP_202_ACCEPTED
+)
+async def terminate_run(
+    run_id: str,
+    request: Request,
+    caller: Admin,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+    body: Annotated[TerminateRequest | None, Body()] = None,
+) -> RunAccepted:
+    """Stop a run at once, without compensation: what it did stays as it is.
+
+    For a stuck run (see `stuck` in `GET /runs/{id}`), which cannot carry out a cancel.
+    Admin only, since nothing is undone. The run ends `failed`, naming who terminated it.
+    """
+    await _live_status(client, run_id)
+    why = f"{_TERMINATED_HERE}{caller.name}"
+    if body is not None and body.reason:
+        why += f": {body.reason}"
+    try:
+        await client.get_workflow_handle(run_id).terminate(reason=why)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise _conflict(f"run {run_id!r} is no longer running") from None
+        raise _conflict(f"run {run_id!r} cannot be terminated: {e.message}") from None
+    await run_in_threadpool(_record_termination, engine, run_id, why)
     return RunAccepted(
         run_id=run_id,
         status_url=str(request.url_for("get_run", run_id=run_id)),
@@ -249,7 +341,7 @@ async def _decide(client: Client, run_id: str, update: Any, decision: Any) -> St
     return step
 
 
-@router.post("/{run_id}/approve", response_model=StepStatus)
+@router.post("/{run_id}/approve", response_model=StepStatus, responses=error_responses(504))
 async def approve_run(
     run_id: str, body: ApproveRequest, caller: Operator, client: TemporalDep
 ) -> StepStatus:
@@ -258,7 +350,7 @@ async def approve_run(
     return await _decide(client, run_id, ReleaseWorkflow.approve, decision)
 
 
-@router.post("/{run_id}/reject", response_model=StepStatus)
+@router.post("/{run_id}/reject", response_model=StepStatus, responses=error_responses(504))
 async def reject_run(
     run_id: str,
     caller: Operator,

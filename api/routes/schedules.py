@@ -28,6 +28,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Admin, EngineDep, SettingsDep, TemporalDep, Viewer
+from api.errors import error_responses
 from api.models import Flow, Run
 from api.runs_index import insert_run
 from api.schedules import PREFIX, built_from, cron_triggers, schedule_id
@@ -35,7 +36,11 @@ from worker.starter import ui_link
 from workflows.release import MEMO_KEY
 from workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
-router = APIRouter(prefix="/flows", tags=["schedules"])
+router = APIRouter(
+    prefix="/flows",
+    tags=["schedules"],
+    responses=error_responses(400, 401, 403, 404, 409, 422, 503),
+)
 
 #: How long `trigger` waits for Temporal to report the run it started.
 TRIGGER_WAIT_S = 10.0

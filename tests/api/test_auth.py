@@ -53,6 +53,7 @@ async def test_every_route_for_every_role(settings: Settings) -> None:
             ("GET", "/runs", None, "viewer", 200),
             ("GET", f"/runs/{run_id}", None, "viewer", 200),
             ("POST", f"/runs/{run_id}/cancel", None, "operator", 202),
+            ("POST", "/runs/no-such-run/terminate", None, "admin", 404),
             ("POST", "/runs/no-such-run/approve", {"step": "x"}, "operator", 404),
             ("POST", "/runs/no-such-run/reject", {}, "operator", 404),
             ("GET", f"/flows/{name}/schedules", None, "viewer", 200),

@@ -1,0 +1,81 @@
+"""The API as its own process (`python -m api.app`), as a deployment runs it.
+
+Used where the process itself is what a test looks at: whether it starts at all, and
+how much memory it holds (read from /proc) while it is being sent a hostile request.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import free_port
+
+
+def api_env(settings_env: dict[str, str], data_dir: Path) -> tuple[dict[str, str], str]:
+    """The environment for an API process: ours minus every `SHIPFLOW_*`, plus `settings_env`."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPFLOW_")}
+    env.update(
+        {
+            "SHIPFLOW_API_URL": f"http://127.0.0.1:{port}",
+            "SHIPFLOW_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(settings_env)
+    return env, f"http://127.0.0.1:{port}"
+
+
+class ApiProcess:
+    """`python -m api.app` in a subprocess; `rss_kb()` / `peak_rss_kb()` read /proc."""
+
+    def __init__(self, settings_env: dict[str, str], data_dir: Path):
+        env, self.url = api_env(settings_env, data_dir)
+        self.log = data_dir.parent / "api.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "api.app"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the API exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+        raise AssertionError(f"the API did not answer within {timeout}s")
+
+    def _status_kb(self, field: str) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
+
+    def rss_kb(self) -> int:
+        return self._status_kb("VmRSS")
+
+    def peak_rss_kb(self) -> int:
+        """The most resident memory the process ever had (VmHWM)."""
+        return self._status_kb("VmHWM")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
