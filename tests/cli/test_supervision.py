@@ -114,8 +114,10 @@ def test_zz_a_child_that_keeps_crashing_stops_the_stack(stack: EmbeddedStack) ->
             break
         os.kill(worker, signal.SIGKILL)
         _wait(
-            lambda w=worker: stack.failure is not None  # type: ignore[misc]
-            or (stack.pids().get("worker") not in (None, w) and stack.dead_child() is None)
+            lambda w=worker: (
+                stack.failure is not None  # type: ignore[misc]
+                or (stack.pids().get("worker") not in (None, w) and stack.dead_child() is None)
+            )
         )
     _wait(lambda: stack.children == [] and not any(_alive(pid) for pid in pids.values()))
     assert stack.failure is not None
