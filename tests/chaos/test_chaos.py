@@ -391,6 +391,7 @@ def test_releases_survive_chaos(
         "client": client,
         "leftovers": leftovers,
         "run_ids": run_ids,
+        "said": [line for line in said if "exited with code" in line or "restart" in line],
     }
     if REPORT:
         write_report(Path(REPORT), result)
@@ -479,6 +480,17 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         lines.append(
             f"- {e.at:6.1f} s: {e.piece} {e.signal} (pid {e.old_pid}), back after {back} s"
         )
+    caused = Counter(e.piece for e in events)
+    unprovoked = {p: n - caused[p] for p, n in result["restarts"].items() if n > caused[p]}
+    lines += [
+        "",
+        f"Restarts the chaos did not cause itself (a piece that exited on its own, or was not "
+        f"healthy in time after a restart, and was restarted again): {unprovoked or 'none'}.",
+        "",
+        "What the stack said about its children:",
+        "",
+        *[f"    {line}" for line in result["said"]],
+    ]
     twice = {n: c for n, c in result["executions"].items() if c != 1}
     if twice:
         lines += ["", f"Commands that did not run exactly once (run n: executions): {twice}"]

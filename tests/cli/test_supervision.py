@@ -126,3 +126,53 @@ def test_zz_a_child_that_keeps_crashing_stops_the_stack(stack: EmbeddedStack) ->
     assert any(line.startswith("error: worker exited with code -9") for line in SAID)
     # Everything else was stopped with it (waited for above); the API no longer answers.
     assert not _healthy(stack.api_url)
+
+
+def test_shipflow_dev_restarts_a_killed_worker_and_still_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The foreground supervision of `shipflow dev`: restart printed, Ctrl-C still stops all."""
+    import subprocess
+    import sys
+
+    from infra.stack import REPO_ROOT
+    from tests.cli.test_dev import _children, _stat
+
+    api, temporal, ui, runtime, s3 = free_ports(5)
+    argv = [
+        sys.executable, "-m", "api.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
+        "--api-port", str(api), "--temporal-port", str(temporal), "--ui-port", str(ui),
+        "--runtime-port", str(runtime), "--s3-port", str(s3), "--sink-port", "0",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPFLOW_")}
+    out_path = tmp_path / "dev.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def worker_pid() -> int | None:
+        for pid in _children(proc.pid):
+            try:
+                if b"worker.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    try:
+        _wait(lambda: "Ctrl-C stops everything" in out_path.read_text() or proc.poll() is not None)
+        assert proc.poll() is None, out_path.read_text()
+        first = worker_pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: "worker: restarted (pid" in out_path.read_text() or proc.poll() is not None)
+        assert proc.poll() is None, out_path.read_text()
+        text = out_path.read_text()
+        assert "worker: exited with code -9; restarting it in 0.5s (restart 1;" in text
+        second = worker_pid()
+        assert second not in (None, first)
+        children = _children(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, out_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [pid for pid in children if (fields := _stat(pid)) and fields[0] != "Z"] == []
