@@ -439,6 +439,16 @@ def _instance_pids(stack: EmbeddedStack) -> set[int]:
         return set()
 
 
+READING = """\
+Reading it: a client error on the first try happens while the runtime restarts (the front
+ports live in the runtime process and are closed for about a second); the client retries a
+refused connection for up to 5 s, as HTTP clients with retries do, and a request counts as
+failed only if no 200 came in that time. The deploy step has `retries: 2` because a runtime
+that is down at the moment a rollout *starts* fails that attempt (retryable; the retry
+resumes the same rollout); a runtime that goes down in the middle of a rollout is waited for.
+"""
+
+
 def write_report(path: Path, result: dict[str, Any]) -> None:
     client: LiveClient = result["client"]
     events: list[Event] = result["events"]
@@ -471,6 +481,8 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         f"| client requests failed (no 200 within {client.budget_s:g} s) | {len(client.failed)} |",
         f"| processes left after stop | {len(result['leftovers'])} |",
         f"| chaos error | {result['chaos_error'] or 'none'} |",
+        "",
+        *READING.splitlines(),
         "",
         "Events (seconds after the chaos started; back = healthy again after restart):",
         "",
