@@ -8,10 +8,14 @@ Meanwhile, at seeded random moments, the worker is SIGKILLed (the supervisor sta
 replacement), the runtime is restarted, the Temporal server is SIGKILLed and comes back
 on its database, and the API is restarted.
 
-Afterwards: every run ended in its expected state (`succeeded`), no command ran twice,
-every run's message was sent under one idempotency key, no run was stuck, the live
-client had no failed request (deploys never failed, so none is excused), and once the
-stack is stopped no process and no database session is left.
+One release is a broken version that never gets ready: its deploy fails, the old version
+keeps serving, and the run compensates (an undo command that counts its executions too).
+
+Afterwards: every run ended in its expected state (`succeeded`, the broken one
+`rolled_back`), no command or undo ran twice, every released run's message was sent under
+one idempotency key, no run was stuck, the live client had no failed request (a failing
+rollout never takes traffic, so none is excused), and once the stack is stopped no process
+and no database session is left.
 
 The bounded version (the defaults) runs in `make test` in about two minutes. `make chaos`
 sets `SHIPFLOW_CHAOS_RUNS`, `SHIPFLOW_CHAOS_WORKER_KILLS`, `SHIPFLOW_CHAOS_ROUNDS` higher
@@ -48,6 +52,8 @@ WORKER_KILLS = int(os.environ.get("SHIPFLOW_CHAOS_WORKER_KILLS", "4"))
 ROUNDS = int(os.environ.get("SHIPFLOW_CHAOS_ROUNDS", "1"))
 REPORT = os.environ.get("SHIPFLOW_CHAOS_REPORT")
 #: Every run must be over by then (generous: runs are queued one after the other).
+#: Which release (1-based) is a broken version that must be rolled back.
+BROKEN = int(os.environ.get("SHIPFLOW_CHAOS_BROKEN", str(max(1, RUNS // 2))))
 DEADLINE_S = float(os.environ.get("SHIPFLOW_CHAOS_DEADLINE_S", str(90 + 25 * RUNS)))
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(int(DEADLINE_S) + 240)]
@@ -64,14 +70,17 @@ target:
       port: {front}
       replicas: 2
       termination_grace: 3s
-      progress_deadline: 60s
+      progress_deadline: 15s
       probes:
         readiness: {{http: {{path: /healthz}}, period: 250ms, failure_threshold: 2}}
 concurrency: queue
 args:
   n: {{default: "0"}}
 steps:
-  - migrate: {{id: count, command: [sh, -c, "echo ran >> {counts}/run-${{args.n}}"]}}
+  - migrate:
+      id: count
+      command: [sh, -c, "echo ran >> {counts}/run-${{args.n}}"]
+      undo: {{command: [sh, -c, "echo undone >> {counts}/undo-${{args.n}}"]}}
   - wait: {{id: soak, duration: 1s}}
   # retries: a runtime that is down when a rollout *starts* fails the attempt (Transient);
   # the retry resumes the same rollout. Down in the middle of one is waited for.
@@ -307,11 +316,16 @@ def test_releases_survive_chaos(
     )
     assert answer.status_code in (200, 201), answer.text
 
+    # Every release but one succeeds; the one whose version is broken never gets ready:
+    # its deploy fails, the old version keeps serving, the run ends rolled_back.
     run_ids: list[str] = []
-    for n in range(1, RUNS + 1):
-        answer = _api(stack, "POST", "/flows/chaos/runs", json={"args": {"n": str(n)}})
+    expected: dict[str, str] = {}
+    names = [f"{n}-broken" if n == BROKEN else str(n) for n in range(1, RUNS + 1)]
+    for name in names:
+        answer = _api(stack, "POST", "/flows/chaos/runs", json={"args": {"n": name}})
         assert answer.status_code == 202, answer.text
         run_ids.append(answer.json()["run_id"])
+        expected[run_ids[-1]] = "rolled_back" if name.endswith("broken") else "succeeded"
 
     # The live client starts once the service exists (the first run's deploy).
     client = LiveClient(f"http://127.0.0.1:{front}/version")
@@ -360,7 +374,12 @@ def test_releases_survive_chaos(
         n: len((counts / f"run-{n}").read_text().splitlines())
         if (counts / f"run-{n}").exists()
         else 0
-        for n in range(1, RUNS + 1)
+        for n in names
+    }
+    undos = {
+        n: len((counts / f"undo-{n}").read_text().splitlines())
+        for n in names
+        if (counts / f"undo-{n}").exists()
     }
     by_run: dict[str, set[str]] = defaultdict(set)
     deliveries: Counter[str] = Counter()
@@ -383,6 +402,7 @@ def test_releases_survive_chaos(
         "states": Counter(body["state"] for body in states.values()),
         "stuck": stuck,
         "executions": executions,
+        "undos": undos,
         "deliveries": deliveries,
         "keys": {run: len(keys) for run, keys in by_run.items()},
         "events": chaos.events,
@@ -399,11 +419,14 @@ def test_releases_survive_chaos(
     assert chaos.error is None, chaos.error
     assert len(chaos.events) == len(chaos.plan), "not every planned kill happened"
     assert stuck == [], f"runs not over within {DEADLINE_S:g}s: {stuck}"
-    wrong = {r: b["state"] for r, b in states.items() if b["state"] != "succeeded"}
+    wrong = {r: b["state"] for r, b in states.items() if b["state"] != expected[r]}
     assert wrong == {}, {r: (states[r]["state"], states[r].get("error")) for r in wrong}
     twice = {n: c for n, c in executions.items() if c != 1}
     assert twice == {}, f"commands that did not run exactly once (run n: executions): {twice}"
-    assert set(by_run) == set(run_ids), f"runs without a message: {set(run_ids) - set(by_run)}"
+    broken = [n for n in names if n.endswith("broken")]
+    assert undos == dict.fromkeys(broken, 1), f"undo executions (1 expected): {undos}"
+    announced = {r for r in run_ids if expected[r] == "succeeded"}
+    assert set(by_run) == announced, f"messages: {set(by_run)}, expected for {announced}"
     assert all(len(keys) == 1 for keys in by_run.values()), by_run
     assert client.failed == [], f"{len(client.failed)} failed requests: {client.failed[:5]}"
     assert client.versions, "the live client got no answer at all"
@@ -463,17 +486,21 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         "deploy of 2 replicas behind a live HTTP client, a check, a notify to a loopback",
         "sink) on the embedded stack, while the worker is SIGKILLed, the runtime and the API",
         "are restarted and the Temporal server is SIGKILLed and comes back on its database.",
+        "One release is a broken version that never gets ready: it must end rolled_back, its",
+        "undo command run once, and the old version keep serving.",
         "",
         "| measure | value |",
         "|---|---|",
         f"| releases | {result['runs']} |",
         f"| wall time | {result['elapsed_s']} s |",
-        f"| final states | {dict(result['states'])} |",
+        f"| final states | {dict(result['states'])} (expected: all succeeded but release "
+        f"{BROKEN}, a broken version, rolled_back) |",
         f"| runs stuck (not over by the deadline) | {len(result['stuck'])} |",
         f"| kills and restarts | {dict(kills)} |",
         f"| restarts counted by the stack | {result['restarts']} |",
         f"| command executions per run (1 expected) | {sorted(Counter(result['executions'].values()).items())} (executions: runs) |",
         f"| runs whose command ran more than once | {sum(1 for c in result['executions'].values() if c > 1)} |",
+        f"| undo executions of the rolled-back release (1 expected) | {result['undos']} |",
         f"| webhook deliveries | {sum(result['deliveries'].values())} for {len(result['deliveries'])} runs |",
         f"| distinct idempotency keys per run (1 expected) | {sorted(Counter(result['keys'].values()).items())} (keys: runs) |",
         f"| live client requests | {client.requests} |",
