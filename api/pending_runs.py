@@ -85,6 +85,8 @@ async def _lookup(client: Client, run_id: str) -> RunStatus | None:
 
     Raises:
         RPCError, TimeoutError: Temporal did not answer (the row is left for later).
+        LookupError: a workflow with that id exists but shows no shipflow status (left
+            as it is: it was started, so "never started" would be wrong).
     """
     try:
         return await asyncio.wait_for(read_status(client, run_id), LOOKUP_TIMEOUT_S)
@@ -92,8 +94,6 @@ async def _lookup(client: Client, run_id: str) -> RunStatus | None:
         if e.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
-    except LookupError:  # a workflow with that id, but not a shipflow run
-        return None
 
 
 async def reconcile_pending(engine: Engine, client: Client, grace_s: float) -> Reconciled:
@@ -103,8 +103,8 @@ async def reconcile_pending(engine: Engine, client: Client, grace_s: float) -> R
     for row in await run_in_threadpool(stale_pending, engine, grace_s, now):
         try:
             found = await _lookup(client, row.run_id)
-        except (RPCError, TimeoutError) as e:
-            log.warning("pending run %s: Temporal did not answer (%s); later", row.run_id, e)
+        except (RPCError, TimeoutError, LookupError) as e:
+            log.warning("pending run %s: no status from Temporal (%s); later", row.run_id, e)
             done.skipped.append(row.run_id)
             continue
         if found is None:
