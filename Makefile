@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint typecheck unit demo dev bench services clean
+.PHONY: venv test lint typecheck unit demo dev bench chaos services clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "shipflow needs Python >= 3.11 (python3.11 or newer on PATH)"; exit 2; }
@@ -42,6 +42,12 @@ dev: venv
 
 bench: venv services
 	$(BIN)/python -m bench.run_all
+
+## chaos: the chaos suite, longer than its bounded run in `make test`; counts into docs/reliability.md.
+chaos: venv services
+	SHIPFLOW_CHAOS_RUNS=$${SHIPFLOW_CHAOS_RUNS:-16} SHIPFLOW_CHAOS_WORKER_KILLS=$${SHIPFLOW_CHAOS_WORKER_KILLS:-10} \
+	SHIPFLOW_CHAOS_ROUNDS=$${SHIPFLOW_CHAOS_ROUNDS:-3} SHIPFLOW_CHAOS_REPORT=docs/reliability.md \
+	$(BIN)/python -m tests.run -q tests/chaos
 
 clean:
 	rm -rf $(VENV) .shipflow .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,8 @@ in `api.deps`. Every error is `{"detail": ...}`; request validation errors use t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -25,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Authenticator, load_tokens
 from api.db import make_engine
 from api.hostile import RefuseUnstorableText, storage_error
+from api.pending_runs import reconcile_forever
 from api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
 from worker.client import connect
 from worker.codec import PayloadKeyError
@@ -95,7 +98,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.temporal = await connect(settings)
             if authenticator.open:
                 log.warning("no API tokens configured: the API is open to anyone (anonymous admin)")
-            yield
+            reconciler = asyncio.create_task(
+                reconcile_forever(
+                    app.state.engine,
+                    app.state.temporal,
+                    grace_s=settings.pending_grace_s,
+                    interval_s=settings.pending_reconcile_interval_s,
+                ),
+                name="reconcile pending runs",
+            )
+            try:
+                yield
+            finally:
+                reconciler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciler
         finally:
             app.state.engine.dispose()
 

@@ -2,7 +2,8 @@
 
 The row is written before the workflow starts, so no run can exist in Temporal without
 a record; if the start fails, the row says so. Writes are idempotent per run id, because
-the same commit (webhooks) or the same fire (schedules) maps to the same run.
+the same commit (webhooks) or the same fire (schedules) maps to the same run. A row left
+`pending` by an API that died between the two is settled by `api.pending_runs`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ worker polls its task queue, the API's /healthz is green) before starting the ne
 stops them in reverse order: SIGTERM, a grace period, then SIGKILL of the process group,
 so no process outlives the stack.
 
+While it runs, the stack supervises its children (`wait()` in the foreground, or
+`supervise_in_background()`): a child that dies is restarted with exponential back-off,
+each restart is logged with the exit code and counted (`restarts()`), and the stack gives
+up, stops everything and says why (`failure`) only when one child crashes more than
+`max_restarts` times within `restart_window_s`.
+
 Pieces written by other modules (the runtime, S3) are started only when their module
 exists; otherwise the stack says so and goes on without them.
 """
@@ -30,6 +36,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -160,6 +167,9 @@ class Child:
     own_group: bool = True
     grace_s: float = 10.0
     log_file: IO[bytes] | None = field(default=None, repr=False)
+    #: How often it was restarted, and when it crashed lately (monotonic seconds).
+    restarts: int = 0
+    crashes: list[float] = field(default_factory=list)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -191,6 +201,10 @@ class EmbeddedStack:
         keep_services: leave the local target's services running when the stack stops,
             for the next stack on the same data dir to adopt. By default they are stopped
             with everything else, so nothing outlives the stack.
+        max_restarts, restart_window_s: a child that crashes more than `max_restarts`
+            times within `restart_window_s` seconds is not restarted again: the stack stops.
+        backoff_s, max_backoff_s: the wait before a restart; it doubles with every crash
+            in the window, up to `max_backoff_s`.
     """
 
     def __init__(
@@ -207,6 +221,10 @@ class EmbeddedStack:
         extra_env: dict[str, str] | None = None,
         start_timeout_s: float = 60.0,
         keep_services: bool = False,
+        max_restarts: int = 5,
+        restart_window_s: float = 120.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 15.0,
     ):
         self.data_dir = Path(data_dir).resolve()
         self.logs_dir = self.data_dir / "logs"
@@ -227,6 +245,17 @@ class EmbeddedStack:
         self.notes: list[str] = []
         self._atexit_registered = False
         self._lock: IO[str] | None = None
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        #: Why the stack gave up (a child kept crashing); None while it is fine.
+        self.failure: str | None = None
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        # Held while children are checked, restarted or stopped: one of those at a time.
+        self._children_lock = threading.RLock()
+        self._supervisor: threading.Thread | None = None
 
     # ------------------------------------------------------------ addresses
 
@@ -351,6 +380,9 @@ class EmbeddedStack:
                 is stopped).
         """
         self.check_ports()
+        self._stopping.clear()
+        self._stopped.clear()
+        self.failure = None
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         if ensure_key_file(self.payload_key_file):
@@ -377,14 +409,21 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Stop every child, newest first: SIGTERM, wait its grace, then SIGKILL its group."""
-        while self.children:
-            child = self.children.pop()
-            if child.name == "runtime" and not self.keep_services and child.alive():
-                self._stop_services()
-            self._stop_child(child)
-        if self._lock is not None:
-            self._lock.close()  # releases the flock
-            self._lock = None
+        self._stopping.set()
+        with self._children_lock:
+            while self.children:
+                child = self.children.pop()
+                if child.name == "runtime" and not self.keep_services and child.alive():
+                    self._stop_services()
+                self._stop_child(child)
+            if self._lock is not None:
+                self._lock.close()  # releases the flock
+                self._lock = None
+        self._stopped.set()
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(timeout=30)
+            self._supervisor = None
 
     def _stop_services(self) -> None:
         """Ask the runtime to stop every service it runs (their processes outlive it otherwise)."""
@@ -429,19 +468,127 @@ class EmbeddedStack:
         self._lock = lock
 
     def dead_child(self) -> Child | None:
-        """A child that exited on its own, if any (the stack is then broken)."""
+        """A child that exited on its own, if any (until the supervisor restarts it)."""
         for child in self.children:
             if not child.alive():
                 return child
         return None
 
+    def restarts(self) -> dict[str, int]:
+        """How often each child was restarted since the stack started."""
+        return {c.name: c.restarts for c in self.children}
+
     def wait(self, poll_s: float = 0.5) -> Child:
-        """Block until a child exits on its own (Ctrl-C raises KeyboardInterrupt as usual)."""
+        """Supervise until a child keeps crashing; return it (`failure` says why).
+
+        Every child that exits on its own is restarted (see `supervise_once`). Ctrl-C
+        raises KeyboardInterrupt as usual; the caller then calls `stop()`.
+        """
         while True:
-            dead = self.dead_child()
-            if dead is not None:
-                return dead
-            time.sleep(poll_s)
+            given_up = self.supervise_once()
+            if given_up is not None:
+                return given_up
+            if self._stopping.wait(poll_s):
+                raise StackError("the stack was stopped")
+
+    def supervise_in_background(self, poll_s: float = 0.2) -> None:
+        """Supervise from a thread until `stop()`; a child that keeps crashing stops the stack.
+
+        The thread restarts children, so it is their parent thread for `--pdeathsig`: it
+        lives until the stack stops.
+        """
+        if self._supervisor is not None:
+            return
+
+        def loop() -> None:
+            while not self._stopping.wait(poll_s):
+                try:
+                    given_up = self.supervise_once()
+                except Exception as e:  # never die silently: say why and stop
+                    self.failure = f"the supervisor failed: {type(e).__name__}: {e}"
+                    given_up = None
+                if given_up is not None or self.failure is not None:
+                    self._say(f"error: {self.failure}")
+                    self.stop()
+                    return
+            # The children this thread restarted get SIGTERM when it ends (pdeathsig):
+            # end only once stop() has stopped them in order (services first).
+            self._stopped.wait(timeout=300)
+
+        self._supervisor = threading.Thread(target=loop, name="stack-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def supervise_once(self) -> Child | None:
+        """Restart every child that has exited; return one that keeps crashing, if any.
+
+        A child is restarted after a back-off that doubles with each crash within
+        `restart_window_s`; if it crashed more than `max_restarts` times in that window
+        it is left dead, `failure` says so and the child is returned.
+        """
+        with self._children_lock:
+            for child in list(self.children):
+                if self._stopping.is_set():
+                    return None
+                if child.alive() or child not in self.children:
+                    continue
+                now = time.monotonic()
+                child.crashes = [t for t in child.crashes if now - t < self.restart_window_s]
+                child.crashes.append(now)
+                code = child.proc.returncode
+                if len(child.crashes) > self.max_restarts:
+                    self.failure = (
+                        f"{child.name} exited with code {code} and crashed "
+                        f"{len(child.crashes)} times within {self.restart_window_s:g}s "
+                        f"(after {child.restarts} restarts); stopping the stack. Its log "
+                        f"({child.log_path}) ends with:\n{child.log_tail(1500)}"
+                    )
+                    return child
+                delay = min(self.backoff_s * 2 ** (len(child.crashes) - 1), self.max_backoff_s)
+                self._say(
+                    f"{child.name}: exited with code {code}; restarting it in {delay:.1f}s "
+                    f"(restart {child.restarts + 1}; {len(child.crashes)} crashes within "
+                    f"{self.restart_window_s:g}s)"
+                )
+                if self._stopping.wait(delay):
+                    return None
+                self._restart(child)
+        return None
+
+    def _restart(self, old: Child) -> None:
+        """Start `old`'s piece again in its place (same ports, data, log file)."""
+        starters: dict[str, Callable[[], _Pending | None]] = {
+            "temporal": self._start_temporal,
+            "runtime": self._start_runtime,
+            "s3": self._start_s3_pending,
+            "worker": self._start_worker,
+            "api": self._start_api,
+        }
+        index = self.children.index(old)
+        self.children.remove(old)
+        self._stop_child(old)  # reaps what it left in its group, closes its log
+        before = list(self.children)
+        try:
+            pending = starters[old.name]()
+        except StackError as e:
+            # Could not even start it: count it as one more crash on the next round.
+            self._say(f"{old.name}: restart failed: {e}")
+            self.children.insert(index, old)
+            return
+        new = next((c for c in self.children if c not in before), None)
+        if new is None:
+            return
+        self.children.remove(new)
+        self.children.insert(index, new)
+        new.restarts, new.crashes = old.restarts + 1, old.crashes
+        try:
+            self._await(pending)
+        except StackError as e:
+            self._say(f"{old.name}: not healthy after restart: {e}")
+            self._kill(new)  # seen dead on the next round: one more crash
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                new.proc.wait(timeout=5)
+            return
+        self._say(f"{new.name}: restarted (pid {new.proc.pid}, restart {new.restarts})")
 
     # ------------------------------------------------------------ pieces
 
@@ -492,6 +639,10 @@ class EmbeddedStack:
         child = self._spawn("runtime", argv, env=self.child_env())
         self._say(f"runtime: starting on {url}")
         return child, "the runtime's /healthz", lambda: _http_ok(f"{url}/healthz")
+
+    def _start_s3_pending(self) -> None:
+        """`_start_s3` for a restart: moto comes back empty, with the demo bucket."""
+        self._start_s3()
 
     def _start_s3(self) -> None:
         if not _module_exists("activities.s3"):
@@ -595,6 +746,8 @@ class EmbeddedStack:
     def _wait_for(self, child: Child, what: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
+            if self._stopping.is_set() and self._supervisor is not None:
+                raise StackError(f"{child.name}: the stack is stopping")
             if not child.alive():
                 raise StackError(
                     f"{child.name} exited with code {child.proc.returncode} while waiting for "

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     worker_lost_retries: int = Field(
         10, description="how often a step is resumed after its worker was lost (not a retry)"
     )
+    pending_grace_s: float = Field(
+        60.0, description="how long a run may stay `pending` before the API reconciles it"
+    )
+    pending_reconcile_interval_s: float = Field(
+        60.0, description="how often the API looks for runs left `pending` (also at its start)"
+    )
 
     payload_keys: SecretStr | None = Field(
         None,

@@ -471,9 +471,12 @@ class ReleaseWorkflow:
                 message=_plain(params["message"]),
                 headers=params.get("headers") or {},
                 run_state=self._status.state.value,
+                timeout_s=action.timeout_s,
             )
+            # Heartbeats (long_running=True): a worker lost during a slow webhook call is
+            # noticed within a heartbeat timeout and is not an attempt.
             return await self._attempts(
-                action, step, notify_io.SEND, note, notify_io.NotifyOutput, False
+                action, step, notify_io.SEND, note, notify_io.NotifyOutput, True
             )
         if kind == "backup":
             request = backup_io.BackupInput(
@@ -499,7 +502,7 @@ class ReleaseWorkflow:
                         from_stage=_plain(params["from"]), service=_plain(params["service"])
                     ),
                     deploy_io.PromotionOutput,
-                    False,
+                    True,  # a quick read: a heartbeat timeout bounds a lost worker
                 )
                 image = found["image"]
             rollout = self._rollout_input(action, params, image, purpose=kind)

@@ -8,6 +8,9 @@ from activities.models.common import StepContext
 
 SEND = "notify.send"
 
+#: The header (and, as `idempotency_key`, the body field) receivers deduplicate on.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
 
 class NotifyInput(BaseModel):
     context: StepContext
@@ -15,7 +18,11 @@ class NotifyInput(BaseModel):
     message: str
     headers: dict[str, str] = {}
     run_state: str | None = None
+    #: The step's timeout: one webhook call never takes longer (nor longer than 10 s).
+    timeout_s: float | None = None
 
 
 class NotifyOutput(BaseModel):
     status_code: int
+    #: What the request carried as `Idempotency-Key` (`<run>/<step>/<workflow run>`).
+    idempotency_key: str | None = None

@@ -632,16 +632,16 @@ def _keep_up(stack: EmbeddedStack, sink: NotifySink | None) -> int:
             err.print(f"note: {escape(note)}", style="yellow", highlight=False)
         out.print(
             f"use it: export SHIPFLOW_API={stack.api_url} SHIPFLOW_TOKEN=<token above>; "
-            "Ctrl-C stops everything",
+            "a crashed process is restarted; Ctrl-C stops everything",
             highlight=False,
             soft_wrap=True,
         )
+        # Crashed children are restarted (each restart is logged); this returns only
+        # when one keeps crashing.
         dead = stack.wait()
         err.print(
-            f"[red]error:[/red] {dead.name} exited with code {dead.proc.returncode}; "
-            + escape(
-                f"stopping the stack. Its log ({dead.log_path}) ends with:\n{dead.log_tail(1500)}"
-            ),
+            "[red]error:[/red] "
+            + escape(stack.failure or f"{dead.name} exited with code {dead.proc.returncode}"),
             highlight=False,
         )
         return EXIT_FAILED
