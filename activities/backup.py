@@ -1,7 +1,7 @@
 """Database backups to S3 (or a `file://` directory) and verified restores: the `backup`
 step and `undo: {restore}`.
 
-The functions here work on a `BackupStore` (`activities.stores`): `S3Store` below, or
+The functions here work on a `BackupStore` (`shipflow.activities.stores`): `S3Store` below, or
 `FileStore` for `file:///abs/dir/`, with the same layout, manifest, retention and
 verification; `open_store(url)` picks one. What follows describes S3; the file store
 writes a temporary file and renames it into place instead of a multipart upload.
@@ -32,9 +32,9 @@ so abandoned parts never accumulate. A restore downloads the object to a tempora
 file while hashing it and refuses a truncated or corrupt object before it touches the
 database. A PostgreSQL restore is exact: in one transaction it drops every user object
 the database has now (what a migration created after the backup included), then
-recreates everything from the dump (`activities.dbdump.pg_restore`); a failure rolls all
+recreates everything from the dump (`shipflow.activities.dbdump.pg_restore`); a failure rolls all
 of it back. By default it restores the dump's owners and grants too (`owners="keep"`;
-`"drop"` gives every object to the restoring user, see `activities.dbdump.pg_restore`).
+`"drop"` gives every object to the restoring user, see `shipflow.activities.dbdump.pg_restore`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from activities.dbdump import (
+from shipflow.activities.dbdump import (
     SUFFIXES,
     DatabaseKind,
     DatabaseUrl,
@@ -72,8 +72,8 @@ from activities.dbdump import (
     sqlite_version,
     tool_version,
 )
-from activities.envrefs import resolve_env, secret_values
-from activities.models.backup import (
+from shipflow.activities.envrefs import resolve_env, secret_values
+from shipflow.activities.models.backup import (
     CREATE,
     RESTORE,
     BackupInput,
@@ -81,10 +81,10 @@ from activities.models.backup import (
     RestoreInput,
     RestoreOutput,
 )
-from activities.models.common import StepContext
-from activities.progress import ActivityProgress
-from activities.s3 import S3Client, parse_s3_url, raise_s3_error
-from activities.stores import (
+from shipflow.activities.models.common import StepContext
+from shipflow.activities.progress import ActivityProgress
+from shipflow.activities.s3 import S3Client, parse_s3_url, raise_s3_error
+from shipflow.activities.stores import (
     DOWNLOAD_CHUNK,
     HEARTBEAT_EVERY_S,
     MANIFEST_SUFFIX,
@@ -96,8 +96,8 @@ from activities.stores import (
     corrupt,
     parse_file_url,
 )
-from worker.settings import Settings
-from workflows.redaction import redact
+from shipflow.worker.settings import Settings
+from shipflow.workflows.redaction import redact
 
 PART_SIZE = 8 * 1024 * 1024
 
@@ -654,7 +654,7 @@ def restore_backup(
     Size and sha256 come from the caller (the backup step's output) or, when not
     given, from the backup's manifest. Nothing touches the database before the whole
     object was downloaded and matched both. PostgreSQL ends up exactly as it was at
-    backup time, objects created since then dropped (see `activities.dbdump.pg_restore`).
+    backup time, objects created since then dropped (see `shipflow.activities.dbdump.pg_restore`).
 
     Raises:
         ApplicationError: missing, corrupt or mismatched backup (non-retryable); S3 failures.
@@ -723,7 +723,7 @@ class BackupActivities:
     """The backup and restore activities, given their S3 clients.
 
     Args:
-        s3_factory: `endpoint or None -> S3 client` (`activities.s3.S3Factory`).
+        s3_factory: `endpoint or None -> S3 client` (`shipflow.activities.s3.S3Factory`).
         settings: the worker's settings.
         part_size: multipart part size; tests use small parts.
     """

@@ -14,10 +14,10 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.envrefs import resolve_env, resolve_env_in, secret_values
-from activities.models.checks import PROBE, CheckInput, CheckOutput
-from workflows.redaction import redact
-from workflows.spec import CheckSpec
+from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
+from shipflow.activities.models.checks import PROBE, CheckInput, CheckOutput
+from shipflow.workflows.redaction import redact
+from shipflow.workflows.spec import CheckSpec
 
 
 class CheckActivities:

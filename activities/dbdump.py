@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from workflows.redaction import redact
+from shipflow.workflows.redaction import redact
 
 DatabaseKind = Literal["postgresql", "sqlite"]
 
@@ -49,7 +49,7 @@ def redact_url(url: str) -> str:
 
     It is what errors, logs, step outputs and backup metadata show, so a backup can be
     traced to its database without the credential travelling with it. A `password=`
-    query option is dropped too. Whatever is left goes through `workflows.redaction.redact`,
+    query option is dropped too. Whatever is left goes through `shipflow.workflows.redaction.redact`,
     so text that is not a URL at all (a libpq keyword DSN, `host=db password=secret`) comes
     back with its credentials masked rather than whole.
     """

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from activities.models.deploy import (
+from shipflow.activities.models.deploy import (
     RESOLVE_PROMOTION,
     ROLLOUT,
     PromotionInput,
@@ -23,10 +23,10 @@ from activities.models.deploy import (
     RolloutInput,
     RolloutOutput,
 )
-from activities.progress import ActivityProgress
-from activities.records import last_release, write_release
-from activities.targets.base import Progress, RolloutRequest, Target, TargetError
-from api.models import ReleaseRecord
+from shipflow.activities.progress import ActivityProgress
+from shipflow.activities.records import last_release, write_release
+from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
+from shipflow.api.models import ReleaseRecord
 
 
 class _DeployProgress:

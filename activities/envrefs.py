@@ -5,7 +5,7 @@ worker's environment and in the activity's memory for as long as the step runs.
 
 Only references the flow's author wrote are resolved: text substituted from a run's
 arguments or a step's output reaches the worker escaped (`$${`, see
-`workflows.templates`), and is handed on as those literal characters.
+`shipflow.workflows.templates`), and is handed on as those literal characters.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-from workflows.templates import TOKEN, expressions
+from shipflow.workflows.templates import TOKEN, expressions
 
 
 def resolve_env(text: str, environ: Mapping[str, str] | None = None) -> str:

@@ -9,10 +9,10 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.envrefs import redact, resolve_env, resolve_env_in, secret_values
-from activities.models.jobs import RUN_JOB, JobInput, JobOutput
-from activities.progress import ActivityProgress
-from activities.targets.base import JobFailed, JobRequest, Target, TargetError
+from shipflow.activities.envrefs import redact, resolve_env, resolve_env_in, secret_values
+from shipflow.activities.models.jobs import RUN_JOB, JobInput, JobOutput
+from shipflow.activities.progress import ActivityProgress
+from shipflow.activities.targets.base import JobFailed, JobRequest, Target, TargetError
 
 
 def job_name(run_id: str, step_id: str, purpose: str) -> str:

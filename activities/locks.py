@@ -11,7 +11,7 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.models.locks import (
+from shipflow.activities.models.locks import (
     ACQUIRE,
     CLOSED_RUNS,
     AcquireInput,
@@ -19,7 +19,7 @@ from activities.models.locks import (
     ClosedRunsInput,
     ClosedRunsOutput,
 )
-from workflows.stage_lock import StageLockInput, StageLockWorkflow, lock_id
+from shipflow.workflows.stage_lock import StageLockInput, StageLockWorkflow, lock_id
 
 
 class LockActivities:

@@ -15,7 +15,7 @@ from temporalio import activity
 
 
 class ActivityProgress:
-    """The `activities.targets.base.Progress` of the running activity."""
+    """The `shipflow.activities.targets.base.Progress` of the running activity."""
 
     def __init__(self, resume: dict[str, Any] | None = None, *, min_interval_s: float = 0.5):
         if resume is None:

@@ -27,8 +27,8 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from temporalio.exceptions import ApplicationError
 
-from worker.settings import Settings
-from workflows.redaction import redact
+from shipflow.worker.settings import Settings
+from shipflow.workflows.redaction import redact
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

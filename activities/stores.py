@@ -3,12 +3,12 @@
 A backup store holds dump objects under keys, each with a JSON manifest beside it
 (`<key>.json`, written last, so it marks the backup complete). Two implementations:
 
-- S3 (`activities.backup.S3Store`): a streamed multipart upload, for everything beyond
+- S3 (`shipflow.activities.backup.S3Store`): a streamed multipart upload, for everything beyond
   one machine;
 - the filesystem (`FileStore`, `file:///abs/dir/`): the embedded stack's default, so
   backups survive a restart of `shipflow dev` (moto keeps objects in memory only).
 
-Both have the same semantics, which `activities.backup` relies on: an upload streams
+Both have the same semantics, which `shipflow.activities.backup` relies on: an upload streams
 (bounded memory) and becomes visible only once complete (S3: the multipart upload is
 completed; files: a temporary file in the same directory is fsynced and atomically
 renamed), an abandoned attempt's leftovers are cleaned up by the next attempt on the same
@@ -32,8 +32,8 @@ from typing import IO, Any, Literal, Protocol
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 
-from activities.dbdump import DumpError
-from workflows.redaction import redact
+from shipflow.activities.dbdump import DumpError
+from shipflow.workflows.redaction import redact
 
 MANIFEST_SUFFIX = ".json"
 DOWNLOAD_CHUNK = 1024 * 1024

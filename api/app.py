@@ -2,7 +2,7 @@
 
 Importing this module connects to nothing: the Temporal client and the database engine
 are created once, by the app's lifespan, and kept on `app.state` for the dependencies
-in `api.deps`. Every error is `{"detail": ...}`; request validation errors use the same
+in `shipflow.api.deps`. Every error is `{"detail": ...}`; request validation errors use the same
 `[{"loc": "args.image", "msg": ...}]` shape as flow errors, so clients handle one format.
 """
 
@@ -24,14 +24,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import Authenticator, load_tokens
-from api.db import make_engine
-from api.hostile import RefuseUnstorableText, storage_error
-from api.pending_runs import reconcile_forever
-from api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
-from worker.client import connect
-from worker.codec import PayloadKeyError
-from worker.settings import Settings, get_settings
+from shipflow.api.auth import Authenticator, load_tokens
+from shipflow.api.db import make_engine
+from shipflow.api.hostile import RefuseUnstorableText, storage_error
+from shipflow.api.pending_runs import reconcile_forever
+from shipflow.api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
+from shipflow.worker.client import connect
+from shipflow.worker.codec import PayloadKeyError
+from shipflow.worker.settings import Settings, get_settings
 
 log = logging.getLogger("shipflow.api")
 
@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    """Serve the API on the host and port of `SHIPFLOW_API_URL` (`python -m api.app`)."""
+    """Serve the API on the host and port of `SHIPFLOW_API_URL` (`python -m shipflow.api.app`)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

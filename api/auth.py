@@ -6,7 +6,7 @@ file or environment does not leak a usable token. Tokens are compared with
 matched. A token value is never logged, echoed in an error, or stored.
 
 With no tokens configured the API is open: every caller is an anonymous admin. That is
-only allowed when `SHIPFLOW_OPEN_DEV_INSTANCE` says so (`api.app.create_app` refuses to
+only allowed when `SHIPFLOW_OPEN_DEV_INSTANCE` says so (`shipflow.api.app.create_app` refuses to
 start otherwise), so a deployment is never open by accident; `shipflow dev` configures a
 token and prints it.
 """
@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 TOKEN_PREFIX = "sf_"
 

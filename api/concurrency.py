@@ -12,8 +12,8 @@ import time
 
 from temporalio.client import Client
 
-from worker.starter import read_status
-from workflows.status import RunState, RunStatus
+from shipflow.worker.starter import read_status
+from shipflow.workflows.status import RunState, RunStatus
 
 DECISION_TIMEOUT_S = 15.0
 

@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from api.auth import Authenticator, AuthError, Caller, Role
-from worker.settings import Settings
+from shipflow.api.auth import Authenticator, AuthError, Caller, Role
+from shipflow.worker.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -1,7 +1,7 @@
 """The error bodies the API sends, as OpenAPI documents them.
 
 Every error is `{"detail": ...}`: a message, or for invalid input a list of
-`{"loc": "steps[2].deploy.image", "msg": "field required"}` (see `api.app`). Routers
+`{"loc": "steps[2].deploy.image", "msg": "field required"}` (see `shipflow.api.app`). Routers
 declare the codes they can answer with `responses=error_responses(...)`, so the
 OpenAPI document (and a client generated from it) matches what is sent.
 """

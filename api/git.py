@@ -2,10 +2,10 @@
 
 Nothing here does I/O, so every rule (which repository, which branch, which changed
 files start which flow, and with which arguments) is unit-tested without a server.
-`api.routes.hooks` does the signature checks, the database and the starting.
+`shipflow.api.routes.hooks` does the signature checks, the database and the starting.
 
 Glob rules, for `branches` and `paths`, are those of GitHub Actions filters (see
-`workflows.globs`: validated when a flow is applied, matched in linear time). Tags
+`shipflow.workflows.globs`: validated when a flow is applied, matched in linear time). Tags
 (`refs/tags/...`) never match a branch trigger.
 """
 
@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.hostile import bad_text
-from workflows.globs import GlobError, glob_match
-from workflows.plan import TEMPLATE
-from workflows.spec import FlowSpec, GitMatch, GitTrigger
+from shipflow.api.hostile import bad_text
+from shipflow.workflows.globs import GlobError, glob_match
+from shipflow.workflows.plan import TEMPLATE
+from shipflow.workflows.spec import FlowSpec, GitMatch, GitTrigger
 
 ZERO_SHA = "0" * 40
 SHORT_SHA = 7

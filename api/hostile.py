@@ -5,7 +5,7 @@ UTF-16 surrogate (`"\\ud800"` is valid JSON); either one reaching a query or a T
 payload used to be a 500. This middleware reads JSON request bodies (small, and parsed
 by the route anyway), walks their strings and answers 422 naming the first bad one; it
 also refuses a NUL in the URL (400) and YAML bodies that escape a surrogate. Webhook
-bodies are left to their own bounded, streamed reader (`api.routes.hooks`), which checks
+bodies are left to their own bounded, streamed reader (`shipflow.api.routes.hooks`), which checks
 the fields it uses. Anything that still gets through is turned into a 422 by
 `storage_error` instead of a 500.
 """

@@ -7,7 +7,7 @@ than a grace period (a start in progress takes milliseconds): when Temporal has 
 workflow, the row takes its real state; when it does not, the run was never started
 and the row is marked `failed` with a reason that says so. The error starts like a
 failed start's, so a redelivered webhook for the same commit starts the run after all
-(see `api.runs_index.insert_run`).
+(see `shipflow.api.runs_index.insert_run`).
 
 It runs once when the API starts and then every `pending_reconcile_interval_s`. Every
 write is conditional on the row still being `pending`, so it never overwrites what the
@@ -27,10 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.models import Run, utcnow
-from api.runs_index import START_FAILED
-from worker.starter import read_status
-from workflows.status import RunStatus
+from shipflow.api.models import Run, utcnow
+from shipflow.api.runs_index import START_FAILED
+from shipflow.worker.starter import read_status
+from shipflow.workflows.status import RunStatus
 
 log = logging.getLogger("shipflow.api.pending")
 

@@ -14,10 +14,10 @@ from typing import Any
 from pydantic import BaseModel
 from temporalio.client import Client
 
-from api.models import ReleaseRecord
-from workflows.plan import ActionPlan, GroupPlan, Plan, RetryPlan, UndoPlan
-from workflows.release import ReleaseInput
-from workflows.status import RunStatus, StepState
+from shipflow.api.models import ReleaseRecord
+from shipflow.workflows.plan import ActionPlan, GroupPlan, Plan, RetryPlan, UndoPlan
+from shipflow.workflows.release import ReleaseInput
+from shipflow.workflows.status import RunStatus, StepState
 
 
 class RecoveryError(ValueError):

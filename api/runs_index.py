@@ -3,7 +3,7 @@
 The row is written before the workflow starts, so no run can exist in Temporal without
 a record; if the start fails, the row says so. Writes are idempotent per run id, because
 the same commit (webhooks) or the same fire (schedules) maps to the same run. A row left
-`pending` by an API that died between the two is settled by `api.pending_runs`.
+`pending` by an API that died between the two is settled by `shipflow.api.pending_runs`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from api.models import Run, utcnow
+from shipflow.api.models import Run, utcnow
 
 #: How a failed start begins its error, so a retried delivery can recognise and redo it.
 START_FAILED = "could not start the run on Temporal"

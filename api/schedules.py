@@ -38,11 +38,11 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from worker.settings import Settings
-from worker.starter import RunLook, plan_for
-from workflows.plan import Plan
-from workflows.release import ReleaseInput, ReleaseWorkflow
-from workflows.spec import CronTrigger, FlowError, FlowSpec
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import RunLook, plan_for
+from shipflow.workflows.plan import Plan
+from shipflow.workflows.release import ReleaseInput, ReleaseWorkflow
+from shipflow.workflows.spec import CronTrigger, FlowError, FlowSpec
 
 PREFIX = "shipflow-"
 #: Key of the schedule's own memo that names its flow.

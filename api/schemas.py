@@ -1,8 +1,8 @@
 """Request and response models of the HTTP API.
 
-Table models stay in `api.models`; what the API shows of them is a `...Public` model,
+Table models stay in `shipflow.api.models`; what the API shows of them is a `...Public` model,
 so a column added to a table never leaks into responses by accident. Run status reuses
-`workflows.status.RunStatus`, the same shape the workflow query and memo have.
+`shipflow.workflows.status.RunStatus`, the same shape the workflow query and memo have.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import SQLModel
 
-from api.models import FlowBase
-from workflows.spec import FlowSpec, step_body, step_kind
-from workflows.status import RunStatus
+from shipflow.api.models import FlowBase
+from shipflow.workflows.spec import FlowSpec, step_body, step_kind
+from shipflow.workflows.status import RunStatus
 
 
 class FlowPublic(FlowBase):

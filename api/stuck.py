@@ -18,7 +18,7 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import Client, WorkflowExecutionDescription
 
-from api.schemas import Stuck
+from shipflow.api.schemas import Stuck
 
 #: A workflow task on its second attempt has failed once already (timeouts: see `stuck`).
 STUCK_AT_ATTEMPT = 2

@@ -73,11 +73,11 @@ def _child(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     from pydantic import BaseModel
     from temporalio.testing import ActivityEnvironment
 
-    from activities.backup import BackupActivities
-    from activities.models.backup import BackupInput, RestoreInput
-    from activities.models.common import StepContext
-    from activities.s3 import S3Factory
-    from worker.settings import Settings
+    from shipflow.activities.backup import BackupActivities
+    from shipflow.activities.models.backup import BackupInput, RestoreInput
+    from shipflow.activities.models.common import StepContext
+    from shipflow.activities.s3 import S3Factory
+    from shipflow.worker.settings import Settings
 
     settings = Settings(s3_endpoint=spec["endpoint"])
     factory = S3Factory(settings)
@@ -138,7 +138,7 @@ def main(scale: int = 70, *, payload_mb: int = 256, rounds: int = 2, keep_db: bo
     Returns:
         Timings (seconds), sizes (bytes), RSS (MB) and whether the targets were met.
     """
-    from activities.s3 import ensure_bucket, make_s3_client, start_local_s3
+    from shipflow.activities.s3 import ensure_bucket, make_s3_client, start_local_s3
 
     for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}.items():
         os.environ.setdefault(name, value)

@@ -17,7 +17,7 @@ growing) hits both alike:
 Choices that keep the comparison fair, each explained where it is made: the flows use
 `concurrency: allow` (the baseline takes no stage lock); this module is passed through
 the sandbox (a hand-written workflow module is tiny, this one carries the driver), while
-`workflows.release` is re-executed per workflow instance as in production; and bytecode
+`shipflow.workflows.release` is re-executed per workflow instance as in production; and bytecode
 is cached (as for an installed worker) even where PYTHONDONTWRITEBYTECODE is set. Besides
 wall time, each run's CPU time in this process and the history size of the last run of
 each side are reported: with a shared dev server's dispatch latency in every step, CPU
@@ -62,14 +62,14 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-    from activities.models import notify as notify_io
-    from activities.models import records as record_io
-    from activities.models.common import StepContext
-    from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
-    from worker.settings import Settings
-    from worker.starter import plan_for, start_release
-    from workflows.release import ReleaseWorkflow
-    from workflows.spec import FlowSpec, parse_flow
+    from shipflow.activities.models import notify as notify_io
+    from shipflow.activities.models import records as record_io
+    from shipflow.activities.models.common import StepContext
+    from shipflow.worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
+    from shipflow.worker.settings import Settings
+    from shipflow.worker.starter import plan_for, start_release
+    from shipflow.workflows.release import ReleaseWorkflow
+    from shipflow.workflows.spec import FlowSpec, parse_flow
 
 #: The activity options the interpreter gives a notify step (its default timeout is 30 s).
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
@@ -431,10 +431,10 @@ MODULE = "bench.orchestration"
 
 
 def bench_worker(client: Client, task_queue: str, noop: NoopActivities) -> Worker:
-    """One worker for both sides, configured like `worker.main.build_worker`.
+    """One worker for both sides, configured like `shipflow.worker.main.build_worker`.
 
     Both sides run in the same default workflow sandbox; only this module is passed
-    through it (the baseline's module), while `workflows.release` is re-executed for
+    through it (the baseline's module), while `shipflow.workflows.release` is re-executed for
     every new ReleaseWorkflow instance as in production: that cost is the interpreter's.
     """
     restrictions = SandboxRestrictions.default.with_passthrough_modules(MODULE)
@@ -618,7 +618,7 @@ def main(
 def _use_bytecode_cache() -> None:
     """Let the sandbox load workflow modules from bytecode, as an installed worker does.
 
-    The sandbox imports `workflows.release` afresh for every new workflow instance. An
+    The sandbox imports `shipflow.workflows.release` afresh for every new workflow instance. An
     installed package has compiled bytecode, but with PYTHONDONTWRITEBYTECODE set (this
     machine, many container images) there is none and every instance compiles the module
     from source (about 10 ms each on 2 cores). Caching bytecode in a temporary directory

@@ -87,7 +87,7 @@ def _wrk_load(url: str, seconds: float, concurrency: int) -> dict[str, float]:
 def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
     import httpx
 
-    from activities.targets.local.process import free_port
+    from shipflow.activities.targets.local.process import free_port
 
     tool = "wrk" if shutil.which("wrk") else "httpx"
     front = free_port()

@@ -43,13 +43,13 @@ def local_runtime(data_dir: Path) -> Iterator[str]:
     """A runtime process on a free port; every service removed and the runtime stopped after."""
     import httpx
 
-    from activities.targets.local.process import free_port
+    from shipflow.activities.targets.local.process import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(data_dir / "runtime.log", "ab")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "activities.targets.local.runtime", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "shipflow.activities.targets.local.runtime", "--data-dir", str(data_dir),
          "--port", str(port)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
@@ -96,10 +96,10 @@ class _Quiet:
 
 
 def main(replicas: int = 3, startup: float = 0.5, period: float = 0.2, reps: int = 3) -> dict[str, Any]:
-    from activities.targets.base import RolloutRequest
-    from activities.targets.local.process import free_port
-    from activities.targets.local.target import LocalTarget
-    from worker.settings import Settings
+    from shipflow.activities.targets.base import RolloutRequest
+    from shipflow.activities.targets.local.process import free_port
+    from shipflow.activities.targets.local.target import LocalTarget
+    from shipflow.worker.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="sf-rollout-bench-") as tmp, local_runtime(Path(tmp)) as url:
         spec = {"kind": "local", "services": {"web": demo_service(free_port(), replicas, startup, period)}}

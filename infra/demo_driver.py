@@ -26,10 +26,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from api.cli.client import ApiClient, ApiClientError
-from api.cli.main import endpoints_table, follow_run
-from infra.stack import EmbeddedStack, free_ports
-from workflows.status import RunState, RunStatus, StepState
+from shipflow.api.cli.client import ApiClient, ApiClientError
+from shipflow.api.cli.main import endpoints_table, follow_run
+from shipflow.infra.stack import EmbeddedStack, free_ports
+from shipflow.workflows.status import RunState, RunStatus, StepState
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows"
 

@@ -45,8 +45,8 @@ from typing import IO, Any
 
 import httpx
 
-from worker.client import SEARCH_ATTRIBUTES, dev_server_args
-from worker.codec import KEY_FILE_NAME, ensure_key_file
+from shipflow.worker.client import SEARCH_ATTRIBUTES, dev_server_args
+from shipflow.worker.codec import KEY_FILE_NAME, ensure_key_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN_NAME = "local-admin"
@@ -117,9 +117,9 @@ def free_ports(count: int) -> list[int]:
 
 
 def hash_admin_token(token: str) -> str:
-    """sha256 hex of the token, via `api.auth.hash_token` when the API module provides it."""
-    if importlib.util.find_spec("api.auth") is not None:
-        from api import auth
+    """sha256 hex of the token, via `shipflow.api.auth.hash_token` when the API module provides it."""
+    if importlib.util.find_spec("shipflow.api.auth") is not None:
+        from shipflow.api import auth
 
         hasher = getattr(auth, "hash_token", None)
         if hasher is not None:
@@ -128,8 +128,8 @@ def hash_admin_token(token: str) -> str:
 
 
 def new_admin_token() -> str:
-    if importlib.util.find_spec("api.auth") is not None:
-        from api import auth
+    if importlib.util.find_spec("shipflow.api.auth") is not None:
+        from shipflow.api import auth
 
         maker = getattr(auth, "new_token", None)
         if maker is not None:
@@ -621,15 +621,15 @@ class EmbeddedStack:
         return child, "Temporal to accept connections", self._temporal_ready
 
     def _start_runtime(self) -> _Pending | None:
-        if not _module_exists("activities.targets.local.runtime"):
+        if not _module_exists("shipflow.activities.targets.local.runtime"):
             self.notes.append("local runtime not available yet: local deploys will fail")
-            self._say("runtime: activities.targets.local.runtime does not exist; not started")
+            self._say("runtime: shipflow.activities.targets.local.runtime does not exist; not started")
             return None
         url = f"http://127.0.0.1:{self.runtime_port}"
         argv = [
             sys.executable,
             "-m",
-            "activities.targets.local.runtime",
+            "shipflow.activities.targets.local.runtime",
             "--data-dir",
             str(self.data_dir / "runtime"),
             "--port",
@@ -645,16 +645,16 @@ class EmbeddedStack:
         self._start_s3()
 
     def _start_s3(self) -> None:
-        if not _module_exists("activities.s3"):
+        if not _module_exists("shipflow.activities.s3"):
             self.notes.append("S3 not available yet: backup steps will fail")
-            self._say("s3: activities.s3 does not exist; not started")
+            self._say("s3: shipflow.activities.s3 does not exist; not started")
             return
-        from activities import s3
+        from shipflow.activities import s3
 
         starter = getattr(s3, "start_local_s3", None)
         if starter is None:
-            self.notes.append("activities.s3.start_local_s3 missing: S3 not started")
-            self._say("s3: activities.s3.start_local_s3 does not exist; not started")
+            self.notes.append("shipflow.activities.s3.start_local_s3 missing: S3 not started")
+            self._say("s3: shipflow.activities.s3.start_local_s3 does not exist; not started")
             return
         self._say(f"s3: starting moto on 127.0.0.1:{self.s3_port}")
         try:
@@ -670,7 +670,7 @@ class EmbeddedStack:
 
     def _prepare_s3(self, url: str) -> None:
         """Create the bucket the example flows back up to (moto accepts any credentials)."""
-        from activities.s3 import ensure_bucket, make_s3_client
+        from shipflow.activities.s3 import ensure_bucket, make_s3_client
 
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "shipflow-local")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "shipflow-local")
@@ -688,21 +688,21 @@ class EmbeddedStack:
         return path
 
     def _start_worker(self) -> _Pending:
-        argv = [sys.executable, "-m", "worker.main"]
+        argv = [sys.executable, "-m", "shipflow.worker.main"]
         # The worker's graceful shutdown is 10 s: give it that and a little more.
         child = self._spawn("worker", argv, env=self.child_env(), grace_s=15.0)
         self._say(f"worker: starting on task queue {self.task_queue}")
         return child, "the worker to poll its task queue", self._worker_polling
 
     def _start_api(self) -> _Pending | None:
-        if not _module_exists("api.app"):
-            self.notes.append("api.app does not exist yet: the HTTP API is not started")
-            self._say("api: api.app does not exist; not started")
+        if not _module_exists("shipflow.api.app"):
+            self.notes.append("shipflow.api.app does not exist yet: the HTTP API is not started")
+            self._say("api: shipflow.api.app does not exist; not started")
             return None
         argv = [
             sys.executable,
             "-m",
-            "api.cli.main",
+            "shipflow.api.cli.main",
             "api",
             "--host",
             "127.0.0.1",

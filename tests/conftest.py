@@ -19,14 +19,14 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY, dev_server_args, make_data_converter
-from worker.codec import parse_keys
-from worker.settings import Settings
+from shipflow.worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY, dev_server_args, make_data_converter
+from shipflow.worker.codec import parse_keys
+from shipflow.worker.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("SHIPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 #: The session's payload key: every client, test settings and worker subprocess encrypts
-#: with it, as in production. Set in the environment so `python -m worker.main` children
+#: with it, as in production. Set in the environment so `python -m shipflow.worker.main` children
 #: (crash tests) get it too; a developer's own SHIPFLOW_PAYLOAD_KEYS must not leak in.
 TEST_PAYLOAD_KEYS = "test-1:" + base64.b64encode(b"shipflow-test-payload-key-32byte").decode()
 os.environ["SHIPFLOW_PAYLOAD_KEYS"] = TEST_PAYLOAD_KEYS

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.worker import Worker
 
-from worker.main import build_worker
-from worker.settings import Settings
-from worker.starter import plan_for, read_status, start_release
-from workflows.release import ReleaseWorkflow
-from workflows.spec import FlowSpec, load_flow_text
-from workflows.status import RunStatus
+from shipflow.worker.main import build_worker
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import plan_for, read_status, start_release
+from shipflow.workflows.release import ReleaseWorkflow
+from shipflow.workflows.spec import FlowSpec, load_flow_text
+from shipflow.workflows.status import RunStatus
 
 T = TypeVar("T")
 

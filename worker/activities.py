@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from activities.checks import CheckActivities
-from activities.jobs import JobActivities
-from activities.locks import LockActivities
-from activities.notify import NotifyActivities
-from activities.records import RecordActivities
-from activities.targets import make_target
-from worker.settings import Settings
+from shipflow.activities.checks import CheckActivities
+from shipflow.activities.jobs import JobActivities
+from shipflow.activities.locks import LockActivities
+from shipflow.activities.notify import NotifyActivities
+from shipflow.activities.records import RecordActivities
+from shipflow.activities.targets import make_target
+from shipflow.worker.settings import Settings
 
 
 def build_activities(
@@ -46,13 +46,13 @@ def _optional(
     """Domains added by their own modules (deploy, backup)."""
     out: list[Callable[..., Any]] = []
     # deploy activities
-    from activities.deploy import DeployActivities
+    from shipflow.activities.deploy import DeployActivities
 
     deploy = DeployActivities(targets, engine)
     out += [deploy.rollout, deploy.resolve_promotion]
     # backup activities
-    from activities.backup import BackupActivities
-    from activities.s3 import S3Factory
+    from shipflow.activities.backup import BackupActivities
+    from shipflow.activities.s3 import S3Factory
 
     backups = BackupActivities(S3Factory(settings), settings)
     out += [backups.create, backups.restore]

@@ -4,7 +4,7 @@ httpx logs `HTTP Request: POST https://hooks.example/T0/B0/secret-token "HTTP/1.
 at INFO, and botocore/urllib3 log request URLs at DEBUG: the webhook tokens, presigned
 signatures and passwords in those URLs would land in `worker.log`. So their loggers are
 set to WARNING, and every handler of the root logger gets `RedactingFilter`, which puts
-each record's final text through `workflows.redaction.redact`: a URL or DSN logged on
+each record's final text through `shipflow.workflows.redaction.redact`: a URL or DSN logged on
 purpose (or quoted by an exception) keeps its host and loses its credentials.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from workflows.redaction import redact
+from shipflow.workflows.redaction import redact
 
 #: Loggers that print request lines (with full URLs) at INFO or DEBUG.
 CLIENT_LOGGERS = ("httpx", "httpcore", "urllib3", "botocore", "boto3", "s3transfer", "hpack")

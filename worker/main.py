@@ -1,6 +1,6 @@
 """The shipflow worker: registers ReleaseWorkflow and every activity, runs until stopped.
 
-`python -m worker.main` (or `shipflow worker`). SIGINT/SIGTERM shut it down cleanly, so
+`python -m shipflow.worker.main` (or `shipflow worker`). SIGINT/SIGTERM shut it down cleanly, so
 running activities get their cancellation and the process exits with the real status.
 """
 
@@ -15,13 +15,13 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from api.db import make_engine
-from worker.activities import build_activities
-from worker.client import connect
-from worker.logs import configure_logging
-from worker.settings import Settings, get_settings
-from workflows.release import ReleaseWorkflow
-from workflows.stage_lock import StageLockWorkflow
+from shipflow.api.db import make_engine
+from shipflow.worker.activities import build_activities
+from shipflow.worker.client import connect
+from shipflow.worker.logs import configure_logging
+from shipflow.worker.settings import Settings, get_settings
+from shipflow.workflows.release import ReleaseWorkflow
+from shipflow.workflows.stage_lock import StageLockWorkflow
 
 log = logging.getLogger("shipflow.worker")
 

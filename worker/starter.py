@@ -20,12 +20,12 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 
-from worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
-from worker.settings import Settings
-from workflows.plan import CompileOptions, Plan, compile
-from workflows.release import ReleaseInput, ReleaseWorkflow
-from workflows.spec import FlowSpec
-from workflows.status import RunState, RunStatus, initial_steps, memo_entries, status_from_memo
+from shipflow.worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
+from shipflow.worker.settings import Settings
+from shipflow.workflows.plan import CompileOptions, Plan, compile
+from shipflow.workflows.release import ReleaseInput, ReleaseWorkflow
+from shipflow.workflows.spec import FlowSpec
+from shipflow.workflows.status import RunState, RunStatus, initial_steps, memo_entries, status_from_memo
 
 
 def new_run_id(flow: str, commit: str | None = None) -> str:

@@ -10,7 +10,7 @@ so secrets never enter Temporal history. `${steps.<id>.<output>}` is resolved by
 interpreter from step outputs right before the step runs.
 
 A run's arguments are data, never code: each is substituted once, escaped so that no later
-reader takes a `${...}` in it for an expression (`workflows.templates`), percent-encoded in
+reader takes a `${...}` in it for an expression (`shipflow.workflows.templates`), percent-encoded in
 a URL's path or query, and held to the constraints its declaration sets. Where the text
 itself would decide what happens (the host of a URL, the start of a command argument) the
 author has to allow it with a `pattern`.
@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from workflows.spec import (
+from shipflow.workflows.spec import (
     ACTION_KINDS,
     STEP_OUTPUTS,
     CommandUndo,
@@ -36,8 +36,8 @@ from workflows.spec import (
     step_body,
     step_kind,
 )
-from workflows.templates import ESCAPED, TOKEN, expressions, join, substitute
-from workflows.templates import TEMPLATE as TEMPLATE  # re-exported: api.git reads trigger args
+from shipflow.workflows.templates import ESCAPED, TOKEN, expressions, join, substitute
+from shipflow.workflows.templates import TEMPLATE as TEMPLATE  # re-exported: shipflow.api.git reads trigger args
 
 NAMESPACES = ("args", "env", "steps", "git", "run")
 
@@ -167,7 +167,7 @@ def compile(
     """Compile a validated flow and a run's arguments into a Plan.
 
     Args:
-        flow: the flow, as validated by `workflows.spec.parse_flow`.
+        flow: the flow, as validated by `shipflow.workflows.spec.parse_flow`.
         args: run-time arguments; each must be declared in `flow.args`.
         env: if given, every `${env.X}` must exist in it (the values are never copied).
         context: extra namespaces known at start, e.g. `{"git": {"sha": ...}}`.

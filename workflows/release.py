@@ -33,20 +33,20 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     # Models live in their own module, imported once per worker: defining pydantic models
     # here would rebuild them for every workflow instance the sandbox creates.
-    from activities.models import backup as backup_io
-    from activities.models import checks as check_io
-    from activities.models import deploy as deploy_io
-    from activities.models import jobs as job_io
-    from activities.models import locks as lock_io
-    from activities.models import notify as notify_io
-    from activities.models import records as record_io
-    from activities.models.common import StepContext
-    from workflows.durations import parse_duration
-    from workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
-    from workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
-    from workflows.spec import CheckSpec, Probes
-    from workflows.stage_lock import GRANTED_SIGNAL, POSITION_SIGNAL, RELEASE_SIGNAL, lock_id
-    from workflows.status import (
+    from shipflow.activities.models import backup as backup_io
+    from shipflow.activities.models import checks as check_io
+    from shipflow.activities.models import deploy as deploy_io
+    from shipflow.activities.models import jobs as job_io
+    from shipflow.activities.models import locks as lock_io
+    from shipflow.activities.models import notify as notify_io
+    from shipflow.activities.models import records as record_io
+    from shipflow.activities.models.common import StepContext
+    from shipflow.workflows.durations import parse_duration
+    from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
+    from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
+    from shipflow.workflows.spec import CheckSpec, Probes
+    from shipflow.workflows.stage_lock import GRANTED_SIGNAL, POSITION_SIGNAL, RELEASE_SIGNAL, lock_id
+    from shipflow.workflows.status import (
         MEMO_KEY,
         STEP_MEMO_PREFIX,
         Approval,
@@ -58,7 +58,7 @@ with workflow.unsafe.imports_passed_through():
         initial_steps,
         memo_entries,
     )
-    from workflows.templates import literal
+    from shipflow.workflows.templates import literal
 
 __all__ = [
     "MEMO_KEY",
@@ -812,7 +812,7 @@ class ReleaseWorkflow:
 
 
 def _plain(value: Any) -> Any:
-    """The plain text of a field no activity resolves `${env.X}` in (see `workflows.templates`).
+    """The plain text of a field no activity resolves `${env.X}` in (see `shipflow.workflows.templates`).
 
     Fields the worker does resolve (commands, env, URLs, headers, database) stay encoded:
     `resolve_env` undoes the escapes itself, after it has filled in the author's references.

@@ -1,4 +1,4 @@
-"""Input, result and update models of `ReleaseWorkflow` (see `workflows.release`)."""
+"""Input, result and update models of `ReleaseWorkflow` (see `shipflow.workflows.release`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from workflows.plan import Plan
-from workflows.status import RunStatus
+from shipflow.workflows.plan import Plan
+from shipflow.workflows.status import RunStatus
 
 
 class ReleaseInput(BaseModel):

@@ -3,7 +3,7 @@
 Every step is a one-key mapping (`- deploy: {...}`); the key selects the model, so an
 error names the path the user wrote, e.g. `steps[2].parallel[0].deploy.image`.
 These models only check shape; cross-step rules (unique ids, references, arguments)
-live in `workflows.plan`.
+live in `shipflow.workflows.plan`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from workflows.durations import Duration
-from workflows.globs import check_glob
+from shipflow.workflows.durations import Duration
+from shipflow.workflows.globs import check_glob
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 STEP_ID_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$"

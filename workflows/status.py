@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from workflows.plan import Plan
-from workflows.templates import literal
+from shipflow.workflows.plan import Plan
+from shipflow.workflows.templates import literal
 
 
 class RunState(StrEnum):

@@ -10,7 +10,7 @@ inside it must stay those characters, never become the worker's secret.
 So substituted text is escaped on the way in: a `$` that would start `${` is written
 `$$`, which makes `$${` mean a literal `${` to every later reader. The author may write
 `$${` too, for a literal `${`. `literal()` turns the encoding back into plain text once
-nothing is left to resolve; `activities.envrefs.resolve_env` does the same while it
+nothing is left to resolve; `shipflow.activities.envrefs.resolve_env` does the same while it
 fills in `${env.X}`.
 
 One corner degrades safely rather than exactly: data ending in `$` directly before an

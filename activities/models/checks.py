@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from activities.models.common import StepContext
-from workflows.spec import CheckSpec
+from shipflow.activities.models.common import StepContext
+from shipflow.workflows.spec import CheckSpec
 
 PROBE = "check.probe"
 

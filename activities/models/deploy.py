@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from activities.models.common import StepContext
-from workflows.spec import Probes
+from shipflow.activities.models.common import StepContext
+from shipflow.workflows.spec import Probes
 
 ROLLOUT = "deploy.rollout"
 RESOLVE_PROMOTION = "deploy.resolve_promotion"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from activities.targets.base import Target
-from worker.settings import Settings
+from shipflow.activities.targets.base import Target
+from shipflow.worker.settings import Settings
 
 
 def make_target(spec: dict[str, Any], settings: Settings) -> Target:
@@ -16,11 +16,11 @@ def make_target(spec: dict[str, Any], settings: Settings) -> Target:
     """
     kind = spec.get("kind", "local")
     if kind == "local":
-        from activities.targets.local.target import LocalTarget
+        from shipflow.activities.targets.local.target import LocalTarget
 
         return LocalTarget(spec, settings)
     if kind == "kubernetes":
-        from activities.targets.kubernetes import KubernetesTarget
+        from shipflow.activities.targets.kubernetes import KubernetesTarget
 
         return KubernetesTarget(spec, settings)
     raise ValueError(f"unknown target kind {kind!r}")

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from workflows.spec import Probes
+from shipflow.workflows.spec import Probes
 
 
 class TargetError(Exception):

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from activities.targets.base import (
+from shipflow.activities.targets.base import (
     Conflict,
     Forbidden,
     Invalid,

@@ -27,7 +27,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from activities.targets.base import (
+from shipflow.activities.targets.base import (
     Conflict,
     Invalid,
     JobFailed,
@@ -41,9 +41,9 @@ from activities.targets.base import (
     TargetError,
     Transient,
 )
-from activities.targets.k8s_errors import CONNECTION_ERRORS, Cancelled, api_error, call
-from worker.settings import Settings
-from workflows.spec import Probe, Probes
+from shipflow.activities.targets.k8s_errors import CONNECTION_ERRORS, Cancelled, api_error, call
+from shipflow.worker.settings import Settings
+from shipflow.workflows.spec import Probe, Probes
 
 log = logging.getLogger(__name__)
 

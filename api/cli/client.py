@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from workflows.status import RunStatus
+from shipflow.workflows.status import RunStatus
 
 
 class ApiClientError(Exception):

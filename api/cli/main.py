@@ -25,15 +25,15 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from api.cli.client import ApiClient, ApiError, ApiUnreachable
-from api.cli.render import print_link, run_view, runs_table
-from worker.settings import get_settings
-from workflows.spec import FlowError, flow_json_schema, load_flow_text
-from workflows.status import RunState, RunStatus
+from shipflow.api.cli.client import ApiClient, ApiError, ApiUnreachable
+from shipflow.api.cli.render import print_link, run_view, runs_table
+from shipflow.worker.settings import get_settings
+from shipflow.workflows.spec import FlowError, flow_json_schema, load_flow_text
+from shipflow.workflows.status import RunState, RunStatus
 
 if TYPE_CHECKING:
-    from infra.demo_driver import NotifySink
-    from infra.stack import EmbeddedStack
+    from shipflow.infra.demo_driver import NotifySink
+    from shipflow.infra.stack import EmbeddedStack
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -51,8 +51,8 @@ flow_app = typer.Typer(
 )
 app.add_typer(flow_app, name="flow")
 
-if importlib.util.find_spec("api.cli.backup") is not None:
-    from api.cli.backup import app as backup_app
+if importlib.util.find_spec("shipflow.api.cli.backup") is not None:
+    from shipflow.api.cli.backup import app as backup_app
 
     app.add_typer(backup_app, name="backup")
 
@@ -145,8 +145,8 @@ def check_flow_text(text: str) -> tuple[str, int]:
     Raises:
         FlowError: every problem, each as `(path, message)`.
     """
-    from workflows.plan import compile
-    from workflows.spec import literal_secret_problems
+    from shipflow.workflows.plan import compile
+    from shipflow.workflows.spec import literal_secret_problems
 
     spec = load_flow_text(text)
     placeholders = {name: f"<{name}>" for name, arg in spec.args.items() if arg.default is None}
@@ -449,7 +449,7 @@ def _started_recovery(client: ApiClient, started: dict[str, Any], what: str, fol
 @app.command("worker")
 def worker() -> None:
     """Run the worker (ReleaseWorkflow and every activity) until SIGINT/SIGTERM."""
-    from worker.main import main as worker_main
+    from shipflow.worker.main import main as worker_main
 
     _check_payload_keys()
     worker_main()
@@ -457,8 +457,8 @@ def worker() -> None:
 
 def _check_payload_keys() -> None:
     """Malformed payload keys: exit 2 naming the setting, before connecting to anything."""
-    from worker.client import payload_keys
-    from worker.codec import PayloadKeyError
+    from shipflow.worker.client import payload_keys
+    from shipflow.worker.codec import PayloadKeyError
 
     try:
         payload_keys(get_settings())
@@ -477,11 +477,11 @@ def api(
     port: int | None = typer.Option(None, "--port", help="default: port of settings api_url"),
 ) -> None:
     """Serve the HTTP API with uvicorn."""
-    if importlib.util.find_spec("api.app") is None:
-        raise _fail("the API module (api.app) is not installed in this build", EXIT_FAILED)
+    if importlib.util.find_spec("shipflow.api.app") is None:
+        raise _fail("the API module (shipflow.api.app) is not installed in this build", EXIT_FAILED)
     import uvicorn
 
-    from api.app import create_app
+    from shipflow.api.app import create_app
 
     settings = get_settings()
     _check_payload_keys()
@@ -499,9 +499,9 @@ def runtime(
     port: int = typer.Option(7300, "--port"),
 ) -> None:
     """Run the local target's runtime (the processes of `target: local` services)."""
-    if importlib.util.find_spec("activities.targets.local.runtime") is None:
+    if importlib.util.find_spec("shipflow.activities.targets.local.runtime") is None:
         raise _fail("the local runtime is not part of this build yet", EXIT_FAILED)
-    from activities.targets.local.runtime import main as runtime_main
+    from shipflow.activities.targets.local.runtime import main as runtime_main
 
     raise typer.Exit(runtime_main(["--data-dir", str(data_dir), "--port", str(port)]))
 
@@ -557,7 +557,7 @@ def dev(
     It also listens for webhooks on 127.0.0.1:SINK_PORT and prints every message a
     `notify` step sends there (the demo flow's default), so flows can be tried offline.
     """
-    from infra.stack import EmbeddedStack
+    from shipflow.infra.stack import EmbeddedStack
 
     stack = EmbeddedStack(
         data_dir,
@@ -588,7 +588,7 @@ def _print_notification(body: dict[str, Any]) -> None:
 
 def _serve_stack(stack: EmbeddedStack, sink_port: int) -> int:
     """Start the stack, show where everything is, keep it up; stop it however this ends."""
-    from infra.demo_driver import NotifySink
+    from shipflow.infra.demo_driver import NotifySink
 
     sink: NotifySink | None = None
     if sink_port:
@@ -610,7 +610,7 @@ def _serve_stack(stack: EmbeddedStack, sink_port: int) -> int:
 
 
 def _keep_up(stack: EmbeddedStack, sink: NotifySink | None) -> int:
-    from infra.stack import PortInUse, StackError
+    from shipflow.infra.stack import PortInUse, StackError
 
     try:
         stack.start()
@@ -664,8 +664,8 @@ def demo(
     s3_port: int = typer.Option(0, "--s3-port", help="0: any free port"),
 ) -> None:
     """Start the stack, run the example release end to end, stop; exit 0 if all went as expected."""
-    from infra.demo_driver import run_demo
-    from infra.stack import PortInUse, StackError
+    from shipflow.infra.demo_driver import run_demo
+    from shipflow.infra.stack import PortInUse, StackError
 
     try:
         with _sigterm_as_interrupt():

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from workflows.status import RunState, RunStatus, StepState, StepStatus
+from shipflow.workflows.status import RunState, RunStatus, StepState, StepStatus
 
 STEP_STYLE: dict[StepState, tuple[str, str]] = {
     StepState.PENDING: ("·", "dim"),

@@ -30,10 +30,10 @@ from fastapi.routing import APIRoute
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from temporalio.api.common.v1 import Payload
 
-from api.auth import Caller, Role
-from api.deps import TemporalDep, get_caller, require
-from worker.codec import PayloadKeyError
-from worker.settings import Settings
+from shipflow.api.auth import Caller, Role
+from shipflow.api.deps import TemporalDep, get_caller, require
+from shipflow.worker.codec import PayloadKeyError
+from shipflow.worker.settings import Settings
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 ALLOWED_METHODS = "POST, OPTIONS"

@@ -18,16 +18,16 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from api.concurrency import wait_for_admission
-from api.deps import Admin, EngineDep, Operator, SessionDep, SettingsDep, TemporalDep, Viewer
-from api.errors import error_responses
-from api.models import Flow, FlowVersion, Run, utcnow
-from api.runs_index import insert_run, mark_start_failed
-from api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
-from api.schemas import FlowDetail, FlowPublic, RunAccepted, RunCreate, flow_summary
-from worker.settings import Settings
-from worker.starter import new_run_id, plan_for, start_release, ui_link
-from workflows.spec import (
+from shipflow.api.concurrency import wait_for_admission
+from shipflow.api.deps import Admin, EngineDep, Operator, SessionDep, SettingsDep, TemporalDep, Viewer
+from shipflow.api.errors import error_responses
+from shipflow.api.models import Flow, FlowVersion, Run, utcnow
+from shipflow.api.runs_index import insert_run, mark_start_failed
+from shipflow.api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
+from shipflow.api.schemas import FlowDetail, FlowPublic, RunAccepted, RunCreate, flow_summary
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import new_run_id, plan_for, start_release, ui_link
+from shipflow.workflows.spec import (
     FlowError,
     FlowSpec,
     GitTrigger,

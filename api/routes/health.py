@@ -17,9 +17,9 @@ from prometheus_client.exposition import generate_latest
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, MetricsAccess, TemporalDep
-from api.errors import error_responses
-from api.schemas import Health
+from shipflow.api.deps import EngineDep, MetricsAccess, TemporalDep
+from shipflow.api.errors import error_responses
+from shipflow.api.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -26,9 +26,9 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
-from api.deps import EngineDep, SettingsDep, TemporalDep
-from api.errors import error_responses
-from api.git import (
+from shipflow.api.deps import EngineDep, SettingsDep, TemporalDep
+from shipflow.api.errors import error_responses
+from shipflow.api.git import (
     Decision,
     PayloadError,
     PushEvent,
@@ -37,11 +37,11 @@ from api.git import (
     parse_gitlab_push,
     resolve_args,
 )
-from api.models import Flow, Run, WebhookDelivery, utcnow
-from api.runs_index import insert_run, mark_start_failed
-from worker.settings import Settings
-from worker.starter import new_run_id, plan_for, start_release, ui_link
-from workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
+from shipflow.api.models import Flow, Run, WebhookDelivery, utcnow
+from shipflow.api.runs_index import insert_run, mark_start_failed
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import new_run_id, plan_for, start_release, ui_link
+from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
 log = logging.getLogger("shipflow.hooks")
 

@@ -1,4 +1,4 @@
-"""`/runs/{id}/rollback` and `/runs/{id}/retry`: recovery runs, planned in `api.recovery`."""
+"""`/runs/{id}/rollback` and `/runs/{id}/retry`: recovery runs, planned in `shipflow.api.recovery`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import EngineDep, Operator, SettingsDep, TemporalDep
-from api.errors import error_responses
-from api.models import Flow, ReleaseRecord, Run
-from api.recovery import (
+from shipflow.api.deps import EngineDep, Operator, SettingsDep, TemporalDep
+from shipflow.api.errors import error_responses
+from shipflow.api.models import Flow, ReleaseRecord, Run
+from shipflow.api.recovery import (
     DataRestore,
     RecoveryError,
     load_run_input,
@@ -24,13 +24,13 @@ from api.recovery import (
     rollback_plan,
     services_to_roll_back,
 )
-from api.runs_index import insert_run, mark_start_failed
-from worker.settings import Settings
-from worker.starter import read_status, start_release, ui_link
-from workflows.plan import Plan
-from workflows.release import ReleaseInput
-from workflows.spec import load_flow_text
-from workflows.status import RunStatus
+from shipflow.api.runs_index import insert_run, mark_start_failed
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import read_status, start_release, ui_link
+from shipflow.workflows.plan import Plan
+from shipflow.workflows.release import ReleaseInput
+from shipflow.workflows.spec import load_flow_text
+from shipflow.workflows.status import RunStatus
 
 router = APIRouter(
     prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503)

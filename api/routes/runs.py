@@ -23,10 +23,10 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import Admin, EngineDep, Operator, SettingsDep, TemporalDep, Viewer
-from api.errors import error_responses
-from api.models import Run, utcnow
-from api.schemas import (
+from shipflow.api.deps import Admin, EngineDep, Operator, SettingsDep, TemporalDep, Viewer
+from shipflow.api.errors import error_responses
+from shipflow.api.models import Run, utcnow
+from shipflow.api.schemas import (
     ApproveRequest,
     RejectRequest,
     RunAccepted,
@@ -35,11 +35,11 @@ from api.schemas import (
     Stuck,
     TerminateRequest,
 )
-from api.stuck import stuck
-from worker.settings import Settings
-from worker.starter import read_status, ui_link
-from workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
-from workflows.status import RunState, RunStatus, StepStatus
+from shipflow.api.stuck import stuck
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import read_status, ui_link
+from shipflow.workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
+from shipflow.workflows.status import RunState, RunStatus, StepStatus
 
 router = APIRouter(
     prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503)
@@ -159,7 +159,7 @@ async def _live_status(client: Client, run_id: str) -> RunStatus:
 
 
 async def _stuck(client: Client, run_id: str) -> Stuck | None:
-    """Why a live run cannot make progress (see `api.stuck`), or None; never raises, since
+    """Why a live run cannot make progress (see `shipflow.api.stuck`), or None; never raises, since
     this only adds to an answer that is right without it."""
     try:
         description = await asyncio.wait_for(

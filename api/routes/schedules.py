@@ -27,14 +27,14 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import Admin, EngineDep, SettingsDep, TemporalDep, Viewer
-from api.errors import error_responses
-from api.models import Flow, Run
-from api.runs_index import insert_run
-from api.schedules import PREFIX, built_from, cron_triggers, schedule_id
-from worker.starter import ui_link
-from workflows.release import MEMO_KEY
-from workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
+from shipflow.api.deps import Admin, EngineDep, SettingsDep, TemporalDep, Viewer
+from shipflow.api.errors import error_responses
+from shipflow.api.models import Flow, Run
+from shipflow.api.runs_index import insert_run
+from shipflow.api.schedules import PREFIX, built_from, cron_triggers, schedule_id
+from shipflow.worker.starter import ui_link
+from shipflow.workflows.release import MEMO_KEY
+from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
 router = APIRouter(
     prefix="/flows",

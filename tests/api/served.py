@@ -1,4 +1,4 @@
-"""The API as its own process (`python -m api.app`), as a deployment runs it.
+"""The API as its own process (`python -m shipflow.api.app`), as a deployment runs it.
 
 Used where the process itself is what a test looks at: whether it starts at all, and
 how much memory it holds (read from /proc) while it is being sent a hostile request.
@@ -33,7 +33,7 @@ def api_env(settings_env: dict[str, str], data_dir: Path) -> tuple[dict[str, str
 
 
 class ApiProcess:
-    """`python -m api.app` in a subprocess; `rss_kb()` / `peak_rss_kb()` read /proc."""
+    """`python -m shipflow.api.app` in a subprocess; `rss_kb()` / `peak_rss_kb()` read /proc."""
 
     def __init__(self, settings_env: dict[str, str], data_dir: Path):
         env, self.url = api_env(settings_env, data_dir)
@@ -41,7 +41,7 @@ class ApiProcess:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "api.app"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "shipflow.api.app"], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:

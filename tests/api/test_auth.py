@@ -10,10 +10,10 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
-from api.app import create_app
-from api.auth import Authenticator, AuthError, Role, TokenEntry, hash_token, load_tokens, new_token
+from shipflow.api.app import create_app
+from shipflow.api.auth import Authenticator, AuthError, Role, TokenEntry, hash_token, load_tokens, new_token
 from tests.api.conftest import TOKENS, api_client, bearer, token_settings
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 CALLERS = ["none", "bad", "viewer", "operator", "admin"]

@@ -10,12 +10,12 @@ from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from api.db import make_engine
-from api.models import Flow, FlowVersion
+from shipflow.api.db import make_engine
+from shipflow.api.models import Flow, FlowVersion
 from tests.api.conftest import api_client
 from tests.helpers import wait_until
-from worker.settings import Settings
-from workflows.spec import load_flow_text
+from shipflow.worker.settings import Settings
+from shipflow.workflows.spec import load_flow_text
 
 FLOW = """
 apiVersion: shipflow/v1

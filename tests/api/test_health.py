@@ -11,13 +11,13 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
-from api.app import create_app
-from api.routes import runs as runs_routes
+from shipflow.api.app import create_app
+from shipflow.api.routes import runs as runs_routes
 from tests.api.conftest import api_client
 from tests.backup.proxy import TcpProxy
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import wait_until
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 
 async def test_served_by_uvicorn(settings: Settings) -> None:

@@ -10,10 +10,10 @@ import uuid
 
 from pydantic import SecretStr
 
-from api.hostile import find_bad_text
+from shipflow.api.hostile import find_bad_text
 from tests.api.conftest import api_client
 from tests.triggers.payloads import gitlab_headers, gitlab_push
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 FLOW = """
 apiVersion: shipflow/v1

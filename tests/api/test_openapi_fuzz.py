@@ -37,10 +37,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.app import create_app
+from shipflow.api.app import create_app
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.conftest import PG_ADMIN_URL, _pg_admin
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 GITHUB_SECRET = "fuzz-github-secret"
 GITLAB_TOKEN = "fuzz-gitlab-token"

@@ -13,12 +13,12 @@ from pathlib import Path
 from sqlmodel import Session
 from temporalio.client import Client
 
-from api.db import make_engine
-from api.models import Run, utcnow
-from api.runs_index import START_FAILED, insert_run
+from shipflow.api.db import make_engine
+from shipflow.api.models import Run, utcnow
+from shipflow.api.runs_index import START_FAILED, insert_run
 from tests.api.conftest import api_client
 from tests.helpers import finish, new_worker, start_flow, wait_until
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 FLOW = """
 apiVersion: shipflow/v1

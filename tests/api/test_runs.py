@@ -16,12 +16,12 @@ import pytest
 from sqlmodel import Session
 from temporalio.client import Client
 
-from api.db import make_engine
-from api.models import Run
-from api.routes import runs as runs_routes
+from shipflow.api.db import make_engine
+from shipflow.api.models import Run
+from shipflow.api.routes import runs as runs_routes
 from tests.api.conftest import Hooks, api_client
 from tests.helpers import new_worker, wait_until
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 FULL = """
 apiVersion: shipflow/v1

@@ -21,11 +21,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.cli.main import app as cli
+from shipflow.api.app import create_app
+from shipflow.api.cli.main import app as cli
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.helpers import wait_until
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 BUG = "interpreter bug: cannot read the plan"
 

@@ -22,9 +22,9 @@ import psycopg
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from activities.backup import BackupActivities
-from activities.s3 import S3Client, S3Factory, ensure_bucket, make_s3_client, start_local_s3
-from worker.settings import Settings
+from shipflow.activities.backup import BackupActivities
+from shipflow.activities.s3 import S3Client, S3Factory, ensure_bucket, make_s3_client, start_local_s3
+from shipflow.worker.settings import Settings
 
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",

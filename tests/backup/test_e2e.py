@@ -7,11 +7,11 @@ import json
 import pytest
 from temporalio.client import Client
 
-from activities.s3 import S3Client
+from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import pg_rows, pg_schema, psql
 from tests.backup.test_postgres import BREAK, SCHEMA
 from tests.helpers import decoded_history_text, new_worker, run_flow
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 FLOW = """
 apiVersion: shipflow/v1

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.backup import BackupActivities
-from activities.dbdump import redact_url
-from activities.models.backup import BackupInput, RestoreInput
-from activities.s3 import S3Client, S3Factory
+from shipflow.activities.backup import BackupActivities
+from shipflow.activities.dbdump import redact_url
+from shipflow.activities.models.backup import BackupInput, RestoreInput
+from shipflow.activities.s3 import S3Client, S3Factory
 from tests.backup.conftest import (
     TEST_PART_SIZE,
     ScramPg,
@@ -22,7 +22,7 @@ from tests.backup.conftest import (
 )
 from tests.backup.proxy import TcpProxy
 from tests.backup.test_postgres import context
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 BIG = """
 CREATE TABLE blobs (id int PRIMARY KEY, data bytea);
@@ -158,7 +158,7 @@ def test_wrong_password_is_permanent_and_never_shown(
 
 
 def test_password_is_not_on_the_command_line(scram_pg: ScramPg) -> None:
-    from activities.dbdump import PgDump, parse_database
+    from shipflow.activities.dbdump import PgDump, parse_database
 
     dump = PgDump(parse_database(scram_pg.url(scram_pg.password)))
     try:
@@ -289,7 +289,7 @@ def test_s3_client_errors_map_to_retry_semantics(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from activities.s3 import raise_s3_error
+    from shipflow.activities.s3 import raise_s3_error
 
     failure = ClientError({"Error": {"Code": code, "Message": "nope"}}, "PutObject")
     with pytest.raises(ApplicationError) as info:

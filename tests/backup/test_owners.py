@@ -21,15 +21,15 @@ import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.backup import BackupActivities
-from activities.models.backup import BackupInput, BackupOutput, RestoreInput
+from shipflow.activities.backup import BackupActivities
+from shipflow.activities.models.backup import BackupInput, BackupOutput, RestoreInput
 from tests.backup.conftest import psql, run_activity, run_failing
 from tests.backup.test_postgres import context
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import new_worker, run_flow
-from worker.settings import Settings
-from workflows.plan import compile
-from workflows.spec import FlowError, load_flow_text
+from shipflow.worker.settings import Settings
+from shipflow.workflows.plan import compile
+from shipflow.workflows.spec import FlowError, load_flow_text
 
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS citext;

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.backup import BackupActivities, S3Store, list_backups
-from activities.dbdump import DumpError, PgDump, parse_database, pg_restore, redact_url
-from activities.models.backup import BackupInput, BackupOutput, RestoreInput
-from activities.models.common import StepContext
-from activities.s3 import S3Client
+from shipflow.activities.backup import BackupActivities, S3Store, list_backups
+from shipflow.activities.dbdump import DumpError, PgDump, parse_database, pg_restore, redact_url
+from shipflow.activities.models.backup import BackupInput, BackupOutput, RestoreInput
+from shipflow.activities.models.common import StepContext
+from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import (
     TEST_PART_SIZE,
     ScramPg,

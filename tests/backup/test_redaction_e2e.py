@@ -3,7 +3,7 @@
 The repro: a backup step whose `database:` is a libpq keyword DSN (`host=… password='…'`),
 which the backup cannot parse. Today's message echoed it whole into the run status,
 Temporal history, the SQL database and the worker's log. The worker runs here as its own process
-(`python -m worker.main`, its real logging setup) with the log captured like
+(`python -m shipflow.worker.main`, its real logging setup) with the log captured like
 `shipflow dev` captures `worker.log`; a notify step to a webhook URL with a token also
 runs, so the log would show httpx's request line if client request logging were on.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 from sqlmodel import Session
 from temporalio.client import Client
 
-from api.db import make_engine
-from api.models import Run
+from shipflow.api.db import make_engine
+from shipflow.api.models import Run
 from tests.api.conftest import api_client
 from tests.helpers import HttpSink, finish, start_flow
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 PASSWORD = "Redact Me 99"
 TOKEN = "NotifyTok4242"
@@ -52,7 +52,7 @@ def start_worker(settings: Settings, log: Path, dsn: str) -> subprocess.Popen[by
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.main"],
+            [sys.executable, "-m", "shipflow.worker.main"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

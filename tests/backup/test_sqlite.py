@@ -9,9 +9,9 @@ from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from activities.backup import BackupActivities
-from activities.models.backup import BackupInput, RestoreInput
-from activities.s3 import S3Client
+from shipflow.activities.backup import BackupActivities
+from shipflow.activities.models.backup import BackupInput, RestoreInput
+from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import TEST_PART_SIZE, run_activity, run_failing
 from tests.backup.test_postgres import context
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from activities.s3 import S3Client
+from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import psql
 from tests.helpers import finish, new_worker, start_flow, wait_until
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ async def test_worker_killed_mid_backup(
     }
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "worker.main"],
+        [sys.executable, "-m", "shipflow.worker.main"],
         cwd=ROOT,
         env=env,
         stdout=log,

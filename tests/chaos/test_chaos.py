@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack import EmbeddedStack, free_ports
 from tests.cli.test_stack import _alive, _processes_in_groups
 
 SEED = int(os.environ.get("SHIPFLOW_CHAOS_SEED", "1010"))

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from api.cli.main import app
-from infra.demo_driver import SCENARIOS
-from infra.stack import REPO_ROOT, Child, EmbeddedStack, StackError, free_ports, port_is_free
+from shipflow.api.cli.main import app
+from shipflow.infra.demo_driver import SCENARIOS
+from shipflow.infra.stack import REPO_ROOT, Child, EmbeddedStack, StackError, free_ports, port_is_free
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -53,7 +53,7 @@ def _in_groups(groups: set[int]) -> list[int]:
 def test_dev_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
     api, temporal, ui, runtime, s3, sink = free_ports(6)
     argv = [
-        sys.executable, "-m", "api.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
+        sys.executable, "-m", "shipflow.api.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
         "--api-port", str(api), "--temporal-port", str(temporal), "--ui-port", str(ui),
         "--runtime-port", str(runtime), "--s3-port", str(s3), "--sink-port", str(sink),
     ]  # fmt: skip

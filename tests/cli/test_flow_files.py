@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api.cli.client import ApiError, detail_problems
-from api.cli.main import app
-from infra.stack import EmbeddedStack, PortInUse, StackError, free_ports
-from workflows.spec import flow_json_schema
+from shipflow.api.cli.client import ApiError, detail_problems
+from shipflow.api.cli.main import app
+from shipflow.infra.stack import EmbeddedStack, PortInUse, StackError, free_ports
+from shipflow.workflows.spec import flow_json_schema
 
 runner = CliRunner()
 FLOWS = Path(__file__).resolve().parents[2] / "infra" / "flows"

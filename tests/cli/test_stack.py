@@ -18,9 +18,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from api.cli.client import ApiClient
-from api.cli.main import app
-from infra.demo_driver import (
+from shipflow.api.cli.client import ApiClient
+from shipflow.api.cli.main import app
+from shipflow.infra.demo_driver import (
     BASE_ARGS,
     DEFAULT_PORTS,
     FLOW_FILES,
@@ -30,8 +30,8 @@ from infra.demo_driver import (
     apply_flows,
     run_scenarios,
 )
-from infra.stack import Child, EmbeddedStack, free_ports
-from workflows.status import RunState
+from shipflow.infra.stack import Child, EmbeddedStack, free_ports
+from shipflow.workflows.status import RunState
 
 runner = CliRunner()
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from infra.stack import EmbeddedStack, free_ports, temporal_binary
+from shipflow.infra.stack import EmbeddedStack, free_ports, temporal_binary
 from tests.api.test_codec import all_text, payloads_in
-from worker.codec import KEY_FILE_NAME
+from shipflow.worker.codec import KEY_FILE_NAME
 
 FLOW = """\
 apiVersion: shipflow/v1

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack import EmbeddedStack, free_ports
 from tests.cli.test_stack import _alive, apply, cli, run_id_of, wait_state
 
 SAID: list[str] = []
@@ -133,12 +133,12 @@ def test_shipflow_dev_restarts_a_killed_worker_and_still_stops_on_ctrl_c(tmp_pat
     import subprocess
     import sys
 
-    from infra.stack import REPO_ROOT
+    from shipflow.infra.stack import REPO_ROOT
     from tests.cli.test_dev import _children, _stat
 
     api, temporal, ui, runtime, s3 = free_ports(5)
     argv = [
-        sys.executable, "-m", "api.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
+        sys.executable, "-m", "shipflow.api.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
         "--api-port", str(api), "--temporal-port", str(temporal), "--ui-port", str(ui),
         "--runtime-port", str(runtime), "--s3-port", str(s3), "--sink-port", "0",
     ]  # fmt: skip
@@ -150,7 +150,7 @@ def test_shipflow_dev_restarts_a_killed_worker_and_still_stops_on_ctrl_c(tmp_pat
     def worker_pid() -> int | None:
         for pid in _children(proc.pid):
             try:
-                if b"worker.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if b"shipflow.worker.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     return pid
             except OSError:
                 continue

@@ -16,7 +16,7 @@ from temporalio.client import Client
 
 from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 from tests.k8s.emulator import KubeEmulator
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +142,7 @@ async def test_worker_killed_mid_watch_resumes_and_patches_once(
         "PYTHONPATH": str(REPO),
     }
     log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "worker.main"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "shipflow.worker.main"], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         handle = await start_flow(temporal_client, settings, text)
@@ -221,7 +221,7 @@ async def test_worker_killed_mid_job_reattaches_to_it_and_creates_no_second_job(
         "PYTHONPATH": str(REPO),
     }
     log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "worker.main"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "shipflow.worker.main"], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         handle = await start_flow(temporal_client, settings, text)

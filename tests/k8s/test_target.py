@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from activities.targets.base import (
+from shipflow.activities.targets.base import (
     Conflict,
     Forbidden,
     Invalid,
@@ -21,12 +21,12 @@ from activities.targets.base import (
     RolloutRequest,
     Transient,
 )
-from activities.targets.k8s_errors import Cancelled
-from activities.targets.kubernetes import KubernetesTarget, probe_to_k8s
+from shipflow.activities.targets.k8s_errors import Cancelled
+from shipflow.activities.targets.kubernetes import KubernetesTarget, probe_to_k8s
 from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
 from tests.k8s.emulator import KubeEmulator
-from worker.settings import Settings
-from workflows.spec import Probe, Probes
+from shipflow.worker.settings import Settings
+from shipflow.workflows.spec import Probe, Probes
 
 SETTINGS = Settings(heartbeat_timeout_s=4)
 

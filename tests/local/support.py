@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from activities.targets.base import RolloutRequest
-from activities.targets.local.process import free_port, kill_now, pid_alive
-from activities.targets.local.target import LocalTarget
-from worker.settings import Settings
+from shipflow.activities.targets.base import RolloutRequest
+from shipflow.activities.targets.local.process import free_port, kill_now, pid_alive
+from shipflow.activities.targets.local.target import LocalTarget
+from shipflow.worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_APP = str(ROOT / "infra" / "demo" / "app.py")
@@ -49,7 +49,7 @@ def demo_service(
 
 
 class RuntimeProcess:
-    """`python -m activities.targets.local.runtime` as a child process, restartable."""
+    """`python -m shipflow.activities.targets.local.runtime` as a child process, restartable."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
@@ -76,7 +76,7 @@ class RuntimeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "activities.targets.local.runtime", "--data-dir",
+            [sys.executable, "-m", "shipflow.activities.targets.local.runtime", "--data-dir",
              str(self.data_dir), "--port", str(self.port)],
             cwd=ROOT,
             stdout=out,

@@ -1,6 +1,6 @@
 """A local command step runs at most once per attempt, whatever happens to its worker.
 
-A worker (a real `worker.main` process) is SIGKILLed (or stopped with SIGTERM) early in a
+A worker (a real `shipflow.worker.main` process) is SIGKILLed (or stopped with SIGTERM) early in a
 command; a new worker resumes the step after the heartbeat timeout (3 s in tests), or
 after the stopped worker's grace period (10 s). The command's side effect,
 a line appended to a counter file, must happen exactly once, the step must show one
@@ -17,8 +17,8 @@ from temporalio.client import Client
 
 from tests.helpers import finish, new_worker, start_flow, wait_until
 from tests.workflows.test_durability import spawn_worker
-from worker.settings import Settings
-from workflows.status import RunStatus
+from shipflow.worker.settings import Settings
+from shipflow.workflows.status import RunStatus
 
 
 def command_flow(name: str, counter: Path, marker: Path, seconds: int) -> str:

@@ -10,13 +10,13 @@ from sqlmodel import Session, select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.deploy import DeployActivities
-from activities.models.common import StepContext
-from activities.models.deploy import PromotionInput, RolloutInput
-from activities.targets import make_target
-from activities.targets.local.process import free_port
-from api.db import make_engine
-from api.models import ReleaseRecord
+from shipflow.activities.deploy import DeployActivities
+from shipflow.activities.models.common import StepContext
+from shipflow.activities.models.deploy import PromotionInput, RolloutInput
+from shipflow.activities.targets import make_target
+from shipflow.activities.targets.local.process import free_port
+from shipflow.api.db import make_engine
+from shipflow.api.models import ReleaseRecord
 from tests.local.support import RuntimeProcess, demo_service
 
 pytestmark = pytest.mark.postgres

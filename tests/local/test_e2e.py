@@ -13,12 +13,12 @@ from pathlib import Path
 from sqlmodel import Session, select
 from temporalio.client import Client
 
-from activities.targets.local.process import free_port, pid_alive
-from api.db import make_engine
-from api.models import ReleaseRecord
+from shipflow.activities.targets.local.process import free_port, pid_alive
+from shipflow.api.db import make_engine
+from shipflow.api.models import ReleaseRecord
 from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 from tests.local.support import ROOT, Load, RuntimeProcess, demo_service
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 
 def flow(runtime: RuntimeProcess, port: int, *, replicas: int = 2, env: dict[str, str] | None = None,
@@ -88,7 +88,7 @@ def start_worker(settings: Settings, runtime: RuntimeProcess, log: Path) -> subp
     }
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.main"], cwd=ROOT, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "shipflow.worker.main"], cwd=ROOT, env=env, stdout=out, stderr=out
         )
 
 

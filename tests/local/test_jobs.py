@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from activities.targets.base import JobFailed, JobRequest, TargetError
-from activities.targets.local.jobs import Job, JobStore, _checked, run_local_job
-from activities.targets.local.process import pid_alive
+from shipflow.activities.targets.base import JobFailed, JobRequest, TargetError
+from shipflow.activities.targets.local.jobs import Job, JobStore, _checked, run_local_job
+from shipflow.activities.targets.local.process import pid_alive
 from tests.local.support import Beats
 
 

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from activities.targets.base import TargetError
-from activities.targets.local.process import free_port
-from activities.targets.local.target import LocalTarget
+from shipflow.activities.targets.base import TargetError
+from shipflow.activities.targets.local.process import free_port
+from shipflow.activities.targets.local.target import LocalTarget
 from tests.local.support import Load, RuntimeProcess, demo_service, make_target, request
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 WRONG = "not-the-key-" + "x" * 20
 

@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.models import ReleaseRecord
-from api.recovery import RecoveryError, retry_input, rollback_plan, services_to_roll_back
-from workflows.plan import compile
-from workflows.release import ReleaseInput
-from workflows.spec import load_flow_text
-from workflows.status import RunState, RunStatus, StepState, StepStatus, initial_steps
+from shipflow.api.models import ReleaseRecord
+from shipflow.api.recovery import RecoveryError, retry_input, rollback_plan, services_to_roll_back
+from shipflow.workflows.plan import compile
+from shipflow.workflows.release import ReleaseInput
+from shipflow.workflows.spec import load_flow_text
+from shipflow.workflows.status import RunState, RunStatus, StepState, StepStatus, initial_steps
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TARGET = {"kind": "local", "services": {}}

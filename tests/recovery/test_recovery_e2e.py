@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-from activities.targets.local.process import free_port
+from shipflow.activities.targets.local.process import free_port
 from tests.api.conftest import api_client
 from tests.helpers import new_worker, wait_until
 from tests.local.support import ROOT, RuntimeProcess, demo_service
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 MIGRATE = str(ROOT / "infra" / "demo" / "migrate.py")
 

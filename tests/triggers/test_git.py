@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.git import (
+from shipflow.api.git import (
     PayloadError,
     decide,
     glob_match,
@@ -14,7 +14,7 @@ from api.git import (
     resolve_args,
 )
 from tests.triggers.payloads import ZERO, github_push, gitlab_push
-from workflows.spec import load_flow_text
+from shipflow.workflows.spec import load_flow_text
 
 
 def flow(*triggers: str, name: str = "web") -> str:

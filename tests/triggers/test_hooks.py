@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.models import Run, WebhookDelivery
+from shipflow.api.models import Run, WebhookDelivery
 from tests.helpers import HttpSink, new_worker, wait_until
 from tests.triggers.conftest import api, apply, unique
 from tests.triggers.payloads import (
@@ -23,8 +23,8 @@ from tests.triggers.payloads import (
     gitlab_push,
     new_sha,
 )
-from worker.settings import Settings
-from workflows.release import MEMO_KEY
+from shipflow.worker.settings import Settings
+from shipflow.workflows.release import MEMO_KEY
 
 SECRET = "It's a Secret to Everybody"
 TOKEN = "gl-token-123"

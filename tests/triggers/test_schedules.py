@@ -16,8 +16,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.auth import hash_token
-from api.schedules import (
+from shipflow.api.auth import hash_token
+from shipflow.api.schedules import (
     built_from,
     flow_schedule_ids,
     sync_schedules,
@@ -26,8 +26,8 @@ from api.schedules import (
 )
 from tests.helpers import new_worker, wait_until
 from tests.triggers.conftest import api, apply, unique
-from worker.settings import Settings
-from workflows.spec import FlowError, load_flow_text
+from shipflow.worker.settings import Settings
+from shipflow.workflows.spec import FlowError, load_flow_text
 
 
 def flow(name: str, *triggers: str, extra_args: str = "") -> str:

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from worker.client import data_converter, payload_keys
-from worker.codec import (
+from shipflow.worker.client import data_converter, payload_keys
+from shipflow.worker.codec import (
     ENCODING,
     KEY_FILE_NAME,
     KEY_ID_METADATA,
@@ -26,7 +26,7 @@ from worker.codec import (
     new_key_entry,
     parse_keys,
 )
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 OLD = new_key_entry("old")
 NEW = new_key_entry("new")

@@ -16,10 +16,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
 from tests.helpers import finish, new_worker, start_flow, wait_until
-from worker.client import make_data_converter
-from worker.codec import parse_keys
-from worker.settings import Settings
-from workflows.release import ApproveInput, ReleaseWorkflow
+from shipflow.worker.client import make_data_converter
+from shipflow.worker.codec import parse_keys
+from shipflow.worker.settings import Settings
+from shipflow.workflows.release import ApproveInput, ReleaseWorkflow
 
 HERE = Path(__file__).parent / "histories"
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from activities.envrefs import resolve_env, resolve_env_in, secret_values
-from workflows.plan import Plan, compile, resolve_step_outputs
-from workflows.spec import FlowError, load_flow_text
-from workflows.templates import literal
+from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
+from shipflow.workflows.plan import Plan, compile, resolve_step_outputs
+from shipflow.workflows.spec import FlowError, load_flow_text
+from shipflow.workflows.templates import literal
 
 SECRET = "postgresql://app:Hunter2-s3cret@db/app"
 ENV = {"DATABASE_URL": SECRET, "HOME_DIR": "/srv"}

@@ -6,11 +6,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.checks import CheckActivities
-from activities.models.checks import CheckInput
-from activities.models.common import StepContext
+from shipflow.activities.checks import CheckActivities
+from shipflow.activities.models.checks import CheckInput
+from shipflow.activities.models.common import StepContext
 from tests.helpers import free_port
-from workflows.spec import CheckSpec
+from shipflow.workflows.spec import CheckSpec
 
 
 async def test_failed_check_error_masks_url_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from temporalio.client import Client
 
 from tests.helpers import finish, new_worker, start_flow, wait_until
-from worker.settings import Settings
-from worker.starter import read_status
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import read_status
 
 
 def flow(name: str, stage: str, policy: str, steps: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from tests.helpers import finish, new_worker, start_flow, wait_until
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 
 def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -24,7 +24,7 @@ def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         "SHIPFLOW_STICKY_TIMEOUT_S": str(settings.sticky_timeout_s),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.main"],
+        [sys.executable, "-m", "shipflow.worker.main"],
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

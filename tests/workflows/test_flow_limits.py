@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from workflows.durations import MAX_DURATION_S, parse_duration
-from workflows.plan import MAX_PLAN_BYTES, compile
-from workflows.spec import (
+from shipflow.workflows.durations import MAX_DURATION_S, parse_duration
+from shipflow.workflows.plan import MAX_PLAN_BYTES, compile
+from shipflow.workflows.spec import (
     MAX_NESTING,
     MAX_STEPS,
     FlowError,

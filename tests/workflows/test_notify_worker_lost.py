@@ -20,7 +20,7 @@ from temporalio.client import Client
 
 from tests.helpers import finish, new_worker, start_flow, wait_until
 from tests.workflows.test_durability import spawn_worker
-from worker.settings import Settings
+from shipflow.worker.settings import Settings
 
 
 class SlowSink:

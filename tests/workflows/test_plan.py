@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from workflows.durations import format_duration, parse_duration
-from workflows.plan import ActionPlan, GroupPlan, compile, resolve_step_outputs
-from workflows.spec import FlowError, flow_json_schema, load_flow_text
+from shipflow.workflows.durations import format_duration, parse_duration
+from shipflow.workflows.plan import ActionPlan, GroupPlan, compile, resolve_step_outputs
+from shipflow.workflows.spec import FlowError, flow_json_schema, load_flow_text
 
 HEAD = """
 apiVersion: shipflow/v1

@@ -1,10 +1,10 @@
-"""`workflows.redaction.redact`: what every error and log line goes through."""
+"""`shipflow.workflows.redaction.redact`: what every error and log line goes through."""
 
 from __future__ import annotations
 
 import pytest
 
-from workflows.redaction import redact
+from shipflow.workflows.redaction import redact
 
 # (text, secret substrings that must vanish, substrings that must stay)
 CASES: list[tuple[str, list[str], list[str]]] = [

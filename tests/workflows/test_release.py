@@ -23,9 +23,9 @@ from tests.helpers import (
     step_state,
     wait_until,
 )
-from worker.settings import Settings
-from worker.starter import read_status
-from workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import read_status
+from shipflow.workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 
 HEAD = "apiVersion: shipflow/v1\nname: {name}\nstage: test\n"
 

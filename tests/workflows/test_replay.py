@@ -13,10 +13,10 @@ from temporalio.worker import Replayer
 
 from tests.conftest import TEST_PAYLOAD_KEYS
 from tests.helpers import new_worker, run_flow
-from worker.client import make_data_converter
-from worker.codec import parse_keys
-from worker.settings import Settings
-from workflows.release import ReleaseWorkflow
+from shipflow.worker.client import make_data_converter
+from shipflow.worker.codec import parse_keys
+from shipflow.worker.settings import Settings
+from shipflow.workflows.release import ReleaseWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 

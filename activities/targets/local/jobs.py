@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from activities.targets.base import JobFailed, JobRequest, JobResult, Progress, TargetError
-from activities.targets.local.process import pid_alive
+from shipflow.activities.targets.base import JobFailed, JobRequest, JobResult, Progress, TargetError
+from shipflow.activities.targets.local.process import pid_alive
 
 TAIL_BYTES = 8192
 KILL_GRACE_S = 5.0

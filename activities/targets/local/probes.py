@@ -17,7 +17,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from workflows.spec import Probe
+from shipflow.workflows.spec import Probe
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The local runtime: supervises service instances and owns their readiness-gated front ports.
 
-Run: `python -m activities.targets.local.runtime --data-dir D --port 7300`
+Run: `python -m shipflow.activities.targets.local.runtime --data-dir D --port 7300`
 
 It is its own long-lived asyncio process, apart from the worker, because services must
 keep serving while workers come and go: a rollout runs here to its end even if the worker
@@ -60,11 +60,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from activities.targets.local import probes as probing
-from activities.targets.local import process
-from activities.targets.local.proxy import FrontPort
-from activities.targets.local.runtime_key import KEY_ENV, RuntimeKeyError, ensure_key, key_matches
-from workflows.spec import LocalService, Probe
+from shipflow.activities.targets.local import probes as probing
+from shipflow.activities.targets.local import process
+from shipflow.activities.targets.local.proxy import FrontPort
+from shipflow.activities.targets.local.runtime_key import KEY_ENV, RuntimeKeyError, ensure_key, key_matches
+from shipflow.workflows.spec import LocalService, Probe
 
 log = logging.getLogger("shipflow.runtime")
 

@@ -1,6 +1,6 @@
 """The supervisor of one local command: starts it, records its pid, output and exit status.
 
-Run by `activities.targets.local.jobs` as `python -I supervisor.py JOB_DIR ARGV...` in a
+Run by `shipflow.activities.targets.local.jobs` as `python -I supervisor.py JOB_DIR ARGV...` in a
 session of its own, so it outlives the worker that started it: when the worker dies in
 the middle of a command, the command runs on to its end and its result is recorded in
 the job directory, where the next execution of the step finds it and takes it instead of

@@ -1,7 +1,7 @@
 """The `local` target: services as processes on this machine, run by the local runtime.
 
 The target itself holds no state: it translates the Target protocol into calls to the
-runtime's loopback HTTP API (see `activities.targets.local.runtime`) and follows a
+runtime's loopback HTTP API (see `shipflow.activities.targets.local.runtime`) and follows a
 rollout until it ends. The rollout runs inside the runtime, so a worker that dies in the
 middle loses nothing: the next attempt asks for the same `rollout_id` (from the last
 heartbeat, or derived from run, step, service and image when none was sent) and the
@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from activities.envrefs import resolve_env
-from activities.targets.base import (
+from shipflow.activities.envrefs import resolve_env
+from shipflow.activities.targets.base import (
     Conflict,
     Invalid,
     JobRequest,
@@ -30,11 +30,11 @@ from activities.targets.base import (
     TargetError,
     Transient,
 )
-from activities.targets.local.jobs import run_local_job
-from activities.targets.local.runtime_key import RuntimeKeyError, auth_headers, client_key
-from worker.settings import Settings
-from workflows.spec import LocalService, Probes
-from workflows.spec import LocalTarget as LocalTargetSpec
+from shipflow.activities.targets.local.jobs import run_local_job
+from shipflow.activities.targets.local.runtime_key import RuntimeKeyError, auth_headers, client_key
+from shipflow.worker.settings import Settings
+from shipflow.workflows.spec import LocalService, Probes
+from shipflow.workflows.spec import LocalTarget as LocalTargetSpec
 
 POLL_S = 0.1
 #: How long the runtime may be unreachable in the middle of a rollout before the attempt
