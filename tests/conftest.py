@@ -19,7 +19,13 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from shipflow.worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY, dev_server_args, make_data_converter
+from shipflow.worker.client import (
+    COMMIT_KEY,
+    FLOW_KEY,
+    STAGE_KEY,
+    dev_server_args,
+    make_data_converter,
+)
 from shipflow.worker.codec import parse_keys
 from shipflow.worker.settings import Settings
 

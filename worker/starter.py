@@ -25,7 +25,13 @@ from shipflow.worker.settings import Settings
 from shipflow.workflows.plan import CompileOptions, Plan, compile
 from shipflow.workflows.release import ReleaseInput, ReleaseWorkflow
 from shipflow.workflows.spec import FlowSpec
-from shipflow.workflows.status import RunState, RunStatus, initial_steps, memo_entries, status_from_memo
+from shipflow.workflows.status import (
+    RunState,
+    RunStatus,
+    initial_steps,
+    memo_entries,
+    status_from_memo,
+)
 
 
 def new_run_id(flow: str, commit: str | None = None) -> str:

@@ -37,7 +37,9 @@ from shipflow.workflows.spec import (
     step_kind,
 )
 from shipflow.workflows.templates import ESCAPED, TOKEN, expressions, join, substitute
-from shipflow.workflows.templates import TEMPLATE as TEMPLATE  # re-exported: shipflow.api.git reads trigger args
+from shipflow.workflows.templates import (
+    TEMPLATE as TEMPLATE,  # re-exported: shipflow.api.git reads trigger args
+)
 
 NAMESPACES = ("args", "env", "steps", "git", "run")
 

@@ -45,7 +45,12 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
     from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
     from shipflow.workflows.spec import CheckSpec, Probes
-    from shipflow.workflows.stage_lock import GRANTED_SIGNAL, POSITION_SIGNAL, RELEASE_SIGNAL, lock_id
+    from shipflow.workflows.stage_lock import (
+        GRANTED_SIGNAL,
+        POSITION_SIGNAL,
+        RELEASE_SIGNAL,
+        lock_id,
+    )
     from shipflow.workflows.status import (
         MEMO_KEY,
         STEP_MEMO_PREFIX,

@@ -19,7 +19,15 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from shipflow.api.concurrency import wait_for_admission
-from shipflow.api.deps import Admin, EngineDep, Operator, SessionDep, SettingsDep, TemporalDep, Viewer
+from shipflow.api.deps import (
+    Admin,
+    EngineDep,
+    Operator,
+    SessionDep,
+    SettingsDep,
+    TemporalDep,
+    Viewer,
+)
 from shipflow.api.errors import error_responses
 from shipflow.api.models import Flow, FlowVersion, Run, utcnow
 from shipflow.api.runs_index import insert_run, mark_start_failed

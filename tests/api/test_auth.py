@@ -11,9 +11,17 @@ from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
 from shipflow.api.app import create_app
-from shipflow.api.auth import Authenticator, AuthError, Role, TokenEntry, hash_token, load_tokens, new_token
-from tests.api.conftest import TOKENS, api_client, bearer, token_settings
+from shipflow.api.auth import (
+    Authenticator,
+    AuthError,
+    Role,
+    TokenEntry,
+    hash_token,
+    load_tokens,
+    new_token,
+)
 from shipflow.worker.settings import Settings
+from tests.api.conftest import TOKENS, api_client, bearer, token_settings
 
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 CALLERS = ["none", "bad", "viewer", "operator", "admin"]

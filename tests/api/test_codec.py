@@ -27,13 +27,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from shipflow.api.app import create_app
-from tests.api.conftest import api_client, bearer, token_settings
-from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
-from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 from shipflow.worker.client import make_data_converter
 from shipflow.worker.codec import EncryptionCodec, new_key_entry, parse_keys
 from shipflow.worker.settings import Settings
 from shipflow.workflows.status import RunState
+from tests.api.conftest import api_client, bearer, token_settings
+from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
+from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 
 UI_ORIGIN = "http://127.0.0.1:8233"  # the Settings default SHIPFLOW_UI_URL's origin
 

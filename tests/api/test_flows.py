@@ -12,10 +12,10 @@ from temporalio.service import RPCError
 
 from shipflow.api.db import make_engine
 from shipflow.api.models import Flow, FlowVersion
-from tests.api.conftest import api_client
-from tests.helpers import wait_until
 from shipflow.worker.settings import Settings
 from shipflow.workflows.spec import load_flow_text
+from tests.api.conftest import api_client
+from tests.helpers import wait_until
 
 FLOW = """
 apiVersion: shipflow/v1

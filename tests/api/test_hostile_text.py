@@ -11,9 +11,9 @@ import uuid
 from pydantic import SecretStr
 
 from shipflow.api.hostile import find_bad_text
+from shipflow.worker.settings import Settings
 from tests.api.conftest import api_client
 from tests.triggers.payloads import gitlab_headers, gitlab_push
-from shipflow.worker.settings import Settings
 
 FLOW = """
 apiVersion: shipflow/v1

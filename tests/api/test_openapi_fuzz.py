@@ -38,9 +38,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shipflow.api.app import create_app
+from shipflow.worker.settings import Settings
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.conftest import PG_ADMIN_URL, _pg_admin
-from shipflow.worker.settings import Settings
 
 GITHUB_SECRET = "fuzz-github-secret"
 GITLAB_TOKEN = "fuzz-gitlab-token"

@@ -16,9 +16,9 @@ from temporalio.client import Client
 from shipflow.api.db import make_engine
 from shipflow.api.models import Run, utcnow
 from shipflow.api.runs_index import START_FAILED, insert_run
+from shipflow.worker.settings import Settings
 from tests.api.conftest import api_client
 from tests.helpers import finish, new_worker, start_flow, wait_until
-from shipflow.worker.settings import Settings
 
 FLOW = """
 apiVersion: shipflow/v1

@@ -19,9 +19,9 @@ from temporalio.client import Client
 from shipflow.api.db import make_engine
 from shipflow.api.models import Run
 from shipflow.api.routes import runs as runs_routes
+from shipflow.worker.settings import Settings
 from tests.api.conftest import Hooks, api_client
 from tests.helpers import new_worker, wait_until
-from shipflow.worker.settings import Settings
 
 FULL = """
 apiVersion: shipflow/v1

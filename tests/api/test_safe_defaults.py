@@ -11,9 +11,9 @@ import yaml
 
 from shipflow.api.app import create_app
 from shipflow.api.auth import load_tokens
+from shipflow.worker.settings import Settings
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.api.served import ApiProcess, api_env
-from shipflow.worker.settings import Settings
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "kubernetes" / "secret.example.yaml"
 

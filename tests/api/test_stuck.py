@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from shipflow.api.app import create_app
 from shipflow.api.cli.main import app as cli
+from shipflow.worker.settings import Settings
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.helpers import wait_until
-from shipflow.worker.settings import Settings
 
 BUG = "interpreter bug: cannot read the plan"
 

@@ -23,7 +23,13 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from shipflow.activities.backup import BackupActivities
-from shipflow.activities.s3 import S3Client, S3Factory, ensure_bucket, make_s3_client, start_local_s3
+from shipflow.activities.s3 import (
+    S3Client,
+    S3Factory,
+    ensure_bucket,
+    make_s3_client,
+    start_local_s3,
+)
 from shipflow.worker.settings import Settings
 
 for _name, _value in {

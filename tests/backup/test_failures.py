@@ -13,6 +13,7 @@ from shipflow.activities.backup import BackupActivities
 from shipflow.activities.dbdump import redact_url
 from shipflow.activities.models.backup import BackupInput, RestoreInput
 from shipflow.activities.s3 import S3Client, S3Factory
+from shipflow.worker.settings import Settings
 from tests.backup.conftest import (
     TEST_PART_SIZE,
     ScramPg,
@@ -22,7 +23,6 @@ from tests.backup.conftest import (
 )
 from tests.backup.proxy import TcpProxy
 from tests.backup.test_postgres import context
-from shipflow.worker.settings import Settings
 
 BIG = """
 CREATE TABLE blobs (id int PRIMARY KEY, data bytea);

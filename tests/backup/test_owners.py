@@ -23,13 +23,13 @@ from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import BackupActivities
 from shipflow.activities.models.backup import BackupInput, BackupOutput, RestoreInput
+from shipflow.worker.settings import Settings
+from shipflow.workflows.plan import compile
+from shipflow.workflows.spec import FlowError, load_flow_text
 from tests.backup.conftest import psql, run_activity, run_failing
 from tests.backup.test_postgres import context
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import new_worker, run_flow
-from shipflow.worker.settings import Settings
-from shipflow.workflows.plan import compile
-from shipflow.workflows.spec import FlowError, load_flow_text
 
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS citext;

@@ -21,9 +21,9 @@ from temporalio.client import Client
 
 from shipflow.api.db import make_engine
 from shipflow.api.models import Run
+from shipflow.worker.settings import Settings
 from tests.api.conftest import api_client
 from tests.helpers import HttpSink, finish, start_flow
-from shipflow.worker.settings import Settings
 
 PASSWORD = "Redact Me 99"
 TOKEN = "NotifyTok4242"

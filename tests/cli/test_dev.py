@@ -20,7 +20,14 @@ from typer.testing import CliRunner
 
 from shipflow.api.cli.main import app
 from shipflow.infra.demo_driver import SCENARIOS
-from shipflow.infra.stack import REPO_ROOT, Child, EmbeddedStack, StackError, free_ports, port_is_free
+from shipflow.infra.stack import (
+    REPO_ROOT,
+    Child,
+    EmbeddedStack,
+    StackError,
+    free_ports,
+    port_is_free,
+)
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from shipflow.infra.stack import EmbeddedStack, free_ports, temporal_binary
-from tests.api.test_codec import all_text, payloads_in
 from shipflow.worker.codec import KEY_FILE_NAME
+from tests.api.test_codec import all_text, payloads_in
 
 FLOW = """\
 apiVersion: shipflow/v1

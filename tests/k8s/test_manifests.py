@@ -15,9 +15,9 @@ import yaml
 
 from shipflow.activities.targets.base import JobRequest, RolloutRequest
 from shipflow.activities.targets.kubernetes import KubernetesTarget
+from shipflow.worker.settings import Settings
 from tests.k8s.conftest import Cluster, RecordingProgress
 from tests.k8s.emulator import KubeEmulator
-from shipflow.worker.settings import Settings
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "infra" / "kubernetes"
 K8S_VERSION = "1.34.0"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from shipflow.worker.settings import Settings
 from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 from tests.k8s.emulator import KubeEmulator
-from shipflow.worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

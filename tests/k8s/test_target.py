@@ -23,10 +23,10 @@ from shipflow.activities.targets.base import (
 )
 from shipflow.activities.targets.k8s_errors import Cancelled
 from shipflow.activities.targets.kubernetes import KubernetesTarget, probe_to_k8s
-from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
-from tests.k8s.emulator import KubeEmulator
 from shipflow.worker.settings import Settings
 from shipflow.workflows.spec import Probe, Probes
+from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
+from tests.k8s.emulator import KubeEmulator
 
 SETTINGS = Settings(heartbeat_timeout_s=4)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from tests.helpers import finish, new_worker, start_flow, wait_until
-from tests.workflows.test_durability import spawn_worker
 from shipflow.worker.settings import Settings
 from shipflow.workflows.status import RunStatus
+from tests.helpers import finish, new_worker, start_flow, wait_until
+from tests.workflows.test_durability import spawn_worker
 
 
 def command_flow(name: str, counter: Path, marker: Path, seconds: int) -> str:

@@ -16,9 +16,9 @@ from temporalio.client import Client
 from shipflow.activities.targets.local.process import free_port, pid_alive
 from shipflow.api.db import make_engine
 from shipflow.api.models import ReleaseRecord
+from shipflow.worker.settings import Settings
 from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 from tests.local.support import ROOT, Load, RuntimeProcess, demo_service
-from shipflow.worker.settings import Settings
 
 
 def flow(runtime: RuntimeProcess, port: int, *, replicas: int = 2, env: dict[str, str] | None = None,

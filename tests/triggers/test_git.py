@@ -13,8 +13,8 @@ from shipflow.api.git import (
     parse_gitlab_push,
     resolve_args,
 )
-from tests.triggers.payloads import ZERO, github_push, gitlab_push
 from shipflow.workflows.spec import load_flow_text
+from tests.triggers.payloads import ZERO, github_push, gitlab_push
 
 
 def flow(*triggers: str, name: str = "web") -> str:

@@ -8,12 +8,12 @@ import pytest
 from temporalio.client import Client
 
 from shipflow.api.git import decide, parse_github_push
-from tests.triggers.conftest import api, apply, unique
-from tests.triggers.payloads import github_push
-from tests.triggers.test_hooks import flow, hook_settings, post_github
 from shipflow.worker.settings import Settings
 from shipflow.workflows.globs import GlobError, compile_glob, glob_match
 from shipflow.workflows.spec import FlowError, GitMatch, GitTrigger, load_flow_text
+from tests.triggers.conftest import api, apply, unique
+from tests.triggers.payloads import github_push
+from tests.triggers.test_hooks import flow, hook_settings, post_github
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from shipflow.api.models import Run, WebhookDelivery
+from shipflow.worker.settings import Settings
+from shipflow.workflows.release import MEMO_KEY
 from tests.helpers import HttpSink, new_worker, wait_until
 from tests.triggers.conftest import api, apply, unique
 from tests.triggers.payloads import (
@@ -23,8 +25,6 @@ from tests.triggers.payloads import (
     gitlab_push,
     new_sha,
 )
-from shipflow.worker.settings import Settings
-from shipflow.workflows.release import MEMO_KEY
 
 SECRET = "It's a Secret to Everybody"
 TOKEN = "gl-token-123"

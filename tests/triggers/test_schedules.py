@@ -24,10 +24,10 @@ from shipflow.api.schedules import (
     validate_cron,
     validate_triggers,
 )
-from tests.helpers import new_worker, wait_until
-from tests.triggers.conftest import api, apply, unique
 from shipflow.worker.settings import Settings
 from shipflow.workflows.spec import FlowError, load_flow_text
+from tests.helpers import new_worker, wait_until
+from tests.triggers.conftest import api, apply, unique
 
 
 def flow(name: str, *triggers: str, extra_args: str = "") -> str:

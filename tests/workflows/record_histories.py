@@ -14,12 +14,12 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
-from tests.helpers import finish, new_worker, start_flow, wait_until
 from shipflow.worker.client import make_data_converter
 from shipflow.worker.codec import parse_keys
 from shipflow.worker.settings import Settings
 from shipflow.workflows.release import ApproveInput, ReleaseWorkflow
+from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
+from tests.helpers import finish, new_worker, start_flow, wait_until
 
 HERE = Path(__file__).parent / "histories"
 

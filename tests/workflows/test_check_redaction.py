@@ -9,8 +9,8 @@ from temporalio.testing import ActivityEnvironment
 from shipflow.activities.checks import CheckActivities
 from shipflow.activities.models.checks import CheckInput
 from shipflow.activities.models.common import StepContext
-from tests.helpers import free_port
 from shipflow.workflows.spec import CheckSpec
+from tests.helpers import free_port
 
 
 async def test_failed_check_error_masks_url_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from tests.helpers import finish, new_worker, start_flow, wait_until
 from shipflow.worker.settings import Settings
 from shipflow.worker.starter import read_status
+from tests.helpers import finish, new_worker, start_flow, wait_until
 
 
 def flow(name: str, stage: str, policy: str, steps: str) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from tests.helpers import finish, new_worker, start_flow, wait_until
 from shipflow.worker.settings import Settings
+from tests.helpers import finish, new_worker, start_flow, wait_until
 
 
 def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -12,6 +12,9 @@ import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from shipflow.worker.settings import Settings
+from shipflow.worker.starter import read_status
+from shipflow.workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from tests.helpers import (
     HttpSink,
     decoded_history_text,
@@ -23,9 +26,6 @@ from tests.helpers import (
     step_state,
     wait_until,
 )
-from shipflow.worker.settings import Settings
-from shipflow.worker.starter import read_status
-from shipflow.workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 
 HEAD = "apiVersion: shipflow/v1\nname: {name}\nstage: test\n"
 

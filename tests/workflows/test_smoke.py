@@ -1,7 +1,7 @@
 from temporalio.client import Client
 
-from tests.helpers import new_worker, run_flow
 from shipflow.worker.settings import Settings
+from tests.helpers import new_worker, run_flow
 
 FLOW = """
 apiVersion: shipflow/v1

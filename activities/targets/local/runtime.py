@@ -63,7 +63,12 @@ from pydantic import ValidationError
 from shipflow.activities.targets.local import probes as probing
 from shipflow.activities.targets.local import process
 from shipflow.activities.targets.local.proxy import FrontPort
-from shipflow.activities.targets.local.runtime_key import KEY_ENV, RuntimeKeyError, ensure_key, key_matches
+from shipflow.activities.targets.local.runtime_key import (
+    KEY_ENV,
+    RuntimeKeyError,
+    ensure_key,
+    key_matches,
+)
 from shipflow.workflows.spec import LocalService, Probe
 
 log = logging.getLogger("shipflow.runtime")
