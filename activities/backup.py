@@ -73,7 +73,7 @@ from shipflow.activities.dbdump import (
     tool_version,
 )
 from shipflow.activities.envrefs import resolve_env, secret_values
-from shipflow.activities.models.backup import (
+from shipflow.workflows.io.backup import (
     CREATE,
     RESTORE,
     BackupInput,
@@ -81,7 +81,7 @@ from shipflow.activities.models.backup import (
     RestoreInput,
     RestoreOutput,
 )
-from shipflow.activities.models.common import StepContext
+from shipflow.workflows.io.common import StepContext
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.s3 import S3Client, parse_s3_url, raise_s3_error
 from shipflow.activities.stores import (
@@ -96,7 +96,7 @@ from shipflow.activities.stores import (
     corrupt,
     parse_file_url,
 )
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.redaction import redact
 
 PART_SIZE = 8 * 1024 * 1024

@@ -15,7 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
-from shipflow.activities.models.checks import PROBE, CheckInput, CheckOutput
+from shipflow.workflows.io.checks import PROBE, CheckInput, CheckOutput
 from shipflow.workflows.redaction import redact
 from shipflow.workflows.spec import CheckSpec
 

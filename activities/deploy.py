@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from shipflow.activities.models.deploy import (
+from shipflow.workflows.io.deploy import (
     RESOLVE_PROMOTION,
     ROLLOUT,
     PromotionInput,
@@ -26,7 +26,7 @@ from shipflow.activities.models.deploy import (
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.records import last_release, write_release
 from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
-from shipflow.api.models import ReleaseRecord
+from shipflow.activities.core.tables import ReleaseRecord
 
 
 class _DeployProgress:

@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.envrefs import redact, resolve_env, resolve_env_in, secret_values
-from shipflow.activities.models.jobs import RUN_JOB, JobInput, JobOutput
+from shipflow.workflows.io.jobs import RUN_JOB, JobInput, JobOutput
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.targets.base import JobFailed, JobRequest, Target, TargetError
 

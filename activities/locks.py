@@ -11,7 +11,7 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from shipflow.activities.models.locks import (
+from shipflow.workflows.io.locks import (
     ACQUIRE,
     CLOSED_RUNS,
     AcquireInput,

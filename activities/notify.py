@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.envrefs import resolve_env, resolve_env_in
-from shipflow.activities.models.notify import IDEMPOTENCY_HEADER, SEND, NotifyInput, NotifyOutput
+from shipflow.workflows.io.notify import IDEMPOTENCY_HEADER, SEND, NotifyInput, NotifyOutput
 
 #: How long one webhook call may take before it counts as a failed attempt.
 REQUEST_TIMEOUT_S = 10.0

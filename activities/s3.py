@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from temporalio.exceptions import ApplicationError
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.redaction import redact
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 TOKEN_PREFIX = "sf_"
 

@@ -12,7 +12,7 @@ import time
 
 from temporalio.client import Client
 
-from shipflow.worker.starter import read_status
+from shipflow.activities.core.starter import read_status
 from shipflow.workflows.status import RunState, RunStatus
 
 DECISION_TIMEOUT_S = 15.0

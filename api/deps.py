@@ -16,7 +16,7 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from shipflow.api.auth import Authenticator, AuthError, Caller, Role
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from temporalio.client import Client
 
-from shipflow.api.models import ReleaseRecord
+from shipflow.activities.core.tables import ReleaseRecord
 from shipflow.workflows.plan import ActionPlan, GroupPlan, Plan, RetryPlan, UndoPlan
 from shipflow.workflows.release import ReleaseInput
 from shipflow.workflows.status import RunStatus, StepState

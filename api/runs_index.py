@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from shipflow.api.models import Run, utcnow
+from shipflow.activities.core.tables import Run, utcnow
 
 #: How a failed start begins its error, so a retried delivery can recognise and redo it.
 START_FAILED = "could not start the run on Temporal"

@@ -38,8 +38,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from shipflow.worker.settings import Settings
-from shipflow.worker.starter import RunLook, plan_for
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import RunLook, plan_for
 from shipflow.workflows.plan import Plan
 from shipflow.workflows.release import ReleaseInput, ReleaseWorkflow
 from shipflow.workflows.spec import CronTrigger, FlowError, FlowSpec

@@ -1,6 +1,6 @@
 """Request and response models of the HTTP API.
 
-Table models stay in `shipflow.api.models`; what the API shows of them is a `...Public` model,
+Table models stay in `shipflow.activities.core.tables`; what the API shows of them is a `...Public` model,
 so a column added to a table never leaks into responses by accident. Run status reuses
 `shipflow.workflows.status.RunStatus`, the same shape the workflow query and memo have.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import SQLModel
 
-from shipflow.api.models import FlowBase
+from shipflow.activities.core.tables import FlowBase
 from shipflow.workflows.spec import FlowSpec, step_body, step_kind
 from shipflow.workflows.status import RunStatus
 

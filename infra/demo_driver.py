@@ -26,8 +26,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from shipflow.api.cli.client import ApiClient, ApiClientError
-from shipflow.api.cli.main import endpoints_table, follow_run
+from shipflow.infra.cli.client import ApiClient, ApiClientError
+from shipflow.infra.cli.main import endpoints_table, follow_run
 from shipflow.infra.stack import EmbeddedStack, free_ports
 from shipflow.workflows.status import RunState, RunStatus, StepState
 

@@ -45,8 +45,8 @@ from typing import IO, Any
 
 import httpx
 
-from shipflow.worker.client import SEARCH_ATTRIBUTES, dev_server_args
-from shipflow.worker.codec import KEY_FILE_NAME, ensure_key_file
+from shipflow.activities.core.client import SEARCH_ATTRIBUTES, dev_server_args
+from shipflow.activities.core.codec import KEY_FILE_NAME, ensure_key_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN_NAME = "local-admin"
@@ -702,7 +702,7 @@ class EmbeddedStack:
         argv = [
             sys.executable,
             "-m",
-            "shipflow.api.cli.main",
+            "shipflow.infra.cli.main",
             "api",
             "--host",
             "127.0.0.1",

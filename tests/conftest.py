@@ -19,15 +19,15 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from shipflow.worker.client import (
+from shipflow.activities.core.client import (
     COMMIT_KEY,
     FLOW_KEY,
     STAGE_KEY,
     dev_server_args,
     make_data_converter,
 )
-from shipflow.worker.codec import parse_keys
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.codec import parse_keys
+from shipflow.activities.core.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("SHIPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

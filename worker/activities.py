@@ -15,7 +15,7 @@ from shipflow.activities.locks import LockActivities
 from shipflow.activities.notify import NotifyActivities
 from shipflow.activities.records import RecordActivities
 from shipflow.activities.targets import make_target
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 
 def build_activities(

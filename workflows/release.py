@@ -33,14 +33,14 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     # Models live in their own module, imported once per worker: defining pydantic models
     # here would rebuild them for every workflow instance the sandbox creates.
-    from shipflow.activities.models import backup as backup_io
-    from shipflow.activities.models import checks as check_io
-    from shipflow.activities.models import deploy as deploy_io
-    from shipflow.activities.models import jobs as job_io
-    from shipflow.activities.models import locks as lock_io
-    from shipflow.activities.models import notify as notify_io
-    from shipflow.activities.models import records as record_io
-    from shipflow.activities.models.common import StepContext
+    from shipflow.workflows.io import backup as backup_io
+    from shipflow.workflows.io import checks as check_io
+    from shipflow.workflows.io import deploy as deploy_io
+    from shipflow.workflows.io import jobs as job_io
+    from shipflow.workflows.io import locks as lock_io
+    from shipflow.workflows.io import notify as notify_io
+    from shipflow.workflows.io import records as record_io
+    from shipflow.workflows.io.common import StepContext
     from shipflow.workflows.durations import parse_duration
     from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
     from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult

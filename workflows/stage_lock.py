@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from shipflow.activities.models.locks import (
+    from shipflow.workflows.io.locks import (
         CLOSED_RUNS,
         AcquireInput,
         AcquireOutput,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shipflow.activities.targets.base import Target
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 
 def make_target(spec: dict[str, Any], settings: Settings) -> Target:

@@ -42,7 +42,7 @@ from shipflow.activities.targets.base import (
     Transient,
 )
 from shipflow.activities.targets.k8s_errors import CONNECTION_ERRORS, Cancelled, api_error, call
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import Probe, Probes
 
 log = logging.getLogger(__name__)

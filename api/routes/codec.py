@@ -1,6 +1,6 @@
 """`/codec/decode` and `/codec/encode`: Temporal's remote codec protocol, for the Web UI and CLI.
 
-Temporal's history holds shipflow's payloads encrypted (`worker/codec.py`). The Web UI
+Temporal's history holds shipflow's payloads encrypted (`activities/core/codec.py`). The Web UI
 and `temporal workflow show --codec-endpoint` show them decoded by POSTing them here:
 a JSON body `{"payloads": [{"metadata": {"encoding": "<base64>"}, "data": "<base64>"}]}`
 (protobuf JSON, bytes as base64) and an `X-Namespace` header; the answer has the same
@@ -32,8 +32,8 @@ from temporalio.api.common.v1 import Payload
 
 from shipflow.api.auth import Caller, Role
 from shipflow.api.deps import TemporalDep, get_caller, require
-from shipflow.worker.codec import PayloadKeyError
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.codec import PayloadKeyError
+from shipflow.activities.core.settings import Settings
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 ALLOWED_METHODS = "POST, OPTIONS"

@@ -37,10 +37,10 @@ from shipflow.api.git import (
     parse_gitlab_push,
     resolve_args,
 )
-from shipflow.api.models import Flow, Run, WebhookDelivery, utcnow
+from shipflow.activities.core.tables import Flow, Run, WebhookDelivery, utcnow
 from shipflow.api.runs_index import insert_run, mark_start_failed
-from shipflow.worker.settings import Settings
-from shipflow.worker.starter import new_run_id, plan_for, start_release, ui_link
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import new_run_id, plan_for, start_release, ui_link
 from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
 log = logging.getLogger("shipflow.hooks")

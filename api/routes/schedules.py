@@ -29,10 +29,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from shipflow.api.deps import Admin, EngineDep, SettingsDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
-from shipflow.api.models import Flow, Run
+from shipflow.activities.core.tables import Flow, Run
 from shipflow.api.runs_index import insert_run
 from shipflow.api.schedules import PREFIX, built_from, cron_triggers, schedule_id
-from shipflow.worker.starter import ui_link
+from shipflow.activities.core.starter import ui_link
 from shipflow.workflows.release import MEMO_KEY
 from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from shipflow.api.app import create_app
 from shipflow.api.auth import hash_token
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 TOKENS = {"viewer": "tok-viewer-1", "operator": "tok-operator-1", "admin": "tok-admin-1"}
 

@@ -20,7 +20,7 @@ from shipflow.api.auth import (
     load_tokens,
     new_token,
 )
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.api.conftest import TOKENS, api_client, bearer, token_settings
 
 RANK = {"viewer": 0, "operator": 1, "admin": 2}

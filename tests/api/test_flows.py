@@ -10,9 +10,9 @@ from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from shipflow.api.db import make_engine
-from shipflow.api.models import Flow, FlowVersion
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.tables import Flow, FlowVersion
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import load_flow_text
 from tests.api.conftest import api_client
 from tests.helpers import wait_until

@@ -11,7 +11,7 @@ import uuid
 from pydantic import SecretStr
 
 from shipflow.api.hostile import find_bad_text
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.api.conftest import api_client
 from tests.triggers.payloads import gitlab_headers, gitlab_push
 

@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shipflow.api.app import create_app
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.conftest import PG_ADMIN_URL, _pg_admin
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from sqlmodel import Session
 from temporalio.client import Client
 
-from shipflow.api.db import make_engine
-from shipflow.api.models import Run, utcnow
+from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.tables import Run, utcnow
 from shipflow.api.runs_index import START_FAILED, insert_run
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.api.conftest import api_client
 from tests.helpers import finish, new_worker, start_flow, wait_until
 

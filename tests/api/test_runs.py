@@ -16,10 +16,10 @@ import pytest
 from sqlmodel import Session
 from temporalio.client import Client
 
-from shipflow.api.db import make_engine
-from shipflow.api.models import Run
+from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.tables import Run
 from shipflow.api.routes import runs as runs_routes
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.api.conftest import Hooks, api_client
 from tests.helpers import new_worker, wait_until
 

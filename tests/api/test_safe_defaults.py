@@ -11,7 +11,7 @@ import yaml
 
 from shipflow.api.app import create_app
 from shipflow.api.auth import load_tokens
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.api.served import ApiProcess, api_env
 
@@ -28,7 +28,7 @@ def test_no_tokens_and_no_open_dev_setting_refuses_to_build(settings: Settings) 
 
 
 @pytest.mark.parametrize(
-    "command", [["-m", "shipflow.api.app"], ["-m", "shipflow.api.cli.main", "api"]], ids=["module", "cli"]
+    "command", [["-m", "shipflow.api.app"], ["-m", "shipflow.infra.cli.main", "api"]], ids=["module", "cli"]
 )
 def test_the_api_process_refuses_to_start_without_tokens(
     tmp_path: Path, temporal_address: str, command: list[str]

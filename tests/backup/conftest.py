@@ -30,7 +30,7 @@ from shipflow.activities.s3 import (
     make_s3_client,
     start_local_s3,
 )
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",

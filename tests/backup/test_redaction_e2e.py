@@ -19,9 +19,9 @@ from pathlib import Path
 from sqlmodel import Session
 from temporalio.client import Client
 
-from shipflow.api.db import make_engine
-from shipflow.api.models import Run
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.tables import Run
+from shipflow.activities.core.settings import Settings
 from tests.api.conftest import api_client
 from tests.helpers import HttpSink, finish, start_flow
 

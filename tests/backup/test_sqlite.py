@@ -10,7 +10,7 @@ from pathlib import Path
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import BackupActivities
-from shipflow.activities.models.backup import BackupInput, RestoreInput
+from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import TEST_PART_SIZE, run_activity, run_failing
 from tests.backup.test_postgres import context

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from shipflow.api.cli.main import app
+from shipflow.infra.cli.main import app
 from shipflow.infra.demo_driver import SCENARIOS
 from shipflow.infra.stack import (
     REPO_ROOT,
@@ -60,7 +60,7 @@ def _in_groups(groups: set[int]) -> list[int]:
 def test_dev_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
     api, temporal, ui, runtime, s3, sink = free_ports(6)
     argv = [
-        sys.executable, "-m", "shipflow.api.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
+        sys.executable, "-m", "shipflow.infra.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
         "--api-port", str(api), "--temporal-port", str(temporal), "--ui-port", str(ui),
         "--runtime-port", str(runtime), "--s3-port", str(s3), "--sink-port", str(sink),
     ]  # fmt: skip

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shipflow.api.cli.client import ApiError, detail_problems
-from shipflow.api.cli.main import app
+from shipflow.infra.cli.client import ApiError, detail_problems
+from shipflow.infra.cli.main import app
 from shipflow.infra.stack import EmbeddedStack, PortInUse, StackError, free_ports
 from shipflow.workflows.spec import flow_json_schema
 

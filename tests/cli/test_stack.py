@@ -18,8 +18,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from shipflow.api.cli.client import ApiClient
-from shipflow.api.cli.main import app
+from shipflow.infra.cli.client import ApiClient
+from shipflow.infra.cli.main import app
 from shipflow.infra.demo_driver import (
     BASE_ARGS,
     DEFAULT_PORTS,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from shipflow.infra.stack import EmbeddedStack, free_ports, temporal_binary
-from shipflow.worker.codec import KEY_FILE_NAME
+from shipflow.activities.core.codec import KEY_FILE_NAME
 from tests.api.test_codec import all_text, payloads_in
 
 FLOW = """\

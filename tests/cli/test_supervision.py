@@ -138,7 +138,7 @@ def test_shipflow_dev_restarts_a_killed_worker_and_still_stops_on_ctrl_c(tmp_pat
 
     api, temporal, ui, runtime, s3 = free_ports(5)
     argv = [
-        sys.executable, "-m", "shipflow.api.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
+        sys.executable, "-m", "shipflow.infra.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
         "--api-port", str(api), "--temporal-port", str(temporal), "--ui-port", str(ui),
         "--runtime-port", str(runtime), "--s3-port", str(s3), "--sink-port", "0",
     ]  # fmt: skip

@@ -15,7 +15,7 @@ import yaml
 
 from shipflow.activities.targets.base import JobRequest, RolloutRequest
 from shipflow.activities.targets.kubernetes import KubernetesTarget
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.k8s.conftest import Cluster, RecordingProgress
 from tests.k8s.emulator import KubeEmulator
 

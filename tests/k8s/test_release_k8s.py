@@ -14,7 +14,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 from tests.k8s.emulator import KubeEmulator
 

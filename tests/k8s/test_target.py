@@ -23,7 +23,7 @@ from shipflow.activities.targets.base import (
 )
 from shipflow.activities.targets.k8s_errors import Cancelled
 from shipflow.activities.targets.kubernetes import KubernetesTarget, probe_to_k8s
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import Probe, Probes
 from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
 from tests.k8s.emulator import KubeEmulator

@@ -19,7 +19,7 @@ import httpx
 from shipflow.activities.targets.base import RolloutRequest
 from shipflow.activities.targets.local.process import free_port, kill_now, pid_alive
 from shipflow.activities.targets.local.target import LocalTarget
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_APP = str(ROOT / "infra" / "demo" / "app.py")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.status import RunStatus
 from tests.helpers import finish, new_worker, start_flow, wait_until
 from tests.workflows.test_durability import spawn_worker

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shipflow.api.models import ReleaseRecord
+from shipflow.activities.core.tables import ReleaseRecord
 from shipflow.api.recovery import RecoveryError, retry_input, rollback_plan, services_to_roll_back
 from shipflow.workflows.plan import compile
 from shipflow.workflows.release import ReleaseInput

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from shipflow.api.app import create_app
 from shipflow.api.routes import hooks, schedules
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 
 def app_for(settings: Settings) -> FastAPI:

@@ -24,7 +24,7 @@ from shipflow.api.schedules import (
     validate_cron,
     validate_triggers,
 )
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import FlowError, load_flow_text
 from tests.helpers import new_worker, wait_until
 from tests.triggers.conftest import api, apply, unique

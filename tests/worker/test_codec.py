@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from shipflow.worker.client import data_converter, payload_keys
-from shipflow.worker.codec import (
+from shipflow.activities.core.client import data_converter, payload_keys
+from shipflow.activities.core.codec import (
     ENCODING,
     KEY_FILE_NAME,
     KEY_ID_METADATA,
@@ -26,7 +26,7 @@ from shipflow.worker.codec import (
     new_key_entry,
     parse_keys,
 )
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 OLD = new_key_entry("old")
 NEW = new_key_entry("new")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from shipflow.worker.client import make_data_converter
-from shipflow.worker.codec import parse_keys
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.client import make_data_converter
+from shipflow.activities.core.codec import parse_keys
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.release import ApproveInput, ReleaseWorkflow
 from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
 from tests.helpers import finish, new_worker, start_flow, wait_until

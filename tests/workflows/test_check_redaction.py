@@ -7,8 +7,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from shipflow.activities.checks import CheckActivities
-from shipflow.activities.models.checks import CheckInput
-from shipflow.activities.models.common import StepContext
+from shipflow.workflows.io.checks import CheckInput
+from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.spec import CheckSpec
 from tests.helpers import free_port
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from shipflow.worker.settings import Settings
-from shipflow.worker.starter import read_status
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import read_status
 from tests.helpers import finish, new_worker, start_flow, wait_until
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.helpers import finish, new_worker, start_flow, wait_until
 
 

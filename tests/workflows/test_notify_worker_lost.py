@@ -18,7 +18,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.helpers import finish, new_worker, start_flow, wait_until
 from tests.workflows.test_durability import spawn_worker
 

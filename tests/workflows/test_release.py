@@ -12,8 +12,8 @@ import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from shipflow.worker.settings import Settings
-from shipflow.worker.starter import read_status
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import read_status
 from shipflow.workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from tests.helpers import (
     HttpSink,

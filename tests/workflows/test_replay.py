@@ -11,9 +11,9 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from shipflow.worker.client import make_data_converter
-from shipflow.worker.codec import parse_keys
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.client import make_data_converter
+from shipflow.activities.core.codec import parse_keys
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.release import ReleaseWorkflow
 from tests.conftest import TEST_PAYLOAD_KEYS
 from tests.helpers import new_worker, run_flow

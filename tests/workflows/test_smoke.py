@@ -1,6 +1,6 @@
 from temporalio.client import Client
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from tests.helpers import new_worker, run_flow
 
 FLOW = """

@@ -16,7 +16,7 @@ import os
 import secrets
 from pathlib import Path
 
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 KEY_FILE = "runtime.key"
 KEY_ENV = "SHIPFLOW_RUNTIME_KEY"

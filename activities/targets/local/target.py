@@ -32,7 +32,7 @@ from shipflow.activities.targets.base import (
 )
 from shipflow.activities.targets.local.jobs import run_local_job
 from shipflow.activities.targets.local.runtime_key import RuntimeKeyError, auth_headers, client_key
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import LocalService, Probes
 from shipflow.workflows.spec import LocalTarget as LocalTargetSpec
 

@@ -10,7 +10,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 
-from shipflow.worker.codec import (
+from shipflow.activities.core.codec import (
     KEY_FILE_NAME,
     EncryptedFailureConverter,
     EncryptionCodec,
@@ -18,7 +18,7 @@ from shipflow.worker.codec import (
     PayloadKeyError,
     parse_keys,
 )
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.settings import Settings
 
 log = logging.getLogger("shipflow.client")
 

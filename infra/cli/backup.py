@@ -19,7 +19,7 @@ from shipflow.activities.backup import list_backups, open_store, restore_backup
 from shipflow.activities.dbdump import DumpError, parse_database
 from shipflow.activities.envrefs import resolve_env
 from shipflow.activities.s3 import S3Factory
-from shipflow.worker.settings import get_settings
+from shipflow.activities.core.settings import get_settings
 
 app = typer.Typer(
     help="Database backups in S3 or under file://: list them, restore one.", no_args_is_help=True
@@ -38,8 +38,8 @@ def _flow_backup_targets(flow: str) -> list[str]:
     """The `to:` of every backup step of the applied flow `flow` (from the API database)."""
     from sqlmodel import Session
 
-    from shipflow.api.db import make_engine
-    from shipflow.api.models import Flow
+    from shipflow.activities.core.db import make_engine
+    from shipflow.activities.core.tables import Flow
 
     engine = make_engine(get_settings().sqlalchemy_url())
     with Session(engine) as session:

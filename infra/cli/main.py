@@ -25,9 +25,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from shipflow.api.cli.client import ApiClient, ApiError, ApiUnreachable
-from shipflow.api.cli.render import print_link, run_view, runs_table
-from shipflow.worker.settings import get_settings
+from shipflow.infra.cli.client import ApiClient, ApiError, ApiUnreachable
+from shipflow.infra.cli.render import print_link, run_view, runs_table
+from shipflow.activities.core.settings import get_settings
 from shipflow.workflows.spec import FlowError, flow_json_schema, load_flow_text
 from shipflow.workflows.status import RunState, RunStatus
 
@@ -51,8 +51,8 @@ flow_app = typer.Typer(
 )
 app.add_typer(flow_app, name="flow")
 
-if importlib.util.find_spec("shipflow.api.cli.backup") is not None:
-    from shipflow.api.cli.backup import app as backup_app
+if importlib.util.find_spec("shipflow.infra.cli.backup") is not None:
+    from shipflow.infra.cli.backup import app as backup_app
 
     app.add_typer(backup_app, name="backup")
 
@@ -457,8 +457,8 @@ def worker() -> None:
 
 def _check_payload_keys() -> None:
     """Malformed payload keys: exit 2 naming the setting, before connecting to anything."""
-    from shipflow.worker.client import payload_keys
-    from shipflow.worker.codec import PayloadKeyError
+    from shipflow.activities.core.client import payload_keys
+    from shipflow.activities.core.codec import PayloadKeyError
 
     try:
         payload_keys(get_settings())

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shipflow.activities.models.common import StepContext
+from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.spec import CheckSpec
 
 PROBE = "check.probe"

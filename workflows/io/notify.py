@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from shipflow.activities.models.common import StepContext
+from shipflow.workflows.io.common import StepContext
 
 SEND = "notify.send"
 

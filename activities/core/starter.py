@@ -20,8 +20,8 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 
-from shipflow.worker.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
-from shipflow.worker.settings import Settings
+from shipflow.activities.core.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
+from shipflow.activities.core.settings import Settings
 from shipflow.workflows.plan import CompileOptions, Plan, compile
 from shipflow.workflows.release import ReleaseInput, ReleaseWorkflow
 from shipflow.workflows.spec import FlowSpec

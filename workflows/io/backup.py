@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shipflow.activities.models.common import StepContext
+from shipflow.workflows.io.common import StepContext
 
 CREATE = "backup.create"
 RESTORE = "backup.restore"
