@@ -56,6 +56,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.dbdump import (
     SUFFIXES,
     DatabaseKind,
@@ -73,15 +74,6 @@ from shipflow.activities.dbdump import (
     tool_version,
 )
 from shipflow.activities.envrefs import resolve_env, secret_values
-from shipflow.workflows.io.backup import (
-    CREATE,
-    RESTORE,
-    BackupInput,
-    BackupOutput,
-    RestoreInput,
-    RestoreOutput,
-)
-from shipflow.workflows.io.common import StepContext
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.s3 import S3Client, parse_s3_url, raise_s3_error
 from shipflow.activities.stores import (
@@ -96,7 +88,15 @@ from shipflow.activities.stores import (
     corrupt,
     parse_file_url,
 )
-from shipflow.activities.core.settings import Settings
+from shipflow.workflows.io.backup import (
+    CREATE,
+    RESTORE,
+    BackupInput,
+    BackupOutput,
+    RestoreInput,
+    RestoreOutput,
+)
+from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.redaction import redact
 
 PART_SIZE = 8 * 1024 * 1024

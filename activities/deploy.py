@@ -15,6 +15,10 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from shipflow.activities.core.tables import ReleaseRecord
+from shipflow.activities.progress import ActivityProgress
+from shipflow.activities.records import last_release, write_release
+from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
 from shipflow.workflows.io.deploy import (
     RESOLVE_PROMOTION,
     ROLLOUT,
@@ -23,10 +27,6 @@ from shipflow.workflows.io.deploy import (
     RolloutInput,
     RolloutOutput,
 )
-from shipflow.activities.progress import ActivityProgress
-from shipflow.activities.records import last_release, write_release
-from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
-from shipflow.activities.core.tables import ReleaseRecord
 
 
 class _DeployProgress:

@@ -10,8 +10,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio import activity
 
-from shipflow.workflows.io.records import RECORD_RUN, RecordOutput, RunRecordInput
 from shipflow.activities.core.tables import ReleaseRecord, Run
+from shipflow.workflows.io.records import RECORD_RUN, RecordOutput, RunRecordInput
 
 
 class RecordActivities:

@@ -24,14 +24,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
-from shipflow.api.auth import Authenticator, load_tokens
+from shipflow.activities.core.client import connect
+from shipflow.activities.core.codec import PayloadKeyError
 from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.settings import Settings, get_settings
+from shipflow.api.auth import Authenticator, load_tokens
 from shipflow.api.hostile import RefuseUnstorableText, storage_error
 from shipflow.api.pending_runs import reconcile_forever
 from shipflow.api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
-from shipflow.activities.core.client import connect
-from shipflow.activities.core.codec import PayloadKeyError
-from shipflow.activities.core.settings import Settings, get_settings
 
 log = logging.getLogger("shipflow.api")
 

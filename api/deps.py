@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from shipflow.api.auth import Authenticator, AuthError, Caller, Role
 from shipflow.activities.core.settings import Settings
+from shipflow.api.auth import Authenticator, AuthError, Caller, Role
 
 
 def get_settings(request: Request) -> Settings:

@@ -27,9 +27,9 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from shipflow.activities.core.starter import read_status
 from shipflow.activities.core.tables import Run, utcnow
 from shipflow.api.runs_index import START_FAILED
-from shipflow.activities.core.starter import read_status
 from shipflow.workflows.status import RunStatus
 
 log = logging.getLogger("shipflow.api.pending")

@@ -74,10 +74,10 @@ def _child(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     from temporalio.testing import ActivityEnvironment
 
     from shipflow.activities.backup import BackupActivities
+    from shipflow.activities.core.settings import Settings
+    from shipflow.activities.s3 import S3Factory
     from shipflow.workflows.io.backup import BackupInput, RestoreInput
     from shipflow.workflows.io.common import StepContext
-    from shipflow.activities.s3 import S3Factory
-    from shipflow.activities.core.settings import Settings
 
     settings = Settings(s3_endpoint=spec["endpoint"])
     factory = S3Factory(settings)

@@ -62,12 +62,12 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-    from shipflow.workflows.io import notify as notify_io
-    from shipflow.workflows.io import records as record_io
-    from shipflow.workflows.io.common import StepContext
     from shipflow.activities.core.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
     from shipflow.activities.core.settings import Settings
     from shipflow.activities.core.starter import plan_for, start_release
+    from shipflow.workflows.io import notify as notify_io
+    from shipflow.workflows.io import records as record_io
+    from shipflow.workflows.io.common import StepContext
     from shipflow.workflows.release import ReleaseWorkflow
     from shipflow.workflows.spec import FlowSpec, parse_flow
 

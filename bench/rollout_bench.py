@@ -96,10 +96,10 @@ class _Quiet:
 
 
 def main(replicas: int = 3, startup: float = 0.5, period: float = 0.2, reps: int = 3) -> dict[str, Any]:
+    from shipflow.activities.core.settings import Settings
     from shipflow.activities.targets.base import RolloutRequest
     from shipflow.activities.targets.local.process import free_port
     from shipflow.activities.targets.local.target import LocalTarget
-    from shipflow.activities.core.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="sf-rollout-bench-") as tmp, local_runtime(Path(tmp)) as url:
         spec = {"kind": "local", "services": {"web": demo_service(free_port(), replicas, startup, period)}}

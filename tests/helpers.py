@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.worker import Worker
 
-from shipflow.worker.main import build_worker
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
+from shipflow.worker.main import build_worker
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.spec import FlowSpec, load_flow_text
 from shipflow.workflows.status import RunStatus

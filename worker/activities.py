@@ -10,12 +10,12 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from shipflow.activities.checks import CheckActivities
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.jobs import JobActivities
 from shipflow.activities.locks import LockActivities
 from shipflow.activities.notify import NotifyActivities
 from shipflow.activities.records import RecordActivities
 from shipflow.activities.targets import make_target
-from shipflow.activities.core.settings import Settings
 
 
 def build_activities(

@@ -15,11 +15,11 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from shipflow.activities.core.db import make_engine
-from shipflow.worker.activities import build_activities
 from shipflow.activities.core.client import connect
-from shipflow.worker.logs import configure_logging
+from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.settings import Settings, get_settings
+from shipflow.worker.activities import build_activities
+from shipflow.worker.logs import configure_logging
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.stage_lock import StageLockWorkflow
 

@@ -33,6 +33,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     # Models live in their own module, imported once per worker: defining pydantic models
     # here would rebuild them for every workflow instance the sandbox creates.
+    from shipflow.workflows.durations import parse_duration
     from shipflow.workflows.io import backup as backup_io
     from shipflow.workflows.io import checks as check_io
     from shipflow.workflows.io import deploy as deploy_io
@@ -41,7 +42,6 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.io import notify as notify_io
     from shipflow.workflows.io import records as record_io
     from shipflow.workflows.io.common import StepContext
-    from shipflow.workflows.durations import parse_duration
     from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
     from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
     from shipflow.workflows.spec import CheckSpec, Probes

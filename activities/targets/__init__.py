@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipflow.activities.targets.base import Target
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.targets.base import Target
 
 
 def make_target(spec: dict[str, Any], settings: Settings) -> Target:

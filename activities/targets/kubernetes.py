@@ -27,6 +27,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import (
     Conflict,
     Invalid,
@@ -42,7 +43,6 @@ from shipflow.activities.targets.base import (
     Transient,
 )
 from shipflow.activities.targets.k8s_errors import CONNECTION_ERRORS, Cancelled, api_error, call
-from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import Probe, Probes
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,10 @@ from fastapi.routing import APIRoute
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from temporalio.api.common.v1 import Payload
 
-from shipflow.api.auth import Caller, Role
-from shipflow.api.deps import TemporalDep, get_caller, require
 from shipflow.activities.core.codec import PayloadKeyError
 from shipflow.activities.core.settings import Settings
+from shipflow.api.auth import Caller, Role
+from shipflow.api.deps import TemporalDep, get_caller, require
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 ALLOWED_METHODS = "POST, OPTIONS"

@@ -18,6 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import new_run_id, plan_for, start_release, ui_link
+from shipflow.activities.core.tables import Flow, FlowVersion, Run, utcnow
 from shipflow.api.concurrency import wait_for_admission
 from shipflow.api.deps import (
     Admin,
@@ -29,12 +32,9 @@ from shipflow.api.deps import (
     Viewer,
 )
 from shipflow.api.errors import error_responses
-from shipflow.activities.core.tables import Flow, FlowVersion, Run, utcnow
 from shipflow.api.runs_index import insert_run, mark_start_failed
 from shipflow.api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
 from shipflow.api.schemas import FlowDetail, FlowPublic, RunAccepted, RunCreate, flow_summary
-from shipflow.activities.core.settings import Settings
-from shipflow.activities.core.starter import new_run_id, plan_for, start_release, ui_link
 from shipflow.workflows.spec import (
     FlowError,
     FlowSpec,

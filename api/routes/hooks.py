@@ -26,6 +26,9 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import new_run_id, plan_for, start_release, ui_link
+from shipflow.activities.core.tables import Flow, Run, WebhookDelivery, utcnow
 from shipflow.api.deps import EngineDep, SettingsDep, TemporalDep
 from shipflow.api.errors import error_responses
 from shipflow.api.git import (
@@ -37,10 +40,7 @@ from shipflow.api.git import (
     parse_gitlab_push,
     resolve_args,
 )
-from shipflow.activities.core.tables import Flow, Run, WebhookDelivery, utcnow
 from shipflow.api.runs_index import insert_run, mark_start_failed
-from shipflow.activities.core.settings import Settings
-from shipflow.activities.core.starter import new_run_id, plan_for, start_release, ui_link
 from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
 log = logging.getLogger("shipflow.hooks")

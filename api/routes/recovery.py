@@ -12,9 +12,11 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import read_status, start_release, ui_link
+from shipflow.activities.core.tables import Flow, ReleaseRecord, Run
 from shipflow.api.deps import EngineDep, Operator, SettingsDep, TemporalDep
 from shipflow.api.errors import error_responses
-from shipflow.activities.core.tables import Flow, ReleaseRecord, Run
 from shipflow.api.recovery import (
     DataRestore,
     RecoveryError,
@@ -25,8 +27,6 @@ from shipflow.api.recovery import (
     services_to_roll_back,
 )
 from shipflow.api.runs_index import insert_run, mark_start_failed
-from shipflow.activities.core.settings import Settings
-from shipflow.activities.core.starter import read_status, start_release, ui_link
 from shipflow.workflows.plan import Plan
 from shipflow.workflows.release import ReleaseInput
 from shipflow.workflows.spec import load_flow_text

@@ -23,9 +23,11 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import read_status, ui_link
+from shipflow.activities.core.tables import Run, utcnow
 from shipflow.api.deps import Admin, EngineDep, Operator, SettingsDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
-from shipflow.activities.core.tables import Run, utcnow
 from shipflow.api.schemas import (
     ApproveRequest,
     RejectRequest,
@@ -36,8 +38,6 @@ from shipflow.api.schemas import (
     TerminateRequest,
 )
 from shipflow.api.stuck import stuck
-from shipflow.activities.core.settings import Settings
-from shipflow.activities.core.starter import read_status, ui_link
 from shipflow.workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from shipflow.workflows.status import RunState, RunStatus, StepStatus
 

@@ -27,12 +27,12 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from shipflow.activities.core.starter import ui_link
+from shipflow.activities.core.tables import Flow, Run
 from shipflow.api.deps import Admin, EngineDep, SettingsDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
-from shipflow.activities.core.tables import Flow, Run
 from shipflow.api.runs_index import insert_run
 from shipflow.api.schedules import PREFIX, built_from, cron_triggers, schedule_id
-from shipflow.activities.core.starter import ui_link
 from shipflow.workflows.release import MEMO_KEY
 from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 

@@ -16,10 +16,10 @@ from rich.table import Table
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import list_backups, open_store, restore_backup
+from shipflow.activities.core.settings import get_settings
 from shipflow.activities.dbdump import DumpError, parse_database
 from shipflow.activities.envrefs import resolve_env
 from shipflow.activities.s3 import S3Factory
-from shipflow.activities.core.settings import get_settings
 
 app = typer.Typer(
     help="Database backups in S3 or under file://: list them, restore one.", no_args_is_help=True

@@ -25,9 +25,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from shipflow.activities.core.settings import get_settings
 from shipflow.infra.cli.client import ApiClient, ApiError, ApiUnreachable
 from shipflow.infra.cli.render import print_link, run_view, runs_table
-from shipflow.activities.core.settings import get_settings
 from shipflow.workflows.spec import FlowError, flow_json_schema, load_flow_text
 from shipflow.workflows.status import RunState, RunStatus
 

@@ -21,9 +21,9 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from shipflow.api.auth import hash_token
-from shipflow.activities.core.settings import Settings
 
 TOKENS = {"viewer": "tok-viewer-1", "operator": "tok-operator-1", "admin": "tok-admin-1"}
 

@@ -10,6 +10,7 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
+from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from shipflow.api.auth import (
     Authenticator,
@@ -20,7 +21,6 @@ from shipflow.api.auth import (
     load_tokens,
     new_token,
 )
-from shipflow.activities.core.settings import Settings
 from tests.api.conftest import TOKENS, api_client, bearer, token_settings
 
 RANK = {"viewer": 0, "operator": 1, "admin": 2}

@@ -26,10 +26,10 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from shipflow.api.app import create_app
 from shipflow.activities.core.client import make_data_converter
 from shipflow.activities.core.codec import EncryptionCodec, new_key_entry, parse_keys
 from shipflow.activities.core.settings import Settings
+from shipflow.api.app import create_app
 from shipflow.workflows.status import RunState
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary

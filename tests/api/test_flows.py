@@ -11,8 +11,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from shipflow.activities.core.db import make_engine
-from shipflow.activities.core.tables import Flow, FlowVersion
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.tables import Flow, FlowVersion
 from shipflow.workflows.spec import load_flow_text
 from tests.api.conftest import api_client
 from tests.helpers import wait_until

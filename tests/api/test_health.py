@@ -11,9 +11,9 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
+from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from shipflow.api.routes import runs as runs_routes
-from shipflow.activities.core.settings import Settings
 from tests.api.conftest import api_client
 from tests.backup.proxy import TcpProxy
 from tests.conftest import PG_ADMIN_URL

@@ -10,8 +10,8 @@ import uuid
 
 from pydantic import SecretStr
 
-from shipflow.api.hostile import find_bad_text
 from shipflow.activities.core.settings import Settings
+from shipflow.api.hostile import find_bad_text
 from tests.api.conftest import api_client
 from tests.triggers.payloads import gitlab_headers, gitlab_push
 

@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shipflow.api.app import create_app
 from shipflow.activities.core.settings import Settings
+from shipflow.api.app import create_app
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.conftest import PG_ADMIN_URL, _pg_admin
 

@@ -14,9 +14,9 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.tables import Run, utcnow
 from shipflow.api.runs_index import START_FAILED, insert_run
-from shipflow.activities.core.settings import Settings
 from tests.api.conftest import api_client
 from tests.helpers import finish, new_worker, start_flow, wait_until
 

@@ -17,9 +17,9 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.tables import Run
 from shipflow.api.routes import runs as runs_routes
-from shipflow.activities.core.settings import Settings
 from tests.api.conftest import Hooks, api_client
 from tests.helpers import new_worker, wait_until
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from shipflow.api.auth import load_tokens
-from shipflow.activities.core.settings import Settings
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.api.served import ApiProcess, api_env
 

@@ -21,9 +21,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 from typer.testing import CliRunner
 
+from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from shipflow.infra.cli.main import app as cli
-from shipflow.activities.core.settings import Settings
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.helpers import wait_until
 

@@ -23,6 +23,7 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from shipflow.activities.backup import BackupActivities
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.s3 import (
     S3Client,
     S3Factory,
@@ -30,7 +31,6 @@ from shipflow.activities.s3 import (
     make_s3_client,
     start_local_s3,
 )
-from shipflow.activities.core.settings import Settings
 
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from shipflow.activities.backup import BackupActivities
-from shipflow.workflows.io.backup import BackupInput
 from shipflow.activities.s3 import S3Client
 from shipflow.infra.cli.backup import app
+from shipflow.workflows.io.backup import BackupInput
 from tests.backup.conftest import pg_rows, pg_schema, psql, run_activity
 from tests.backup.test_postgres import context
 
@@ -69,8 +69,8 @@ def test_list_finds_the_bucket_from_the_applied_flow(
     from sqlmodel import Session
 
     from shipflow.activities.core.db import make_engine
-    from shipflow.activities.core.tables import Flow
     from shipflow.activities.core.settings import Settings, get_settings
+    from shipflow.activities.core.tables import Flow
 
     to = f"s3://{bucket}/from-flow/"
     monkeypatch.setenv("SHIPFLOW_DATA_DIR", str(tmp_path / "api"))

@@ -7,8 +7,8 @@ import json
 import pytest
 from temporalio.client import Client
 
-from shipflow.activities.s3 import S3Client
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import pg_rows, pg_schema, psql
 from tests.backup.test_postgres import BREAK, SCHEMA
 from tests.helpers import decoded_history_text, new_worker, run_flow

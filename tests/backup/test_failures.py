@@ -10,10 +10,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import BackupActivities
-from shipflow.activities.dbdump import redact_url
-from shipflow.workflows.io.backup import BackupInput, RestoreInput
-from shipflow.activities.s3 import S3Client, S3Factory
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.dbdump import redact_url
+from shipflow.activities.s3 import S3Client, S3Factory
+from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from tests.backup.conftest import (
     TEST_PART_SIZE,
     ScramPg,

@@ -18,8 +18,8 @@ from temporalio.exceptions import ApplicationError
 from typer.testing import CliRunner
 
 from shipflow.activities.backup import BackupActivities, FileStore, list_backups
-from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from shipflow.infra.cli.backup import app
+from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from tests.backup.conftest import pg_rows, pg_schema, psql, run_activity, run_failing
 from tests.backup.test_postgres import BREAK, SCHEMA, context
 from tests.backup.test_sqlite import dump, make_db

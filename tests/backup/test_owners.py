@@ -22,8 +22,8 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import BackupActivities
-from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from shipflow.activities.core.settings import Settings
+from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from shipflow.workflows.plan import compile
 from shipflow.workflows.spec import FlowError, load_flow_text
 from tests.backup.conftest import psql, run_activity, run_failing

@@ -14,9 +14,9 @@ from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import BackupActivities, S3Store, list_backups
 from shipflow.activities.dbdump import DumpError, PgDump, parse_database, pg_restore, redact_url
+from shipflow.activities.s3 import S3Client
 from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from shipflow.workflows.io.common import StepContext
-from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import (
     TEST_PART_SIZE,
     ScramPg,

@@ -20,8 +20,8 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from shipflow.activities.core.db import make_engine
-from shipflow.activities.core.tables import Run
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.tables import Run
 from tests.api.conftest import api_client
 from tests.helpers import HttpSink, finish, start_flow
 

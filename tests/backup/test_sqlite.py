@@ -10,8 +10,8 @@ from pathlib import Path
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import BackupActivities
-from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from shipflow.activities.s3 import S3Client
+from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from tests.backup.conftest import TEST_PART_SIZE, run_activity, run_failing
 from tests.backup.test_postgres import context
 

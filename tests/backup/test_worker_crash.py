@@ -10,8 +10,8 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from shipflow.activities.s3 import S3Client
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.s3 import S3Client
 from tests.backup.conftest import psql
 from tests.helpers import finish, new_worker, start_flow, wait_until
 

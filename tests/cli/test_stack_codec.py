@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shipflow.infra.stack import EmbeddedStack, free_ports, temporal_binary
 from shipflow.activities.core.codec import KEY_FILE_NAME
+from shipflow.infra.stack import EmbeddedStack, free_ports, temporal_binary
 from tests.api.test_codec import all_text, payloads_in
 
 FLOW = """\

@@ -13,9 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import JobRequest, RolloutRequest
 from shipflow.activities.targets.kubernetes import KubernetesTarget
-from shipflow.activities.core.settings import Settings
 from tests.k8s.conftest import Cluster, RecordingProgress
 from tests.k8s.emulator import KubeEmulator
 

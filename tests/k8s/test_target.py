@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import (
     Conflict,
     Forbidden,
@@ -23,7 +24,6 @@ from shipflow.activities.targets.base import (
 )
 from shipflow.activities.targets.k8s_errors import Cancelled
 from shipflow.activities.targets.kubernetes import KubernetesTarget, probe_to_k8s
-from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import Probe, Probes
 from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
 from tests.k8s.emulator import KubeEmulator

@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import RolloutRequest
 from shipflow.activities.targets.local.process import free_port, kill_now, pid_alive
 from shipflow.activities.targets.local.target import LocalTarget
-from shipflow.activities.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_APP = str(ROOT / "infra" / "demo" / "app.py")

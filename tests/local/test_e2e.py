@@ -13,10 +13,10 @@ from pathlib import Path
 from sqlmodel import Session, select
 from temporalio.client import Client
 
-from shipflow.activities.targets.local.process import free_port, pid_alive
 from shipflow.activities.core.db import make_engine
-from shipflow.activities.core.tables import ReleaseRecord
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.tables import ReleaseRecord
+from shipflow.activities.targets.local.process import free_port, pid_alive
 from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
 from tests.local.support import ROOT, Load, RuntimeProcess, demo_service
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import TargetError
 from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.target import LocalTarget
-from shipflow.activities.core.settings import Settings
 from tests.local.support import Load, RuntimeProcess, demo_service, make_target, request
 
 WRONG = "not-the-key-" + "x" * 20

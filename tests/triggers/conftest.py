@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from shipflow.api.routes import hooks, schedules
-from shipflow.activities.core.settings import Settings
 
 
 def app_for(settings: Settings) -> FastAPI:

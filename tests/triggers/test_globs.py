@@ -7,8 +7,8 @@ import time
 import pytest
 from temporalio.client import Client
 
-from shipflow.api.git import decide, parse_github_push
 from shipflow.activities.core.settings import Settings
+from shipflow.api.git import decide, parse_github_push
 from shipflow.workflows.globs import GlobError, compile_glob, glob_match
 from shipflow.workflows.spec import FlowError, GitMatch, GitTrigger, load_flow_text
 from tests.triggers.conftest import api, apply, unique

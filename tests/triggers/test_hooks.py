@@ -12,8 +12,8 @@ from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from shipflow.activities.core.tables import Run, WebhookDelivery
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.tables import Run, WebhookDelivery
 from shipflow.workflows.release import MEMO_KEY
 from tests.helpers import HttpSink, new_worker, wait_until
 from tests.triggers.conftest import api, apply, unique

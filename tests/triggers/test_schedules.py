@@ -16,6 +16,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from shipflow.activities.core.settings import Settings
 from shipflow.api.auth import hash_token
 from shipflow.api.schedules import (
     built_from,
@@ -24,7 +25,6 @@ from shipflow.api.schedules import (
     validate_cron,
     validate_triggers,
 )
-from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import FlowError, load_flow_text
 from tests.helpers import new_worker, wait_until
 from tests.triggers.conftest import api, apply, unique

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.envrefs import resolve_env
 from shipflow.activities.targets.base import (
     Conflict,
@@ -32,7 +33,6 @@ from shipflow.activities.targets.base import (
 )
 from shipflow.activities.targets.local.jobs import run_local_job
 from shipflow.activities.targets.local.runtime_key import RuntimeKeyError, auth_headers, client_key
-from shipflow.activities.core.settings import Settings
 from shipflow.workflows.spec import LocalService, Probes
 from shipflow.workflows.spec import LocalTarget as LocalTargetSpec
 
