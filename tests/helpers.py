@@ -15,12 +15,17 @@ from temporalio.worker import Worker
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
+from shipflow.activities.targets.local.process import free_port
+from shipflow.infra.stack import temporal_binary
 from shipflow.worker.main import build_worker
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.spec import FlowSpec, load_flow_text
 from shipflow.workflows.status import RunStatus
 
 T = TypeVar("T")
+
+#: One port picker and one Temporal CLI lookup for tests, the same ones production uses.
+__all__ = ["free_port", "temporal_binary", "wait_until", "wait_until_sync"]
 
 
 @asynccontextmanager
@@ -85,6 +90,28 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+def wait_until_sync(
+    check: Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "condition",
+) -> T:
+    """`wait_until` for code that is not async (threads, subprocess supervision tests).
+
+    `what` names the condition in the failure message; a callable is called only when it
+    fails, so the message can show state read at that moment (e.g. a log's tail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            said = what() if callable(what) else what
+            raise AssertionError(f"{said}: not met within {timeout:g}s (last value: {value!r})")
+        time.sleep(interval)
+
+
 async def step_state(handle: WorkflowHandle[Any, Any], step_id: str) -> str:
     status: RunStatus = await handle.query(ReleaseWorkflow.status)
     return status.step(step_id).state.value
@@ -139,13 +166,6 @@ class HttpSink:
         self._server.shutdown()
         self._server.server_close()
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 

@@ -32,8 +32,8 @@ from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from shipflow.workflows.status import RunState
 from tests.api.conftest import api_client, bearer, token_settings
-from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
-from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
+from tests.conftest import TEST_PAYLOAD_KEYS
+from tests.helpers import finish, new_worker, run_flow, start_flow, temporal_binary, wait_until
 
 UI_ORIGIN = "http://127.0.0.1:8233"  # the Settings default SHIPFLOW_UI_URL's origin
 

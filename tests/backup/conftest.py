@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -31,6 +30,7 @@ from shipflow.activities.s3 import (
     make_s3_client,
     start_local_s3,
 )
+from tests.helpers import free_port
 
 for _name, _value in {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -41,11 +41,6 @@ for _name, _value in {
 
 TEST_PART_SIZE = 64 * 1024
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

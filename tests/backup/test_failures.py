@@ -206,7 +206,7 @@ def test_restore_of_a_missing_backup_is_permanent(
 
 
 def test_unreachable_s3_at_start_is_retryable(backups: BackupActivities, pg_url: str) -> None:
-    from tests.backup.conftest import free_port
+    from tests.helpers import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     error, _ = run_failing(
@@ -299,7 +299,7 @@ def test_s3_client_errors_map_to_retry_semantics(
 
 
 def test_database_down_is_retryable_and_redacted(backups: BackupActivities, bucket: str) -> None:
-    from tests.backup.conftest import free_port
+    from tests.helpers import free_port
 
     url = f"postgresql://postgres:Sup3rSecretPw@127.0.0.1:{free_port()}/app"
     error, _ = run_failing(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
@@ -14,6 +14,7 @@ from shipflow.activities.s3 import S3Client
 from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from tests.backup.conftest import TEST_PART_SIZE, run_activity, run_failing
 from tests.backup.test_postgres import context
+from tests.helpers import wait_until_sync
 
 
 def dump(path: Path) -> list[str]:
@@ -65,11 +66,8 @@ def make_db(path: Path) -> None:
     conn.close()
 
 
-def wait_for(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+def wait_for(check: Callable[[], object], timeout: float = 10.0) -> None:
+    wait_until_sync(check, timeout=timeout, interval=0.02)
 
 
 def test_sqlite_backup_during_writes_then_restore(

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +44,7 @@ import pytest
 
 from shipflow.infra.stack import EmbeddedStack, free_ports
 from tests.cli.test_stack import _alive, _processes_in_groups
+from tests.helpers import wait_until_sync
 
 SEED = int(os.environ.get("SHIPFLOW_CHAOS_SEED", "1010"))
 RUNS = int(os.environ.get("SHIPFLOW_CHAOS_RUNS", "6"))
@@ -293,12 +294,6 @@ def _api(stack: EmbeddedStack, method: str, path: str, **kwargs: Any) -> httpx.R
         time.sleep(0.2)
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
-        time.sleep(0.2)
-
 
 def _pg_sessions(pg_url: str) -> int:
     import psycopg
@@ -346,7 +341,7 @@ def test_releases_survive_chaos(
 
     # The live client starts once the service exists (the first run's deploy).
     client = LiveClient(f"http://127.0.0.1:{front}/version")
-    _wait(lambda: _answers(client.url), 120, "the first deploy")
+    wait_until_sync(lambda: _answers(client.url), timeout=120, interval=0.2, what="the first deploy")
     client_thread = threading.Thread(target=client.run, daemon=True)
     client_thread.start()
 
@@ -415,7 +410,7 @@ def test_releases_survive_chaos(
     stack.stop()
     groups = set(every_child_pid(said, initial))
     leftovers = _processes_in_groups(groups) + [pid for pid in service_pids if _alive(pid)]
-    _wait(lambda: _pg_sessions(pg_url) == 0, 15, "PostgreSQL sessions to close")
+    wait_until_sync(lambda: _pg_sessions(pg_url) == 0, timeout=15, interval=0.2, what="PostgreSQL sessions to close")
 
     result = {
         "seed": SEED,

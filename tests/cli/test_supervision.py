@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ import pytest
 
 from shipflow.infra.stack import EmbeddedStack, free_ports
 from tests.cli.test_stack import _alive, apply, cli, run_id_of, wait_state
+from tests.helpers import wait_until_sync
 
 SAID: list[str] = []
 
@@ -58,11 +58,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
         stack.stop()
 
 
-def _wait(check: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {timeout}s; the stack said: {SAID[-8:]}"
-        time.sleep(0.1)
+def _wait(check: Callable[[], object], timeout: float = 60.0) -> None:
+    wait_until_sync(check, timeout=timeout, interval=0.1, what=lambda: f"the stack said: {SAID[-8:]}")
 
 
 def _restarted(stack: EmbeddedStack, name: str, old_pid: int, count: int) -> bool:

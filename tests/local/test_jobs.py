@@ -11,7 +11,6 @@ import os
 import signal
 import stat
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from shipflow.activities.targets.base import JobFailed, JobRequest, TargetError
 from shipflow.activities.targets.local.jobs import Job, JobStore, _checked, run_local_job
 from shipflow.activities.targets.local.process import pid_alive
+from tests.helpers import wait_until_sync
 from tests.local.support import Beats
 
 
@@ -39,12 +39,8 @@ def started_and_abandoned(jobs: Path, request: JobRequest) -> Job:
     return JobStore(jobs).start(request, _checked(request))
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 15.0) -> None:
-    """`tests.helpers.wait_until` for code that is not async."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.02)
+def wait_for(check: Callable[[], object], timeout: float = 15.0) -> None:
+    wait_until_sync(check, timeout=timeout, interval=0.02)
 
 
 def group_alive(pgid: int) -> bool:

@@ -18,8 +18,8 @@ from shipflow.activities.core.client import make_data_converter
 from shipflow.activities.core.codec import parse_keys
 from shipflow.activities.core.settings import Settings
 from shipflow.workflows.release import ApproveInput, ReleaseWorkflow
-from tests.conftest import TEST_PAYLOAD_KEYS, temporal_binary
-from tests.helpers import finish, new_worker, start_flow, wait_until
+from tests.conftest import TEST_PAYLOAD_KEYS
+from tests.helpers import finish, new_worker, start_flow, temporal_binary, wait_until
 
 HERE = Path(__file__).parent / "histories"
 
