@@ -12,6 +12,7 @@ when the process stops.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -162,6 +163,24 @@ def ensure_bucket(client: S3Client, name: str) -> None:
         raise_s3_error(e, client, f"creating bucket {name}")
 
 
+#: What moto's server mode needs; a production install (without the `embedded` extra) has none.
+EMBEDDED_S3_MODULES = ("moto", "flask", "flask_cors")
+
+
+def missing_embedded_s3() -> str | None:
+    """Why the local S3 endpoint cannot start here, or None when it can.
+
+    moto (with Flask, docker and cfn-lint behind it) is only for the embedded dev stack and
+    the tests, so it is the optional extra `embedded`, not a dependency of shipflow itself."""
+    absent = [name for name in EMBEDDED_S3_MODULES if importlib.util.find_spec(name) is None]
+    if not absent:
+        return None
+    return (
+        f"the local S3 endpoint needs moto's server mode ({', '.join(absent)} not installed): "
+        "install shipflow with its `embedded` extra, e.g. pip install 'shipflow[embedded]'"
+    )
+
+
 def start_local_s3(
     port: int,
     data_dir: Path,
@@ -181,8 +200,12 @@ def start_local_s3(
         The process (stop it with `terminate()`; the caller owns it) and the endpoint URL.
 
     Raises:
-        RuntimeError: the server exited or did not answer in time (the log's tail is included).
+        RuntimeError: moto's server mode is not installed (the `embedded` extra), or the
+            server exited or did not answer in time (the log's tail is included).
     """
+    missing = missing_embedded_s3()
+    if missing:
+        raise RuntimeError(missing)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "moto-s3.log"
     child_env = {**os.environ, **(env or {})}

@@ -375,10 +375,15 @@ class EmbeddedStack:
 
         Raises:
             PortInUse: a port is taken (nothing was started).
-            StackError: the data dir is used by another running stack (nothing was
-                started), or a piece died or was not healthy in time (everything started
-                is stopped).
+            StackError: moto (the `embedded` extra) is not installed, or the data dir is
+                used by another running stack (nothing was started in either case), or a
+                piece died or was not healthy in time (everything started is stopped).
         """
+        from shipflow.activities.s3 import missing_embedded_s3
+
+        missing = missing_embedded_s3()
+        if missing:
+            raise StackError(missing)
         self.check_ports()
         self._stopping.clear()
         self._stopped.clear()
