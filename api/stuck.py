@@ -15,16 +15,28 @@ from datetime import UTC
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.failure.v1 import Failure
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import Client, WorkflowExecutionDescription
 
 from shipflow.api.schemas import Stuck
+from shipflow.workflows.redaction import redact
 
 #: A workflow task on its second attempt has failed once already (timeouts: see `stuck`).
 STUCK_AT_ATTEMPT = 2
 #: How far back to look for the failure; after it, only signals and requests are written.
 HISTORY_PAGE = 100
 REASON_CHARS = 1000
+
+
+async def _failure_message(client: Client, failure: Failure) -> str:
+    """The failure's message in clear: with payload encryption on, the history holds only
+    "Encoded failure" and the real message sits in the encrypted attributes."""
+    try:
+        error = await client.data_converter.decode_failure(failure)
+    except Exception:  # a key this API lacks: the raw message is all there is
+        return redact(failure.message) or "no message"
+    return redact(str(error)) or "no message"
 
 
 async def _last_task_failure(client: Client, run_id: str) -> str | None:
@@ -39,7 +51,7 @@ async def _last_task_failure(client: Client, run_id: str) -> str | None:
             attributes = event.workflow_task_failed_event_attributes
             cause = WorkflowTaskFailedCause.Name(attributes.cause)
             cause = cause.removeprefix("WORKFLOW_TASK_FAILED_CAUSE_").lower()
-            message = attributes.failure.message or "no message"
+            message = await _failure_message(client, attributes.failure)
             return f"workflow task failed ({cause}): {message}"[:REASON_CHARS]
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             return None  # the failures are older than the last success

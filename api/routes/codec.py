@@ -34,6 +34,7 @@ from shipflow.activities.core.codec import PayloadKeyError
 from shipflow.activities.core.settings import Settings
 from shipflow.api.auth import Caller, Role
 from shipflow.api.deps import TemporalDep, get_caller, require
+from shipflow.api.errors import error_responses
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 ALLOWED_METHODS = "POST, OPTIONS"
@@ -84,7 +85,43 @@ class CorsRoute(APIRoute):
         return with_cors
 
 
-router = APIRouter(prefix="/codec", tags=["codec"], route_class=CorsRoute)
+router = APIRouter(
+    prefix="/codec",
+    tags=["codec"],
+    route_class=CorsRoute,
+    responses=error_responses(401, 403, 422, 503),
+)
+
+#: The remote codec protocol's body, for the OpenAPI document (the route parses it itself so
+#: that each bad payload is named by its index).
+_PAYLOADS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["payloads"],
+                    "properties": {
+                        "payloads": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "metadata": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "string"},
+                                    },
+                                    "data": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 _require_viewer = require(Role.VIEWER)
 
@@ -170,7 +207,7 @@ async def preflight(action: str, request: Request) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT, headers=headers)
 
 
-@router.post("/decode")
+@router.post("/decode", openapi_extra=_PAYLOADS_BODY)
 async def decode(request: Request, client: TemporalDep, _caller: CodecViewer) -> dict[str, Any]:
     """Payloads as the worker wrote them, decrypted; unencrypted ones come back as they are.
 
@@ -189,7 +226,7 @@ async def decode(request: Request, client: TemporalDep, _caller: CodecViewer) ->
     return _answer(decoded)
 
 
-@router.post("/encode")
+@router.post("/encode", openapi_extra=_PAYLOADS_BODY)
 async def encode(request: Request, client: TemporalDep, _caller: CodecViewer) -> dict[str, Any]:
     """Payloads encrypted with the current key (what the UI sends when it starts or
     signals a workflow); unchanged when encryption is not configured."""
@@ -199,9 +236,9 @@ async def encode(request: Request, client: TemporalDep, _caller: CodecViewer) ->
 
 
 async def payload_key_error(_request: Request, exc: Exception) -> JSONResponse:
-    """A run's data that this API cannot decrypt: a clear 500 naming the key id, not a
-    traceback (the server's keys are wrong, not the request)."""
+    """A run's data that this API cannot decrypt: a 503 naming the key id, not a traceback
+    (the server's key setting is wrong, not the request)."""
     return JSONResponse(
         {"detail": f"cannot decrypt the run's data: {exc}"},
-        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
     )

@@ -334,7 +334,7 @@ async def test_rotated_keys_read_old_runs_and_a_missing_key_is_a_clear_error(
     only_new = settings.model_copy(update={"payload_keys": SecretStr(new_entry)})
     async with api_client(only_new) as http:
         answer = await asyncio.wait_for(http.get(f"/runs/{status.run_id}"), timeout=30)
-        assert answer.status_code == 500
+        assert answer.status_code == 503
         detail = answer.json()["detail"]
         assert "'test-1'" in detail and "not configured" in detail
         assert new_entry.split(":", 1)[1] not in detail
