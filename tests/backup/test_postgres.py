@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.backup.conftest import (
     run_activity,
     run_failing,
 )
+from tests.helpers import wait_until_sync
 
 SCHEMA = """
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE,
@@ -400,14 +400,15 @@ def test_cancelled_restore_rolls_back(backups: BackupActivities, bucket: str, pg
             )
         locker.rollback()
         # The killed psql's backend finds its client gone once its lock wait ends, and aborts.
-        deadline = time.monotonic() + 20
         gone = (
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'shipflow-restore' "
             "AND datname = current_database()"
         )
-        while (row := watcher.execute(gone).fetchone()) and row[0] > 0:
-            assert time.monotonic() < deadline, "the cancelled restore's backend is still there"
-            time.sleep(0.05)
+        wait_until_sync(
+            lambda: (row := watcher.execute(gone).fetchone()) is None or row[0] == 0,
+            timeout=20,
+            what="the cancelled restore's backend to go",
+        )
     assert any(b.get("phase") == "restore" for b in seen)
     assert pg_schema(pg_url) == schema and pg_rows(pg_url) == rows
 

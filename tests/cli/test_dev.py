@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from shipflow.infra.stack import (
     free_ports,
     port_is_free,
 )
+from tests.helpers import wait_until_sync
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -68,21 +68,22 @@ def test_dev_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> No
     out_path = tmp_path / "dev.out"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def says(text: str) -> bool:
+        said = out_path.read_text()
+        assert proc.poll() is None, said
+        return text in said
+
     try:
-        deadline = time.monotonic() + 90
-        while "Ctrl-C stops everything" not in out_path.read_text():
-            assert proc.poll() is None, out_path.read_text()
-            assert time.monotonic() < deadline, out_path.read_text()
-            time.sleep(0.1)
+        wait_until_sync(lambda: says("Ctrl-C stops everything"), timeout=90, interval=0.1,
+                        what=lambda: out_path.read_text())  # fmt: skip
         text = out_path.read_text()
         assert f"http://127.0.0.1:{api}" in text and f"http://127.0.0.1:{ui}" in text
         assert httpx.get(f"http://127.0.0.1:{api}/healthz").status_code == 200
         # The webhook inbox prints what notify steps send it.
         note = {"flow": "f", "step": "tell", "run_id": "r1", "message": "hello from a test"}
         assert httpx.post(f"http://127.0.0.1:{sink}/notify", json=note).status_code == 204
-        while "hello from a test" not in out_path.read_text():
-            assert time.monotonic() < deadline, out_path.read_text()
-            time.sleep(0.05)
+        wait_until_sync(lambda: says("hello from a test"), timeout=30, what=lambda: out_path.read_text())
         assert "webhook f/tell (r1): hello from a test" in out_path.read_text()
         children = _children(proc.pid)
         assert len(children) == 5, children  # temporal, runtime, s3, worker, api

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from shipflow.infra.demo_driver import (
 )
 from shipflow.infra.stack import Child, EmbeddedStack, free_ports
 from shipflow.workflows.status import RunState
+from tests.helpers import wait_until_sync
 
 runner = CliRunner()
 
@@ -77,14 +77,13 @@ def run_id_of(result: Result) -> str:
 
 
 def wait_state(stack: EmbeddedStack, run_id: str, state: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
     with ApiClient(stack.api_url, stack.token) as client:
-        while True:
-            status, _ = client.get_run(run_id)
-            if status.state.value == state:
-                return
-            assert time.monotonic() < deadline, f"{run_id} is {status.state.value}, not {state}"
-            time.sleep(0.1)
+        wait_until_sync(
+            lambda: client.get_run(run_id)[0].state.value == state,
+            timeout=timeout,
+            interval=0.1,
+            what=lambda: f"{run_id} is {client.get_run(run_id)[0].state.value}, not {state}",
+        )
 
 
 OK_FLOW = """\

@@ -8,7 +8,6 @@ import base64
 import json
 import stat
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ import pytest
 from shipflow.activities.core.codec import KEY_FILE_NAME
 from shipflow.infra.stack import EmbeddedStack, free_ports, temporal_binary
 from tests.api.test_codec import all_text, payloads_in
+from tests.helpers import wait_until_sync
 
 FLOW = """\
 apiVersion: shipflow/v1
@@ -73,11 +73,13 @@ def test_stack_encrypts_and_the_web_ui_decodes_through_the_api(stack: EmbeddedSt
         started = api.post(f"/flows/{name}/runs", json={"args": {"marker": marker}})
         assert started.status_code == 202, started.text
         run_id = started.json()["run_id"]
-        deadline = time.monotonic() + 60
-        while (state := api.get(f"/runs/{run_id}").json()["state"]) != "succeeded":
-            assert state in ("pending", "running"), state
-            assert time.monotonic() < deadline, state
-            time.sleep(0.2)
+
+        def succeeded() -> bool:
+            state = api.get(f"/runs/{run_id}").json()["state"]
+            assert state in ("pending", "running", "succeeded"), state
+            return bool(state == "succeeded")
+
+        wait_until_sync(succeeded, timeout=60, interval=0.2, what=f"run {run_id} to succeed")
         assert f"OUT-42 {marker}" in api.get(f"/runs/{run_id}").text
 
     shown = subprocess.run(
