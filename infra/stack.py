@@ -25,11 +25,8 @@ import asyncio
 import atexit
 import contextlib
 import fcntl
-import hashlib
-import importlib.util
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -117,31 +114,16 @@ def free_ports(count: int) -> list[int]:
 
 
 def hash_admin_token(token: str) -> str:
-    """sha256 hex of the token, via `shipflow.api.auth.hash_token` when the API module provides it."""
-    if importlib.util.find_spec("shipflow.api.auth") is not None:
-        from shipflow.api import auth
+    """sha256 hex of the token, as the API stores and checks it (`shipflow.api.auth`)."""
+    from shipflow.api.auth import hash_token
 
-        hasher = getattr(auth, "hash_token", None)
-        if hasher is not None:
-            return str(hasher(token))
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hash_token(token)
 
 
 def new_admin_token() -> str:
-    if importlib.util.find_spec("shipflow.api.auth") is not None:
-        from shipflow.api import auth
+    from shipflow.api.auth import new_token
 
-        maker = getattr(auth, "new_token", None)
-        if maker is not None:
-            return str(maker())
-    return "sf_" + secrets.token_urlsafe(32)
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+    return new_token()
 
 
 def _with_parent_death_signal(argv: list[str]) -> list[str]:
@@ -626,10 +608,6 @@ class EmbeddedStack:
         return child, "Temporal to accept connections", self._temporal_ready
 
     def _start_runtime(self) -> _Pending | None:
-        if not _module_exists("shipflow.activities.targets.local.runtime"):
-            self.notes.append("local runtime not available yet: local deploys will fail")
-            self._say("runtime: shipflow.activities.targets.local.runtime does not exist; not started")
-            return None
         url = f"http://127.0.0.1:{self.runtime_port}"
         argv = [
             sys.executable,
@@ -650,20 +628,11 @@ class EmbeddedStack:
         self._start_s3()
 
     def _start_s3(self) -> None:
-        if not _module_exists("shipflow.activities.s3"):
-            self.notes.append("S3 not available yet: backup steps will fail")
-            self._say("s3: shipflow.activities.s3 does not exist; not started")
-            return
-        from shipflow.activities import s3
+        from shipflow.activities.s3 import start_local_s3
 
-        starter = getattr(s3, "start_local_s3", None)
-        if starter is None:
-            self.notes.append("shipflow.activities.s3.start_local_s3 missing: S3 not started")
-            self._say("s3: shipflow.activities.s3.start_local_s3 does not exist; not started")
-            return
         self._say(f"s3: starting moto on 127.0.0.1:{self.s3_port}")
         try:
-            proc, url = starter(self.s3_port, self.logs_dir)
+            proc, url = start_local_s3(self.s3_port, self.logs_dir)
         except RuntimeError as e:  # it stopped its process already
             raise StackError(f"s3: {e}") from e
         # start_local_s3 starts moto in our own process group: stop it by pid only.
@@ -700,10 +669,6 @@ class EmbeddedStack:
         return child, "the worker to poll its task queue", self._worker_polling
 
     def _start_api(self) -> _Pending | None:
-        if not _module_exists("shipflow.api.app"):
-            self.notes.append("shipflow.api.app does not exist yet: the HTTP API is not started")
-            self._say("api: shipflow.api.app does not exist; not started")
-            return None
         argv = [
             sys.executable,
             "-m",

@@ -7,7 +7,6 @@ Exit codes are part of the contract, so scripts and CI can rely on them:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import time
@@ -51,10 +50,9 @@ flow_app = typer.Typer(
 )
 app.add_typer(flow_app, name="flow")
 
-if importlib.util.find_spec("shipflow.infra.cli.backup") is not None:
-    from shipflow.infra.cli.backup import app as backup_app
+from shipflow.infra.cli.backup import app as backup_app  # noqa: E402  (after `app`)
 
-    app.add_typer(backup_app, name="backup")
+app.add_typer(backup_app, name="backup")
 
 out = Console()
 err = Console(stderr=True)
@@ -477,8 +475,6 @@ def api(
     port: int | None = typer.Option(None, "--port", help="default: port of settings api_url"),
 ) -> None:
     """Serve the HTTP API with uvicorn."""
-    if importlib.util.find_spec("shipflow.api.app") is None:
-        raise _fail("the API module (shipflow.api.app) is not installed in this build", EXIT_FAILED)
     import uvicorn
 
     from shipflow.api.app import create_app
@@ -499,8 +495,6 @@ def runtime(
     port: int = typer.Option(7300, "--port"),
 ) -> None:
     """Run the local target's runtime (the processes of `target: local` services)."""
-    if importlib.util.find_spec("shipflow.activities.targets.local.runtime") is None:
-        raise _fail("the local runtime is not part of this build yet", EXIT_FAILED)
     from shipflow.activities.targets.local.runtime import main as runtime_main
 
     raise typer.Exit(runtime_main(["--data-dir", str(data_dir), "--port", str(port)]))
