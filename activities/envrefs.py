@@ -75,11 +75,3 @@ def secret_values(value: Any, environ: Mapping[str, str] | None = None) -> list[
         for item in value.values():
             found += secret_values(item, environ)
     return found
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Mask every secret value in `text` (longest first, so overlaps stay masked)."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text

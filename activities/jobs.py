@@ -9,10 +9,11 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.envrefs import redact, resolve_env, resolve_env_in, secret_values
+from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.targets.base import JobFailed, JobRequest, Target, TargetError
 from shipflow.workflows.io.jobs import RUN_JOB, JobInput, JobOutput
+from shipflow.workflows.redaction import redact
 
 
 def job_name(run_id: str, step_id: str, purpose: str) -> str:

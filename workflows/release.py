@@ -487,7 +487,7 @@ class ReleaseWorkflow:
             request = backup_io.BackupInput(
                 context=context,
                 database=params["database"],
-                to=_plain(params["to"]),
+                to=params["to"],  # resolved (and unescaped) on the worker
                 endpoint=params.get("endpoint"),
                 keep=params.get("keep"),
                 sse=params.get("sse"),
@@ -819,7 +819,7 @@ class ReleaseWorkflow:
 def _plain(value: Any) -> Any:
     """The plain text of a field no activity resolves `${env.X}` in (see `shipflow.workflows.templates`).
 
-    Fields the worker does resolve (commands, env, URLs, headers, database) stay encoded:
+    Fields the worker does resolve (commands, env, URLs, headers, database, backup `to`) stay encoded:
     `resolve_env` undoes the escapes itself, after it has filled in the author's references.
     """
     return literal(value) if isinstance(value, str) else value

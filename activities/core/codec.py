@@ -182,7 +182,7 @@ class EncryptionCodec(PayloadCodec):
         data = payload.data
         try:
             plain = cipher.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], key_id.encode())
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: too short to hold a nonce and tag
             raise PayloadKeyError(
                 f"payload encrypted with key id {key_id!r} does not decrypt with the "
                 "configured key of that id (wrong key, or the payload was altered)"

@@ -102,6 +102,17 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'shipflow.db').resolve()}"
 
 
+def secret_env_names() -> frozenset[str]:
+    """The environment variables that carry shipflow's own secrets (every `SecretStr`
+    setting: tokens, keys, the database URL): what a command a flow runs must not inherit."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    return frozenset(
+        f"{prefix}{name}".upper()
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in repr(field.annotation)
+    )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()

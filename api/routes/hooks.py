@@ -295,7 +295,11 @@ async def _start(
     context = event.context()
     try:
         args = resolve_args(decision.trigger.args, context)
-        plan = plan_for(spec, settings, args, context={"git": context}, flow_version=row.version)
+        # Compiling a flow is CPU work (up to 500 steps, the author's arg patterns against
+        # text a pusher controls): off the event loop, as apply does it.
+        plan = await run_in_threadpool(
+            plan_for, spec, settings, args, context={"git": context}, flow_version=row.version
+        )
     except (ValueError, FlowError) as e:  # FlowError is a ValueError; both name the path
         return HookSkip(flow=row.name, reason=f"cannot compile the flow for this push: {e}")
     run_id = new_run_id(plan.flow, event.sha)

@@ -97,6 +97,18 @@ async def test_wrong_key_altered_payload_and_relabelled_key_id_fail_clearly() ->
         await both.decode([relabelled])
 
 
+@pytest.mark.parametrize("data", [b"", b"abc", b"0123456789a"])
+async def test_a_truncated_payload_is_a_key_error_not_a_crash(data: bytes) -> None:
+    """Regression: under 8 bytes AES-GCM raised ValueError (a 500 from /codec/decode)."""
+    codec = EncryptionCodec(parse_keys(OLD, source="test"))
+    (sealed,) = await codec.encode([clear("x")])
+    short = Payload()
+    short.CopyFrom(sealed)
+    short.data = data
+    with pytest.raises(PayloadKeyError, match="altered"):
+        await codec.decode([short])
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shipflow.activities.core.settings import secret_env_names
 from shipflow.activities.targets.base import JobFailed, JobRequest, JobResult, Progress, TargetError
 from shipflow.activities.targets.local.process import pid_alive
 
@@ -73,8 +74,11 @@ def _checked(request: JobRequest) -> tuple[list[str], dict[str, str], str | None
         os.sep in program and os.access(program, os.X_OK)
     ):
         raise TargetError(f"command not found: {program!r}", retryable=False)
+    # The worker's environment, less shipflow's own secrets (API tokens, payload and runtime
+    # keys): a flow's command gets them only where its author wrote `${env.X}`.
+    hidden = secret_env_names()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in hidden},
         **request.env,
         "SHIPFLOW_RUN_ID": request.run_id,
         "SHIPFLOW_STEP_ID": request.step_id,
