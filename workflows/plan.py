@@ -13,7 +13,9 @@ A run's arguments are data, never code: each is substituted once, escaped so tha
 reader takes a `${...}` in it for an expression (`shipflow.workflows.templates`), percent-encoded in
 a URL's path or query, and held to the constraints its declaration sets. Where the text
 itself would decide what happens (the host of a URL, the start of a command argument) the
-author has to allow it with a `pattern`.
+author has to allow it with a `pattern`. A push's `${git.X}` values and step outputs are
+data the author cannot constrain: they are percent-encoded in the same places (step outputs
+at run time, `resolve_step_outputs`) and refused outright in a URL's scheme or host.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ NAMESPACES = ("args", "env", "steps", "git", "run")
 Role = Literal["text", "url", "host", "argv"]
 _URL_KEYS = {"url", "webhook", "database", "endpoint", "runtime", "to"}
 _URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: Namespaces whose values are data the flow cannot declare constraints for (see
+#: `_Compiler._unconstrained`): never allowed in a URL's scheme or host.
+_UNDECLARED_DATA = ("steps", "git", "run")
 #: The largest compiled plan a run may have. Temporal refuses payloads over 2 MB; the Plan
 #: shares the start request with the status memo (about as large again for small steps) and
 #: a payload codec may add to it, so half of the limit is left as headroom.
@@ -425,6 +430,8 @@ class _Compiler:
             if match.group(1) is None:  # an escaped `${` stays escaped
                 pieces.append((ESCAPED, False))
                 continue
+            if part == "host" and self._unconstrained(match.group(1)):
+                self._refuse_in_host(match.group(0), path, role)
             replaced = self._expression(match, path, before)
             if replaced is None:
                 pieces.append((match.group(0), False))
@@ -436,6 +443,8 @@ class _Compiler:
             value, name = replaced
             if name is not None:
                 value = self._place_arg(name, value, path, part, role, pieces)
+            elif part in ("path", "query", "fragment"):
+                value = quote(value, safe="")  # a `${git.X}`: one URL component, as an arg
             pieces.append((value, True))
         pieces.append((text[pos:], False))
         literals.append(text[pos:])
@@ -500,6 +509,27 @@ class _Compiler:
             )
         )
         return None
+
+    def _unconstrained(self, namespace: str) -> bool:
+        """Whether `${namespace.X}` is data that no `pattern` in the flow can constrain.
+
+        Step outputs and the values a trigger brings (`${git.branch}`, `${git.author}`: any
+        pusher to the repository chooses them) are not declared args, so the author has no
+        way to allow them where an unconstrained arg is refused.
+        """
+        return namespace in _UNDECLARED_DATA or namespace in self.context
+
+    def _refuse_in_host(self, expression: str, path: str, role: Role) -> None:
+        where = "host part of the address" if role == "host" else "scheme or host of the URL"
+        self.problems.append(
+            (
+                path,
+                f"{expression} lands in the {where} at {path}, where it would choose what is "
+                "contacted, and no `pattern` can be declared for it: write the host in the "
+                "flow (it may be used in the URL's path, query or fragment), or pass it "
+                "through an argument with a `pattern`",
+            )
+        )
 
     def _place_arg(
         self,
@@ -652,25 +682,35 @@ def step_refs(value: Any) -> set[str]:
     return found
 
 
-def resolve_step_outputs(value: Any, outputs: Mapping[str, Mapping[str, Any]]) -> Any:
+def resolve_step_outputs(
+    value: Any, outputs: Mapping[str, Mapping[str, Any]], role: Role = "text"
+) -> Any:
     """Replace `${steps.<id>.<output>}` with the recorded outputs (deterministic).
 
     An output is data (a command's output is whatever the command printed): it is escaped
-    as it goes in, so an `${env.X}` in it is never resolved on the worker.
+    as it goes in, so an `${env.X}` in it is never resolved on the worker. In a URL (a
+    URL field, or text that starts like one, decided as the compiler decides it for args)
+    it is percent-encoded as one component (`/` included), as an argument is: the compiler
+    has refused step outputs in a scheme or host, so there it can only be path, query or
+    fragment (in a plan compiled before that rule, an encoded host fails rather than
+    choosing where the request goes).
     """
     if isinstance(value, str):
+        in_url = role in ("url", "host") or bool(_URL_START.match(value))
 
         def replace(match: re.Match[str]) -> tuple[str, bool] | None:
             if match.group(1) != "steps":
                 return None
             step_id, _, output = match.group(2).partition(".")
             if step_id in outputs and output in outputs[step_id]:
-                return _as_text(outputs[step_id][output]), True
+                text = _as_text(outputs[step_id][output])
+                return (quote(text, safe="") if in_url else text), True
             return None
 
         return substitute(value, replace)
     if isinstance(value, list):
-        return [resolve_step_outputs(v, outputs) for v in value]
+        item_role: Role = "argv" if role == "argv" else "text"
+        return [resolve_step_outputs(v, outputs, item_role) for v in value]
     if isinstance(value, dict):
-        return {k: resolve_step_outputs(v, outputs) for k, v in value.items()}
+        return {k: resolve_step_outputs(v, outputs, _role_of(k)) for k, v in value.items()}
     return value

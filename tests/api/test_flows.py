@@ -212,6 +212,42 @@ steps:
         assert with_git.status_code == 201, with_git.text
 
 
+async def test_a_git_value_or_step_output_in_a_url_host_is_422_naming_the_field(
+    settings: Settings,
+) -> None:
+    """No pattern can be declared for `${git.X}` (any pusher chooses a branch name) or a
+    step's output: in a URL's host they would choose where the request goes, so apply
+    refuses them; in the path or query they are accepted (percent-encoded per run)."""
+    name = unique("preview")
+    text = f"""
+apiVersion: shipflow/v1
+name: {name}
+stage: dev
+triggers: [{{git: {{repo: org/app}}}}]
+steps:
+  - migrate: {{id: m, command: ["true"]}}
+  - notify: {{id: n, webhook: "https://${{git.branch}}.preview.example/hook?t=${{git.branch}}",
+             message: hi}}
+  - check: {{id: c, http: {{url: "http://${{steps.m.output}}/healthz"}}}}
+"""
+    async with api_client(settings) as http:
+        refused = await http.post("/flows", content=text)
+        assert refused.status_code == 422, refused.text
+        detail = refused.json()["detail"]
+        assert [p["loc"] for p in detail] == ["steps[1].notify.webhook", "steps[2].check.http.url"]
+        assert detail[0]["msg"].startswith("${git.branch} lands in the scheme or host of the URL")
+        assert detail[1]["msg"].startswith("${steps.m.output} lands in the scheme or host")
+        assert all("no `pattern` can be declared" in p["msg"] for p in detail)
+        # Nothing was stored.
+        assert (await http.get(f"/flows/{name}")).status_code == 404
+
+        in_the_path = text.replace("${git.branch}.preview", "hooks").replace(
+            "http://${steps.m.output}/healthz", "http://127.0.0.1:9/healthz?v=${steps.m.output}"
+        )
+        created = await http.post("/flows", content=in_the_path)
+        assert created.status_code == 201, created.text
+
+
 async def test_unknown_flow_404_and_media_type_415(settings: Settings) -> None:
     async with api_client(settings) as http:
         missing = await http.get("/flows/nope")

@@ -321,3 +321,132 @@ def test_an_arg_that_would_start_a_command_argument_with_a_dash_is_refused() -> 
     assert plan_of(patterned, {"version": "-v2"}).action("m").params["command"][2] == "-v2"
     # A stand-in value (apply time) is not a value anyone gave.
     plan_of(text, {"version": "-x"}, placeholders={"version"})
+
+
+# ---------------------------------------------------------------- git values and step outputs land like args
+
+GIT_HOST = flow(
+    """
+    steps:
+      - notify: {id: n, webhook: "https://${git.branch}.preview.example/hook?t=${git.branch}",
+                 message: hi}
+    """
+)
+PUSH = {
+    "sha": "a" * 40,
+    "short_sha": "aaaaaaa",
+    "branch": "evil.com#",
+    "ref": "refs/heads/x",
+    "repo": "org/app",
+    "author": "eve",
+}
+
+
+def test_the_review_repro_a_git_value_in_a_url_host_is_refused() -> None:
+    """Branch `evil.com#` would send the flow's request to evil.com: refused, at run start
+    (with the push's values) and at apply (no values yet), naming the field."""
+    for context in ({"git": PUSH}, None):
+        found = [(p, m) for p, m in problems(GIT_HOST, context=context) if "lands in" in m]
+        assert found == [
+            (
+                "steps[0].notify.webhook",
+                "${git.branch} lands in the scheme or host of the URL at steps[0].notify.webhook, "
+                "where it would choose what is contacted, and no `pattern` can be declared for it: "
+                "write the host in the flow (it may be used in the URL's path, query or fragment), "
+                "or pass it through an argument with a `pattern`",
+            )
+        ]
+
+
+@pytest.mark.parametrize("expression", ["${git.branch}", "${git.author}", "${steps.m.output}"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "notify: {id: s, webhook: 'EXPR', message: hi}",
+        "notify: {id: s, webhook: 'https://EXPR.example.com/x', message: hi}",
+        "check: {id: s, http: {url: 'https://user@EXPR:8443/x'}}",
+        "check: {id: s, http: {url: 'http://127.0.0.1:EXPR/x'}}",
+        "check: {id: s, tcp: {host: 'EXPR', port: 80}}",
+        "backup: {id: s, database: 'postgresql://app@EXPR/db', to: 's3://b/'}",
+        "backup: {id: s, database: 'sqlite:///x.db', to: 's3://EXPR/p/'}",
+        "migrate: {id: s, command: [curl, 'http://EXPR/x']}",
+        "notify: {id: s, webhook: '${env.HOOK_BASE}EXPR/x', message: hi}",
+    ],
+)
+def test_a_git_value_or_step_output_in_any_host_position_is_refused(
+    expression: str, field: str
+) -> None:
+    text = flow(
+        "steps:\n  - migrate: {id: m, command: ['true']}\n"
+        f"  - {field.replace('EXPR', expression)}\n"
+    )
+    found = problems(text, context={"git": PUSH})
+    assert len(found) == 1, found
+    path, message = found[0]
+    assert path.startswith("steps[1].") and f"{expression} lands in the " in message
+    assert "host" in message and "no `pattern` can be declared" in message
+
+
+GIT_PATH = flow(
+    """
+    steps:
+      - check: {id: c, http: {url: "https://api.example.com/v1/${git.branch}?q=${git.author}&k=v#${git.ref}"}}
+      - notify: {id: n, webhook: "${env.HOOK_BASE}/x/${git.branch}", message: "${git.branch}"}
+    """
+)
+HOSTILE = "../admin?x=1&db=${env.DATABASE_URL} #é"
+ENCODED = "..%2Fadmin%3Fx%3D1%26db%3D%24%7Benv.DATABASE_URL%7D%20%23%C3%A9"
+
+
+def test_git_values_in_a_url_path_query_or_fragment_are_percent_encoded() -> None:
+    push = {**PUSH, "branch": HOSTILE, "author": HOSTILE, "ref": HOSTILE}
+    plan = plan_of(GIT_PATH, context={"git": push})
+    assert plan.action("c").params["http"]["url"] == (
+        f"https://api.example.com/v1/{ENCODED}?q={ENCODED}&k=v#{ENCODED}"
+    )
+    assert plan.action("n").params["webhook"] == f"${{env.HOOK_BASE}}/x/{ENCODED}"
+    # Outside a URL a git value is plain data, as before.
+    assert literal(plan.action("n").params["message"]) == HOSTILE
+
+
+STEP_URLS = flow(
+    """
+    steps:
+      - migrate: {id: m, command: ["true"]}
+      - check: {id: c, http: {url: "https://api.example.com/v1/${steps.m.output}?q=${steps.m.output}#${steps.m.output}"}}
+      - notify: {id: n, webhook: "${env.HOOK_BASE}/x/${steps.m.output}", message: "got ${steps.m.output}",
+                 headers: {X-Out: "${steps.m.output}"}}
+      - backup: {id: b, database: "sqlite:///x.db", to: "s3://bucket/${steps.m.output}/"}
+      - migrate: {id: curl, command: [curl, "http://127.0.0.1:9/x?v=${steps.m.output}", "${steps.m.output}"],
+                  undo: {command: [curl, "http://127.0.0.1:9/undo/${steps.m.output}"]}}
+    """
+)
+
+
+def test_step_outputs_in_a_url_are_percent_encoded_at_run_time() -> None:
+    """A command printed `../admin?x=1&db=${env.DATABASE_URL} #é`: quoted in a later step's
+    URL it stays one path/query/fragment component; elsewhere it is the text as printed."""
+    plan = plan_of(STEP_URLS)
+    outputs = {"m": {"output": HOSTILE}}
+
+    def run_time(step_id: str) -> Any:
+        return on_worker(resolve_step_outputs(plan.action(step_id).params, outputs))
+
+    assert run_time("c")["http"]["url"] == (
+        f"https://api.example.com/v1/{ENCODED}?q={ENCODED}#{ENCODED}"
+    )
+    notify = resolve_env_in(
+        resolve_step_outputs(plan.action("n").params, outputs), {**ENV, "HOOK_BASE": "https://h"}
+    )
+    assert notify["webhook"] == f"https://h/x/{ENCODED}"
+    assert notify["message"] == f"got {HOSTILE}"
+    assert notify["headers"] == {"X-Out": HOSTILE}
+    assert run_time("b")["to"] == f"s3://bucket/{ENCODED}/"
+    assert run_time("curl")["command"] == ["curl", f"http://127.0.0.1:9/x?v={ENCODED}", HOSTILE]
+    undo = plan.action("curl").undo
+    assert undo is not None
+    # The interpreter resolves an undo command on its own (a list, no field name around it).
+    assert on_worker(resolve_step_outputs(undo.command, outputs)) == [
+        "curl",
+        f"http://127.0.0.1:9/undo/{ENCODED}",
+    ]
