@@ -242,3 +242,16 @@ def test_pruning_survives_key_directories_removed_under_it(tmp_path: Path) -> No
     finally:
         churn.kill()
         churn.wait()
+
+
+def test_a_command_runs_with_sigint_at_its_default(tmp_path: Path) -> None:
+    # The supervisor ignores SIGINT; an ignored signal survives exec, so without care every
+    # command would shrug off Ctrl-C (and a `kill -INT` from its own scripts).
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+    sig_ign = "grep SigIgn /proc/self/status"
+    result = run_local_job(
+        req(["sh", "-c", f"{sys.executable} -c '{probe}'; {sig_ign}"]), Beats(), tmp_path / "jobs"
+    )
+    ignored, mask = result.output.splitlines()
+    assert ignored == "False", "the command inherited an ignored SIGINT"
+    assert int(mask.split()[1], 16) & (1 << (signal.SIGINT - 1)) == 0, mask
