@@ -44,6 +44,12 @@ import httpx
 
 from shipflow.activities.core.client import SEARCH_ATTRIBUTES, dev_server_args
 from shipflow.activities.core.codec import KEY_FILE_NAME, ensure_key_file
+from shipflow.activities.targets.local.runtime_key import KEY_FILE as RUNTIME_KEY_FILE
+from shipflow.activities.targets.local.runtime_key import (
+    RuntimeKeyError,
+    auth_headers,
+    read_key_file,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN_NAME = "local-admin"
@@ -395,17 +401,29 @@ class EmbeddedStack:
             raise
 
     def stop(self) -> None:
-        """Stop every child, newest first: SIGTERM, wait its grace, then SIGKILL its group."""
+        """Stop every child, newest first: SIGTERM, wait its grace, then SIGKILL its group.
+
+        Whatever goes wrong with one child is said and the others are stopped all the same,
+        and the data dir's lock is released: a half-stopped stack would block the next one.
+        """
         self._stopping.set()
         with self._children_lock:
-            while self.children:
-                child = self.children.pop()
-                if child.name == "runtime" and not self.keep_services and child.alive():
-                    self._stop_services()
-                self._stop_child(child)
-            if self._lock is not None:
-                self._lock.close()  # releases the flock
-                self._lock = None
+            try:
+                while self.children:
+                    child = self.children.pop()
+                    if child.name == "runtime" and not self.keep_services and child.alive():
+                        try:
+                            self._stop_services()
+                        except Exception as e:
+                            self._say(f"runtime: could not stop its services ({type(e).__name__})")
+                    try:
+                        self._stop_child(child)
+                    except Exception as e:
+                        self._say(f"{child.name}: could not stop it ({type(e).__name__}: {e})")
+            finally:
+                if self._lock is not None:
+                    self._lock.close()  # releases the flock
+                    self._lock = None
         self._stopped.set()
         supervisor = self._supervisor
         if supervisor is not None and supervisor is not threading.current_thread():
@@ -413,23 +431,32 @@ class EmbeddedStack:
             self._supervisor = None
 
     def _stop_services(self) -> None:
-        """Ask the runtime to stop every service it runs (their processes outlive it otherwise)."""
+        """Ask the runtime to stop every service it runs (their processes outlive it otherwise).
+
+        The key is the runtime's own file: the runtime never sees the user's shell
+        `SHIPFLOW_RUNTIME_KEY` (`child_env` drops every `SHIPFLOW_*`), so neither may this.
+        """
         url = self.runtime_url or f"http://127.0.0.1:{self.runtime_port}"
-        key_file = self.data_dir / "runtime" / "runtime.key"  # written by the runtime at start
+        key_file = self.data_dir / "runtime" / RUNTIME_KEY_FILE  # written by the runtime at start
         try:
-            key = os.environ.get("SHIPFLOW_RUNTIME_KEY") or (
-                key_file.read_text().strip() if key_file.exists() else ""
-            )
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            key = read_key_file(key_file) if key_file.exists() else None
             with httpx.Client(
-                base_url=url, headers=headers, timeout=httpx.Timeout(60.0, connect=2.0)
+                base_url=url, headers=auth_headers(key), timeout=httpx.Timeout(60.0, connect=2.0)
             ) as http:
-                services = http.get("/services").json()
-                for service in services:
-                    name = service.get("name")
+                answer = http.get("/services")
+                answer.raise_for_status()
+                services = answer.json()
+                for service in services if isinstance(services, list) else []:
+                    name = service.get("name") if isinstance(service, dict) else None
                     if name:
                         self._say(f"runtime: stopping service {name}")
-                        http.delete(f"/services/{name}")
+                        stopped = http.delete(f"/services/{name}")
+                        if stopped.is_error:
+                            self._say(f"runtime: could not stop service {name} (HTTP {stopped.status_code})")
+        except httpx.HTTPStatusError as e:
+            self._say(f"runtime: could not stop its services (HTTP {e.response.status_code})")
+        except RuntimeKeyError as e:
+            self._say(f"runtime: could not stop its services ({e})")
         except (httpx.HTTPError, ValueError, OSError) as e:
             self._say(f"runtime: could not stop its services ({type(e).__name__})")
 

@@ -323,8 +323,13 @@ def _processes_in_groups(groups: set[int]) -> list[int]:
     return found
 
 
-def test_zz_stop_leaves_no_process(stack: EmbeddedStack) -> None:
-    """Runs last in this module: stopping the stack ends every child and its group."""
+def test_zz_stop_leaves_no_process(stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs last in this module: stopping the stack ends every child and its group.
+
+    The user's shell holds a `SHIPFLOW_RUNTIME_KEY` that is not the runtime's (which
+    never sees it): stopping must use the runtime's own key and still stop everything.
+    """
+    monkeypatch.setenv("SHIPFLOW_RUNTIME_KEY", "a-key-from-the-users-shell-" + "w" * 20)
     pids = stack.pids()
     groups = {pid for name, pid in pids.items() if name != "s3"}
     assert all(_alive(pid) for pid in pids.values())
@@ -344,6 +349,10 @@ def test_zz_stop_leaves_no_process(stack: EmbeddedStack) -> None:
     assert [name for name, pid in pids.items() if _alive(pid)] == []
     assert _processes_in_groups(groups) == []
     stack.stop()  # idempotent
+    # The data dir's lock is released: the next stack on it can start.
+    following = EmbeddedStack(stack.data_dir)
+    following._lock_data_dir()
+    following.stop()
 
 
 def _alive(pid: int) -> bool:

@@ -10,14 +10,23 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shipflow.activities.targets.base import JobFailed, JobRequest, TargetError
-from shipflow.activities.targets.local.jobs import Job, JobStore, _checked, run_local_job
+from shipflow.activities.targets.local.jobs import (
+    KEEP_JOBS_S,
+    Job,
+    JobStore,
+    _checked,
+    run_local_job,
+)
 from shipflow.activities.targets.local.process import pid_alive
 from tests.helpers import wait_until_sync
 from tests.local.support import Beats
@@ -174,3 +183,75 @@ def test_job_records_are_owner_only_and_never_hold_argv_or_env(tmp_path: Path) -
         assert "ARG-SECRET-1" not in text and "ENV-SECRET-2" not in text, path
         if path.name in ("output.log", "pid.json", "exit.json"):
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_pruning_spares_a_step_whose_job_is_being_created(tmp_path: Path) -> None:
+    # Step A (a parallel step) has made its key directory but not yet its job directory:
+    # step B starting now must not take the empty directory for an expired one.
+    jobs = tmp_path / "jobs"
+    (jobs / "step-a").mkdir(parents=True)
+    run_local_job(req(["true"]), Beats(), jobs)
+    assert (jobs / "step-a").is_dir(), "a parallel step's fresh key directory was pruned"
+
+
+def test_pruning_removes_steps_that_ended_long_ago_and_only_those(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    old = time.time() - KEEP_JOBS_S - 3600
+    for name, ended in [("expired", old), ("recent", time.time())]:
+        job = started_and_abandoned(jobs, req(["true"]).model_copy(update={"execution": name}))
+        wait_for(lambda job=job: job.state() == "ended")  # type: ignore[misc]
+        os.utime(job.dir / "exit.json", (ended, ended))
+        os.utime(job.dir.parent, (ended, ended))
+    run_local_job(req(["true"]).model_copy(update={"execution": "another"}), Beats(), jobs)
+    kept = {
+        JobStore.key(req(["true"]).model_copy(update={"execution": e})) for e in ("recent", "another")
+    }
+    assert {p.name for p in jobs.iterdir()} == kept
+
+
+def test_pruning_survives_key_directories_removed_under_it(tmp_path: Path) -> None:
+    # Another worker prunes (or creates) key directories while this one looks at them:
+    # a directory gone between the listing and the look inside it is no error.
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    churn = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import os, sys\n"
+            "steps = [os.path.join(sys.argv[1], f'other-step-{i}') for i in range(16)]\n"
+            "open(os.path.join(sys.argv[1], 'churning'), 'w').close()\n"
+            "while True:\n"
+            "    for d in steps:\n"
+            "        try:\n"
+            "            os.mkdir(d); os.utime(d, (0, 0))\n"
+            "        except OSError:\n"
+            "            pass\n"
+            "    for d in steps:\n"
+            "        try:\n"
+            "            os.rmdir(d)\n"
+            "        except OSError:\n"
+            "            pass\n",
+            str(jobs),
+        ]
+    )
+    try:
+        wait_for(lambda: (jobs / "churning").exists())
+        store = JobStore(jobs)
+        for _ in range(3000):
+            store._prune(keep="this-step")
+    finally:
+        churn.kill()
+        churn.wait()
+
+
+def test_a_command_runs_with_sigint_at_its_default(tmp_path: Path) -> None:
+    # The supervisor ignores SIGINT; an ignored signal survives exec, so without care every
+    # command would shrug off Ctrl-C (and a `kill -INT` from its own scripts).
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+    sig_ign = "grep SigIgn /proc/self/status"
+    result = run_local_job(
+        req(["sh", "-c", f"{sys.executable} -c '{probe}'; {sig_ign}"]), Beats(), tmp_path / "jobs"
+    )
+    ignored, mask = result.output.splitlines()
+    assert ignored == "False", "the command inherited an ignored SIGINT"
+    assert int(mask.split()[1], 16) & (1 << (signal.SIGINT - 1)) == 0, mask

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import stat
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ from pydantic import SecretStr
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import TargetError
 from shipflow.activities.targets.local.process import free_port
+from shipflow.activities.targets.local.runtime_key import ensure_key, read_key_file
 from shipflow.activities.targets.local.target import LocalTarget
-from tests.local.support import Load, RuntimeProcess, demo_service, make_target, request
+from tests.local.support import ROOT, Load, RuntimeProcess, demo_service, make_target, request
 
 WRONG = "not-the-key-" + "x" * 20
 
@@ -163,3 +166,36 @@ class _NoProgress:
 
     def cancelled(self) -> bool:
         return False
+
+
+def test_a_start_that_could_not_write_its_key_leaves_no_empty_key_file(tmp_path: Path) -> None:
+    # A full disk (or a crash) while the first start writes its key must not leave an
+    # empty runtime.key behind: every later start would refuse it for good.
+    data = tmp_path / "runtime"
+    data.mkdir()
+    disk_full = (
+        "import resource, sys; from pathlib import Path;"
+        "from shipflow.activities.targets.local.runtime_key import ensure_key;"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0));"  # every write fails: EFBIG
+        "ensure_key(Path(sys.argv[1]))"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-c", disk_full, str(data)], cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert failed.returncode != 0 and b"File too large" in failed.stderr, failed.stderr[-500:]
+    assert list(data.iterdir()) == [], "a partial key (or its temporary file) was left behind"
+    runtime = RuntimeProcess(data)
+    runtime.start()
+    try:
+        assert len(runtime.key) >= 32
+        assert stat.S_IMODE(runtime.key_file.stat().st_mode) == 0o600
+        assert call(runtime, "GET", "/services", None, runtime.headers).status_code == 200
+    finally:
+        runtime.kill()
+
+
+def test_starts_racing_for_the_first_key_all_get_the_one_in_the_file(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: ensure_key(tmp_path), range(16)))
+    assert keys == {read_key_file(tmp_path / "runtime.key")}
+    assert [p.name for p in tmp_path.iterdir()] == ["runtime.key"]

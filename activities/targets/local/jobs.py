@@ -211,6 +211,8 @@ class JobStore:
                 break
             except FileExistsError:
                 seq += 1
+            except FileNotFoundError:  # removed by an older worker's prune: make it again
+                (self.root / key).mkdir(exist_ok=True, mode=0o700)
         job = Job(self.root / key / str(seq), key, seq)
         # Never the argv or env: they may hold secrets resolved from `${env.X}`.
         info = {
@@ -262,9 +264,13 @@ class JobStore:
         except OSError:
             return
         for key_dir in keys:
-            jobs = [p for p in key_dir.iterdir() if p.is_dir()]
+            # Another worker may be creating this directory (an empty or young one is a job
+            # being started: between its two mkdirs it holds no job yet) or removing it.
             with contextlib.suppress(OSError):
-                if all(
+                if key_dir.stat().st_mtime >= cutoff:
+                    continue
+                jobs = [p for p in key_dir.iterdir() if p.is_dir()]
+                if jobs and all(
                     (j / "exit.json").exists()
                     and (j / "exit.json").stat().st_mtime < cutoff
                     and not _lock_held(j / "lock")

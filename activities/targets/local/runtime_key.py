@@ -2,8 +2,8 @@
 
 The control port starts and stops processes, so it is as powerful as the worker; anyone
 on the host could otherwise use it. The runtime generates a random key at its first start
-into `<its data dir>/runtime.key` (mode 0600, so only its owner can read it), or takes
-one given in `SHIPFLOW_RUNTIME_KEY`. The worker (and the embedded stack) send it as
+into `<its data dir>/runtime.key` (mode 0600, so only its owner can read it; written whole
+or not at all), or takes one given in `SHIPFLOW_RUNTIME_KEY`. The worker (and the embedded stack) send it as
 `Authorization: Bearer <key>`; by default they read it from
 `<SHIPFLOW_DATA_DIR>/runtime/runtime.key`, which is where `shipflow dev` puts the
 runtime's data dir, so both ends agree without configuration.
@@ -11,9 +11,11 @@ runtime's data dir, so both ends agree without configuration.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from shipflow.activities.core.settings import Settings
@@ -27,17 +29,32 @@ class RuntimeKeyError(Exception):
 
 
 def ensure_key(data_dir: Path, given: str | None = None) -> str:
-    """The runtime's key: `given`, else the key file's, else a new one written there (0600)."""
+    """The runtime's key: `given`, else the key file's, else a new one written there (0600).
+
+    A new key is written whole to a temporary file (0600 from its creation) and then
+    linked into place: a crash or a full disk while writing never leaves an empty key
+    file behind (which every later start would refuse), and `link`, unlike `rename`,
+    never replaces a key that another process starting at the same time put there first.
+    """
     if given:
         return given
     path = data_dir / KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return read_key_file(path)
     key = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{KEY_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return read_key_file(path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     return key
 
 

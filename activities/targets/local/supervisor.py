@@ -6,7 +6,8 @@ the middle of a command, the command runs on to its end and its result is record
 the job directory, where the next execution of the step finds it and takes it instead of
 running the command a second time.
 
-The worker passes it the job's lock file already locked (`flock`, inherited as fd 3):
+The worker passes it the job's lock file already locked (`flock`, inherited through
+`pass_fds` under the worker's own fd number, which this process never needs to know):
 the lock is held for as long as this process lives, and the kernel drops it when the
 process dies, however it dies. "lock held" therefore means "the command may still run";
 "lock free and `exit.json` present" means it ended and that is its result.
@@ -51,6 +52,11 @@ def start_time_of(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def _default_sigint() -> None:
+    """In the command's process, before exec: SIGINT as any program expects it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def supervise(job_dir: Path, argv: list[str]) -> int:
     """Run `argv` to its end and record the outcome in `job_dir`. Returns the exit code."""
     # A SIGTERM for the supervisor (e.g. the whole host shutting down) is passed on to the
@@ -65,6 +71,8 @@ def supervise(job_dir: Path, argv: list[str]) -> int:
                 pass
 
     signal.signal(signal.SIGTERM, forward)
+    # The supervisor must outlive a Ctrl-C; the command must not inherit that: an ignored
+    # signal stays ignored across exec, so the child puts SIGINT back to its default.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_fd = os.open(job_dir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -74,6 +82,7 @@ def supervise(job_dir: Path, argv: list[str]) -> int:
             stdout=log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: killing it never kills the supervisor
+            preexec_fn=_default_sigint,  # single-threaded process: fork-safe
         )
     except OSError as e:
         write_json(
