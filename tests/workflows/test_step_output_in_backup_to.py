@@ -41,6 +41,30 @@ steps:
     assert status.state == "succeeded", steps["b"].error
     assert steps["m"].output["output"] == "${env.SF_TEST_SECRET}"  # what the command printed
     url = steps["b"].output["url"]
-    assert url.startswith(f"file://{store}/${{env.SF_TEST_SECRET}}/")  # used literally
+    # Used as data: percent-encoded as one path component, never resolved on the worker.
+    assert url.startswith(f"file://{store}/%24%7Benv.SF_TEST_SECRET%7D/")
     assert SECRET not in status.model_dump_json()
     assert not any(SECRET in str(path) for path in store.rglob("*"))
+
+
+async def test_an_authors_literal_dollar_brace_in_backup_to_stays_literal(
+    temporal_client: Client, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`$${` in `to:` is a literal `${`: decoded once, on the worker, never resolved after."""
+    monkeypatch.setenv("SF_TEST_SECRET", SECRET)
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+    store = tmp_path / "bk"
+    text = f"""apiVersion: shipflow/v1
+name: literal-in-to
+stage: test
+steps:
+  - backup: {{id: b, database: "sqlite:///{db}", to: "file://{store}/$${{env.SF_TEST_SECRET}}/"}}
+"""
+    async with new_worker(temporal_client, settings):
+        status = await run_flow(temporal_client, settings, text)
+    (step,) = status.steps
+    assert status.state == "succeeded", step.error
+    assert step.output["url"].startswith(f"file://{store}/${{env.SF_TEST_SECRET}}/")
+    assert SECRET not in status.model_dump_json()
