@@ -1,30 +1,34 @@
 """Orchestration overhead: ReleaseWorkflow against hand-written Temporal workflows.
 
-The question (issue 2) is what the interpreter costs on top of Temporal itself. So both
-sides call the very same no-op activity the same number of times, in one process, on one
-worker, on one task queue of one fresh in-memory dev server, and the runs of the two
-sides are interleaved so that drift (caches warming, the server's in-memory history
-growing) hits both alike:
+The question (issue 12) is what the interpreter costs on top of Temporal itself, and what
+the dev server's configuration costs both. So both sides call the very same no-op
+activity the same number of times, on one worker process, on one task queue of one fresh
+in-memory dev server, and the runs of the two sides are interleaved so that drift (caches
+warming, the server's in-memory history growing) hits both alike; the whole comparison
+runs once per dev-server config (`CONFIGS`: Temporal's defaults, and the embedded stack's
+tuned dynamic config) so that the before/after of that tuning is in the same report:
 
 * the baseline is a hand-written workflow (`BaselineSequential`, `BaselineParallel`)
-  that calls `notify.send` N times with the activity options the interpreter uses;
+  that calls `notify.send` N times as a regular activity, with the options the
+  interpreter gave a notify step before it ran short steps as local activities;
 * the interpreter runs a real flow of N `notify` steps compiled by `plan_for` and started
   by `start_release` (memo, search attributes and all). The no-op is registered under
   the activity name `notify.send`, so the interpreter dispatches to it unchanged. The
-  interpreter also records the run at the end (`records.run`, one more no-op activity):
-  that is part of its cost and is measured, not subtracted.
+  interpreter also records the run at the end (`records.run`, one more no-op local
+  activity): that is part of its cost and is measured, not subtracted.
 
-Choices that keep the comparison fair, each explained where it is made: the flows use
-`concurrency: allow` (the baseline takes no stage lock); this module is passed through
-the sandbox (a hand-written workflow module is tiny, this one carries the driver), while
-`shipflow.workflows.release` is re-executed per workflow instance as in production; and bytecode
-is cached (as for an installed worker) even where PYTHONDONTWRITEBYTECODE is set. Besides
-wall time, each run's CPU time in this process and the history size of the last run of
-each side are reported: with a shared dev server's dispatch latency in every step, CPU
-and history bytes show the interpreter's own cost better than wall time does.
+The worker runs in a process of its own (`--serve-worker`, driven over stdin/stdout), so
+that the CPU reported is the worker's alone and a profiler can attach to it (`--profile
+DIR` samples it with py-spy). Choices that keep the comparison fair, each explained where
+it is made: the flows use `concurrency: allow` (the baseline takes no stage lock); this
+module is passed through the sandbox (a hand-written workflow module is tiny, this one
+carries the driver), while `shipflow.workflows.release` is re-executed per workflow
+instance as in production; and bytecode is cached (as for an installed worker) even where
+PYTHONDONTWRITEBYTECODE is set. Min and median over the repetitions are both reported, so
+that one lucky run does not decide.
 
-`python -m bench.orchestration [--steps 50 --reps 7 ...]` runs it alone; `bench.run_all`
-runs it with the other benchmarks.
+`python -m bench.orchestration [--steps 50 --reps 11 --configs tuned ...]` runs it alone;
+`bench.run_all` runs it with the other benchmarks.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import builtins
+import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -58,12 +64,17 @@ with workflow.unsafe.imports_passed_through():
 
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client, WorkflowHandle
-    from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-    from shipflow.activities.core.client import COMMIT_KEY, FLOW_KEY, STAGE_KEY
+    from shipflow.activities.core.client import (
+        COMMIT_KEY,
+        FLOW_KEY,
+        STAGE_KEY,
+        data_converter,
+        dev_server_args,
+    )
     from shipflow.activities.core.settings import Settings
     from shipflow.activities.core.starter import plan_for, start_release
     from shipflow.workflows.io import notify as notify_io
@@ -75,9 +86,21 @@ with workflow.unsafe.imports_passed_through():
 #: The activity options the interpreter gives a notify step (its default timeout is 30 s).
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 NO_RETRY = RetryPolicy(maximum_attempts=1)
-#: Targets from the issue: interpreter time / baseline time, medians.
-SEQUENTIAL_TARGET = 1.15
-PARALLEL_TARGET = 1.25
+#: Targets from issue 12: interpreter over baseline, medians of wall time and worker CPU.
+WALL_TARGET = 1.10
+CPU_TARGET = 1.10
+
+#: Dev server configs the comparison runs on, one fresh server each, in this order.
+CONFIGS: dict[str, list[str]] = {
+    # Temporal's defaults (updates on, as shipflow needs them for approvals).
+    "default": ["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+    # What the embedded stack, the tests and the demo start (`dev_server_args()`).
+    "tuned": dev_server_args(),
+}
+CONFIG_NOTES = {
+    "default": "Temporal's dynamic config defaults",
+    "tuned": "`history.transferProcessorMaxPollRPS=1000`, as `shipflow dev` starts it",
+}
 
 
 # ---------------------------------------------------------------------- the no-op activities
@@ -177,6 +200,129 @@ def notify_flow(name: str, steps: int, *, parallel: bool) -> FlowSpec:
     )
 
 
+# ---------------------------------------------------------------------- the worker process
+
+
+#: This module's name even when it runs as `python -m bench.orchestration`.
+MODULE = "bench.orchestration"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_worker(client: Client, task_queue: str, noop: NoopActivities) -> Worker:
+    """One worker for both sides, configured like `shipflow.worker.main.build_worker`.
+
+    Both sides run in the same default workflow sandbox; only this module is passed
+    through it (the baseline's module), while `shipflow.workflows.release` is re-executed for
+    every new ReleaseWorkflow instance as in production: that cost is the interpreter's.
+    """
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(MODULE)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ReleaseWorkflow, BaselineSequential, BaselineParallel],
+        activities=[noop.send, noop.record_run],
+        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
+        activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bench-activity"),
+        max_concurrent_activities=32,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def serve_worker(address: str, namespace: str, task_queue: str) -> None:
+    """The worker process: runs `bench_worker` and answers its parent on stdin/stdout.
+
+    `cpu` -> this process's CPU seconds so far (all threads, the SDK's core included);
+    `stop` (or end of input) -> shut down and print the no-op call counts as JSON.
+    """
+    client = await Client.connect(
+        address, namespace=namespace, data_converter=data_converter(Settings())
+    )
+    noop = NoopActivities()
+    async with bench_worker(client, task_queue, noop):
+        print("ready", flush=True)
+        while True:
+            command = (await asyncio.to_thread(sys.stdin.readline)).strip()
+            if command == "cpu":
+                print(repr(time.process_time()), flush=True)
+            else:
+                break
+    print(json.dumps({"sends": noop.sends, "records": noop.records}), flush=True)
+
+
+class WorkerProcess:
+    """The benchmark's worker, in a process of its own.
+
+    So that its CPU time is the worker's alone (not the client's that starts the runs and
+    waits for them), and so that a profiler can attach to it (`--profile`: py-spy).
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+        self.profiler: asyncio.subprocess.Process | None = None
+
+    @classmethod
+    async def start(cls, client: Client, task_queue: str) -> WorkerProcess:
+        config = client.service_client.config
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            MODULE,
+            "--serve-worker",
+            config.target_host,
+            client.namespace,
+            task_queue,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        worker = cls(proc)
+        line = await worker._line(120.0)
+        if line != "ready":
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"the bench worker did not start (said {line!r})")
+        return worker
+
+    async def _line(self, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        return (await asyncio.wait_for(self.proc.stdout.readline(), timeout)).decode().strip()
+
+    async def cpu(self) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"cpu\n")
+        await self.proc.stdin.drain()
+        return float(await self._line())
+
+    async def profile(self, output: Path) -> None:
+        """Sample the worker with py-spy until `stop` (raw collapsed stacks in `output`)."""
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.profiler = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(self.proc.pid),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--rate",
+            "200",
+            "--output",
+            str(output),
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+
+    async def stop(self) -> dict[str, int]:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            await self.profiler.wait()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"stop\n")
+        await self.proc.stdin.drain()
+        counts: dict[str, int] = json.loads(await self._line(60.0))
+        await self.proc.wait()
+        return counts
+
+
 # ---------------------------------------------------------------------- measuring
 
 
@@ -205,12 +351,14 @@ class Comparison:
 
     name: str
     steps: int
+    config: str = "tuned"
     baseline_s: list[float] = field(default_factory=list)
     interpreter_s: list[float] = field(default_factory=list)
-    #: CPU time of this process (worker and client, all threads) per measured run.
+    #: CPU time of the worker process (all threads) per measured run.
     baseline_cpu_s: list[float] = field(default_factory=list)
     interpreter_cpu_s: list[float] = field(default_factory=list)
-    target: float | None = None
+    target: float | None = WALL_TARGET
+    cpu_target: float | None = CPU_TARGET
     runs: int = 1
     #: History of the last run of each side.
     baseline_history: HistoryStats | None = None
@@ -226,26 +374,43 @@ class Comparison:
 
     @property
     def ratio(self) -> float:
+        """Interpreter over baseline, medians of wall time."""
         return self.interpreter_median / self.baseline_median
+
+    @property
+    def min_ratio(self) -> float:
+        """Interpreter over baseline, best runs: what each side can do on a quiet machine."""
+        return min(self.interpreter_s) / min(self.baseline_s)
 
     @property
     def cpu_ratio(self) -> float:
         return statistics.median(self.interpreter_cpu_s) / statistics.median(self.baseline_cpu_s)
 
+    def cpu_per_step_ms(self, samples: list[float]) -> float:
+        return statistics.median(samples) * 1000 / (self.steps * self.runs)
+
     @property
     def met(self) -> bool | None:
         return None if self.target is None else self.ratio <= self.target
 
+    @property
+    def cpu_met(self) -> bool | None:
+        return None if self.cpu_target is None else self.cpu_ratio <= self.cpu_target
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "config": self.config,
             "steps": self.steps,
             "runs": self.runs,
             "baseline_s": self.baseline_s,
             "interpreter_s": self.interpreter_s,
             "baseline_median_s": self.baseline_median,
             "interpreter_median_s": self.interpreter_median,
+            "baseline_min_s": min(self.baseline_s),
+            "interpreter_min_s": min(self.interpreter_s),
             "ratio": self.ratio,
+            "min_ratio": self.min_ratio,
             "baseline_cpu_s": self.baseline_cpu_s,
             "interpreter_cpu_s": self.interpreter_cpu_s,
             "cpu_ratio": self.cpu_ratio,
@@ -255,7 +420,13 @@ class Comparison:
             ),
             "target": self.target,
             "met": self.met,
+            "cpu_target": self.cpu_target,
+            "cpu_met": self.cpu_met,
         }
+
+
+def _yes(met: bool | None) -> str:
+    return {None: "-", True: "yes", False: "**no**"}[met]
 
 
 @dataclass
@@ -265,7 +436,10 @@ class OrchestrationReport:
     activity_calls: dict[str, int]
 
     def ratios(self) -> dict[str, float]:
-        return {c.name: c.ratio for c in self.comparisons}
+        return {f"{c.config}: {c.name}": c.ratio for c in self.comparisons}
+
+    def configs(self) -> list[str]:
+        return list(dict.fromkeys(c.config for c in self.comparisons))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -280,70 +454,112 @@ class OrchestrationReport:
         lines = [
             "## Orchestration overhead (ReleaseWorkflow vs hand-written workflow)",
             "",
-            "Same no-op activity (`notify.send`), same count, same worker and task queue, one "
-            "fresh in-memory Temporal dev server; baseline and interpreter runs interleaved "
-            f"(order alternating), {self.reps} measured repetitions after one warm-up of each; "
-            "medians of wall time from `start_workflow` to the result. The interpreter's time "
-            "includes its `records.run` activity at the end (one more no-op activity per run), "
-            "its memo upserts and its status bookkeeping. CPU is the benchmark process's own "
-            "(worker, client and the SDK's native core, all threads; the dev server runs apart).",
+            "Same no-op activity (`notify.send`), same count, one worker process for both "
+            "sides on one task queue of a fresh in-memory Temporal dev server per config; "
+            "baseline and interpreter runs interleaved (order alternating), "
+            f"{self.reps} measured repetitions after one warm-up of each (fewer for the "
+            "concurrent case, see the samples); wall time from `start_workflow` to the result. "
+            "The baseline calls the activity as a regular activity; the interpreter runs the "
+            "flow as a user would get it (local activities where it chooses them, its memo, "
+            "search attributes, status bookkeeping and its `records.run` at the end). "
+            "CPU is the worker process's own (all threads, the SDK's native core included); "
+            "the client and the dev server run apart. Dev server configs: "
+            + "; ".join(f"`{name}`: {CONFIG_NOTES[name]}" for name in self.configs() if name in CONFIG_NOTES)
+            + ".",
             "",
-            "| case | baseline median | interpreter median | ratio | target | met "
-            "| CPU baseline | CPU interpreter | CPU ratio |",
-            "|---|---:|---:|---:|---:|:---:|---:|---:|---:|",
         ]
-        for c in self.comparisons:
-            target = f"<= {c.target:.2f}" if c.target is not None else "-"
-            met = {None: "-", True: "yes", False: "**no**"}[c.met]
-            lines.append(
-                f"| {c.name} | {c.baseline_median * 1000:.0f} ms | "
-                f"{c.interpreter_median * 1000:.0f} ms | {c.ratio:.2f} | {target} | {met} | "
-                f"{statistics.median(c.baseline_cpu_s) * 1000:.0f} ms | "
-                f"{statistics.median(c.interpreter_cpu_s) * 1000:.0f} ms | {c.cpu_ratio:.2f} |"
-            )
-        lines += ["", "All wall-time samples (ms, in run order):", ""]
-        for c in self.comparisons:
-            lines.append(
-                f"- {c.name}: baseline {_ms(c.baseline_s)}; interpreter {_ms(c.interpreter_s)}"
-            )
+        if len(self.configs()) > 1:
+            lines += self._side_by_side()
+        for config in self.configs():
+            lines += self._config_table(config)
         lines += [
-            "",
             "History of one run (the last of each side): events, size, of which memo "
-            "upserts, and the median wait of a workflow task between scheduled and started "
-            "(a latency of the server and its task queue that every sequential step pays on "
-            "both sides):",
+            "upserts, and the median wait of a workflow task between scheduled and started:",
             "",
         ]
         for c in self.comparisons:
             if c.baseline_history and c.interpreter_history:
                 lines.append(
-                    f"- {c.name}: baseline {c.baseline_history}; "
+                    f"- {c.config}, {c.name}: baseline {c.baseline_history}; "
                     f"interpreter {c.interpreter_history}"
                 )
         calls = ", ".join(f"`{k}` {v}" for k, v in self.activity_calls.items())
         lines += ["", f"No-op activity calls, warm-ups included: {calls}.", ""]
         return "\n".join(lines)
 
+    def _side_by_side(self) -> list[str]:
+        configs = self.configs()
+        head = " | ".join(f"{c}: baseline | {c}: interpreter" for c in configs)
+        lines = [
+            "### Dev server config before/after (median wall time; per step for one run)",
+            "",
+            f"| case | {head} |",
+            "|---|" + "---:|" * (2 * len(configs)),
+        ]
+        names = list(dict.fromkeys(c.name for c in self.comparisons))
+        for name in names:
+            cells = []
+            for config in configs:
+                match = [c for c in self.comparisons if c.name == name and c.config == config]
+                if not match:
+                    cells += ["-", "-"]
+                    continue
+                c = match[0]
+                for median in (c.baseline_median, c.interpreter_median):
+                    per_step = median * 1000 / c.steps if c.runs == 1 else None
+                    each = f" ({per_step:.1f} ms/step)" if per_step is not None else ""
+                    cells.append(f"{median * 1000:.0f} ms{each}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return [*lines, ""]
+
+    def _config_table(self, config: str) -> list[str]:
+        lines = [
+            f"### Dev server `{config}`",
+            "",
+            "| case | baseline min / median | interpreter min / median | ratio (median) "
+            "| ratio (min) | target | met | worker CPU/step baseline | interpreter "
+            "| CPU ratio | target | met |",
+            "|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|:---:|",
+        ]
+        mine = [c for c in self.comparisons if c.config == config]
+        for c in mine:
+            target = f"<= {c.target:.2f}" if c.target is not None else "-"
+            cpu_target = f"<= {c.cpu_target:.2f}" if c.cpu_target is not None else "-"
+            lines.append(
+                f"| {c.name} | {min(c.baseline_s) * 1000:.0f} / {c.baseline_median * 1000:.0f} ms "
+                f"| {min(c.interpreter_s) * 1000:.0f} / {c.interpreter_median * 1000:.0f} ms "
+                f"| {c.ratio:.2f} | {c.min_ratio:.2f} | {target} | {_yes(c.met)} "
+                f"| {c.cpu_per_step_ms(c.baseline_cpu_s):.2f} ms "
+                f"| {c.cpu_per_step_ms(c.interpreter_cpu_s):.2f} ms "
+                f"| {c.cpu_ratio:.2f} | {cpu_target} | {_yes(c.cpu_met)} |"
+            )
+        lines += ["", f"Wall-time samples (ms, in run order), `{config}`:", ""]
+        for c in mine:
+            lines.append(
+                f"- {c.name}: baseline {_ms(c.baseline_s)}; interpreter {_ms(c.interpreter_s)}"
+            )
+        return [*lines, ""]
+
 
 def _ms(samples: list[float]) -> str:
     return ", ".join(f"{s * 1000:.0f}" for s in samples)
-
-
-async def _timed(work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
-    """Wall time and this process's CPU time (all threads, the SDK's core included)."""
-    started, cpu = time.perf_counter(), time.process_time()
-    await work()
-    return time.perf_counter() - started, time.process_time() - cpu
 
 
 class _Bench:
     """Starts runs of either side on one task queue and waits for their results."""
 
     def __init__(
-        self, client: Client, task_queue: str, *, search_attributes: bool, run_timeout: float
+        self,
+        client: Client,
+        task_queue: str,
+        worker: WorkerProcess,
+        *,
+        search_attributes: bool,
+        run_timeout: float,
     ):
         self.client = client
         self.task_queue = task_queue
+        self.worker = worker
         self.settings = Settings(task_queue=task_queue, search_attributes=search_attributes)
         self.run_timeout = run_timeout
         self.last_baseline = ""
@@ -384,6 +600,14 @@ class _Bench:
                 "(see the worker's log for a failing workflow task)"
             ) from None
 
+    async def _timed(self, work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+        """Wall time, and the worker process's CPU time meanwhile."""
+        cpu = await self.worker.cpu()
+        started = time.perf_counter()
+        await work()
+        wall = time.perf_counter() - started
+        return wall, await self.worker.cpu() - cpu
+
     async def compare(
         self,
         comparison: Comparison,
@@ -397,11 +621,11 @@ class _Bench:
             order = ("b", "i") if rep % 2 == 0 else ("i", "b")
             for side in order:
                 if side == "b":
-                    wall, cpu = await _timed(baseline)
+                    wall, cpu = await self._timed(baseline)
                     comparison.baseline_s.append(wall)
                     comparison.baseline_cpu_s.append(cpu)
                 else:
-                    wall, cpu = await _timed(interpreter)
+                    wall, cpu = await self._timed(interpreter)
                     comparison.interpreter_s.append(wall)
                     comparison.interpreter_cpu_s.append(cpu)
         comparison.baseline_history = await self.history_size(self.last_baseline)
@@ -427,50 +651,30 @@ class _Bench:
         return HistoryStats(events, total, memo, statistics.median(waits) if waits else 0.0)
 
 
-#: This module's name even when it runs as `python -m bench.orchestration`.
-MODULE = "bench.orchestration"
-
-
-def bench_worker(client: Client, task_queue: str, noop: NoopActivities) -> Worker:
-    """One worker for both sides, configured like `shipflow.worker.main.build_worker`.
-
-    Both sides run in the same default workflow sandbox; only this module is passed
-    through it (the baseline's module), while `shipflow.workflows.release` is re-executed for
-    every new ReleaseWorkflow instance as in production: that cost is the interpreter's.
-    """
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(MODULE)
-    return Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[ReleaseWorkflow, BaselineSequential, BaselineParallel],
-        activities=[noop.send, noop.record_run],
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
-        activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bench-activity"),
-        max_concurrent_activities=32,
-        graceful_shutdown_timeout=timedelta(seconds=10),
-    )
-
-
 CASES = ("sequential", "parallel", "concurrent")
 
 
 async def run_orchestration(
     client: Client,
     *,
+    config: str = "tuned",
     steps: int = 50,
-    reps: int = 7,
+    reps: int = 11,
     concurrent_runs: int = 100,
     concurrent_steps: int = 10,
-    concurrent_reps: int = 3,
+    concurrent_reps: int = 5,
     cases: tuple[str, ...] = CASES,
     task_queue: str | None = None,
     search_attributes: bool = True,
     run_timeout: float = 120.0,
+    profile: Path | None = None,
 ) -> OrchestrationReport:
-    """Measure both sides on `client`'s server with a worker of our own.
+    """Measure both sides on `client`'s server with a worker process of our own.
 
     Args:
-        client: a client with the pydantic data converter.
+        client: a client with shipflow's data converter (`data_converter(Settings())`:
+            the worker process builds the same one from the same environment).
+        config: the name of the server's dev-server config, for the report.
         steps: activities per run in the sequential and parallel cases.
         reps: measured repetitions of each side in those cases (after one warm-up).
         concurrent_runs: runs started at once in the concurrency case.
@@ -481,6 +685,7 @@ async def run_orchestration(
         search_attributes: whether the interpreter's runs set shipflow's search
             attributes (they must then be registered on the server).
         run_timeout: seconds one measured run (or batch of concurrent runs) may take.
+        profile: a file for py-spy's raw stacks of the worker process over the whole run.
 
     Raises:
         RuntimeError: a run did not succeed, or the sides did not run the same activities.
@@ -489,27 +694,32 @@ async def run_orchestration(
     if unknown:
         raise ValueError(f"unknown cases {sorted(unknown)} (known: {', '.join(CASES)})")
     queue = task_queue or f"bench-{uuid.uuid4().hex[:10]}"
-    bench = _Bench(client, queue, search_attributes=search_attributes, run_timeout=run_timeout)
-    noop = NoopActivities()
     expected = _Expected()
     sequential = notify_flow("bench-seq", steps, parallel=False)
     parallel = notify_flow("bench-par", steps, parallel=True)
     small = notify_flow("bench-conc", concurrent_steps, parallel=False)
-
-    async def many_baseline() -> None:
-        await asyncio.gather(
-            *(bench.baseline(concurrent_steps, parallel=False) for _ in range(concurrent_runs))
+    comparisons: list[Comparison] = []
+    worker = await WorkerProcess.start(client, queue)
+    counts: dict[str, int] = {}
+    try:
+        if profile is not None:
+            await worker.profile(profile)
+        bench = _Bench(
+            client, queue, worker, search_attributes=search_attributes, run_timeout=run_timeout
         )
 
-    async def many_interpreter() -> None:
-        await asyncio.gather(*(bench.interpreter(small) for _ in range(concurrent_runs)))
+        async def many_baseline() -> None:
+            await asyncio.gather(
+                *(bench.baseline(concurrent_steps, parallel=False) for _ in range(concurrent_runs))
+            )
 
-    comparisons: list[Comparison] = []
-    async with bench_worker(client, queue, noop):
+        async def many_interpreter() -> None:
+            await asyncio.gather(*(bench.interpreter(small) for _ in range(concurrent_runs)))
+
         if "sequential" in cases:
             comparisons.append(
                 await bench.compare(
-                    Comparison(f"{steps} sequential steps", steps, target=SEQUENTIAL_TARGET),
+                    Comparison(f"{steps} sequential steps", steps, config),
                     lambda: bench.baseline(steps, parallel=False),
                     lambda: bench.interpreter(sequential),
                     reps,
@@ -519,7 +729,7 @@ async def run_orchestration(
         if "parallel" in cases:
             comparisons.append(
                 await bench.compare(
-                    Comparison(f"{steps} parallel steps", steps, target=PARALLEL_TARGET),
+                    Comparison(f"{steps} parallel steps", steps, config),
                     lambda: bench.baseline(steps, parallel=True),
                     lambda: bench.interpreter(parallel),
                     reps,
@@ -532,6 +742,7 @@ async def run_orchestration(
                     Comparison(
                         f"{concurrent_runs} concurrent runs of {concurrent_steps} steps (total)",
                         concurrent_steps,
+                        config,
                         runs=concurrent_runs,
                     ),
                     many_baseline,
@@ -540,11 +751,16 @@ async def run_orchestration(
                 )
             )
             expected.add(runs=(concurrent_reps + 1) * concurrent_runs, steps=concurrent_steps)
-    expected.check(noop)
+    finally:
+        counts = await worker.stop()
+    expected.check(counts)
     return OrchestrationReport(
         comparisons=comparisons,
         reps=reps,
-        activity_calls={notify_io.SEND: noop.sends, record_io.RECORD_RUN: noop.records},
+        activity_calls={
+            notify_io.SEND: counts["sends"],
+            record_io.RECORD_RUN: counts["records"],
+        },
     )
 
 
@@ -559,44 +775,63 @@ class _Expected:
         self.sends_per_side += runs * steps
         self.interpreter_runs += runs
 
-    def check(self, noop: NoopActivities) -> None:
-        if noop.sends != 2 * self.sends_per_side or noop.records != self.interpreter_runs:
+    def check(self, counts: dict[str, int]) -> None:
+        sends, records = counts["sends"], counts["records"]
+        if sends != 2 * self.sends_per_side or records != self.interpreter_runs:
             raise RuntimeError(
-                f"activity counts off: {noop.sends} sends (expected {2 * self.sends_per_side}), "
-                f"{noop.records} run records (expected {self.interpreter_runs})"
+                f"activity counts off: {sends} sends (expected {2 * self.sends_per_side}), "
+                f"{records} run records (expected {self.interpreter_runs})"
             )
 
 
-async def start_dev_server() -> WorkflowEnvironment:
+async def start_dev_server(config: str) -> WorkflowEnvironment:
     """A fresh in-memory Temporal dev server, like the tests' (search attributes registered)."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(Settings()),
         search_attributes=[FLOW_KEY, STAGE_KEY, COMMIT_KEY],
+        dev_server_extra_args=CONFIGS[config],
     )
 
 
-
-async def run_with_server(**sizes: Any) -> OrchestrationReport:
-    env = await start_dev_server()
-    try:
-        return await run_orchestration(env.client, **sizes)
-    finally:
-        await env.shutdown()
+async def run_with_servers(
+    configs: tuple[str, ...], profile: Path | None = None, **sizes: Any
+) -> OrchestrationReport:
+    """The benchmark on a fresh dev server per config, one after the other; one report."""
+    reports: list[OrchestrationReport] = []
+    for config in configs:
+        env = await start_dev_server(config)
+        try:
+            out = profile / f"worker-{config}.txt" if profile is not None else None
+            reports.append(await run_orchestration(env.client, config=config, profile=out, **sizes))
+        finally:
+            await env.shutdown()
+    calls: dict[str, int] = {}
+    for report in reports:
+        for name, count in report.activity_calls.items():
+            calls[name] = calls.get(name, 0) + count
+    return OrchestrationReport(
+        comparisons=[c for r in reports for c in r.comparisons],
+        reps=reports[0].reps,
+        activity_calls=calls,
+    )
 
 
 def main(
     steps: int = 50,
-    reps: int = 7,
+    reps: int = 11,
     concurrent_runs: int = 100,
     concurrent_steps: int = 10,
-    concurrent_reps: int = 3,
+    concurrent_reps: int = 5,
     cases: tuple[str, ...] = CASES,
+    configs: tuple[str, ...] = tuple(CONFIGS),
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark on its own fresh dev server; print and return the results."""
-    _use_bytecode_cache()
+    """Run the benchmark on fresh dev servers, one per config; print and return the results."""
     report = asyncio.run(
-        run_with_server(
+        run_with_servers(
+            configs,
+            profile,
             steps=steps,
             reps=reps,
             concurrent_runs=concurrent_runs,
@@ -624,13 +859,22 @@ def _use_bytecode_cache() -> None:
 
 
 def _cli() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve-worker":
+        _use_bytecode_cache()
+        asyncio.run(serve_worker(*sys.argv[2:5]))
+        sys.stdout.flush()
+        os._exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=11)
     parser.add_argument("--concurrent-runs", type=int, default=100)
     parser.add_argument("--concurrent-steps", type=int, default=10)
-    parser.add_argument("--concurrent-reps", type=int, default=3)
+    parser.add_argument("--concurrent-reps", type=int, default=5)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument(
+        "--profile", type=Path, help="directory for py-spy stacks of the worker, per config"
+    )
     a = parser.parse_args()
     main(
         a.steps,
@@ -639,6 +883,8 @@ def _cli() -> None:
         a.concurrent_steps,
         a.concurrent_reps,
         tuple(a.cases),
+        tuple(a.configs),
+        a.profile,
     )
     # The SDK's native runtime can crash while Python tears down (sdk-python issue 300);
     # everything is shut down and printed by now, so leave with the real result.

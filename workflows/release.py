@@ -34,17 +34,11 @@ with workflow.unsafe.imports_passed_through():
     # Models live in their own module, imported once per worker: defining pydantic models
     # here would rebuild them for every workflow instance the sandbox creates.
     from shipflow.workflows.durations import parse_duration
-    from shipflow.workflows.io import backup as backup_io
-    from shipflow.workflows.io import checks as check_io
-    from shipflow.workflows.io import deploy as deploy_io
-    from shipflow.workflows.io import jobs as job_io
     from shipflow.workflows.io import locks as lock_io
-    from shipflow.workflows.io import notify as notify_io
     from shipflow.workflows.io import records as record_io
     from shipflow.workflows.io.common import StepContext
     from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
     from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
-    from shipflow.workflows.spec import CheckSpec, Probes
     from shipflow.workflows.stage_lock import (
         GRANTED_SIGNAL,
         POSITION_SIGNAL,
@@ -63,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         initial_steps,
         memo_entries,
     )
+    from shipflow.workflows.step_kinds import STEP_KINDS, UNDO_KINDS, StepRequest
     from shipflow.workflows.templates import literal
 
 __all__ = [
@@ -438,7 +433,6 @@ class ReleaseWorkflow:
     async def _perform(
         self, action: ActionPlan, params: dict[str, Any], step: StepStatus
     ) -> dict[str, Any]:
-        context = self._context(action.id)
         kind = action.kind
         if kind == "wait":
             duration = parse_duration(params["duration"]).total_seconds()
@@ -447,91 +441,28 @@ class ReleaseWorkflow:
             return {"duration_s": duration}
         if kind == "approve":
             return await self._approval(action, params, step)
-        if kind == "migrate":
-            job = job_io.JobInput(
-                context=context,
-                target=self._plan.target,
-                command=params["command"],
-                image=_plain(params.get("image")),
-                env=params.get("env") or {},
-                cwd=_plain(params.get("cwd")),
-                service_account=_plain(params.get("service_account")),
-                timeout_s=action.timeout_s,
-                retries=action.retry.max_attempts - 1,
-            )
-            return await self._attempts(action, step, job_io.RUN_JOB, job, job_io.JobOutput, True)
-        if kind == "check":
-            check = check_io.CheckInput(
-                context=context,
-                check=CheckSpec.model_validate({**_plain_check(params), "id": action.id}),
-                timeout_s=action.timeout_s,
-            )
-            return await self._attempts(
-                action, step, check_io.PROBE, check, check_io.CheckOutput, True
-            )
-        if kind == "notify":
-            note = notify_io.NotifyInput(
-                context=context,
-                webhook=params["webhook"],
-                message=_plain(params["message"]),
-                headers=params.get("headers") or {},
+        entry = STEP_KINDS.get(kind)
+        if entry is None:
+            raise ApplicationError(f"unknown step kind {kind!r}", non_retryable=True)
+        earlier: dict[str, dict[str, Any]] = {}
+        output: dict[str, Any] = {}
+        for call in entry.calls:
+            request = StepRequest(
+                plan=self._plan,
+                action=action,
+                params=params,
+                context=self._context(action.id),
                 run_state=self._status.state.value,
-                timeout_s=action.timeout_s,
+                earlier=earlier,
             )
-            # Heartbeats (long_running=True): a worker lost during a slow webhook call is
-            # noticed within a heartbeat timeout and is not an attempt.
-            return await self._attempts(
-                action, step, notify_io.SEND, note, notify_io.NotifyOutput, True
+            output = await self._attempts(
+                action, step, call.activity, call.build(request), call.result_type,
+                call.long_running,
             )
-        if kind == "backup":
-            request = backup_io.BackupInput(
-                context=context,
-                database=params["database"],
-                to=params["to"],  # resolved (and unescaped) on the worker
-                endpoint=params.get("endpoint"),
-                keep=params.get("keep"),
-                sse=params.get("sse"),
-                storage_class=params.get("storage_class"),
-            )
-            return await self._attempts(
-                action, step, backup_io.CREATE, request, backup_io.BackupOutput, True
-            )
-        if kind in ("deploy", "promote"):
-            image = _plain(params.get("image"))
-            if kind == "promote":
-                found = await self._attempts(
-                    action,
-                    step,
-                    deploy_io.RESOLVE_PROMOTION,
-                    deploy_io.PromotionInput(
-                        from_stage=_plain(params["from"]), service=_plain(params["service"])
-                    ),
-                    deploy_io.PromotionOutput,
-                    True,  # a quick read: a heartbeat timeout bounds a lost worker
-                )
-                image = found["image"]
-            rollout = self._rollout_input(action, params, image, purpose=kind)
-            result = await self._attempts(
-                action, step, deploy_io.ROLLOUT, rollout, deploy_io.RolloutOutput, True
-            )
-            if kind == "promote":
-                result["from_stage"] = params["from"]
-            return result
-        if kind == "restore":
-            # Only generated plans (rollback with restore_data) have this kind.
-            restore = backup_io.RestoreInput(
-                context=context,
-                database=params["database"],
-                url=params["url"],
-                endpoint=params.get("endpoint"),
-                size=params.get("size"),
-                sha256=params.get("sha256"),
-                owners=params.get("owners", "keep"),
-            )
-            return await self._attempts(
-                action, step, backup_io.RESTORE, restore, backup_io.RestoreOutput, True
-            )
-        raise ApplicationError(f"unknown step kind {kind!r}", non_retryable=True)
+            earlier[call.activity] = output
+        if entry.finish is not None:
+            output = entry.finish(output, request)
+        return output
 
     def _context(self, step_id: str) -> StepContext:
         return StepContext(
@@ -539,21 +470,6 @@ class ReleaseWorkflow:
             flow=self._plan.flow,
             stage=self._plan.stage,
             step_id=step_id,
-        )
-
-    def _rollout_input(
-        self, action: ActionPlan, params: dict[str, Any], image: str | None, *, purpose: str
-    ) -> deploy_io.RolloutInput:
-        deadline = params.get("progress_deadline")
-        return deploy_io.RolloutInput(
-            context=self._context(action.id),
-            target=params.get("target") or self._plan.target,
-            service=_plain(params["service"]),
-            image=image or "",
-            container=_plain(params.get("container")),
-            probes=Probes.model_validate(params["probes"]) if params.get("probes") else None,
-            progress_deadline_s=parse_duration(deadline).total_seconds() if deadline else None,
-            purpose=purpose,
         )
 
     async def _attempts(
@@ -773,63 +689,29 @@ class ReleaseWorkflow:
     async def _run_undo(
         self, action: ActionPlan, undo: UndoPlan, output: dict[str, Any], record: Compensation
     ) -> dict[str, Any]:
-        context = self._context(action.id)
-        attempts = max(action.retry.max_attempts, 3)
-        step = self._steps[action.id]
-
-        async def run(activity: str, request: BaseModel, result: type[BaseModel]) -> dict[str, Any]:
-            return await self._attempts(
-                action, step, activity, request, result, True, undo=record, max_attempts=attempts
-            )
-
-        if undo.kind == "previous_image":
-            previous = output.get("previous_image")
-            if not previous:
-                return {"note": "the service had no earlier image; left on the new one"}
-            params = resolve_step_outputs(action.params, self._outputs)
-            rollout = self._rollout_input(action, params, previous, purpose="undo")
-            return await run(deploy_io.ROLLOUT, rollout, deploy_io.RolloutOutput)
-        if undo.kind == "command":
-            job = job_io.JobInput(
-                context=context,
-                target=self._plan.target,
-                command=resolve_step_outputs(undo.command, self._outputs),
-                image=_plain(undo.image or action.params.get("image")),
-                env=undo.env,
-                cwd=_plain(undo.cwd),
-                timeout_s=action.timeout_s,
-                purpose="undo",
-            )
-            return await run(job_io.RUN_JOB, job, job_io.JobOutput)
-        assert undo.backup_step is not None
-        backup = self._plan.action(undo.backup_step)
-        made = self._outputs.get(undo.backup_step) or {}
-        restore = backup_io.RestoreInput(
-            context=context,
-            database=backup.params["database"],
-            url=made.get("url", ""),
-            endpoint=backup.params.get("endpoint"),
-            size=made.get("size"),
-            sha256=made.get("sha256"),
-            owners=undo.owners,
+        entry = UNDO_KINDS[undo.kind]
+        request = StepRequest(
+            plan=self._plan,
+            action=action,
+            params=resolve_step_outputs(action.params, self._outputs),
+            context=self._context(action.id),
+            run_state=self._status.state.value,
+            outputs=self._outputs,
+            undo=undo,
+            step_output=output,
         )
-        return await run(backup_io.RESTORE, restore, backup_io.RestoreOutput)
-
-
-def _plain(value: Any) -> Any:
-    """The plain text of a field no activity resolves `${env.X}` in (see `shipflow.workflows.templates`).
-
-    Fields the worker does resolve (commands, env, URLs, headers, database, backup `to`) stay encoded:
-    `resolve_env` undoes the escapes itself, after it has filled in the author's references.
-    """
-    return literal(value) if isinstance(value, str) else value
-
-
-def _plain_check(params: dict[str, Any]) -> dict[str, Any]:
-    """A check's params with its plain-text fields decoded (its URL and headers stay encoded)."""
-    out = dict(params)
-    if isinstance(out.get("http"), dict) and out["http"].get("contains") is not None:
-        out["http"] = {**out["http"], "contains": literal(out["http"]["contains"])}
-    if isinstance(out.get("tcp"), dict) and isinstance(out["tcp"].get("host"), str):
-        out["tcp"] = {**out["tcp"], "host": literal(out["tcp"]["host"])}
-    return out
+        if entry.nothing_to_do is not None:
+            note = entry.nothing_to_do(request)
+            if note is not None:
+                return note
+        call = entry.call
+        return await self._attempts(
+            action,
+            self._steps[action.id],
+            call.activity,
+            call.build(request),
+            call.result_type,
+            call.long_running,
+            undo=record,
+            max_attempts=max(action.retry.max_attempts, 3),
+        )
