@@ -5,6 +5,8 @@ activity heartbeats while the call runs (a dead worker is then noticed within on
 heartbeat timeout and the step resumes on another worker without counting an attempt),
 and every request carries an idempotency key that is the same for every attempt and
 every resumption of this step in this run: the receiver can drop a second delivery.
+A short notify step runs as a local activity (`shipflow.workflows.step_kinds`): then it
+does not heartbeat, its worker's workflow task is what tells a lost worker.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.envrefs import resolve_env, resolve_env_in
-from shipflow.workflows.io.notify import IDEMPOTENCY_HEADER, SEND, NotifyInput, NotifyOutput
-
-#: How long one webhook call may take before it counts as a failed attempt.
-REQUEST_TIMEOUT_S = 10.0
+from shipflow.workflows.io.notify import (
+    IDEMPOTENCY_HEADER,
+    REQUEST_TIMEOUT_S,
+    SEND,
+    NotifyInput,
+    NotifyOutput,
+)
 
 
 def idempotency_key(input: NotifyInput) -> str:
@@ -112,4 +117,5 @@ class NotifyActivities:
             done, _ = await asyncio.wait({call}, timeout=interval)
             if done:
                 return call.result()
-            activity.heartbeat()
+            if not activity.info().is_local:  # a local activity's liveness is its workflow task
+                activity.heartbeat()

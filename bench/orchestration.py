@@ -10,22 +10,32 @@ tuned dynamic config) so that the before/after of that tuning is in the same rep
 
 * the baseline is a hand-written workflow (`BaselineSequential`, `BaselineParallel`)
   that calls `notify.send` N times as a regular activity, with the options the
-  interpreter gave a notify step before it ran short steps as local activities;
+  interpreter gives a regular notify step;
 * the interpreter runs a real flow of N `notify` steps compiled by `plan_for` and started
   by `start_release` (memo, search attributes and all). The no-op is registered under
   the activity name `notify.send`, so the interpreter dispatches to it unchanged. The
   interpreter also records the run at the end (`records.run`, one more no-op local
   activity): that is part of its cost and is measured, not subtracted.
 
+Cases: `sequential`, `parallel` and `concurrent` give the notify steps a timeout above
+`SHORT_STEP_S`, so the interpreter runs them as regular activities like the baseline: they
+measure the interpreter's own overhead (target: within `WALL_TARGET`/`CPU_TARGET`).
+`short` runs the same sequential flow with notify's default timeout, as local activities
+(what a user gets), against the same regular-activity baseline: it must be faster.
+
 The worker runs in a process of its own (`--serve-worker`, driven over stdin/stdout), so
 that the CPU reported is the worker's alone and a profiler can attach to it (`--profile
 DIR` samples it with py-spy). Choices that keep the comparison fair, each explained where
-it is made: the flows use `concurrency: allow` (the baseline takes no stage lock); this
-module is passed through the sandbox (a hand-written workflow module is tiny, this one
-carries the driver), while `shipflow.workflows.release` is re-executed per workflow
-instance as in production; and bytecode is cached (as for an installed worker) even where
+it is made: the flows use `concurrency: allow` (the baseline takes no stage lock); the
+worker uses the production worker's sandbox (`shipflow.workflows.sandbox`, which passes
+the interpreter's module through) and passes this module (the baseline's) through as
+well; and bytecode is cached (as for an installed worker) even where
 PYTHONDONTWRITEBYTECODE is set. Min and median over the repetitions are both reported, so
 that one lucky run does not decide.
+
+The module is longer than our ~400-line guide: it holds the baseline workflows (passed
+through the sandbox as this module), the worker process, the driver and the report, which
+share the case definitions; each part is short.
 
 `python -m bench.orchestration [--steps 50 --reps 11 --configs tuned ...]` runs it alone;
 `bench.run_all` runs it with the other benchmarks.
@@ -36,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import builtins
+import contextlib
 import json
 import os
 import signal
@@ -66,7 +77,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import Client, WorkflowHandle
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from shipflow.activities.core.client import (
         COMMIT_KEY,
@@ -81,6 +91,7 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.io import records as record_io
     from shipflow.workflows.io.common import StepContext
     from shipflow.workflows.release import ReleaseWorkflow
+    from shipflow.workflows.sandbox import workflow_runner
     from shipflow.workflows.spec import FlowSpec, parse_flow
 
 #: The activity options the interpreter gives a notify step (its default timeout is 30 s).
@@ -89,6 +100,8 @@ NO_RETRY = RetryPolicy(maximum_attempts=1)
 #: Targets from issue 12: interpreter over baseline, medians of wall time and worker CPU.
 WALL_TARGET = 1.10
 CPU_TARGET = 1.10
+#: Short steps run as local activities must beat the hand-written regular-activity workflow.
+SHORT_TARGET = 1.0
 
 #: Dev server configs the comparison runs on, one fresh server each, in this order.
 CONFIGS: dict[str, list[str]] = {
@@ -179,14 +192,29 @@ class BaselineParallel:
 # ---------------------------------------------------------------------- the interpreter's flows
 
 
-def notify_flow(name: str, steps: int, *, parallel: bool) -> FlowSpec:
+#: A notify step with this timeout is not short (`step_kinds.SHORT_STEP_S`): the interpreter
+#: runs it as a regular activity, like the baseline, so the two differ in orchestration only.
+REGULAR_TIMEOUT = "60s"
+
+
+def notify_flow(name: str, steps: int, *, parallel: bool, short: bool = False) -> FlowSpec:
     """A flow of `steps` notify steps, in sequence or in one parallel group.
 
     `concurrency: allow`, because the baseline takes no stage lock: with the default
     `queue` the concurrent runs of one stage would wait for each other by design.
+    `short`: the steps keep notify's default timeout (30 s), so the interpreter runs them
+    as local activities; otherwise they get `REGULAR_TIMEOUT` and run as regular ones.
     """
+    timeout = {} if short else {"timeout": REGULAR_TIMEOUT}
     actions = [
-        {"notify": {"id": f"n{i}", "webhook": "http://127.0.0.1:9/bench", "message": f"step {i}"}}
+        {
+            "notify": {
+                "id": f"n{i}",
+                "webhook": "http://127.0.0.1:9/bench",
+                "message": f"step {i}",
+                **timeout,
+            }
+        }
         for i in range(steps)
     ]
     return parse_flow(
@@ -211,17 +239,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def bench_worker(client: Client, task_queue: str, noop: NoopActivities) -> Worker:
     """One worker for both sides, configured like `shipflow.worker.main.build_worker`.
 
-    Both sides run in the same default workflow sandbox; only this module is passed
-    through it (the baseline's module), while `shipflow.workflows.release` is re-executed for
-    every new ReleaseWorkflow instance as in production: that cost is the interpreter's.
+    Both sides run in the production worker's sandbox (`shipflow.workflows.sandbox`), which
+    passes the interpreter's module through; this module (the baseline's) is passed
+    through too, so that neither side is re-imported per workflow instance.
     """
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(MODULE)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[ReleaseWorkflow, BaselineSequential, BaselineParallel],
         activities=[noop.send, noop.record_run],
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
+        workflow_runner=workflow_runner(MODULE),
         activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bench-activity"),
         max_concurrent_activities=32,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -316,10 +343,21 @@ class WorkerProcess:
             self.profiler.send_signal(signal.SIGINT)
             await self.profiler.wait()
         assert self.proc.stdin is not None
-        self.proc.stdin.write(b"stop\n")
-        await self.proc.stdin.drain()
-        counts: dict[str, int] = json.loads(await self._line(60.0))
+        try:
+            self.proc.stdin.write(b"stop\n")
+            await self.proc.stdin.drain()
+            line = await self._line(60.0)
+        except (OSError, builtins.TimeoutError):
+            line = ""
+        if self.proc.returncode is None and not line:
+            self.proc.kill()
         await self.proc.wait()
+        try:
+            counts: dict[str, int] = json.loads(line)
+        except ValueError:
+            raise RuntimeError(
+                f"the bench worker ended without its counts (exit {self.proc.returncode})"
+            ) from None
         return counts
 
 
@@ -651,7 +689,7 @@ class _Bench:
         return HistoryStats(events, total, memo, statistics.median(waits) if waits else 0.0)
 
 
-CASES = ("sequential", "parallel", "concurrent")
+CASES = ("sequential", "parallel", "concurrent", "short")
 
 
 async def run_orchestration(
@@ -698,9 +736,9 @@ async def run_orchestration(
     sequential = notify_flow("bench-seq", steps, parallel=False)
     parallel = notify_flow("bench-par", steps, parallel=True)
     small = notify_flow("bench-conc", concurrent_steps, parallel=False)
+    short = notify_flow("bench-short", steps, parallel=False, short=True)
     comparisons: list[Comparison] = []
     worker = await WorkerProcess.start(client, queue)
-    counts: dict[str, int] = {}
     try:
         if profile is not None:
             await worker.profile(profile)
@@ -751,8 +789,27 @@ async def run_orchestration(
                 )
             )
             expected.add(runs=(concurrent_reps + 1) * concurrent_runs, steps=concurrent_steps)
-    finally:
-        counts = await worker.stop()
+        if "short" in cases:
+            comparisons.append(
+                await bench.compare(
+                    Comparison(
+                        f"{steps} sequential short steps (local activities)",
+                        steps,
+                        config,
+                        target=SHORT_TARGET,
+                        cpu_target=None,
+                    ),
+                    lambda: bench.baseline(steps, parallel=False),
+                    lambda: bench.interpreter(short),
+                    reps,
+                )
+            )
+            expected.add(runs=reps + 1, steps=steps)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the benchmark's own error is the one to see
+            await worker.stop()
+        raise
+    counts = await worker.stop()
     expected.check(counts)
     return OrchestrationReport(
         comparisons=comparisons,

@@ -21,6 +21,7 @@ from shipflow.activities.core.settings import Settings, get_settings
 from shipflow.worker.activities import build_activities
 from shipflow.worker.logs import configure_logging
 from shipflow.workflows.release import ReleaseWorkflow
+from shipflow.workflows.sandbox import workflow_runner
 from shipflow.workflows.stage_lock import StageLockWorkflow
 
 log = logging.getLogger("shipflow.worker")
@@ -34,6 +35,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         client,
         task_queue=queue,
         workflows=[ReleaseWorkflow, StageLockWorkflow],
+        workflow_runner=workflow_runner(),
         activities=build_activities(settings, engine, client, queue),
         activity_executor=ThreadPoolExecutor(
             max_workers=32, thread_name_prefix="shipflow-activity"

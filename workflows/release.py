@@ -9,6 +9,11 @@ reverse order of completion, each with its own retries, and reports the final st
 Retries are driven here, not by Temporal's activity retry policy, so that each attempt,
 its error and the back-off before the next one are visible as step state. A lost worker
 (heartbeat timeout) is not an attempt: the step is resumed from its last heartbeat.
+
+What each kind of step runs (activity, input, result type, local or regular, undo) is a
+table in `shipflow.workflows.step_kinds`; this module is the interpreter around it. It is
+longer than our ~400-line guide because it is one workflow class whose state (steps,
+outputs, undo stack, memo) its sections share: splitting the class would scatter that.
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         initial_steps,
         memo_entries,
+        run_memo_entry,
+        step_memo_entry,
     )
-    from shipflow.workflows.step_kinds import STEP_KINDS, UNDO_KINDS, StepRequest
+    from shipflow.workflows.step_kinds import STEP_KINDS, UNDO_KINDS, Local, StepRequest
     from shipflow.workflows.templates import literal
 
 __all__ = [
@@ -72,6 +79,9 @@ __all__ = [
 NO_RETRY = RetryPolicy(maximum_attempts=1)
 #: Patch id: an activity failed by its worker's shutdown is resumed like a lost worker.
 WORKER_SHUTDOWN_IS_LOST = "worker-shutdown-is-lost"
+#: Patch id: short calls (`step_kinds.Local`) run as local activities. Runs that started
+#: before it keep scheduling regular activities, as their histories say.
+LOCAL_SHORT_CALLS = "local-short-calls"
 
 
 def _worker_shut_down(cause: BaseException | None) -> bool:
@@ -140,6 +150,8 @@ class ReleaseWorkflow:
         self._undo_stack: list[_Compensate] = []
         self._decisions: dict[str, Approval] = {}
         self._dirty = True
+        #: Steps changed since the last memo upsert: only their entries are dumped again.
+        self._dirty_steps: set[str] = set()
         self._done = False
         # What the starter put in the memo: only what changes from here on is upserted.
         self._flushed: dict[str, Any] = memo_entries(self._status)
@@ -190,7 +202,7 @@ class ReleaseWorkflow:
             elif step.state in (StepState.RUNNING, StepState.RETRYING, StepState.WAITING):
                 step.state = StepState.CANCELLED
                 step.ended_at = now
-        self._touch()
+        self._touch(*self._status.steps)
         failures = await self._shielded(self._compensate())
         if failures:
             final = RunState.ROLLBACK_FAILED
@@ -245,7 +257,9 @@ class ReleaseWorkflow:
                 retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=5)),
                 summary="record run",
             )
-        except ActivityError as e:
+        except (ActivityError, ApplicationError, TimeoutError) as e:
+            # A local activity's failure arrives unwrapped: catch it too, or a database
+            # outage at the end would fail a run that succeeded.
             workflow.logger.warning("could not record run %s: %s", status.run_id, _describe(e))
 
     # ------------------------------------------------------------------ stage lock
@@ -306,8 +320,11 @@ class ReleaseWorkflow:
     def status(self) -> RunStatus:
         return self._status
 
-    def _touch(self) -> None:
+    def _touch(self, *steps: StepStatus) -> None:
+        """Mark the status changed: the run's entry always, and the memo entries of `steps`."""
         self._dirty = True
+        for step in steps:
+            self._dirty_steps.add(step.id)
 
     def _set_run(self, state: RunState) -> None:
         self._status.state = state
@@ -319,8 +336,19 @@ class ReleaseWorkflow:
             await workflow.wait_condition(lambda: self._dirty or self._done)
             if self._dirty:
                 self._dirty = False
-                entries = memo_entries(self._status)
-                changed = {k: v for k, v in entries.items() if self._flushed.get(k) != v}
+                changed: dict[str, Any] = {}
+                run = run_memo_entry(self._status)
+                if self._flushed.get(MEMO_KEY) != run:
+                    changed[MEMO_KEY] = run
+                if self._dirty_steps:
+                    # Plan order (not the set's), so the upsert reads as before.
+                    for step in self._status.steps:
+                        if step.id in self._dirty_steps:
+                            key = STEP_MEMO_PREFIX + step.id
+                            entry = step_memo_entry(step)
+                            if self._flushed.get(key) != entry:
+                                changed[key] = entry
+                    self._dirty_steps.clear()
                 if changed:
                     workflow.upsert_memo(changed)
                     self._flushed.update(changed)
@@ -382,21 +410,21 @@ class ReleaseWorkflow:
             step.state = StepState.SKIPPED
             step.output = self._input.skip[action.id]
             self._outputs[action.id] = step.output
-            self._touch()
+            self._touch(step)
             return
         self._stop_if_stopping()
         params = resolve_step_outputs(action.params, self._outputs)
         step.summary = literal(resolve_step_outputs(action.summary, self._outputs))
         step.started_at = workflow.now()
         step.state = StepState.RUNNING
-        self._touch()
+        self._touch(step)
         try:
             output = await self._perform(action, params, step)
         except BaseException as error:
             step.ended_at = workflow.now()
             if _is_cancel(error):
                 step.state = StepState.CANCELLED
-                self._touch()
+                self._touch(step)
                 raise
             step.state = StepState.FAILED
             if step.error is None or not isinstance(error, StepFailed):
@@ -404,7 +432,7 @@ class ReleaseWorkflow:
                     _describe(error) if not isinstance(error, StepFailed) else error.message
                 )
             self._refresh_run_state()
-            self._touch()
+            self._touch(step)
             if isinstance(error, StepFailed):
                 raise
             raise StepFailed(action.id, step.error) from None
@@ -417,7 +445,7 @@ class ReleaseWorkflow:
         if action.undo is not None:
             self._undo_stack.append(_Compensate(action, output))
         self._refresh_run_state()
-        self._touch()
+        self._touch(step)
         self._stop_if_stopping()
 
     def _stop_if_stopping(self) -> None:
@@ -455,9 +483,19 @@ class ReleaseWorkflow:
                 run_state=self._status.state.value,
                 earlier=earlier,
             )
+            local = (
+                call.local
+                if call.runs_local(action) and workflow.patched(LOCAL_SHORT_CALLS)
+                else None
+            )
             output = await self._attempts(
-                action, step, call.activity, call.build(request), call.result_type,
+                action,
+                step,
+                call.activity,
+                call.build(request),
+                call.result_type,
                 call.long_running,
+                local=local,
             )
             earlier[call.activity] = output
         if entry.finish is not None:
@@ -483,10 +521,13 @@ class ReleaseWorkflow:
         *,
         undo: Compensation | None = None,
         max_attempts: int | None = None,
+        local: Local | None = None,
     ) -> dict[str, Any]:
         """Execute one activity under the step's retry policy; return its output as a dict.
 
         Attempts and errors go to the step, or to `undo` when this is its compensation.
+        With `local`, each attempt is a local activity (see `step_kinds.Local`); retries,
+        their back-off and the step's state are the same either way.
 
         Raises:
             StepFailed: attempts exhausted or a non-retryable error.
@@ -508,24 +549,43 @@ class ReleaseWorkflow:
                 step.attempts = attempt
                 step.state = StepState.RUNNING
                 step.next_attempt_at = None
-            self._touch()
+            self._touch(step)
             payload = request.model_copy(update={"resume": resume}) if resume else request
             try:
-                result = await workflow.execute_activity(
-                    activity,
-                    payload,
-                    result_type=result_type,
-                    start_to_close_timeout=timeout,
-                    heartbeat_timeout=(
-                        timedelta(seconds=self._plan.heartbeat_timeout_s) if long_running else None
-                    ),
-                    retry_policy=NO_RETRY,
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=step.summary or literal(action.summary),
-                )
+                if local is not None:
+                    result = await workflow.execute_local_activity(
+                        activity,
+                        payload,
+                        result_type=result_type,
+                        start_to_close_timeout=timedelta(seconds=local.timeout_s(action)),
+                        retry_policy=NO_RETRY,
+                        cancellation_type=(
+                            workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                        ),
+                        summary=step.summary or literal(action.summary),
+                    )
+                else:
+                    result = await workflow.execute_activity(
+                        activity,
+                        payload,
+                        result_type=result_type,
+                        start_to_close_timeout=timeout,
+                        heartbeat_timeout=(
+                            timedelta(seconds=self._plan.heartbeat_timeout_s)
+                            if long_running
+                            else None
+                        ),
+                        retry_policy=NO_RETRY,
+                        cancellation_type=(
+                            workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                        ),
+                        summary=step.summary or literal(action.summary),
+                    )
                 return result.model_dump(mode="json")
-            except ActivityError as error:
-                cause = error.cause
+            except (ActivityError, ApplicationError, TimeoutError) as error:
+                # A regular activity's failure is an ActivityError around its cause; a local
+                # activity's arrives unwrapped (the SDK's core reports it as is).
+                cause = error.cause if isinstance(error, ActivityError) else error
                 if isinstance(cause, CancelledError):
                     raise
                 if (
@@ -570,7 +630,7 @@ class ReleaseWorkflow:
                 if undo is None:
                     step.state = StepState.RETRYING
                     step.next_attempt_at = workflow.now() + timedelta(seconds=delay)
-                    self._touch()
+                    self._touch(step)
                 resume = None
                 await workflow.sleep(delay, summary=f"{action.id}: retry {attempt + 1}/{limit}")
 
@@ -582,7 +642,7 @@ class ReleaseWorkflow:
         step.attempts = 1
         step.state = StepState.WAITING
         self._refresh_run_state()
-        self._touch()
+        self._touch(step)
         timeout = action.timeout_s
         try:
             await workflow.wait_condition(lambda: action.id in self._decisions, timeout=timeout)
@@ -671,19 +731,19 @@ class ReleaseWorkflow:
         record = Compensation(kind=undo.kind, started_at=workflow.now())
         step.compensation = record
         step.state = StepState.COMPENSATING
-        self._touch()
+        self._touch(step)
         try:
             output = await self._run_undo(action, undo, entry.output, record)
         except StepFailed as error:
             record.error = error.message
             record.ended_at = workflow.now()
             step.state = StepState.COMPENSATION_FAILED
-            self._touch()
+            self._touch(step)
             return False
         record.output = output
         record.ended_at = workflow.now()
         step.state = StepState.COMPENSATED
-        self._touch()
+        self._touch(step)
         return True
 
     async def _run_undo(

@@ -153,12 +153,22 @@ STEP_MEMO_PREFIX = "step."
 
 def memo_entries(status: RunStatus) -> dict[str, Any]:
     """The whole status as memo entries (JSON-able)."""
+    out: dict[str, Any] = {MEMO_KEY: run_memo_entry(status)}
+    for step in status.steps:
+        out[STEP_MEMO_PREFIX + step.id] = step_memo_entry(step)
+    return out
+
+
+def run_memo_entry(status: RunStatus) -> dict[str, Any]:
+    """The run-level memo entry: every field but the steps, plus `step_ids` in order."""
     run = status.model_dump(mode="json", exclude_none=True, exclude={"steps"})
     run["step_ids"] = [step.id for step in status.steps]
-    out: dict[str, Any] = {MEMO_KEY: run}
-    for step in status.steps:
-        out[STEP_MEMO_PREFIX + step.id] = step.model_dump(mode="json", exclude_none=True)
-    return out
+    return run
+
+
+def step_memo_entry(step: StepStatus) -> dict[str, Any]:
+    """One step's memo entry (under `STEP_MEMO_PREFIX + step.id`)."""
+    return step.model_dump(mode="json", exclude_none=True)
 
 
 def status_from_memo(memo: Mapping[str, Any]) -> RunStatus | None:

@@ -60,6 +60,43 @@ class StepRequest:
 Builder = Callable[[StepRequest], BaseModel]
 
 
+#: A step whose timeout is at most this runs its short calls as local activities.
+SHORT_STEP_S = 30.0
+
+
+@dataclass(frozen=True)
+class Local:
+    """When a call runs as a local activity: in the worker that runs the workflow task.
+
+    A local activity needs no activity task from the server (no schedule, poll and
+    completion round trips), so a short step costs a fraction of a regular one. What it
+    gives up, and why only short calls qualify: it cannot heartbeat (the worker's
+    workflow task is its liveness: a lost worker's task times out and the next worker
+    runs the call again, which is not an attempt), and while it runs the workflow task
+    stays open, so a cancel request, an approval or a sibling's result waits for it (up
+    to the workflow task's heartbeat, ~8 s).
+    """
+
+    #: Steps with a longer timeout (or none) run the call as a regular activity.
+    up_to_step_timeout_s: float | None = SHORT_STEP_S
+    #: The time one attempt may take, when the activity bounds it tighter than the step
+    #: (notify: one webhook call); Temporal's timeout is this plus `LOCAL_MARGIN_S`.
+    attempt_s: float | None = None
+
+    def applies(self, action: ActionPlan) -> bool:
+        if self.up_to_step_timeout_s is None:
+            return True
+        return action.timeout_s is not None and action.timeout_s <= self.up_to_step_timeout_s
+
+    def timeout_s(self, action: ActionPlan) -> float:
+        limits = [t for t in (action.timeout_s, self.attempt_s) if t is not None]
+        return (min(limits) if limits else SHORT_STEP_S) + LOCAL_MARGIN_S
+
+
+#: Headroom for a local call beyond the time its activity allows itself.
+LOCAL_MARGIN_S = 5.0
+
+
 @dataclass(frozen=True)
 class ActivityCall:
     """One activity a step runs under the step's retry policy and timeout."""
@@ -71,6 +108,11 @@ class ActivityCall:
     #: timeout and resumed, not counted as an attempt) and get a cleanup margin on top of
     #: the step's timeout, which they enforce themselves.
     long_running: bool = True
+    #: Whether (and when) the call runs as a local activity; None: always regular.
+    local: Local | None = None
+
+    def runs_local(self, action: ActionPlan) -> bool:
+        return self.local is not None and self.local.applies(action)
 
 
 @dataclass(frozen=True)
@@ -213,19 +255,38 @@ def _restore(req: StepRequest) -> BaseModel:
 
 ROLLOUT = ActivityCall(deploy_io.ROLLOUT, _deploy, deploy_io.RolloutOutput)
 
-#: Step kind -> the activities it runs. Every kind is long running (heartbeats) today:
-#: notify too, so a worker lost during a slow webhook call is noticed within a heartbeat
-#: timeout and is not an attempt; the promotion lookup is a quick read that a heartbeat
-#: timeout bounds when its worker is lost.
+#: Step kind -> the activities it runs.
+#:
+#: Local (see `Local`) where a call is short by construction: `notify` (one webhook call,
+#: at most `notify_io.REQUEST_TIMEOUT_S` per attempt) and `check` when the step's timeout
+#: is at most `SHORT_STEP_S`, and the promotion lookup (one database read) always. Everything that runs a command, moves data or rolls
+#: out stays a regular, heartbeating activity: it may take minutes, must be resumable
+#: from its heartbeat, and must not hold the workflow task.
 STEP_KINDS: dict[str, StepKind] = {
     "migrate": StepKind((ActivityCall(job_io.RUN_JOB, _migrate, job_io.JobOutput),)),
-    "check": StepKind((ActivityCall(check_io.PROBE, _check, check_io.CheckOutput),)),
-    "notify": StepKind((ActivityCall(notify_io.SEND, _notify, notify_io.NotifyOutput),)),
+    "check": StepKind(
+        (ActivityCall(check_io.PROBE, _check, check_io.CheckOutput, local=Local()),)
+    ),
+    "notify": StepKind(
+        (
+            ActivityCall(
+                notify_io.SEND,
+                _notify,
+                notify_io.NotifyOutput,
+                local=Local(attempt_s=notify_io.REQUEST_TIMEOUT_S),
+            ),
+        )
+    ),
     "backup": StepKind((ActivityCall(backup_io.CREATE, _backup, backup_io.BackupOutput),)),
     "deploy": StepKind((ROLLOUT,)),
     "promote": StepKind(
         (
-            ActivityCall(deploy_io.RESOLVE_PROMOTION, _promotion, deploy_io.PromotionOutput),
+            ActivityCall(
+                deploy_io.RESOLVE_PROMOTION,
+                _promotion,
+                deploy_io.PromotionOutput,
+                local=Local(up_to_step_timeout_s=None, attempt_s=SHORT_STEP_S),
+            ),
             ActivityCall(deploy_io.ROLLOUT, _promote, deploy_io.RolloutOutput),
         ),
         finish=_promoted,

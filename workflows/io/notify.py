@@ -8,6 +8,9 @@ from shipflow.workflows.io.common import StepContext
 
 SEND = "notify.send"
 
+#: How long one webhook call may take before it counts as a failed attempt.
+REQUEST_TIMEOUT_S = 10.0
+
 #: The header (and, as `idempotency_key`, the body field) receivers deduplicate on.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
