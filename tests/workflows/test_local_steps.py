@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.worker import Replayer
 
 from shipflow.activities.core.settings import Settings
-from shipflow.workflows.release import LOCAL_SHORT_CALLS
+from shipflow.workflows.release import LOCAL_SHORT_CALLS, ReleaseWorkflow
 from tests.helpers import finish, new_worker, start_flow
 
 
@@ -112,6 +113,11 @@ steps:
     assert local == 3, local
     assert patched, "the run must record the local-short-calls patch marker"
     assert [m["message"] for m in sink.received] == ["short", "long"]
+    # The new history replays in the full sandbox (the interpreter re-imported, every
+    # restriction on), as a worker restarted mid-run would replay it.
+    history = await temporal_client.get_workflow_handle(handle.id).fetch_history()
+    replayer = Replayer(workflows=[ReleaseWorkflow], data_converter=temporal_client.data_converter)
+    assert (await replayer.replay_workflow(history)).replay_failure is None
 
 
 async def test_local_step_retries_are_attempts_and_4xx_is_final(
