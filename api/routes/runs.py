@@ -100,7 +100,7 @@ def _save_states(engine: Engine, updates: list[RunStatus]) -> None:
             run = session.get(Run, found.run_id)
             if run is None:
                 continue
-            run.state = found.state.value
+            run.state = found.state
             run.error = found.error
             if found.state.is_final:
                 run.ended_at = found.ended_at
@@ -114,7 +114,7 @@ def _record_termination(engine: Engine, run_id: str, why: str) -> None:
         run = session.get(Run, run_id)
         if run is None:
             return
-        run.state, run.error, run.ended_at = RunState.FAILED.value, why, utcnow()
+        run.state, run.error, run.ended_at = RunState.FAILED, why, utcnow()
         session.add(run)
         session.commit()
 
@@ -177,7 +177,9 @@ async def _stuck(client: Client, run_id: str) -> Stuck | None:
 
 
 def _public(row: Run, settings: Settings) -> RunPublic:
-    return RunPublic.model_validate(row, update={"ui_url": ui_link(settings, row.run_id)})
+    public = RunPublic.model_validate(row, from_attributes=True)
+    public.ui_url = ui_link(settings, row.run_id)
+    return public
 
 
 # ------------------------------------------------------------------ routes
@@ -208,7 +210,7 @@ async def list_runs(
     for row, current in zip(stale, found, strict=True):
         if current is not None and _differs(row, current):
             changed.append(current)
-            row.state, row.error = current.state.value, current.error
+            row.state, row.error = current.state, current.error
             if current.state.is_final:
                 row.ended_at = current.ended_at
     if changed:
@@ -229,18 +231,7 @@ async def get_run(
         if row is None:
             raise _not_found(run_id)
         # Recorded, but never reached Temporal (its start failed): the row tells why.
-        found = RunStatus(
-            run_id=row.run_id,
-            flow=row.flow,
-            stage=row.stage,
-            flow_version=row.flow_version,
-            state=RunState(row.state),
-            args={k: str(v) for k, v in row.args.items()},
-            reason=row.reason,
-            triggered_by=row.triggered_by,
-            error=row.error,
-            ended_at=row.ended_at,
-        )
+        found = RunStatus(**{**row.summary(), "args": {k: str(v) for k, v in row.args.items()}})
     else:
         if (
             row is not None
