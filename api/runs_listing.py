@@ -118,12 +118,15 @@ class LegacyRows:
 
 
 def save_refreshed(engine: Engine, updates: list[RunStatus]) -> None:
-    """Write states read from Temporal into legacy rows that the run did not update itself
-    (a row the run recorded meanwhile is left alone: its own record is newer)."""
+    """Write states read from Temporal into the index: a final state into any live row (it
+    is the last word, and the run's own final record may still be in flight), a live state
+    only into a row no run records into (the run's own record is newer than our read)."""
     with Session(engine) as session:
         for found in updates:
             run = session.get(Run, found.run_id)
-            if run is None or run.recorded_at is not None or RunState(run.state).is_final:
+            if run is None or RunState(run.state).is_final:
+                continue
+            if run.recorded_at is not None and not found.state.is_final:
                 continue
             run.state, run.error = found.state, found.error
             if found.state.is_final:

@@ -264,7 +264,7 @@ class ReleaseWorkflow:
         One local activity per change, one at a time: a few markers per run, whatever the
         number of steps. Changes that happen while a record is in flight are coalesced.
         """
-        recorded = self._status.state
+        recorded = RunState.PENDING  # what the index has before the run records anything
         while True:
             await workflow.wait_condition(
                 lambda seen=recorded: self._done or self._status.state != seen  # type: ignore[misc]

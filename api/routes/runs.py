@@ -84,21 +84,6 @@ def _get_run(engine: Engine, run_id: str) -> Run | None:
         return session.get(Run, run_id)
 
 
-def _save_states(engine: Engine, updates: list[RunStatus]) -> None:
-    """Copy states read from Temporal into the index (only rows that changed)."""
-    with Session(engine) as session:
-        for found in updates:
-            run = session.get(Run, found.run_id)
-            if run is None or (RunState(run.state).is_final and not found.state.is_final):
-                continue  # the run recorded its end meanwhile: that is newer than `found`
-            run.state = found.state
-            run.error = found.error
-            if found.state.is_final:
-                run.ended_at = found.ended_at
-            session.add(run)
-        session.commit()
-
-
 def _record_termination(engine: Engine, run_id: str, why: str) -> None:
     """The index row of a terminated run: failed, with who terminated it and why."""
     with Session(engine) as session:
@@ -281,7 +266,7 @@ async def get_run(
         ):
             found.error = row.error  # terminated through shipflow: say by whom, not "outside"
         if row is not None and _differs(row, found):
-            await run_in_threadpool(_save_states, engine, [found])
+            await run_in_threadpool(save_refreshed, engine, [found])
     blocked = None if found.state.is_final else await _stuck(client, run_id)
     return RunDetail(
         **found.model_dump(),

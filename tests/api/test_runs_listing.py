@@ -138,8 +138,8 @@ async def test_runs_record_their_states_and_listing_reads_only_the_index(
     async with api_client(settings) as http, new_worker(temporal_client, settings):
         await apply(http, GATED.format(name=name))
         run_id = await start(http, name)
-        await step_waiting(http, run_id, "go-live")
-        await wait_until(lambda: listed(run_id) == "waiting", timeout=10, interval=0.05)
+        # Only the run writes its row here: no API read of the run comes first.
+        await wait_until(lambda: listed(run_id) == "waiting", timeout=20, interval=0.05)
         assert (await http.post(f"/runs/{run_id}/approve", json={"step": "go-live"})).status_code == 200
         await step_waiting(http, run_id, "second")
         await wait_until(lambda: listed(run_id) == "waiting", timeout=10, interval=0.05)
@@ -157,8 +157,7 @@ async def test_runs_record_their_states_and_listing_reads_only_the_index(
         assert row["error"] == "from the index"
 
         assert (await http.post(f"/runs/{run_id}/approve", json={"step": "second"})).status_code == 200
-        await run_state(http, run_id, "succeeded")
-        await wait_until(lambda: listed(run_id) == "succeeded", timeout=10, interval=0.05)
+        await wait_until(lambda: listed(run_id) == "succeeded", timeout=20, interval=0.05)
         [row] = (await http.get("/runs", params={"flow": name})).json()
         assert (row["state"], row["error"]) == ("succeeded", None)
         assert row["ended_at"] is not None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from temporalio.client import Client
 
-from bench import run_all
+from bench import run_all, runs_index_bench
 from bench.orchestration import run_orchestration
 
 
@@ -22,7 +23,7 @@ async def test_orchestration_bench_tiny(temporal_client: Client) -> None:
     ]
     assert all(ratio > 0 for ratio in ratios.values())
     # warm-up + 1 measured rep per side: (3 + 3) * 2 runs + 2 runs * 2 steps * 2 batches, twice
-    assert report.activity_calls == {"notify.send": 2 * (12 + 8), "records.run": 2 + 2 + 4}
+    assert report.activity_calls == {"notify.send": 2 * (12 + 8), "records.run": 2 * (2 + 2 + 4)}
     table = report.markdown()
     assert "| 3 sequential steps |" in table and "<= 1.15" in table
 
@@ -39,3 +40,18 @@ def test_run_all_reports_missing_and_failing_modules() -> None:
     assert "`python -m bench.run_all`" in text and "2026-01-02 00:00 UTC" in text
     assert "| `bench.broken` | failed: RuntimeError: boom | 1 s |" in text
     assert box["CPU"] in text
+
+
+async def test_runs_index_bench_tiny(temporal_client: Client, tmp_path: Path) -> None:
+    address = temporal_client.service_client.config.target_host
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    result = await runs_index_bench.bench_database(
+        temporal_client, address, url, "SQLite", runs=120, active=12, requests=3
+    )
+    index = {s["shape"]: s for s in result["index"]}
+    baseline = {s["shape"]: s for s in result["baseline"]}
+    assert all(s["temporal_calls_per_request"] == 0 for s in index.values())
+    # The baseline asks Temporal about every live row of its page: 12 active runs.
+    assert baseline["status=running"]["temporal_calls_per_request"] == 12
+    assert index["status=running"]["rows"] == 4  # running, waiting and queued take turns
+    assert "| today | status=running |" in runs_index_bench.markdown([result])
