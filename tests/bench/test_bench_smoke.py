@@ -7,8 +7,10 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from bench import run_all, runs_index_bench
+from bench import run_all, runs_index_bench, scale_bench
 from bench.orchestration import run_orchestration
+from shipflow.activities.core.settings import Settings
+from shipflow.worker.main import build_worker
 
 
 async def test_orchestration_bench_tiny(temporal_client: Client) -> None:
@@ -55,3 +57,16 @@ async def test_runs_index_bench_tiny(temporal_client: Client, tmp_path: Path) ->
     assert baseline["status=running"]["temporal_calls_per_request"] == 12
     assert index["status=running"]["rows"] == 4  # running, waiting and queued take turns
     assert "| today | status=running |" in runs_index_bench.markdown([result])
+
+
+async def test_scale_bench_tiny(temporal_client: Client, settings: Settings) -> None:
+    async with build_worker(temporal_client, settings):
+        burst = await scale_bench.burst(
+            temporal_client, settings, runs=6, stages=2, idle_wait_s=0
+        )
+    assert burst.outcomes == {"succeeded": 6}
+    assert burst.overlaps == 0 and burst.order_kept == 2
+    assert [len(lock["runs"]) for lock in burst.locks] == [1, 1]
+    sizes = scale_bench.plan_sizes()
+    assert 100 < sizes["wait"]["bytes_per_step"] < sizes["deploy"]["bytes_per_step"]
+    assert sizes["wait"]["steps_within_plan_limit"] > 1000
