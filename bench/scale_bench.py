@@ -178,7 +178,9 @@ async def burst(
         for before, after in itertools.pairwise(held):
             if before.steps[0].ended_at > after.steps[0].started_at:
                 result.overlaps += 1
-        result.order_kept += order == [r for r in chain["admitted"] if r in set(order)]
+        # A retried acquire (its first try timed out) is accepted again: the first counts.
+        admitted = list(dict.fromkeys(r for r in chain["admitted"] if r in set(order)))
+        result.order_kept += order == admitted
         result.start_order_kept += order == started_order[name]
         result.locks.append({k: v for k, v in chain.items() if k != "admitted"})
     # Idle locks do not poll: their histories do not grow over more than one poll interval.
