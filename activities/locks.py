@@ -6,6 +6,9 @@ with update-with-start. So asking for the lock is an activity that holds a clien
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
+
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
@@ -21,6 +24,13 @@ from shipflow.workflows.io.locks import (
 )
 from shipflow.workflows.stage_lock import StageLockInput, StageLockWorkflow, lock_id
 
+#: Temporal refuses more than 10 updates in flight per workflow (`history.maxInFlightUpdates`):
+#: a burst of runs for one stage would be refused (ResourceExhausted) and each refused
+#: acquire would wait out its timeout before retrying. Each worker keeps at most this many
+#: acquires in flight per stage; the others wait their turn here, which costs them nothing
+#: since the lock answers them in order anyway. Two workers stay under the server's limit.
+ACQUIRES_IN_FLIGHT_PER_STAGE = 5
+
 
 class LockActivities:
     """Given a Temporal client and the task queue the lock workflows run on."""
@@ -28,6 +38,9 @@ class LockActivities:
     def __init__(self, client: Client, task_queue: str):
         self._client = client
         self._task_queue = task_queue
+        self._gates: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(ACQUIRES_IN_FLIGHT_PER_STAGE)
+        )
 
     @activity.defn(name=ACQUIRE)
     async def acquire(self, input: AcquireInput) -> AcquireOutput:
@@ -39,9 +52,10 @@ class LockActivities:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"release lock of stage {input.stage}",
         )
-        result: AcquireOutput = await self._client.execute_update_with_start_workflow(
-            StageLockWorkflow.acquire, input, start_workflow_operation=start
-        )
+        async with self._gates[input.stage]:
+            result: AcquireOutput = await self._client.execute_update_with_start_workflow(
+                StageLockWorkflow.acquire, input, start_workflow_operation=start
+            )
         return result
 
     @activity.defn(name=CLOSED_RUNS)

@@ -10,8 +10,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio import activity
 
-from shipflow.activities.core.tables import ReleaseRecord, Run
+from shipflow.activities.core.tables import ReleaseRecord, Run, utcnow
 from shipflow.workflows.io.records import RECORD_RUN, RecordOutput, RunRecordInput
+from shipflow.workflows.status import RunState
 
 
 class RecordActivities:
@@ -22,23 +23,23 @@ class RecordActivities:
 
     @activity.defn(name=RECORD_RUN)
     def record_run(self, input: RunRecordInput) -> RecordOutput:
+        """Write the run's state into its row (the row itself for a run nobody recorded at
+        start, such as a cron fire).
+
+        A run records its state changes while it goes on and its final state at the end;
+        two of those records can be in flight at once, so a final row never goes back to a
+        live state: the final record is the last word.
+        """
         with Session(self._engine) as session:
             run = session.get(Run, input.run_id)
             if run is None:
-                # A run nobody recorded at start (a cron fire): record all it knows.
-                run = Run(
-                    run_id=input.run_id,
-                    flow=input.flow,
-                    stage=input.stage,
-                    flow_version=input.flow_version,
-                    args=input.args,
-                    reason=input.reason,
-                    triggered_by=input.triggered_by,
-                    trigger=input.trigger,
-                )
+                run = Run(**input.summary(), trigger=input.trigger)
+            elif RunState(run.state).is_final and not input.state.is_final:
+                return RecordOutput()
             run.state = input.state
             run.ended_at = input.ended_at
             run.error = input.error
+            run.recorded_at = utcnow()
             session.add(run)
             session.commit()
         return RecordOutput()

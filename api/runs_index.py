@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from shipflow.activities.core.tables import Run, utcnow
+from shipflow.workflows.status import RunState
 
 #: How a failed start begins its error, so a retried delivery can recognise and redo it.
 START_FAILED = "could not start the run on Temporal"
@@ -28,7 +29,7 @@ def insert_run(engine: Engine, run: Run) -> None:
         existing = session.get(Run, run.run_id)
         if existing is not None:
             if existing.state == "failed" and (existing.error or "").startswith(START_FAILED):
-                existing.state, existing.error, existing.ended_at = "pending", None, None
+                existing.state, existing.error, existing.ended_at = RunState.PENDING, None, None
                 session.add(existing)
                 session.commit()
             return
@@ -45,7 +46,7 @@ def mark_start_failed(engine: Engine, run_id: str, error: BaseException) -> str:
     with Session(engine) as session:
         run = session.get(Run, run_id)
         if run is not None and run.state == "pending":
-            run.state, run.error, run.ended_at = "failed", message, utcnow()
+            run.state, run.error, run.ended_at = RunState.FAILED, message, utcnow()
             session.add(run)
             session.commit()
     return message

@@ -15,7 +15,7 @@ from sqlmodel import SQLModel
 
 from shipflow.activities.core.tables import FlowBase
 from shipflow.workflows.spec import FlowSpec, step_body, step_kind
-from shipflow.workflows.status import RunStatus
+from shipflow.workflows.status import RunStatus, RunSummary
 
 
 class FlowPublic(FlowBase):
@@ -59,21 +59,13 @@ class RunAccepted(BaseModel):
     ui_url: str
 
 
-class RunPublic(SQLModel):
-    """One row of the runs index (`GET /runs`)."""
+class RunPublic(RunSummary):
+    """One row of the runs index (`GET /runs`): the run's summary, how it was started, and
+    where to see it in the Temporal Web UI."""
 
-    run_id: str
-    flow: str
-    stage: str
-    flow_version: int
-    state: str
-    reason: str | None = None
-    triggered_by: str | None = None
-    trigger: str
     args: dict[str, Any] = {}
-    error: str | None = None
+    trigger: str
     created_at: datetime
-    ended_at: datetime | None = None
     ui_url: str = ""
 
 

@@ -82,6 +82,8 @@ WORKER_SHUTDOWN_IS_LOST = "worker-shutdown-is-lost"
 #: Patch id: short calls (`step_kinds.Local`) run as local activities. Runs that started
 #: before it keep scheduling regular activities, as their histories say.
 LOCAL_SHORT_CALLS = "local-short-calls"
+#: Patch id: the run records its live state changes in the runs index (`_index_states`).
+INDEX_RUN_STATES = "index-run-states"
 
 
 def _worker_shut_down(cause: BaseException | None) -> bool:
@@ -167,6 +169,8 @@ class ReleaseWorkflow:
         self._status.started_at = workflow.now()
         if input.record_start:
             await self._record_run()
+        if workflow.patched(INDEX_RUN_STATES):
+            self._indexer = asyncio.create_task(self._index_states())
         try:
             await self._take_stage()
             self._set_run(RunState.RUNNING)
@@ -261,6 +265,23 @@ class ReleaseWorkflow:
             # A local activity's failure arrives unwrapped: catch it too, or a database
             # outage at the end would fail a run that succeeded.
             workflow.logger.warning("could not record run %s: %s", status.run_id, _describe(e))
+
+    async def _index_states(self) -> None:
+        """Record each change of the run's live state (queued, running, waiting) in the runs
+        index, so that listing runs reads the database alone; `_finish` records the final one.
+
+        One local activity per change, one at a time: a few markers per run, whatever the
+        number of steps. Changes that happen while a record is in flight are coalesced.
+        """
+        recorded = RunState.PENDING  # what the index has before the run records anything
+        while True:
+            await workflow.wait_condition(
+                lambda seen=recorded: self._done or self._status.state != seen  # type: ignore[misc]
+            )
+            if self._done or self._status.state.is_final:
+                return
+            recorded = self._status.state
+            await self._record_run()
 
     # ------------------------------------------------------------------ stage lock
 

@@ -29,6 +29,8 @@ GRANTED_SIGNAL = "lock_granted"
 POSITION_SIGNAL = "lock_position"
 RELEASE_SIGNAL = "release"
 REAP_INTERVAL_S = 10.0
+#: Patch id: the reaper asks which runs ended without holding the mutex (`_reap`).
+REAP_OUTSIDE_MUTEX = "reap-outside-mutex"
 
 
 def lock_id(stage: str, task_queue: str) -> str:
@@ -73,8 +75,11 @@ class StageLockWorkflow:
                     lambda: self._changed, timeout=REAP_INTERVAL_S if busy else None
                 )
             except TimeoutError:
-                async with self._mutex:
+                if workflow.patched(REAP_OUTSIDE_MUTEX):
                     await self._reap()
+                else:
+                    async with self._mutex:
+                        await self._apply_closed(await self._closed_runs())
             self._changed = False
             if workflow.info().is_continue_as_new_suggested() and workflow.all_handlers_finished():
                 workflow.continue_as_new(
@@ -156,10 +161,20 @@ class StageLockWorkflow:
                 workflow.logger.info("could not tell %s its position: %s", waiter.run_id, e)
 
     async def _reap(self) -> None:
-        """Release runs that ended without saying so (terminated, timed out)."""
+        """Release runs that ended without saying so (terminated, timed out).
+
+        The question goes to an activity without holding the mutex: while it waits for a
+        worker's activity slot (a burst of runs can fill them all with `acquire`s, which
+        wait on this very workflow), acquires and releases go on being answered.
+        """
+        closed = await self._closed_runs()
+        async with self._mutex:
+            await self._apply_closed(closed)
+
+    async def _closed_runs(self) -> set[str]:
         watched = ([self._holder] if self._holder else []) + [w.run_id for w in self._queue]
         if not watched:
-            return
+            return set()
         result = await workflow.execute_activity(
             CLOSED_RUNS,
             ClosedRunsInput(run_ids=watched),
@@ -168,7 +183,11 @@ class StageLockWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=3),
             summary="find ended runs",
         )
-        closed = set(result.closed)
+        return set(result.closed)
+
+    async def _apply_closed(self, closed: set[str]) -> None:
+        if not closed:
+            return
         self._queue = [w for w in self._queue if w.run_id not in closed]
         if self._holder in closed:
             workflow.logger.warning(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, Field
 
@@ -92,7 +92,15 @@ class StepStatus(BaseModel):
     compensation: Compensation | None = None
 
 
-class RunStatus(BaseModel):
+class RunSummary(BaseModel):
+    """A run's identity and outcome: the one declaration every view of a run derives from.
+
+    The workflow's status (`RunStatus`), the runs index table (`Run`), the record activity's
+    input (`RunRecordInput`) and the API's list body (`RunPublic`) all extend this model, so a
+    field added here reaches each of them, and copying one into another is
+    `Other(**one.summary(), ...)` rather than a field-by-field list.
+    """
+
     run_id: str
     flow: str
     stage: str
@@ -102,13 +110,45 @@ class RunStatus(BaseModel):
     reason: str | None = None
     triggered_by: str | None = None
     error: str | None = None
+    ended_at: datetime | None = None
+
+    @classmethod
+    def starting(
+        cls,
+        plan: Plan,
+        run_id: str,
+        *,
+        reason: str | None,
+        triggered_by: str | None,
+        **more: Any,
+    ) -> Self:
+        """A run of `plan` about to start (pending), plus the subclass's own fields."""
+        return cls(
+            run_id=run_id,
+            flow=plan.flow,
+            stage=plan.stage,
+            flow_version=plan.flow_version,
+            state=RunState.PENDING,
+            args=dict(plan.args),
+            reason=reason,
+            triggered_by=triggered_by,
+            **more,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The summary fields of this run, whatever model holds it (as Python values)."""
+        return {name: getattr(self, name) for name in RunSummary.model_fields}
+
+
+class RunStatus(RunSummary):
+    """The run as the workflow reports it: the summary plus its progress and every step."""
+
     failed_step: str | None = None
     queue_position: int | None = Field(None, description="place in the stage's queue while queued")
     blocked_by: str | None = Field(
         None, description="the run holding the stage when this one was refused"
     )
     started_at: datetime | None = None
-    ended_at: datetime | None = None
     steps: list[StepStatus] = []
 
     def step(self, step_id: str) -> StepStatus:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -38,11 +38,38 @@ def _create_tables(engine: Engine) -> None:
     for attempt in range(5):
         try:
             SQLModel.metadata.create_all(engine)
+            _add_missing(engine)
             return
         except DBAPIError:
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def _add_missing(engine: Engine) -> None:
+    """Bring a database made by an older version up to the tables: add the nullable columns
+    and the indexes it lacks. Only additive changes are made this way (create_all creates
+    new tables but never touches existing ones); anything else needs a real migration."""
+    inspector = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in have]
+        for column in missing:
+            if not column.nullable:
+                raise RuntimeError(
+                    f"table {table.name} lacks the required column {column.name}: migrate it"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(
+                    text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
+                )
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(engine, checkfirst=True)
 
 
 def sessions(engine: Engine) -> Iterator[Session]:

@@ -130,16 +130,8 @@ class RunLook:
         *,
         commit: str | None = None,
     ) -> RunLook:
-        initial = RunStatus(
-            run_id=run_id,
-            flow=plan.flow,
-            stage=plan.stage,
-            flow_version=plan.flow_version,
-            state=RunState.PENDING,
-            args=plan.args,
-            reason=reason,
-            triggered_by=triggered_by,
-            steps=initial_steps(plan),
+        initial = RunStatus.starting(
+            plan, run_id, reason=reason, triggered_by=triggered_by, steps=initial_steps(plan)
         )
         pairs = [
             SearchAttributePair(FLOW_KEY, plan.flow),

@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from shipflow.workflows.status import RunState, RunSummary
 
 
 def utcnow() -> datetime:
@@ -45,21 +47,37 @@ class FlowVersion(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Run(SQLModel, table=True):
-    """Index of runs. The state is refreshed from Temporal; Temporal is the truth."""
+class Run(SQLModel, RunSummary, table=True):
+    """Index of runs: a run's summary (`RunSummary`, the columns it shares with every other
+    view of a run) plus how it was started and when.
+
+    Each run writes its own row as its state changes (queued, running, waiting, final; see
+    `shipflow.activities.records`), so listing and filtering read this table alone.
+    `recorded_at` says when the run itself last wrote its state: None for a row only the API
+    wrote (a run not yet started, or started by a version that did not record its states).
+    """
+
+    __table_args__ = (
+        # Listing is newest first, with (created_at, run_id) as the paging key; each filter
+        # that narrows a lot gets its own ordered index so a page is one index range scan.
+        Index("ix_run_page", "created_at", "run_id"),
+        Index("ix_run_flow_page", "flow", "created_at", "run_id"),
+        Index("ix_run_stage_page", "stage", "created_at", "run_id"),
+        Index("ix_run_state_page", "state", "created_at", "run_id"),
+    )
 
     run_id: str = Field(primary_key=True, max_length=200)
     flow: str = Field(index=True, max_length=63)
     stage: str = Field(index=True, max_length=63)
-    flow_version: int = 1
-    state: str = Field(index=True, max_length=32, default="pending")
-    reason: str | None = None
-    triggered_by: str | None = None
-    trigger: str = "api"
+    # Stored as text (not a database enum), as it always was; read back as a plain string.
+    state: RunState = Field(
+        default=RunState.PENDING, index=True, sa_type=String(32)  # type: ignore[call-overload]
+    )
     args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    trigger: str = "api"
     created_at: datetime = Field(default_factory=utcnow, index=True)
-    ended_at: datetime | None = None
+    recorded_at: datetime | None = None
 
 
 class ReleaseRecord(SQLModel, table=True):

@@ -316,16 +316,8 @@ async def start_run(
     except FlowError as e:
         raise _invalid(e.as_detail()) from None
     run_id = new_run_id(plan.flow)
-    record = Run(
-        run_id=run_id,
-        flow=plan.flow,
-        stage=plan.stage,
-        flow_version=plan.flow_version,
-        state="pending",
-        reason=body.reason,
-        triggered_by=caller.name,
-        trigger="api",
-        args=plan.args,
+    record = Run.starting(
+        plan, run_id, reason=body.reason, triggered_by=caller.name, trigger="api"
     )
     await run_in_threadpool(insert_run, engine, record)
     try:

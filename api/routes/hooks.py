@@ -305,16 +305,8 @@ async def _start(
     run_id = new_run_id(plan.flow, event.sha)
     branch = event.branch or event.ref
     reason = f"{event.provider} push {event.short_sha} to {event.repo}@{branch}"
-    record = Run(
-        run_id=run_id,
-        flow=plan.flow,
-        stage=plan.stage,
-        flow_version=plan.flow_version,
-        state="pending",
-        reason=reason,
-        triggered_by=event.pusher,
-        trigger=event.provider,
-        args=plan.args,
+    record = Run.starting(
+        plan, run_id, reason=reason, triggered_by=event.pusher, trigger=event.provider
     )
     await run_in_threadpool(insert_run, engine, record)
     try:

@@ -135,15 +135,12 @@ async def _start(
     await run_in_threadpool(
         insert_run,
         engine,
-        Run(
-            run_id=run_input.run_id,
-            flow=plan.flow,
-            stage=plan.stage,
-            flow_version=plan.flow_version,
+        Run.starting(
+            plan,
+            run_input.run_id,
             reason=run_input.reason,
             triggered_by=run_input.triggered_by,
             trigger=trigger,
-            args=plan.args,
         ),
     )
     try:

@@ -1,8 +1,8 @@
 """`/runs`: list, read, cancel, terminate, approve and reject release runs.
 
 A run's truth is Temporal: `GET /runs/{id}` reads the run's memo (so it answers with no
-worker up), and listing refreshes the non-final rows it returns from their memos. The
-SQL runs index only makes listing and filtering cheap.
+worker up). Listing reads the SQL runs index alone, which each run keeps up to date as its
+state changes (see `shipflow.api.runs_listing` for paging and the one bounded fallback).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import logging
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import (
     Client,
@@ -29,6 +29,15 @@ from shipflow.activities.core.starter import read_status, ui_link
 from shipflow.activities.core.tables import Run, utcnow
 from shipflow.api.deps import Admin, EngineDep, Operator, SettingsDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
+from shipflow.api.runs_listing import (
+    BadCursor,
+    LegacyRows,
+    RunFilter,
+    decode_cursor,
+    encode_cursor,
+    save_refreshed,
+    select_page,
+)
 from shipflow.api.schemas import (
     ApproveRequest,
     RejectRequest,
@@ -52,9 +61,9 @@ router = APIRouter(
 UPDATE_TIMEOUT = timedelta(seconds=30)
 #: The SDK retries an unreachable server for ~10 s; a request should fail sooner.
 STATUS_TIMEOUT_S = 5.0
-#: Listing shows the index as it is when Temporal is slow to refresh it.
+#: Listing shows the index as it is when Temporal is slow to refresh a legacy row.
 LIST_REFRESH_TIMEOUT_S = 3.0
-_FINAL = {s.value for s in RunState if s.is_final}
+_legacy = LegacyRows()
 #: How a run terminated through the API is recorded (then `<caller>[: reason]`).
 _TERMINATED_HERE = "terminated by "
 
@@ -70,42 +79,9 @@ def _conflict(message: str) -> HTTPException:
 # ------------------------------------------------------------------ database
 
 
-def _select_runs(
-    engine: Engine, flow: str | None, stage: str | None, state: str | None, limit: int
-) -> list[Run]:
-    statement = select(Run)
-    if flow:
-        statement = statement.where(Run.flow == flow)
-    if stage:
-        statement = statement.where(Run.stage == stage)
-    if state and state not in _FINAL:
-        # A non-final row may be stale; its real state is read below, then filtered.
-        statement = statement.where(col(Run.state).notin_(_FINAL))
-    elif state:
-        statement = statement.where(Run.state == state)
-    statement = statement.order_by(col(Run.created_at).desc()).limit(limit)
-    with Session(engine) as session:
-        return list(session.exec(statement).all())
-
-
 def _get_run(engine: Engine, run_id: str) -> Run | None:
     with Session(engine) as session:
         return session.get(Run, run_id)
-
-
-def _save_states(engine: Engine, updates: list[RunStatus]) -> None:
-    """Copy states read from Temporal into the index (only rows that changed)."""
-    with Session(engine) as session:
-        for found in updates:
-            run = session.get(Run, found.run_id)
-            if run is None:
-                continue
-            run.state = found.state.value
-            run.error = found.error
-            if found.state.is_final:
-                run.ended_at = found.ended_at
-            session.add(run)
-        session.commit()
 
 
 def _record_termination(engine: Engine, run_id: str, why: str) -> None:
@@ -114,7 +90,7 @@ def _record_termination(engine: Engine, run_id: str, why: str) -> None:
         run = session.get(Run, run_id)
         if run is None:
             return
-        run.state, run.error, run.ended_at = RunState.FAILED.value, why, utcnow()
+        run.state, run.error, run.ended_at = RunState.FAILED, why, utcnow()
         session.add(run)
         session.commit()
 
@@ -177,14 +153,35 @@ async def _stuck(client: Client, run_id: str) -> Stuck | None:
 
 
 def _public(row: Run, settings: Settings) -> RunPublic:
-    return RunPublic.model_validate(row, update={"ui_url": ui_link(settings, row.run_id)})
+    public = RunPublic.model_validate(row, from_attributes=True)
+    public.ui_url = ui_link(settings, row.run_id)
+    return public
 
 
 # ------------------------------------------------------------------ routes
 
 
-@router.get("", response_model=list[RunPublic])
+@router.get(
+    "",
+    response_model=list[RunPublic],
+    responses={
+        200: {
+            "headers": {
+                "X-Next-Cursor": {
+                    "description": "present when more runs follow: pass it as `cursor`",
+                    "schema": {"type": "string"},
+                },
+                "Link": {
+                    "description": 'the next page\'s URL, `<...>; rel="next"`',
+                    "schema": {"type": "string"},
+                },
+            }
+        }
+    },
+)
 async def list_runs(
+    request: Request,
+    response: Response,
     _caller: Viewer,
     settings: SettingsDep,
     engine: EngineDep,
@@ -192,30 +189,61 @@ async def list_runs(
     flow: str | None = None,
     stage: str | None = None,
     state: Annotated[str | None, Query(alias="status")] = None,
+    trigger: Annotated[str | None, Query(description="api, schedule, github, gitlab, ...")] = None,
+    triggered_by: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        str | None, Query(description="X-Next-Cursor of the previous page, as it was sent")
+    ] = None,
 ) -> list[RunPublic]:
-    """Runs newest first. Non-final rows are refreshed from Temporal before they are shown."""
+    """Runs newest first, from the runs index (each run records its own state changes).
+
+    When more runs match than `limit`, the response carries `X-Next-Cursor` (and a
+    `Link: <...>; rel="next"`); pass it back as `cursor` for the next page.
+    """
     if state is not None and state not in {s.value for s in RunState}:
         known = ", ".join(s.value for s in RunState)
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             [{"loc": "status", "msg": f"unknown run state {state!r} (one of: {known})"}],
         )
-    rows = await run_in_threadpool(_select_runs, engine, flow, stage, state, limit)
-    stale = [row for row in rows if row.state not in _FINAL]
-    found = await asyncio.gather(*(_status(client, row.run_id, strict=False) for row in stale))
-    changed: list[RunStatus] = []
-    for row, current in zip(stale, found, strict=True):
-        if current is not None and _differs(row, current):
-            changed.append(current)
-            row.state, row.error = current.state.value, current.error
-            if current.state.is_final:
-                row.ended_at = current.ended_at
-    if changed:
-        await run_in_threadpool(_save_states, engine, changed)
+    try:
+        after = decode_cursor(cursor) if cursor is not None else None
+    except BadCursor as e:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, [{"loc": "cursor", "msg": str(e)}]
+        ) from None
+    where = RunFilter(flow, stage, state, trigger, triggered_by)
+    rows, more = await run_in_threadpool(select_page, engine, where, limit, after)
+    if more:
+        following = encode_cursor(rows[-1])
+        response.headers["X-Next-Cursor"] = following
+        response.headers["Link"] = f'<{request.url.include_query_params(cursor=following)}>; rel="next"'
+    await _refresh_legacy(engine, client, rows)
     if state is not None:
         rows = [row for row in rows if row.state == state]
     return [_public(row, settings) for row in rows]
+
+
+async def _refresh_legacy(engine: Engine, client: Client, rows: list[Run]) -> None:
+    """The bounded fallback (see `shipflow.api.runs_listing`): refresh, in place and in the
+    index, the few live rows of this page that no run has recorded a state into."""
+    legacy = _legacy.pick(rows)
+    if not legacy:
+        return
+    found = await asyncio.gather(*(_status(client, row.run_id, strict=False) for row in legacy))
+    changed = [
+        current
+        for row, current in zip(legacy, found, strict=True)
+        if current is not None and _differs(row, current)
+    ]
+    for row, current in zip(legacy, found, strict=True):
+        if current is not None and _differs(row, current):
+            row.state, row.error = current.state, current.error
+            if current.state.is_final:
+                row.ended_at = current.ended_at
+    if changed:
+        await run_in_threadpool(save_refreshed, engine, changed)
 
 
 @router.get("/{run_id}", response_model=RunDetail)
@@ -229,18 +257,7 @@ async def get_run(
         if row is None:
             raise _not_found(run_id)
         # Recorded, but never reached Temporal (its start failed): the row tells why.
-        found = RunStatus(
-            run_id=row.run_id,
-            flow=row.flow,
-            stage=row.stage,
-            flow_version=row.flow_version,
-            state=RunState(row.state),
-            args={k: str(v) for k, v in row.args.items()},
-            reason=row.reason,
-            triggered_by=row.triggered_by,
-            error=row.error,
-            ended_at=row.ended_at,
-        )
+        found = RunStatus(**{**row.summary(), "args": {k: str(v) for k, v in row.args.items()}})
     else:
         if (
             row is not None
@@ -249,7 +266,7 @@ async def get_run(
         ):
             found.error = row.error  # terminated through shipflow: say by whom, not "outside"
         if row is not None and _differs(row, found):
-            await run_in_threadpool(_save_states, engine, [found])
+            await run_in_threadpool(save_refreshed, engine, [found])
     blocked = None if found.state.is_final else await _stuck(client, run_id)
     return RunDetail(
         **found.model_dump(),

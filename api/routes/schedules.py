@@ -284,16 +284,17 @@ async def trigger_schedule(
     if run_id is None:
         return ScheduleTriggered(schedule_id=full, run_id=None)
     initial = await _initial_status(client, before)
-    record = Run(
-        run_id=run_id,
-        flow=name,
-        stage=str(initial.get("stage", spec.stage)),
-        flow_version=int(initial.get("flow_version", 1)),
-        state="pending",
-        reason=f"schedule {full} triggered by {caller.name}",
-        triggered_by=caller.name,
-        trigger="schedule",
-        args=dict(initial.get("args", {})),
+    record = Run.model_validate(
+        {
+            "run_id": run_id,
+            "flow": name,
+            "stage": str(initial.get("stage", spec.stage)),
+            "flow_version": int(initial.get("flow_version", 1)),
+            "reason": f"schedule {full} triggered by {caller.name}",
+            "triggered_by": caller.name,
+            "trigger": "schedule",
+            "args": dict(initial.get("args", {})),
+        }
     )
     await run_in_threadpool(insert_run, engine, record)
     return ScheduleTriggered(

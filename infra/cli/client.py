@@ -104,12 +104,18 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send one request; return the decoded JSON body (None when empty)."""
+        return self._decode(self._send(method, path, **kwargs))
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as e:
             raise ApiUnreachable(self.base_url, _reason(e)) from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _error_problems(response))
+        return response
+
+    def _decode(self, response: httpx.Response) -> Any:
         if not response.content:
             return None
         try:
@@ -151,12 +157,16 @@ class ApiClient:
         status: str | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        query = {
-            k: v
-            for k, v in {"flow": flow, "stage": stage, "status": status, "limit": limit}.items()
-            if v is not None
-        }
-        return _items(self.request("GET", "/runs", params=query), "runs")
+        return self.runs_page(flow=flow, stage=stage, status=status, limit=limit)[0]
+
+    def runs_page(
+        self, *, cursor: str | None = None, **filters: Any
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """GET /runs: one page (filters as the API names them) and the next page's cursor
+        (None on the last page)."""
+        query = {k: v for k, v in {**filters, "cursor": cursor}.items() if v is not None}
+        response = self._send("GET", "/runs", params=query)
+        return _items(self._decode(response), "runs"), response.headers.get("x-next-cursor")
 
     def run_json(self, run_id: str) -> dict[str, Any]:
         """GET /runs/{id} as sent: RunStatus fields plus `ui_url` and `trigger`."""

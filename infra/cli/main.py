@@ -297,15 +297,23 @@ def runs(
     stage: str | None = typer.Option(None, "--stage", help="only this stage"),
     status: str | None = typer.Option(None, "--status", help="only runs in this state"),
     limit: int | None = typer.Option(None, "--limit", help="at most this many (newest first)"),
+    cursor: str | None = typer.Option(None, "--cursor", help="the page after this cursor"),
+    every: bool = typer.Option(False, "--all", help="follow the cursor to the last page"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (one page; `--all` for every page)."""
     state = _state(ctx)
     if status is not None and status not in {s.value for s in RunState}:
         known = ", ".join(s.value for s in RunState)
         raise _fail(f"--status {status!r}: not a run state (one of {known})", EXIT_BAD_INPUT)
     with _api_errors(state), state.client() as client:
-        found = client.list_runs(flow=flow, stage=stage, status=status, limit=limit)
+        query = {"flow": flow, "stage": stage, "status": status, "limit": limit}
+        found, following = client.runs_page(cursor=cursor, **query)
+        while every and following is not None:
+            page, following = client.runs_page(cursor=following, **query)
+            found += page
+    if following is not None:
+        typer.echo(f"more runs: shipflow runs --cursor {following}", err=True)
     if as_json:
         typer.echo(json.dumps(found, indent=2, default=str))
         return

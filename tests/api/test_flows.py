@@ -380,7 +380,7 @@ async def test_deep_nesting_and_too_many_steps_are_422_naming_the_limit(
         assert too_many.json()["detail"] == [
             {
                 "loc": "steps",
-                "msg": "10000 steps: a flow has at most 500 steps, parallel and sequence "
+                "msg": "10000 steps: a flow has at most 1500 steps, parallel and sequence "
                 "included (limit: number of steps)",
             }
         ]

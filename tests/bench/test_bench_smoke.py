@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from temporalio.client import Client
 
-from bench import run_all
+from bench import run_all, runs_index_bench, scale_bench
 from bench.orchestration import run_orchestration
+from shipflow.activities.core.settings import Settings
+from shipflow.worker.main import build_worker
 
 
 async def test_orchestration_bench_tiny(temporal_client: Client) -> None:
@@ -24,7 +27,7 @@ async def test_orchestration_bench_tiny(temporal_client: Client) -> None:
     assert all(ratio > 0 for ratio in ratios.values())
     # warm-up + 1 measured rep per side: (3 + 3 + 3) * 2 runs + 2 runs * 2 steps * 2 batches,
     # twice (the short case's steps are local activities, counted all the same)
-    assert report.activity_calls == {"notify.send": 2 * (18 + 8), "records.run": 2 + 2 + 4 + 2}
+    assert report.activity_calls == {"notify.send": 2 * (18 + 8), "records.run": 2 * (2 + 2 + 4 + 2)}
     table = report.markdown()
     assert "| 3 sequential steps |" in table and "<= 1.10" in table
     # the worker ran in its own process and its CPU was measured on both sides
@@ -43,3 +46,31 @@ def test_run_all_reports_missing_and_failing_modules() -> None:
     assert "`python -m bench.run_all`" in text and "2026-01-02 00:00 UTC" in text
     assert "| `bench.broken` | failed: RuntimeError: boom | 1 s |" in text
     assert box["CPU"] in text
+
+
+async def test_runs_index_bench_tiny(temporal_client: Client, tmp_path: Path) -> None:
+    address = temporal_client.service_client.config.target_host
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    result = await runs_index_bench.bench_database(
+        temporal_client, address, url, "SQLite", runs=120, active=12, requests=3
+    )
+    index = {s["shape"]: s for s in result["index"]}
+    baseline = {s["shape"]: s for s in result["baseline"]}
+    assert all(s["temporal_calls_per_request"] == 0 for s in index.values())
+    # The baseline asks Temporal about every live row of its page: 12 active runs.
+    assert baseline["status=running"]["temporal_calls_per_request"] == 12
+    assert index["status=running"]["rows"] == 4  # running, waiting and queued take turns
+    assert "| today | status=running |" in runs_index_bench.markdown([result])
+
+
+async def test_scale_bench_tiny(temporal_client: Client, settings: Settings) -> None:
+    async with build_worker(temporal_client, settings):
+        burst = await scale_bench.burst(
+            temporal_client, settings, runs=6, stages=2, idle_wait_s=0
+        )
+    assert burst.outcomes == {"succeeded": 6}
+    assert burst.overlaps == 0 and burst.order_kept == 2
+    assert [len(lock["runs"]) for lock in burst.locks] == [1, 1]
+    sizes = scale_bench.plan_sizes()
+    assert 100 < sizes["wait"]["bytes_per_step"] < sizes["deploy"]["bytes_per_step"]
+    assert sizes["wait"]["steps_within_plan_limit"] > 1000

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel
+
+from shipflow.workflows.status import RunSummary
 
 RECORD_RELEASE = "records.release"
 RECORD_RUN = "records.run"
@@ -21,18 +21,18 @@ class ReleaseRecordInput(BaseModel):
     kind: str = "deploy"
 
 
-class RunRecordInput(BaseModel):
-    run_id: str
-    flow: str
-    stage: str
-    state: str
-    ended_at: datetime | None = None
-    error: str | None = None
-    flow_version: int = 1
-    args: dict[str, str] = {}
-    reason: str | None = None
-    triggered_by: str | None = None
+class RunRecordInput(RunSummary):
+    """What the runs index gets from a run: its summary and how it was started.
+
+    The payload keeps the shape it always had (recorded histories hold it): the summary's
+    fields plus `trigger`.
+    """
+
     trigger: str = "schedule"
+
+    @classmethod
+    def of(cls, status: RunSummary, *, trigger: str) -> RunRecordInput:
+        return cls(**status.summary(), trigger=trigger)
 
 
 class RecordOutput(BaseModel):
