@@ -436,6 +436,19 @@ Trigger = CronTrigger | GitTrigger
 
 Concurrency = Literal["allow", "queue", "forbid", "cancel-previous"]
 
+#: Run events a flow's `notifications:` can subscribe to (run states, `waiting` per approval).
+RunEvent = Literal["failed", "rolled_back", "waiting", "succeeded", "cancelled", "rollback_failed"]
+
+
+class NotificationSpec(StrictModel):
+    """`notifications: [{on: [failed, waiting], webhook: ..., format: slack}]`: the run posts
+    to `webhook` when it reaches one of the `on` states (retried; never fails the run)."""
+
+    on: list[RunEvent] = Field(min_length=1)
+    webhook: str = Field(pattern=r"^(https?://|\$\{)")
+    format: Literal["slack", "generic"] = "generic"
+    headers: dict[str, str] = {}
+
 
 class FlowSpec(StrictModel):
     """A release flow file."""
@@ -450,6 +463,7 @@ class FlowSpec(StrictModel):
     args: dict[str, ArgSpec] = {}
     triggers: list[Trigger] = []
     steps: list[Step] = Field(min_length=1)
+    notifications: list[NotificationSpec] = Field(default=[], max_length=20)
 
     @field_validator("args", mode="before")
     @classmethod
