@@ -449,6 +449,14 @@ class NotificationSpec(StrictModel):
     format: Literal["slack", "generic"] = "generic"
     headers: dict[str, str] = {}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true, as in CI files.
+        if isinstance(value, dict) and True in value and "on" not in value:
+            value = {("on" if k is True else k): v for k, v in value.items()}
+        return value
+
 
 class FlowSpec(StrictModel):
     """A release flow file."""

@@ -53,6 +53,11 @@ _step: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar
 )
 
 
+def set_step(**fields: Any) -> None:
+    """Records logged from here on in this context (task, thread) carry `fields`."""
+    _step.set({k: v for k, v in fields.items() if v is not None})
+
+
 @contextmanager
 def step_scope(**fields: Any) -> Iterator[None]:
     """Records logged inside carry `fields` (flow, stage, run_id, step_id, attempt)."""
@@ -67,14 +72,13 @@ def context_of(record: logging.LogRecord) -> dict[str, Any]:
     """The run context of a record: explicit `extra=` fields win over the step scope, which
     wins over what Temporal's loggers attach."""
     out: dict[str, Any] = {}
-    temporal = getattr(record, "temporal_activity", None) or getattr(
-        record, "temporal_workflow", None
-    )
-    if isinstance(temporal, Mapping):
-        if temporal.get("workflow_id"):
+    for key in ("temporal_workflow", "temporal_activity"):
+        temporal = getattr(record, key, None)
+        if isinstance(temporal, Mapping) and temporal.get("workflow_id"):
             out["run_id"] = temporal["workflow_id"]
-        if temporal.get("attempt") is not None:
-            out["attempt"] = temporal["attempt"]
+            # A workflow's `attempt` is its task's, not a step's: only an activity's counts.
+            if key == "temporal_activity" and temporal.get("attempt") is not None:
+                out["attempt"] = temporal["attempt"]
     scope = _step.get()
     if scope:
         out.update(scope)
@@ -224,16 +228,16 @@ class _StepContextInbound(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         fields: dict[str, Any] = {}
         if input.args:
-            context = getattr(input.args[0], "context", None)
-            for name in ("flow", "stage", "run_id", "step_id"):
-                value = getattr(context, name, None)
-                if isinstance(value, str):
-                    fields[name] = value
-            run_id = getattr(input.args[0], "run_id", None)
-            if "run_id" not in fields and isinstance(run_id, str):
-                fields["run_id"] = run_id
+            # A step's input has a `context`; others (records, run events) name the run.
+            for source in (input.args[0], getattr(input.args[0], "context", None)):
+                for name in ("flow", "stage", "run_id", "step_id"):
+                    value = getattr(source, name, None)
+                    if isinstance(value, str):
+                        fields[name] = value
         fields.setdefault("run_id", activity.info().workflow_id)
         fields["attempt"] = activity.info().attempt
         annotate_span(fields)  # the RunActivity span, when traces are on
-        with step_scope(**fields):
-            return await super().execute_activity(input)
+        # Not reset on return: each activity runs in its own task (its own context), and the
+        # SDK logs an activity's failure in that task after this returns.
+        set_step(**fields)
+        return await super().execute_activity(input)
