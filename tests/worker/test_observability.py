@@ -1,13 +1,16 @@
 """A real worker process (`python -m shipflow.worker.main`, metrics endpoint on, stdout to a
-file) runs releases that succeed, fail and compensate, retry, queue and wait for approval.
-Then its Prometheus endpoint must show exact counts, every line it logged must be a JSON
-object naming the run and step it was about, and the flows' notifications must have
-reached a loopback sink."""
+file) runs releases that back up, deploy, succeed, fail and compensate, retry, queue and wait
+for approval; the API starts one. Then the worker's Prometheus endpoint must show exact
+counts, every metric the Grafana dashboard and the alert rules query must exist on the worker
+or the API, every line the worker logged must be a JSON object naming the run and step it was
+about, and the flows' notifications must have reached a loopback sink."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import signal
 import subprocess
 import sys
@@ -22,9 +25,12 @@ from temporalio.client import Client
 
 from shipflow.activities.core.settings import Settings
 from shipflow.workflows.release import ApproveInput, ReleaseWorkflow
+from tests.api.conftest import api_client
 from tests.helpers import HttpSink, finish, free_port, start_flow, step_state, wait_until
+from tests.local.support import RuntimeProcess, demo_service
 
 ROOT = Path(__file__).resolve().parents[2]
+OBSERVABILITY = ROOT / "infra" / "observability"
 
 
 class Scrape:
@@ -45,11 +51,37 @@ class Scrape:
         )
 
     def names(self) -> set[str]:
-        return {s.name for s in self.samples}
+        """Sample names as exported (the parser would add `_total` to the SDK's counters)."""
+        return {
+            re.split(r"[{ ]", line, maxsplit=1)[0]
+            for line in self.text.splitlines()
+            if line and not line.startswith("#")
+        }
 
 
 def scrape(url: str) -> Scrape:
     return Scrape(httpx.get(url, timeout=5).text)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[RuntimeProcess]:
+    """The local target's runtime, where the worker's settings look for its key."""
+    rt = RuntimeProcess(tmp_path / "shipflow" / "runtime")
+    rt.start()
+    try:
+        yield rt
+    finally:
+        rt.cleanup()
+
+
+def queried_metrics() -> set[str]:
+    """Every metric name the dashboard and the alert rules query."""
+    dashboard = json.loads((OBSERVABILITY / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [dashboard["templating"]["list"][1]["query"]["query"]]
+    exprs += re.findall(r"expr: *\|?\n?((?:.|\n)*?)(?=\n *for:|\n *labels:)",
+                        (OBSERVABILITY / "alerts.yaml").read_text())
+    return set(re.findall(r"\b((?:shipflow|temporal)_[a-z0-9_]+)", "\n".join(exprs)))
 
 
 @pytest.fixture
@@ -98,19 +130,27 @@ async def test_metrics_logs_and_notifications_of_real_runs(
     settings: Settings,
     tmp_path: Path,
     worker_process: tuple[str, Path],
+    runtime: RuntimeProcess,
 ) -> None:
     metrics_url, log = worker_process
     gate, flaky = tmp_path / "gate", tmp_path / "flaky"
+    database = tmp_path / "app.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE t (x)")
+    web = json.dumps(demo_service(free_port()))
     with HttpSink() as sink, HttpSink(status=410) as gone:
         ok = flow(
             "obs-ok",
             "s-ok",
             f"""
+target: {{kind: local, runtime: "{runtime.url}", services: {{web: {web}}}}}
 notifications:
   - {{on: [succeeded, failed], webhook: "{sink.url}/ok", format: generic}}
   - {{on: [succeeded], webhook: "{gone.url}/gone?token=sekrit", format: generic}}
 steps:
+  - backup: {{id: db, database: "sqlite:///{database}", to: "file://{tmp_path}/backups/"}}
   - migrate: {{id: hello, command: [sh, -c, "echo hello"]}}
+  - deploy: {{id: web, service: web, image: v1}}
 """,
         )
         undo = flow(
@@ -180,6 +220,16 @@ steps:
             "queue-1": "succeeded",
             "queue-2": "succeeded",
         }
+        async with api_client(settings) as http:
+            api_flow = flow("obs-api", "s-api", "steps: [{migrate: {id: a, command: [echo, a]}}]\n")
+            assert (await http.post("/flows", content=api_flow)).status_code == 201
+            started = await http.post("/flows/obs-api/runs", json={})
+            assert started.status_code == 202, started.text
+            status["api"] = await finish(temporal_client.get_workflow_handle(started.json()["run_id"]))
+            # No GitHub secret configured: a delivery is refused (counted as an error).
+            assert (await http.post("/hooks/github", content=b"{}")).status_code == 503
+            api = Scrape((await http.get("/metrics")).text)
+        assert status["api"].state.value == "succeeded"
         m = scrape(metrics_url)
 
         # ---- metrics: exact counts, labelled by flow, stage, kind, outcome
@@ -215,6 +265,15 @@ steps:
         assert m.value(
             "shipflow_release_approval_decision_seconds_count", flow="obs-approve", decision="approved"
         ) == 1
+        backup, deploy = status["ok"].step("db").output, status["ok"].step("web").output
+        assert backup is not None and deploy is not None
+        assert m.value("shipflow_release_backup_duration_seconds_count", flow="obs-ok") == 1
+        assert m.value("shipflow_release_backup_bytes_sum", flow="obs-ok") == backup["size"] > 0
+        assert m.value("shipflow_release_rollout_duration_seconds_count", flow="obs-ok", kind="deploy") == 1
+        assert m.value("shipflow_release_rollout_instances_replaced_total", flow="obs-ok") == len(
+            deploy["instances"]
+        ) > 0
+        assert m.value("shipflow_release_step_duration_seconds_count", flow="obs-ok") == 3
         assert m.value("shipflow_release_notifications_total", flow="obs-ok", result="sent") == 1
         assert m.value("shipflow_release_notifications_total", flow="obs-ok", result="failed") == 1
         assert m.value("shipflow_release_notifications_total", flow="obs-undo", event="rolled_back") == 1
@@ -224,6 +283,13 @@ steps:
         assert m.value("temporal_worker_task_slots_available") > 0
         assert "temporal_workflow_task_schedule_to_start_latency_count" in m.names()
         assert "run_id" not in m.text and status["ok"].run_id not in m.text  # low cardinality
+        assert api.value("shipflow_runs_started_total", flow="obs-api", trigger="api") == 1
+        assert api.value("shipflow_webhook_deliveries_total", provider="github", result="error") == 1
+        # Every metric the dashboard and the alert rules query exists after these runs.
+        exported = m.names() | api.names()
+        queried = queried_metrics()
+        assert len(queried) > 25
+        assert sorted(queried - exported) == []
 
     # ---- notifications: what the sink got
     by_path = {r["path"]: r["body"] for r in sink.received}
