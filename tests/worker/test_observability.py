@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
