@@ -88,13 +88,18 @@ async def _timed(work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-async def run_observability(steps: int = 50, reps: int = 9) -> dict[str, Any]:
-    env = await start_dev_server()
+async def run_observability(
+    steps: int = 50, reps: int = 9, *, target: str | None = None
+) -> dict[str, Any]:
+    """Measure both sides; on a fresh dev server, or on the one at `target` (host:port)."""
+    env = await start_dev_server() if target is None else None
     log_path = Path(tempfile.mkdtemp(prefix="shipflow-bench-")) / "worker.log"
     port = free_port()
     lines = 0
     try:
-        target = env.client.service_client.config.target_host
+        if env is not None:
+            target = env.client.service_client.config.target_host
+        assert target is not None
         measured = await Client.connect(
             target, data_converter=pydantic_data_converter, runtime=metrics_runtime(f"127.0.0.1:{port}")
         )
@@ -135,7 +140,8 @@ async def run_observability(steps: int = 50, reps: int = 9) -> dict[str, Any]:
         lines = sum(1 for _ in log_path.open())
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
-        await env.shutdown()
+        if env is not None:
+            await env.shutdown()
     wall = {k: statistics.median(s[0] for s in v) for k, v in samples.items()}
     cpu = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
     ratio, cpu_ratio = wall["on"] / wall["off"], cpu["on"] / cpu["off"]
@@ -167,6 +173,7 @@ async def run_observability(steps: int = 50, reps: int = 9) -> dict[str, Any]:
         "cpu_ratio": round(cpu_ratio, 4),
         "met": ratio <= TARGET,
         "log_lines": lines,
+        "runs_counted": runs_counted,
         "markdown": markdown,
     }
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from temporalio.client import Client
 
 from bench import run_all
+from bench.observability_bench import run_observability
 from bench.orchestration import run_orchestration
 
 
@@ -39,3 +40,14 @@ def test_run_all_reports_missing_and_failing_modules() -> None:
     assert "`python -m bench.run_all`" in text and "2026-01-02 00:00 UTC" in text
     assert "| `bench.broken` | failed: RuntimeError: boom | 1 s |" in text
     assert box["CPU"] in text
+
+
+async def test_observability_bench_tiny(temporal_client: Client) -> None:
+    target = temporal_client.service_client.config.target_host
+    result = await run_observability(steps=2, reps=1, target=target)
+    assert result["ratio"] > 0 and result["cpu_ratio"] > 0
+    # The measured side ran twice (warm-up + 1), counted on its endpoint and logged a line
+    # per step and per run end.
+    assert result["runs_counted"] == 2
+    assert result["log_lines"] >= 2 * 3
+    assert "| **on / off** |" in result["markdown"]
