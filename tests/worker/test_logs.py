@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from temporalio import activity, workflow
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.core.logs import configure_logging, step_scope
@@ -24,13 +25,18 @@ class Tty(io.StringIO):
 def restore_root() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    filters = {h: list(h.filters) for h in handlers}
+    flags = (activity.logger.activity_info_on_message, workflow.logger.workflow_info_on_message)
     try:
         yield
     finally:
         for handler in list(root.handlers):
             if handler not in handlers:
                 root.removeHandler(handler)
+        for handler, kept in filters.items():
+            handler.filters = kept
         root.setLevel(level)
+        activity.logger.activity_info_on_message, workflow.logger.workflow_info_on_message = flags
 
 
 def test_json_lines_with_context_reason_and_redaction(restore_root: None) -> None:

@@ -84,11 +84,8 @@ def queried_metrics() -> set[str]:
     return set(re.findall(r"\b((?:shipflow|temporal)_[a-z0-9_]+)", "\n".join(exprs)))
 
 
-@pytest.fixture
-def worker_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The worker as its own process: (metrics URL, log file)."""
-    port = free_port()
-    log = tmp_path / "worker.log"
+def spawn_worker(settings: Settings, log: Path, port: int) -> subprocess.Popen[bytes]:
+    """`python -m shipflow.worker.main` with its metrics endpoint on `port`, output to `log`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPFLOW_", "OTEL_"))}
     env.update(
         {
@@ -101,24 +98,36 @@ def worker_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Pa
             "SHIPFLOW_API_URL": "http://shipflow.example:8000",
         }
     )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
+    with log.open("ab") as out:
+        return subprocess.Popen(
             [sys.executable, "-m", "shipflow.worker.main"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The worker as its own process: (metrics URL, log file)."""
+    port = free_port()
+    log = tmp_path / "worker.log"
+    process = spawn_worker(settings, log, port)
     try:
         yield f"http://127.0.0.1:{port}/metrics", log
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def flow(name: str, stage: str, body: str) -> str:
@@ -339,3 +348,56 @@ async def _is(handle: Any, step: str, state: str) -> bool:
 async def _run_state(handle: Any, state: str) -> bool:
     status = await handle.query(ReleaseWorkflow.status)
     return bool(status.state.value == state)
+
+
+async def test_a_run_is_counted_once_across_a_worker_crash(
+    temporal_client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    """Worker A starts the run and is SIGKILLed mid-step; worker B replays the history and
+    finishes it. Replay records nothing: A and B together count one start, one end and each
+    step once."""
+    gate, pidfile = tmp_path / "gate", tmp_path / "pid"
+    text = flow(
+        "obs-crash",
+        "s-crash",
+        f"""
+steps:
+  - migrate: {{id: one, command: [sh, -c, "echo one"]}}
+  - migrate: {{id: two, command: [sh, -c, "echo $$ > {pidfile}; while [ ! -f {gate} ]; do sleep 0.1; done"]}}
+  - migrate: {{id: three, command: [sh, -c, "echo three"]}}
+""",
+    )
+    ports = free_port(), free_port()
+    first = spawn_worker(settings, tmp_path / "a.log", ports[0])
+    try:
+        await wait_until(lambda: _answers(f"http://127.0.0.1:{ports[0]}/metrics"), timeout=60)
+        handle = await start_flow(temporal_client, settings, text)
+        await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30)
+        before = scrape(f"http://127.0.0.1:{ports[0]}/metrics")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        stop(first)
+    second = spawn_worker(settings, tmp_path / "b.log", ports[1])
+    try:
+        await wait_until(lambda: _answers(f"http://127.0.0.1:{ports[1]}/metrics"), timeout=60)
+        gate.touch()
+        status = await finish(handle)
+        after = scrape(f"http://127.0.0.1:{ports[1]}/metrics")
+    finally:
+        stop(second)
+    assert status.state.value == "succeeded", status
+    labels = {"flow": "obs-crash"}
+    started = "shipflow_release_runs_started_total"
+    steps = "shipflow_release_step_duration_seconds_count"
+    assert (before.value(started, **labels), after.value(started, **labels)) == (1, 0)
+    assert (before.value(steps, **labels), after.value(steps, **labels)) == (1, 2)
+    assert after.value(steps, outcome="succeeded", **labels) == 2
+    assert after.value("shipflow_release_runs_ended_total", outcome="succeeded", **labels) == 1
+    assert before.value("shipflow_release_runs_ended_total", **labels) == 0
+    # A lost worker is not an attempt: three steps, three attempts, no retry.
+    total = before.value("shipflow_release_step_attempts_total", **labels) + after.value(
+        "shipflow_release_step_attempts_total", **labels
+    )
+    assert total == 3
+    assert after.value("shipflow_release_step_retries_total", **labels) == 0
