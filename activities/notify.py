@@ -31,6 +31,8 @@ from shipflow.workflows.redaction import redact
 
 #: How long one webhook call may take before it counts as a failed attempt.
 REQUEST_TIMEOUT_S = 10.0
+#: How much of a failed run's error a run event quotes.
+MAX_ERROR_CHARS = 1000
 #: Webhook calls by kind (step, run_event) and result (ok, http_<code>, unreachable):
 #: per attempt, recorded with the activity metric meter.
 DELIVERIES = "shipflow_notification_deliveries_total"
@@ -181,6 +183,8 @@ def run_event_body(input: RunEventInput, links: dict[str, str], key: str) -> dic
     a `waiting` event names the step and how to approve it.
     """
     error = redact(input.error) if input.error else None
+    if error and len(error) > MAX_ERROR_CHARS:  # chat blocks take at most 3000 characters
+        error = error[:MAX_ERROR_CHARS] + "…"
     where = f"{input.flow} → {input.stage}"
     if input.event == "waiting":
         text = (

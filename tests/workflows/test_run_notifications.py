@@ -10,13 +10,26 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.client import Client
 
+from shipflow.activities.core.client import connect
 from shipflow.activities.core.settings import Settings
+from shipflow.worker.main import build_worker
+from shipflow.worker.telemetry import metrics_runtime
 from shipflow.workflows.plan import compile
+from shipflow.workflows.release import RejectInput, ReleaseWorkflow
 from shipflow.workflows.spec import FlowError, load_flow_text
-from tests.helpers import finish, free_port, new_worker, start_flow
+from tests.helpers import (
+    HttpSink,
+    finish,
+    free_port,
+    new_worker,
+    start_flow,
+    step_state,
+    wait_until,
+)
 
 HEAD = "apiVersion: shipflow/v1\nname: told\nstage: test\n"
 STEPS = "steps: [{migrate: {id: m, command: [sh, -c, 'exit 0']}}]\n"
@@ -127,3 +140,51 @@ async def test_a_failed_run_is_told_after_a_retry(
         "failed", "failed", "m", status.run_id
     )
     assert "disk full" in body["error"] and "disk full" in body["text"]
+
+
+async def test_waiting_then_rejected_with_the_approve_link_and_decision_metrics(
+    temporal_client: Client, settings: Settings
+) -> None:
+    port = free_port()
+    client = await connect(settings, runtime=metrics_runtime(f"127.0.0.1:{port}"))
+    text = HEAD.replace("name: told", "name: rejected") + (
+        "notifications:\n  - {on: [waiting, failed], webhook: '%s/n'}\n"
+        "steps:\n  - approve: {id: gate, timeout: 10m}\n  - migrate: {id: never, command: [echo]}\n"
+    )
+    with HttpSink() as sink:
+        async with build_worker(client, settings):
+            handle = await start_flow(temporal_client, settings, text % sink.url)
+            await wait_until(lambda: _waiting(handle), timeout=30)
+            await wait_until(lambda: len(sink.received) == 1, timeout=30)
+            waiting = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            await handle.execute_update(
+                ReleaseWorkflow.reject, RejectInput(step="gate", by="bob", comment="not today")
+            )
+            status = await finish(handle)
+            after = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert status.state.value == "failed"
+    told, failed = (r["body"] for r in sink.received)
+    assert (told["event"], told["state"], told["step"]) == ("waiting", "waiting", "gate")
+    assert told["approve_url"] == f"{settings.api_url}/runs/{status.run_id}/approve"
+    assert f"shipflow approve {status.run_id} gate" in told["text"]
+    assert (failed["event"], failed["step"]) == ("failed", "gate")
+    assert "rejected by bob: not today" in failed["error"]
+    assert "approve_url" not in failed
+    assert _sample(waiting, "shipflow_release_approvals_waiting", 'flow="rejected"') == 1
+    assert _sample(after, "shipflow_release_approvals_waiting", 'flow="rejected"') == 0
+    assert _sample(
+        after, "shipflow_release_approval_decision_seconds_count", 'decision="rejected"'
+    ) == 1
+    assert _sample(after, "shipflow_release_runs_ended_total", 'outcome="failed"') == 1
+
+
+async def _waiting(handle: Any) -> bool:
+    return await step_state(handle, "gate") == "waiting"
+
+
+def _sample(text: str, name: str, label: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and label in line
+    )
