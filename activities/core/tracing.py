@@ -14,6 +14,7 @@ endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDP
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from collections.abc import Mapping
@@ -72,6 +73,9 @@ def setup_tracing(service: str) -> trace.Tracer | None:
                 continue
             provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
+        # Export what the batch still holds when the process exits (SIGTERM included: the
+        # worker and the API return from their main on it).
+        atexit.register(provider.shutdown)
         _configured = True
         log.info("traces exported (%s) as service %s", ",".join(kinds), name)
     return trace.get_tracer("shipflow")

@@ -4,6 +4,11 @@ API (ASGI), a real worker and the Temporal dev server."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -17,6 +22,7 @@ from shipflow.api.app import create_app
 from shipflow.worker.main import build_worker
 from tests.helpers import finish
 
+ROOT = Path(__file__).resolve().parents[2]
 FLOW = """
 apiVersion: shipflow/v1
 name: traced
@@ -87,3 +93,29 @@ def test_traces_are_off_unless_otel_settings_turn_them_on() -> None:
     assert tracing_enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
     assert tracing_enabled({"OTEL_TRACES_EXPORTER": "console"})
     assert not tracing_enabled({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"})
+
+
+def test_otel_settings_install_an_exporter_that_flushes_at_exit(tmp_path: Path) -> None:
+    """`OTEL_TRACES_EXPORTER=console` in a fresh process: a span is exported (at exit, from
+    the batch) under `OTEL_SERVICE_NAME`; without OTEL settings nothing is set up."""
+    code = (
+        "from shipflow.activities.core.tracing import setup_tracing\n"
+        "tracer = setup_tracing('shipflow-test')\n"
+        "print('tracer', tracer is not None)\n"
+        "if tracer:\n"
+        "    with tracer.start_as_current_span('hello'):\n"
+        "        pass\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    on = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "svc-x"},
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert on.returncode == 0, on.stderr
+    assert "tracer True" in on.stdout and '"name": "hello"' in on.stdout
+    assert '"service.name": "svc-x"' in on.stdout
+    off = subprocess.run(
+        [sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert off.returncode == 0 and "tracer False" in off.stdout, off.stderr
