@@ -21,13 +21,16 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind, Tracer
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 
 from shipflow.activities.core.client import connect
 from shipflow.activities.core.codec import PayloadKeyError
 from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.logs import configure_logging
 from shipflow.activities.core.settings import Settings, get_settings
+from shipflow.activities.core.tracing import setup_tracing, temporal_interceptors
 from shipflow.api.auth import Authenticator, load_tokens
 from shipflow.api.hostile import RefuseUnstorableText, storage_error
 from shipflow.api.pending_runs import reconcile_forever
@@ -73,8 +76,19 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _delivery_result(code: int) -> str:
+    if code < 400:
+        return "accepted"
+    if code in (401, 403):
+        return "unauthorized"
+    return "invalid" if code < 500 else "error"
+
+
+def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None) -> FastAPI:
     """Build the API for `settings` (default: the `SHIPFLOW_*` environment).
+
+    `tracer`: where request and run-start spans go; default: the `OTEL_*` settings (none
+    unless they turn traces on).
 
     Raises:
         ValueError: `SHIPFLOW_TOKENS` is malformed (better at start than at first request),
@@ -90,12 +104,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "development instance that is open on purpose."
         )
     metrics = health.Metrics()
+    tracer = tracer or setup_tracing("shipflow-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = await run_in_threadpool(make_engine, settings.sqlalchemy_url())
         try:
-            app.state.temporal = await connect(settings)
+            app.state.temporal = await connect(
+                settings, interceptors=temporal_interceptors(tracer)
+            )
             if authenticator.open:
                 log.warning("no API tokens configured: the API is open to anyone (anonymous admin)")
             reconciler = asyncio.create_task(
@@ -147,7 +164,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             template = getattr(route, "path", None) or "unmatched"
             metrics.requests.labels(request.method, template, str(code)).inc()
             metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
+            if template.startswith("/hooks/"):
+                metrics.webhook_deliveries.labels(
+                    template.removeprefix("/hooks/"), _delivery_result(code)
+                ).inc()
 
+    if tracer is not None:
+        _trace_requests(app, tracer)
     app.include_router(flows.router)
     app.include_router(schedules.router)
     app.include_router(runs.router)
@@ -159,19 +182,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _trace_requests(app: FastAPI, tracer: Tracer) -> None:
+    """A server span per request, parent of the run a request starts (one trace per run)."""
+
+    @app.middleware("http")
+    async def trace_request(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        with tracer.start_as_current_span(request.method, kind=SpanKind.SERVER) as span:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            span.update_name(f"{request.method} {template}")
+            span.set_attribute("http.route", template)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+
 def main() -> None:
     """Serve the API on the host and port of `SHIPFLOW_API_URL` (`python -m shipflow.api.app`)."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
+    configure_logging(logging.INFO, fmt=settings.log_format)
     url = urlsplit(settings.api_url)
     try:
         app = create_app(settings)
     except ValueError as e:
         print(f"shipflow api: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8000)
+    # log_config=None: uvicorn's own loggers go through the shared (JSON, redacted) handler.
+    uvicorn.run(app, host=url.hostname or "127.0.0.1", port=url.port or 8000, log_config=None)
 
 
 if __name__ == "__main__":

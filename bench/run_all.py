@@ -42,6 +42,7 @@ MODULES = (
     "backup_bench",
     "runs_index_bench",
     "scale_bench",
+    "observability_bench",
 )
 
 

@@ -25,13 +25,14 @@ def build_activities(
     targets = partial(make_target, settings=settings)
     jobs = JobActivities(targets)
     checks = CheckActivities()
-    notify = NotifyActivities()
+    notify = NotifyActivities(api_url=settings.api_url, ui_url=settings.ui_url)
     records = RecordActivities(engine)
     locks = LockActivities(client, task_queue)
     out: list[Callable[..., Any]] = [
         jobs.run_job,
         checks.probe,
         notify.send,
+        notify.run_event,
         records.record_run,
         locks.acquire,
         locks.closed_runs,

@@ -17,9 +17,11 @@ from temporalio.worker import Worker
 
 from shipflow.activities.core.client import connect
 from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.logs import StepContextInterceptor, configure_logging
 from shipflow.activities.core.settings import Settings, get_settings
+from shipflow.activities.core.tracing import setup_tracing, temporal_interceptors
 from shipflow.worker.activities import build_activities
-from shipflow.worker.logs import configure_logging
+from shipflow.worker.telemetry import worker_runtime
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.sandbox import workflow_runner
 from shipflow.workflows.stage_lock import StageLockWorkflow
@@ -37,6 +39,8 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         workflows=[ReleaseWorkflow, StageLockWorkflow],
         workflow_runner=workflow_runner(),
         activities=build_activities(settings, engine, client, queue),
+        # Log lines and trace spans of an activity name its run and step.
+        interceptors=[StepContextInterceptor()],
         activity_executor=ThreadPoolExecutor(
             max_workers=32, thread_name_prefix="shipflow-activity"
         ),
@@ -51,21 +55,26 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
 
 
 async def run_worker(settings: Settings) -> None:
-    client = await connect(settings)
+    tracer = setup_tracing("shipflow-worker")
+    runtime = worker_runtime(settings)
+    client = await connect(settings, runtime=runtime, interceptors=temporal_interceptors(tracer))
     worker = build_worker(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker on %s, task queue %s", settings.temporal_address, settings.task_queue)
+    if settings.worker_metrics_address:
+        log.info("metrics on http://%s/metrics", settings.worker_metrics_address)
     async with worker:
         await stop.wait()
     log.info("worker stopped")
 
 
 def main() -> None:
-    configure_logging(logging.INFO)
-    asyncio.run(run_worker(get_settings()))
+    settings = get_settings()
+    configure_logging(logging.INFO, fmt=settings.log_format)
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

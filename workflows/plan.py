@@ -102,6 +102,15 @@ PlanNode = Annotated[ActionPlan | GroupPlan, Field(discriminator="node")]
 GroupPlan.model_rebuild()
 
 
+class NotificationPlan(BaseModel):
+    """A flow's `notifications:` entry, its webhook and headers compiled like a notify step's."""
+
+    on: list[str]
+    webhook: str
+    format: str = "generic"
+    headers: dict[str, str] = {}
+
+
 class Plan(BaseModel):
     """One run's checked, explicit program."""
 
@@ -115,6 +124,7 @@ class Plan(BaseModel):
     env_refs: list[str] = []
     heartbeat_timeout_s: float = 20.0
     worker_lost_retries: int = 10
+    notifications: list[NotificationPlan] = []
 
     def actions(self) -> Iterator[ActionPlan]:
         """Every action in plan order (depth first, as written)."""
@@ -219,6 +229,14 @@ class _Compiler:
         target = self._resolve_value(
             self.flow.target.model_dump(mode="json", by_alias=True), "target", frozenset()
         )
+        notifications = [
+            NotificationPlan(
+                **self._resolve_value(
+                    entry.model_dump(mode="json"), f"notifications[{i}]", frozenset()
+                )
+            )
+            for i, entry in enumerate(self.flow.notifications)
+        ]
         if self.problems:
             raise FlowError(self.problems)
         plan = Plan(
@@ -232,6 +250,7 @@ class _Compiler:
             env_refs=sorted(self.env_refs),
             heartbeat_timeout_s=self.options.heartbeat_timeout_s,
             worker_lost_retries=self.options.worker_lost_retries,
+            notifications=notifications,
         )
         size = len(plan.model_dump_json())
         if size > MAX_PLAN_BYTES:

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.io.common import StepContext
     from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
     from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
+    from shipflow.workflows.run_observer import RunObserver
     from shipflow.workflows.stage_lock import (
         GRANTED_SIGNAL,
         POSITION_SIGNAL,
@@ -148,6 +149,8 @@ class ReleaseWorkflow:
             steps=initial_steps(input.plan),
         )
         self._steps: dict[str, StepStatus] = {s.id: s for s in self._status.steps}
+        # Metrics, log lines and notifications about this run (see run_observer.py).
+        self._observer = RunObserver(input.plan, self._status)
         self._outputs: dict[str, dict[str, Any]] = {}
         self._undo_stack: list[_Compensate] = []
         self._decisions: dict[str, Approval] = {}
@@ -167,6 +170,7 @@ class ReleaseWorkflow:
     async def run(self, input: ReleaseInput) -> ReleaseResult:
         flusher = asyncio.create_task(self._flush_memo())
         self._status.started_at = workflow.now()
+        self._observer.started(input.trigger)
         if input.record_start:
             await self._record_run()
         if workflow.patched(INDEX_RUN_STATES):
@@ -233,6 +237,7 @@ class ReleaseWorkflow:
         if self._lock_asked:
             await self._shielded(self._release_stage())
         await self._shielded(self._record_run())
+        await self._shielded(self._observer.drain())
         self._done = True
         await self._shielded(flusher)
 
@@ -348,8 +353,11 @@ class ReleaseWorkflow:
             self._dirty_steps.add(step.id)
 
     def _set_run(self, state: RunState) -> None:
+        old = self._status.state
         self._status.state = state
         self._touch()
+        if old != state:
+            self._observer.state_changed(old, state)
 
     async def _flush_memo(self) -> None:
         """Upsert the memo at most once per workflow task, however many steps changed."""
@@ -446,6 +454,7 @@ class ReleaseWorkflow:
             if _is_cancel(error):
                 step.state = StepState.CANCELLED
                 self._touch(step)
+                self._observer.step_ended(action, step)
                 raise
             step.state = StepState.FAILED
             if step.error is None or not isinstance(error, StepFailed):
@@ -454,6 +463,7 @@ class ReleaseWorkflow:
                 )
             self._refresh_run_state()
             self._touch(step)
+            self._observer.step_ended(action, step)
             if isinstance(error, StepFailed):
                 raise
             raise StepFailed(action.id, step.error) from None
@@ -462,6 +472,7 @@ class ReleaseWorkflow:
         step.ended_at = workflow.now()
         step.state = StepState.SUCCEEDED
         step.next_attempt_at = None
+        self._observer.step_ended(action, step)
         self._outputs[action.id] = output
         if action.undo is not None:
             self._undo_stack.append(_Compensate(action, output))
@@ -664,11 +675,18 @@ class ReleaseWorkflow:
         step.state = StepState.WAITING
         self._refresh_run_state()
         self._touch(step)
+        self._observer.approval_waiting(action.id)
         timeout = action.timeout_s
+        outcome = "cancelled"
         try:
-            await workflow.wait_condition(lambda: action.id in self._decisions, timeout=timeout)
-        except builtins.TimeoutError:
-            raise StepFailed(action.id, f"no approval within {timeout:g}s") from None
+            try:
+                await workflow.wait_condition(lambda: action.id in self._decisions, timeout=timeout)
+            except builtins.TimeoutError:
+                outcome = "timed_out"
+                raise StepFailed(action.id, f"no approval within {timeout:g}s") from None
+            outcome = self._decisions[action.id].decision
+        finally:
+            self._observer.approval_done(action.id, outcome)
         decision = self._decisions[action.id]
         step.approval = decision
         if decision.decision != "approved":
@@ -760,11 +778,13 @@ class ReleaseWorkflow:
             record.ended_at = workflow.now()
             step.state = StepState.COMPENSATION_FAILED
             self._touch(step)
+            self._observer.compensated(action, False, record.error)
             return False
         record.output = output
         record.ended_at = workflow.now()
         step.state = StepState.COMPENSATED
         self._touch(step)
+        self._observer.compensated(action, True, None)
         return True
 
     async def _run_undo(

@@ -436,6 +436,27 @@ Trigger = CronTrigger | GitTrigger
 
 Concurrency = Literal["allow", "queue", "forbid", "cancel-previous"]
 
+#: Run events a flow's `notifications:` can subscribe to (run states, `waiting` per approval).
+RunEvent = Literal["failed", "rolled_back", "waiting", "succeeded", "cancelled", "rollback_failed"]
+
+
+class NotificationSpec(StrictModel):
+    """`notifications: [{on: [failed, waiting], webhook: ..., format: slack}]`: the run posts
+    to `webhook` when it reaches one of the `on` states (retried; never fails the run)."""
+
+    on: list[RunEvent] = Field(min_length=1)
+    webhook: str = Field(pattern=r"^(https?://|\$\{)")
+    format: Literal["slack", "generic"] = "generic"
+    headers: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true, as in CI files.
+        if isinstance(value, dict) and True in value and "on" not in value:
+            value = {("on" if k is True else k): v for k, v in value.items()}
+        return value
+
 
 class FlowSpec(StrictModel):
     """A release flow file."""
@@ -450,6 +471,7 @@ class FlowSpec(StrictModel):
     args: dict[str, ArgSpec] = {}
     triggers: list[Trigger] = []
     steps: list[Step] = Field(min_length=1)
+    notifications: list[NotificationSpec] = Field(default=[], max_length=20)
 
     @field_validator("args", mode="before")
     @classmethod

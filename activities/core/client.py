@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime
 
 from shipflow.activities.core.codec import (
     KEY_FILE_NAME,
@@ -92,7 +94,14 @@ def data_converter(settings: Settings) -> DataConverter:
     return make_data_converter(payload_keys(settings))
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(
+    settings: Settings,
+    *,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> Client:
+    """A client for `settings`; `runtime` (the worker's, with its metrics endpoint) and
+    `interceptors` (tracing) are passed on to every worker built from it."""
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     converter = data_converter(settings)
     codec = converter.payload_codec
@@ -112,4 +121,6 @@ async def connect(settings: Settings) -> Client:
         data_converter=converter,
         api_key=api_key,
         tls=settings.temporal_tls or api_key is not None,
+        runtime=runtime,
+        interceptors=interceptors,
     )

@@ -77,6 +77,15 @@ class Settings(BaseSettings):
         60.0, description="how often the API looks for runs left `pending` (also at its start)"
     )
 
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="log lines: JSON, readable text, or auto (text on a terminal only)"
+    )
+    worker_metrics_address: str | None = Field(
+        None,
+        description="host:port where the worker serves Prometheus metrics (release metrics and "
+        "the Temporal SDK's own); unset: no endpoint",
+    )
+
     payload_keys: SecretStr | None = Field(
         None,
         description="Temporal payload encryption keys, 'id:base64key,...' (32-byte keys); "

@@ -327,7 +327,7 @@ async def start_run(
     except Exception as e:
         message = await run_in_threadpool(mark_start_failed, engine, run_id, e)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
-    request.app.state.metrics.runs_started.labels(flow=plan.flow).inc()
+    request.app.state.metrics.runs_started.labels(flow=plan.flow, trigger="api").inc()
     if plan.concurrency == "forbid":
         admitted = await wait_for_admission(client, run_id)
         if admitted is not None and admitted.blocked_by:

@@ -33,8 +33,15 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.runs_started = Counter(
             "shipflow_runs_started",
-            "Release runs started through the API.",
-            ["flow"],
+            "Release runs the API started, by trigger (api, git, rollback, retry).",
+            ["flow", "trigger"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "shipflow_webhook_deliveries",
+            "Git webhook deliveries received, by provider and result "
+            "(accepted, unauthorized, invalid, error).",
+            ["provider", "result"],
             registry=self.registry,
         )
         self.requests = Counter(

@@ -361,7 +361,7 @@ async def handle_push(
             result.runs.append(outcome)
             metrics = getattr(request.app.state, "metrics", None)
             if metrics is not None:
-                metrics.runs_started.labels(flow=outcome.flow).inc()
+                metrics.runs_started.labels(flow=outcome.flow, trigger="git").inc()
         else:
             result.skipped.append(outcome)
     await run_in_threadpool(

@@ -157,6 +157,7 @@ async def _start(
     except Exception as e:
         message = await run_in_threadpool(mark_start_failed, engine, run_input.run_id, e)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, message) from None
+    request.app.state.metrics.runs_started.labels(flow=plan.flow, trigger=trigger).inc()
     return RecoveryAccepted(
         run_id=run_input.run_id,
         status_url=str(request.url_for("get_run", run_id=run_input.run_id)),

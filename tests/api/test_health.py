@@ -79,7 +79,7 @@ async def test_metrics_count_runs_started(settings: Settings) -> None:
             assert run.status_code == 202
             assert (await http.post(f"/runs/{run.json()['run_id']}/cancel")).status_code == 202
         metrics = (await http.get("/metrics")).text
-        assert f'shipflow_runs_started_total{{flow="{name}"}} 2.0' in metrics
+        assert f'shipflow_runs_started_total{{flow="{name}",trigger="api"}} 2.0' in metrics
     async with api_client(settings) as http:
         assert name not in (await http.get("/metrics")).text
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -52,9 +54,14 @@ def test_the_api_process_starts_open_with_the_setting(
     )
     try:
         api.wait_ready()
+        httpx.get(api.url + "/flows?token=sekrit-value", timeout=5)
     finally:
         api.close()
     assert "the API is open to anyone" in api.log.read_text()
+    # Its log (not a terminal) is JSON lines, uvicorn's included, redacted.
+    lines = [json.loads(line) for line in api.log.read_text().splitlines() if line.strip()]
+    assert any(r["logger"] == "uvicorn.access" and "/flows?token=" in r["message"] for r in lines)
+    assert "sekrit-value" not in api.log.read_text()
 
 
 async def test_metrics_can_require_the_viewer_role(settings: Settings) -> None:

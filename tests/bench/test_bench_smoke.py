@@ -8,6 +8,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from bench import run_all, runs_index_bench, scale_bench
+from bench.observability_bench import run_observability
 from bench.orchestration import run_orchestration
 from shipflow.activities.core.settings import Settings
 from shipflow.worker.main import build_worker
@@ -74,3 +75,14 @@ async def test_scale_bench_tiny(temporal_client: Client, settings: Settings) -> 
     sizes = scale_bench.plan_sizes()
     assert 100 < sizes["wait"]["bytes_per_step"] < sizes["deploy"]["bytes_per_step"]
     assert sizes["wait"]["steps_within_plan_limit"] > 1000
+
+
+async def test_observability_bench_tiny(temporal_client: Client) -> None:
+    target = temporal_client.service_client.config.target_host
+    result = await run_observability(steps=2, reps=1, target=target)
+    assert result["ratio"] > 0 and result["cpu_ratio"] > 0
+    # The measured side ran twice (warm-up + 1), counted on its endpoint and logged a line
+    # per step and per run end.
+    assert result["runs_counted"] == 2
+    assert result["log_lines"] >= 2 * 3
+    assert "| **on / off** |" in result["markdown"]

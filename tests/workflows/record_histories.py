@@ -1,4 +1,4 @@
-"""Record the histories that `test_replay.py` replays: `python -m tests.workflows.record_histories`.
+"""Record the histories that `test_replay.py` replays: `python -m tests.workflows.record_histories [NAME...]`.
 
 Re-record only on purpose: a change to the interpreter that breaks replay of these
 histories would break every run in flight when it is deployed, and needs
@@ -50,11 +50,25 @@ steps:
       - wait: {{id: a, duration: 200ms}}
       - notify: {{id: n, webhook: "http://127.0.0.1:{port}/x", message: "${{steps.c.successes}}", retries: 0}}
 """,
+    # Run-event notifications (issue 15): `waiting` while the approval waits, then `succeeded`.
+    "notified": """
+apiVersion: shipflow/v1
+name: notified
+stage: test
+notifications:
+  - {{on: [waiting, succeeded], webhook: "{sink}/n", format: slack}}
+steps:
+  - approve: {{id: go}}
+  - migrate: {{id: m, command: ["true"]}}
+""",
 }
 
 
-async def record() -> None:
+async def record(names: list[str] | None = None) -> None:
+    """Record `names` (default: every flow) into `histories/`."""
     import socket
+
+    from tests.helpers import HttpSink
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -73,20 +87,23 @@ async def record() -> None:
                 task_queue=f"rec-{uuid.uuid4().hex[:6]}",
                 search_attributes=False,
             )
-            async with new_worker(env.client, settings):
-                for name, text in FLOWS.items():
-                    handle = await start_flow(
-                        env.client, settings, text.format(port=port), run_id=name
-                    )
-                    if name == "approved":
-                        await wait_until(lambda h=handle: _waiting(h))
-                        await handle.execute_update(
-                            ReleaseWorkflow.approve, ApproveInput(step="go", by="rec")
+            with HttpSink() as sink:
+                async with new_worker(env.client, settings):
+                    for name, text in FLOWS.items():
+                        if names and name not in names:
+                            continue
+                        handle = await start_flow(
+                            env.client, settings, text.format(port=port, sink=sink.url), run_id=name
                         )
-                    await finish(handle)
-                    history = await handle.fetch_history()
-                    (HERE / f"{name}.json").write_text(history.to_json())
-                    print("recorded", name)
+                        if name in ("approved", "notified"):
+                            await wait_until(lambda h=handle: _waiting(h))
+                            await handle.execute_update(
+                                ReleaseWorkflow.approve, ApproveInput(step="go", by="rec")
+                            )
+                        await finish(handle)
+                        history = await handle.fetch_history()
+                        (HERE / f"{name}.json").write_text(history.to_json())
+                        print("recorded", name)
     finally:
         listener.close()
         await env.shutdown()
@@ -98,4 +115,6 @@ async def _waiting(handle) -> bool:  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    import sys
+
+    asyncio.run(record(sys.argv[1:] or None))

@@ -20,7 +20,8 @@ def test_activity_names_are_unchanged() -> None:
     names = sorted(activity._Definition.must_from_callable(fn).name for fn in registered)
     assert names == [
         "backup.create", "backup.restore", "check.probe", "deploy.resolve_promotion",
-        "deploy.rollout", "job.run", "lock.acquire", "lock.closed_runs", "notify.send",
+        "deploy.rollout", "job.run", "lock.acquire", "lock.closed_runs", "notify.run_event",
+        "notify.send",
         "records.run",
     ]
 
