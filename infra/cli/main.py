@@ -495,7 +495,7 @@ def runtime(
     port: int = typer.Option(7300, "--port"),
 ) -> None:
     """Run the local target's runtime (the processes of `target: local` services)."""
-    from shipflow.activities.targets.local.runtime import main as runtime_main
+    from shipflow.worker.runtime.__main__ import main as runtime_main
 
     raise typer.Exit(runtime_main(["--data-dir", str(data_dir), "--port", str(port)]))
 

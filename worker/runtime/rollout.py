@@ -1,0 +1,155 @@
+"""Rollouts: replace every instance of a service with the new revision, or put the old back.
+
+A rollout runs here, in the runtime, to its end even if the worker that asked for it is
+killed; it is driven by the instances that exist, not by a step counter, so a rollout
+resumed after a runtime restart continues from where it stood and never replaces an
+instance twice. On failure or abort the old version is put back in place (it kept
+serving all along) and what the rollout started is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from shipflow.worker.runtime.state import Instance, Rollout, Service
+from shipflow.worker.runtime.supervision import TICK_S, Supervisor, until
+from shipflow.workflows.spec import LocalService
+
+log = logging.getLogger("shipflow.runtime")
+
+#: A new instance that exits this many times during a rollout fails the rollout.
+CRASH_LIMIT = 3
+
+
+class RolloutAborted(Exception):
+    pass
+
+
+class RolloutError(Exception):
+    pass
+
+
+class Rollouts:
+    """Runs rollouts of services with the instances that `supervisor` starts and stops."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.sup = supervisor
+
+    def start(self, svc: Service, ro: Rollout) -> None:
+        """Run `ro` in a task of its own (a new rollout, or one resumed after a restart)."""
+        ro.task = asyncio.create_task(self.run(svc, ro))
+
+    def abort(self, ro: Rollout) -> None:
+        if ro.state == "running":
+            ro.abort_requested = True
+
+    async def run(self, svc: Service, ro: Rollout) -> None:
+        stops: list[asyncio.Task[None]] = []
+        try:
+            await self._roll(svc, ro, stops)
+            await asyncio.gather(*stops)
+            svc.image = ro.image
+            svc.spec = LocalService.model_validate(ro.spec)
+            ro.state = "succeeded"
+        except RolloutAborted:
+            await self._revert(svc, ro)
+            ro.state, ro.error = "aborted", "rollout aborted on request; the previous version serves"
+        except RolloutError as e:
+            await self._revert(svc, ro)
+            ro.state, ro.error, ro.error_code = "failed", str(e), "not_ready"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must fail the rollout visibly, not hang it
+            log.exception("rollout %s crashed", ro.id)
+            await self._revert(svc, ro)
+            ro.state, ro.error, ro.error_code = "failed", f"runtime error: {e!r}", "internal"
+        finally:
+            if ro.state != "running":
+                ro.ended_at = time.time()
+            await asyncio.gather(*stops, return_exceptions=True)
+            self.sup.save()
+
+    async def _roll(self, svc: Service, ro: Rollout, stops: list[asyncio.Task[None]]) -> None:
+        """Surge one new instance, wait until ready, retire one old; repeat.
+
+        A first deploy (nothing old runs) starts all replicas at once. Like Kubernetes'
+        progressDeadlineSeconds, the deadline counts from the last progress (an instance
+        of the new version became ready), not from the start.
+        """
+        while True:
+            new = [i for i in svc.instances if i.revision == ro.revision and not i.stopping]
+            old = [i for i in svc.instances if i.revision != ro.revision and not i.stopping]
+            ready_new = [i for i in new if i.ready]
+            if len(new) > ro.replicas:
+                extra = sorted(new, key=lambda i: i.ready)[: len(new) - ro.replicas]
+                for inst in extra:
+                    stops.append(asyncio.create_task(self.sup.stop_instance(svc, inst)))
+                continue
+            if len(ready_new) == ro.replicas:
+                break
+            pending = [i for i in new if not i.ready]
+            if not old:
+                for _ in range(ro.replicas - len(new)):
+                    pending.append(self._start_for(svc, ro))
+            elif not pending:
+                pending = [self._start_for(svc, ro)]
+            for inst in pending:
+                await self._wait_ready(svc, ro, inst)
+                ro.progress_at = time.time()
+            ready_now = sum(
+                1 for i in svc.instances if i.revision == ro.revision and i.ready and not i.stopping
+            )
+            retire = sorted(old, key=lambda i: i.ready)
+            while retire and ready_now + len(retire) > ro.replicas:
+                stops.append(asyncio.create_task(self.sup.stop_instance(svc, retire.pop(0))))
+        for inst in [i for i in svc.instances if i.revision != ro.revision and not i.stopping]:
+            stops.append(asyncio.create_task(self.sup.stop_instance(svc, inst)))
+
+    def _start_for(self, svc: Service, ro: Rollout) -> Instance:
+        inst = self.sup.start_instance(svc, ro.image, LocalService.model_validate(ro.spec))
+        ro.created.append(inst.id)
+        self.sup.save()
+        return inst
+
+    async def _wait_ready(self, svc: Service, ro: Rollout, inst: Instance) -> None:
+        while not inst.ready:
+            if ro.abort_requested:
+                raise RolloutAborted()
+            if inst.stopping or inst not in svc.instances:
+                raise RolloutError(f"instance {inst.id} of {svc.name!r} was stopped during the rollout")
+            if inst.restarts >= CRASH_LIMIT:
+                raise RolloutError(
+                    f"{svc.name!r} {ro.image!r}: a new instance failed {inst.restarts} times at "
+                    f"start, last: {inst.last_problem or 'exited'}; log {inst.log}"
+                )
+            if time.time() >= ro.progress_at + ro.deadline_s:
+                raise RolloutError(
+                    f"{svc.name!r} {ro.image!r} did not become ready within the progress "
+                    f"deadline of {ro.deadline_s:g}s: {inst.last_problem or 'no probe passed'}"
+                )
+            await asyncio.sleep(TICK_S)
+
+    async def _revert(self, svc: Service, ro: Rollout) -> None:
+        """Remove what this rollout started; the old instances kept serving all along.
+
+        New instances that became ready may already have replaced old ones; each is
+        swapped back for an instance of the previous image before it is stopped, so the
+        service returns to its replica count on the old version. A first deploy has no
+        old version: everything it started is removed.
+        """
+        mine = [i for i in svc.instances if i.id in ro.created and not i.stopping]
+        for inst in [i for i in mine if not i.ready]:
+            await self.sup.stop_instance(svc, inst)
+        previous = ro.previous_image
+        for inst in [i for i in mine if i.ready]:
+            if previous is not None and ro.previous_spec is not None:
+                old = self.sup.start_instance(svc, previous, LocalService.model_validate(ro.previous_spec))
+                limit = time.monotonic() + max(ro.deadline_s, 5.0)
+                await until(lambda: old.ready or old.restarts >= CRASH_LIMIT, limit)  # noqa: B023
+                if not old.ready:
+                    await self.sup.stop_instance(svc, old)
+                    log.error("could not restore %s %s; keeping %s", svc.name, previous, inst.id)
+                    continue
+            await self.sup.stop_instance(svc, inst)

@@ -1,0 +1,215 @@
+"""The runtime's durable records: services, their instances and recent rollouts.
+
+Everything the runtime must know after a restart is here and is written to
+`<data-dir>/state.json` after every change (a temporary file, then a rename, mode 0600
+because service env may carry secrets). In-memory fields that cannot survive a restart
+(the Popen handle, asyncio tasks, open connection counts, the proxy) are kept apart from
+what `saved()` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shipflow.activities.targets.local.runtime_client import InstanceView
+from shipflow.workflows.spec import LocalService
+
+#: Rollouts kept per service (the newest), so that a resumed attempt finds its own.
+KEEP_ROLLOUTS = 20
+
+
+class ApiError(Exception):
+    """An answer other than 200, with the wire error code (`invalid`, `not_found`, ...)."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def revision(spec: LocalService, image: str) -> str:
+    """What makes two instances interchangeable: image, command, env and cwd.
+
+    A rollout replaces every instance of another revision, so changing a service's
+    command or env in the flow rolls it out even when the image stays the same.
+    """
+    raw = json.dumps([image, spec.command, spec.env, spec.cwd], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Instance:
+    id: str
+    image: str
+    port: int
+    spec: LocalService
+    revision: str = ""
+    pid: int = 0
+    start_time: int | None = None
+    log: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    started: bool = False  # startup probe passed (or none declared)
+    stopping: bool = False
+    restarts: int = 0
+    last_exit: int | None = None
+    last_problem: str = ""
+    connections: int = 0
+    task: asyncio.Task[None] | None = None
+    spawned_at: float = 0.0
+
+    def public(self) -> InstanceView:
+        return InstanceView(
+            id=self.id,
+            image=self.image,
+            pid=self.pid,
+            port=self.port,
+            ready=self.ready,
+            state="stopping" if self.stopping else "ready" if self.ready else "starting",
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+            connections=self.connections,
+            log=self.log,
+        )
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "image": self.image,
+            "revision": self.revision,
+            "spec": self.spec.model_dump(mode="json"),
+            "port": self.port,
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "log": self.log,
+            "ready": self.ready,
+            "restarts": self.restarts,
+            "stopping": self.stopping,
+        }
+
+    @classmethod
+    def restored(cls, item: dict[str, Any], service_spec: dict[str, Any]) -> Instance:
+        spec = LocalService.model_validate(item.get("spec") or service_spec)
+        return cls(
+            id=item["id"],
+            image=item["image"],
+            port=item["port"],
+            spec=spec,
+            revision=item.get("revision") or revision(spec, item["image"]),
+            pid=item["pid"],
+            start_time=item.get("start_time"),
+            log=item.get("log", ""),
+            restarts=item.get("restarts", 0),
+        )
+
+
+@dataclass
+class Rollout:
+    id: str
+    image: str
+    previous_image: str | None
+    replicas: int
+    revision: str
+    spec: dict[str, Any]  # the LocalService this rollout puts in place, as JSON
+    previous_spec: dict[str, Any] | None
+    started_at: float  # wall clock
+    deadline_s: float
+    progress_at: float = 0.0  # wall clock of the last progress; the deadline counts from it
+    state: str = "running"  # running | succeeded | failed | aborted
+    error: str | None = None
+    error_code: str | None = None
+    created: list[str] = field(default_factory=list)
+    ended_at: float | None = None
+    abort_requested: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "image": self.image,
+            "previous_image": self.previous_image,
+            "replicas": self.replicas,
+            "revision": self.revision,
+            "spec": self.spec,
+            "previous_spec": self.previous_spec,
+            "started_at": self.started_at,
+            "deadline_s": self.deadline_s,
+            "progress_at": self.progress_at,
+            "state": self.state,
+            "error": self.error,
+            "error_code": self.error_code,
+            "created": self.created,
+            "ended_at": self.ended_at,
+        }
+
+    @classmethod
+    def restored(cls, item: dict[str, Any]) -> Rollout:
+        known = set(cls.__dataclass_fields__) - {"abort_requested", "task"}
+        return cls(**{k: v for k, v in item.items() if k in known})
+
+
+@dataclass
+class Service:
+    name: str
+    spec: LocalService
+    image: str | None = None
+    instances: list[Instance] = field(default_factory=list)
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
+    #: The front port's proxy (`proxy.FrontPort`); typed loosely to keep state free of it.
+    front: Any = None
+    rr: int = 0
+
+    def active_rollout(self) -> Rollout | None:
+        return next((r for r in self.rollouts.values() if r.state == "running"), None)
+
+    def add_rollout(self, ro: Rollout) -> None:
+        self.rollouts[ro.id] = ro
+        while len(self.rollouts) > KEEP_ROLLOUTS:
+            self.rollouts.pop(next(iter(self.rollouts)))
+
+    def pick(self, exclude: set[str]) -> Instance | None:
+        """Round-robin over the instances that are ready right now."""
+        ready = [i for i in self.instances if i.ready and not i.stopping and i.id not in exclude]
+        if not ready:
+            return None
+        self.rr = (self.rr + 1) % len(ready)
+        return ready[self.rr]
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "image": self.image,
+            "front_port": self.front.port if self.front else self.spec.port,
+            "instances": [i.saved() for i in self.instances],
+            "rollouts": [r.saved() for r in self.rollouts.values()],
+        }
+
+
+class StateFile:
+    """`state.json`: written whole after every change, read once at start."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, services: dict[str, Service]) -> None:
+        data = {"services": {s.name: s.saved() for s in services.values()}}
+        tmp = self.path.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, self.path)
+
+    def read(self) -> dict[str, Any]:
+        """The saved services by name (empty at a first start)."""
+        if not self.path.exists():
+            return {}
+        services: dict[str, Any] = json.loads(self.path.read_text()).get("services", {})
+        return services
