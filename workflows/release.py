@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.io.common import StepContext
     from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
     from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
-    from shipflow.workflows.spec import CheckSpec, Probes
+    from shipflow.workflows.spec import CheckSpec, Probes, Strategy
     from shipflow.workflows.stage_lock import (
         GRANTED_SIGNAL,
         POSITION_SIGNAL,
@@ -553,6 +553,7 @@ class ReleaseWorkflow:
             container=_plain(params.get("container")),
             probes=Probes.model_validate(params["probes"]) if params.get("probes") else None,
             progress_deadline_s=parse_duration(deadline).total_seconds() if deadline else None,
+            strategy=Strategy.model_validate(params["strategy"]) if params.get("strategy") else None,
             purpose=purpose,
         )
 

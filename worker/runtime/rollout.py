@@ -72,40 +72,104 @@ class Rollouts:
             self.sup.save()
 
     async def _roll(self, svc: Service, ro: Rollout, stops: list[asyncio.Task[None]]) -> None:
-        """Surge one new instance, wait until ready, retire one old; repeat.
+        if ro.strategy == "recreate":
+            await self._recreate(svc, ro, stops)
+        else:
+            await self._rolling(svc, ro, stops)
 
-        A first deploy (nothing old runs) starts all replicas at once. Like Kubernetes'
+    async def _rolling(self, svc: Service, ro: Rollout, stops: list[asyncio.Task[None]]) -> None:
+        """Kubernetes' RollingUpdate with `ro.surge` and `ro.unavailable`, in rounds.
+
+        Each round retires what availability allows (old instances that are not ready
+        first: they serve nothing), starts as many new instances as the surge leaves room
+        for, and waits until they are ready. At all times at most `replicas + surge`
+        instances run and at least `replicas - unavailable` are ready. With the default
+        (1, 0) that is one new instance per round, each replacing one old. A first deploy
+        (nothing old runs) starts all replicas at once. Like Kubernetes'
         progressDeadlineSeconds, the deadline counts from the last progress (an instance
         of the new version became ready), not from the start.
         """
+        replicas = ro.replicas
         while True:
             new = [i for i in svc.instances if i.revision == ro.revision and not i.stopping]
             old = [i for i in svc.instances if i.revision != ro.revision and not i.stopping]
             ready_new = [i for i in new if i.ready]
-            if len(new) > ro.replicas:
-                extra = sorted(new, key=lambda i: i.ready)[: len(new) - ro.replicas]
+            if len(new) > replicas:
+                extra = sorted(new, key=lambda i: i.ready)[: len(new) - replicas]
                 for inst in extra:
-                    stops.append(asyncio.create_task(self.sup.stop_instance(svc, inst)))
+                    self._retire(svc, inst, stops)
                 continue
-            if len(ready_new) == ro.replicas:
+            if len(ready_new) == replicas:
                 break
             pending = [i for i in new if not i.ready]
+            started = 0
             if not old:
-                for _ in range(ro.replicas - len(new)):
-                    pending.append(self._start_for(svc, ro))
-            elif not pending:
-                pending = [self._start_for(svc, ro)]
+                started = replicas - len(new)
+            else:
+                available = len(ready_new) + sum(1 for i in old if i.ready)
+                can_retire = max(0, available - (replicas - ro.unavailable))
+                for inst in sorted(old, key=lambda i: i.ready):
+                    if inst.ready:
+                        if can_retire == 0:
+                            continue
+                        can_retire -= 1
+                    self._retire(svc, inst, stops)
+                    old.remove(inst)
+                room = replicas + ro.surge - len(new) - len(old)
+                started = max(0, min(room, replicas - len(new)))
+            pending += [self._start_for(svc, ro) for _ in range(started)]
+            if started:
+                ro.rounds += 1
+                self.sup.save()
             for inst in pending:
                 await self._wait_ready(svc, ro, inst)
                 ro.progress_at = time.time()
-            ready_now = sum(
-                1 for i in svc.instances if i.revision == ro.revision and i.ready and not i.stopping
-            )
-            retire = sorted(old, key=lambda i: i.ready)
-            while retire and ready_now + len(retire) > ro.replicas:
-                stops.append(asyncio.create_task(self.sup.stop_instance(svc, retire.pop(0))))
+            if not pending:
+                await asyncio.sleep(TICK_S)  # only retirements this round: let them start
         for inst in [i for i in svc.instances if i.revision != ro.revision and not i.stopping]:
-            stops.append(asyncio.create_task(self.sup.stop_instance(svc, inst)))
+            self._retire(svc, inst, stops)
+
+    async def _recreate(self, svc: Service, ro: Rollout, stops: list[asyncio.Task[None]]) -> None:
+        """Stop every old instance (drained, within its grace), then start the new ones.
+
+        The gap, from the moment the last old instance leaves the front port to the first
+        new one being ready, is the downtime the step reports. Its start is durable, so a
+        rollout resumed after a runtime restart reports the whole gap.
+        """
+        old = [i for i in svc.instances if i.revision != ro.revision and not i.stopping]
+        if old and ro.gap_started_at is None:
+            ro.gap_started_at = time.time()
+            self.sup.save()
+        for inst in old:
+            self._retire(svc, inst, stops)
+        await asyncio.gather(*stops)
+        stops.clear()
+        leftover = [i for i in svc.instances if i.revision != ro.revision]
+        while leftover:  # stops from before a restart, still under way
+            await asyncio.sleep(TICK_S)
+            leftover = [i for i in svc.instances if i.revision != ro.revision]
+        new = [i for i in svc.instances if i.revision == ro.revision and not i.stopping]
+        if len(new) < ro.replicas:
+            new += [self._start_for(svc, ro) for _ in range(ro.replicas - len(new))]
+            ro.rounds += 1
+            self.sup.save()
+        while not any(i.ready for i in new):
+            for inst in new:
+                self._check(svc, ro, inst)
+            await asyncio.sleep(TICK_S)
+        if ro.downtime_s is None:
+            gap = time.time() - ro.gap_started_at if ro.gap_started_at is not None else 0.0
+            ro.downtime_s = round(max(0.0, gap), 3)
+            self.sup.save()
+        for inst in new:
+            await self._wait_ready(svc, ro, inst)
+            ro.progress_at = time.time()
+
+    def _retire(self, svc: Service, inst: Instance, stops: list[asyncio.Task[None]]) -> None:
+        """Take `inst` out of routing now and stop it (drained) in a task of its own."""
+        inst.ready = False
+        inst.stopping = True
+        stops.append(asyncio.create_task(self.sup.stop_instance(svc, inst)))
 
     def _start_for(self, svc: Service, ro: Rollout) -> Instance:
         inst = self.sup.start_instance(svc, ro.image, LocalService.model_validate(ro.spec))
@@ -115,6 +179,12 @@ class Rollouts:
 
     async def _wait_ready(self, svc: Service, ro: Rollout, inst: Instance) -> None:
         while not inst.ready:
+            self._check(svc, ro, inst)
+            await asyncio.sleep(TICK_S)
+
+    def _check(self, svc: Service, ro: Rollout, inst: Instance) -> None:
+        """Raise if waiting for `inst` to become ready is over: aborted, crashed, too late."""
+        if not inst.ready:
             if ro.abort_requested:
                 raise RolloutAborted()
             if inst.stopping or inst not in svc.instances:
@@ -129,7 +199,6 @@ class Rollouts:
                     f"{svc.name!r} {ro.image!r} did not become ready within the progress "
                     f"deadline of {ro.deadline_s:g}s: {inst.last_problem or 'no probe passed'}"
                 )
-            await asyncio.sleep(TICK_S)
 
     async def _revert(self, svc: Service, ro: Rollout) -> None:
         """Remove what this rollout started; the old instances kept serving all along.
@@ -153,3 +222,9 @@ class Rollouts:
                     log.error("could not restore %s %s; keeping %s", svc.name, previous, inst.id)
                     continue
             await self.sup.stop_instance(svc, inst)
+        if ro.strategy == "recreate" and previous is not None and ro.previous_spec is not None:
+            # The old instances were stopped before the new ones started: start them again.
+            spec = LocalService.model_validate(ro.previous_spec)
+            running = [i for i in svc.instances if i.image == previous and not i.stopping]
+            for _ in range(spec.replicas - len(running)):
+                self.sup.start_instance(svc, previous, spec)

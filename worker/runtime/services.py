@@ -24,7 +24,7 @@ from shipflow.worker.runtime.proxy import FrontPort
 from shipflow.worker.runtime.rollout import Rollouts
 from shipflow.worker.runtime.state import ApiError, Instance, Rollout, Service, StateFile, revision
 from shipflow.worker.runtime.supervision import Supervisor, accepts, cancel_all, fill
-from shipflow.workflows.spec import LocalService
+from shipflow.workflows.spec import LocalService, RollingStrategy, Strategy
 
 log = logging.getLogger("shipflow.runtime")
 
@@ -120,6 +120,8 @@ class Runtime:
                 command or cwd does not exist.
         """
         spec, image = body.spec, body.image
+        strategy = spec.strategy or Strategy(rolling=RollingStrategy())
+        surge, unavailable = strategy.rolling.resolved(spec.replicas) if strategy.rolling else (0, 0)
         rollout_id = body.rollout_id or uuid.uuid4().hex
         async with self._locks.setdefault(name, asyncio.Lock()):
             svc = self.services.get(name)
@@ -152,6 +154,9 @@ class Runtime:
                 started_at=time.time(),
                 deadline_s=spec.progress_deadline.total_seconds(),
                 progress_at=time.time(),
+                strategy=strategy.kind,
+                surge=surge,
+                unavailable=unavailable,
             )
             svc.add_rollout(ro)
             self.save()
@@ -172,7 +177,8 @@ class Runtime:
 
     def rollout_status(self, svc: Service, ro: Rollout) -> RolloutView:
         new = [i for i in svc.instances if i.revision == ro.revision and not i.stopping]
-        public = {k: v for k, v in ro.saved().items() if k not in ("spec", "previous_spec")}
+        hidden = ("spec", "previous_spec", "gap_started_at")
+        public = {k: v for k, v in ro.saved().items() if k not in hidden}
         return RolloutView(
             **public,
             rollout_id=ro.id,

@@ -128,6 +128,12 @@ class Rollout:
     error_code: str | None = None
     created: list[str] = field(default_factory=list)
     ended_at: float | None = None
+    strategy: str = "rolling"  # rolling | recreate
+    surge: int = 1
+    unavailable: int = 0
+    rounds: int = 0
+    gap_started_at: float | None = None  # recreate: wall clock when the last old instance left
+    downtime_s: float | None = None
     abort_requested: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -148,6 +154,12 @@ class Rollout:
             "error_code": self.error_code,
             "created": self.created,
             "ended_at": self.ended_at,
+            "strategy": self.strategy,
+            "surge": self.surge,
+            "unavailable": self.unavailable,
+            "rounds": self.rounds,
+            "gap_started_at": self.gap_started_at,
+            "downtime_s": self.downtime_s,
         }
 
     @classmethod

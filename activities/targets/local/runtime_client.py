@@ -69,6 +69,11 @@ class RolloutView(BaseModel):
     ready: int = Field(0, description="ready instances of the new revision")
     total: int = Field(0, description="the replicas the rollout puts in place")
     instances: list[InstanceView] = []
+    strategy: str = Field("rolling", description="rolling | recreate")
+    surge: int = Field(1, description="rolling: instances allowed above the replicas")
+    unavailable: int = Field(0, description="rolling: ready instances allowed below the replicas")
+    rounds: int = Field(0, description="batches of new instances started")
+    downtime_s: float | None = Field(None, description="recreate: seconds with nothing serving")
 
 
 class ServiceView(BaseModel):

@@ -107,6 +107,9 @@ class LocalTarget:
                 if i.image == request.image and i.state != "stopping"
             ],
             duration_s=time.monotonic() - began,
+            strategy=answer.strategy,
+            rounds=answer.rounds,
+            downtime_s=answer.downtime_s,
         )
 
     def run_job(self, request: JobRequest, progress: Progress) -> JobResult:
@@ -137,6 +140,8 @@ class LocalTarget:
             update["probes"] = merge_probes(declared.probes, request.probes)
         if request.progress_deadline_s is not None:
             update["progress_deadline"] = request.progress_deadline_s
+        if request.strategy is not None:
+            update["strategy"] = request.strategy
         if not update:
             return declared
         return LocalService.model_validate({**declared.model_dump(), **update})
