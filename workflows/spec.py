@@ -140,11 +140,62 @@ class RecreateStrategy(StrictModel):
     For a single instance that owns a volume or a lock; downtime is expected and reported."""
 
 
+class PauseSpec(StrictModel):
+    duration: Duration | None = Field(
+        None, description="how long; none: until an operator promotes (`shipflow promote`)"
+    )
+
+
+class CanaryAnalysisSpec(StrictModel):
+    """Measurements taken `count` times, one per `interval`; more than `failure_limit`
+    failed ones abort the canary. A measurement with fewer than `min_requests` canary
+    requests at the front port is inconclusive for the counters (neither passes nor fails)."""
+
+    http: HttpCheck | None = Field(None, description="a request that must succeed, as the check step")
+    success_rate: float | None = Field(
+        None, ge=0, le=1, description="least share of the canary's requests answered below 500"
+    )
+    max_p95: Duration | None = Field(None, description="largest p95 latency of the canary's requests")
+    interval: Duration = Field(default="5s", validate_default=True)  # type: ignore[assignment]
+    count: int = Field(3, ge=1, le=1000)
+    failure_limit: int = Field(0, ge=0)
+    min_requests: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _measures_something(self) -> CanaryAnalysisSpec:
+        if self.http is None and self.success_rate is None and self.max_p95 is None:
+            raise ValueError("an analysis needs at least one of http, success_rate or max_p95")
+        return self
+
+
+class SetWeightStep(StrictModel):
+    set_weight: int = Field(ge=0, le=100, description="percent of new requests to the new version")
+
+
+class PauseStep(StrictModel):
+    pause: PauseSpec
+
+
+class AnalysisStep(StrictModel):
+    analysis: CanaryAnalysisSpec
+
+
+CanaryStep = SetWeightStep | PauseStep | AnalysisStep
+
+
+class CanaryStrategy(StrictModel):
+    """Argo Rollouts' canary on the local target: the front port sends `set_weight` percent
+    of new HTTP requests to the new version; at the end, full promotion."""
+
+    steps: list[CanaryStep] = Field(min_length=1, max_length=100)
+
+
 class Strategy(StrictModel):
     """How a deploy replaces the running version: exactly one of the strategies."""
 
     rolling: RollingStrategy | None = None
     recreate: RecreateStrategy | None = None
+    canary: CanaryStrategy | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Strategy:

@@ -691,6 +691,11 @@ def strategy_to_k8s(strategy: Strategy) -> dict[str, Any]:
     controller). Recreate must not keep a `rollingUpdate` (the API refuses it), so the
     patch removes it.
     """
+    if strategy.canary is not None:
+        raise Invalid(
+            "strategy canary is supported on the local target only; on kubernetes use rolling "
+            "or recreate"
+        )
     if strategy.rolling is not None:
         return {
             "type": "RollingUpdate",

@@ -14,6 +14,7 @@ anything else, so a web page cannot reach the port by DNS rebinding. The front p
     PUT    /services/{name}/rollout                   RolloutBody: start or resume
     GET    /services/{name}/rollouts/{rollout_id}     progress and result (RolloutView)
     POST   /services/{name}/rollouts/{rollout_id}/abort
+    POST   /services/{name}/rollouts/{rollout_id}/promote    end a canary's current pause
     DELETE /services/{name}                           stop every instance, close the front port
 
 Errors are `{"error": <code>, "detail": <message>}` with codes `invalid`, `not_found`,
@@ -146,6 +147,10 @@ def create_app(runtime: Runtime, *, bound_host: str = "127.0.0.1") -> Starlette:
         p = request.path_params
         return _json(runtime.abort_rollout(p["name"], p["rollout_id"]))
 
+    async def promote_rollout(request: Request) -> Response:
+        p = request.path_params
+        return _json(runtime.promote_rollout(p["name"], p["rollout_id"]))
+
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return error(exc.status, exc.code, exc.detail)
@@ -177,6 +182,7 @@ def create_app(runtime: Runtime, *, bound_host: str = "127.0.0.1") -> Starlette:
             Route("/services/{name}/rollout", put_rollout, methods=["PUT"]),
             Route("/services/{name}/rollouts/{rollout_id}", get_rollout, methods=["GET"]),
             Route("/services/{name}/rollouts/{rollout_id}/abort", abort_rollout, methods=["POST"]),
+            Route("/services/{name}/rollouts/{rollout_id}/promote", promote_rollout, methods=["POST"]),
         ],
         exception_handlers={ApiError: api_error, HTTPException: no_route, Exception: crashed},
         lifespan=lifespan,

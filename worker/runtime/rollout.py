@@ -13,6 +13,8 @@ import asyncio
 import logging
 import time
 
+from shipflow.worker.runtime.canary import run_canary
+from shipflow.worker.runtime.errors import RolloutAborted, RolloutError
 from shipflow.worker.runtime.state import Instance, Rollout, Service
 from shipflow.worker.runtime.supervision import TICK_S, Supervisor, until
 from shipflow.workflows.spec import LocalService
@@ -23,12 +25,6 @@ log = logging.getLogger("shipflow.runtime")
 CRASH_LIMIT = 3
 
 
-class RolloutAborted(Exception):
-    pass
-
-
-class RolloutError(Exception):
-    pass
 
 
 class Rollouts:
@@ -58,7 +54,7 @@ class Rollouts:
             ro.state, ro.error = "aborted", "rollout aborted on request; the previous version serves"
         except RolloutError as e:
             await self._revert(svc, ro)
-            ro.state, ro.error, ro.error_code = "failed", str(e), "not_ready"
+            ro.state, ro.error, ro.error_code = "failed", str(e), e.code
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug must fail the rollout visibly, not hang it
@@ -74,10 +70,12 @@ class Rollouts:
     async def _roll(self, svc: Service, ro: Rollout, stops: list[asyncio.Task[None]]) -> None:
         if ro.strategy == "recreate":
             await self._recreate(svc, ro, stops)
+        elif ro.strategy == "canary":
+            await run_canary(self, svc, ro, stops)
         else:
-            await self._rolling(svc, ro, stops)
+            await self.rolling(svc, ro, stops)
 
-    async def _rolling(self, svc: Service, ro: Rollout, stops: list[asyncio.Task[None]]) -> None:
+    async def rolling(self, svc: Service, ro: Rollout, stops: list[asyncio.Task[None]]) -> None:
         """Kubernetes' RollingUpdate with `ro.surge` and `ro.unavailable`, in rounds.
 
         Each round retires what availability allows (old instances that are not ready
@@ -117,12 +115,12 @@ class Rollouts:
                     old.remove(inst)
                 room = replicas + ro.surge - len(new) - len(old)
                 started = max(0, min(room, replicas - len(new)))
-            pending += [self._start_for(svc, ro) for _ in range(started)]
+            pending += [self.start_for(svc, ro) for _ in range(started)]
             if started:
                 ro.rounds += 1
                 self.sup.save()
             for inst in pending:
-                await self._wait_ready(svc, ro, inst)
+                await self.wait_ready(svc, ro, inst)
                 ro.progress_at = time.time()
             if not pending:
                 await asyncio.sleep(TICK_S)  # only retirements this round: let them start
@@ -150,19 +148,19 @@ class Rollouts:
             leftover = [i for i in svc.instances if i.revision != ro.revision]
         new = [i for i in svc.instances if i.revision == ro.revision and not i.stopping]
         if len(new) < ro.replicas:
-            new += [self._start_for(svc, ro) for _ in range(ro.replicas - len(new))]
+            new += [self.start_for(svc, ro) for _ in range(ro.replicas - len(new))]
             ro.rounds += 1
             self.sup.save()
         while not any(i.ready for i in new):
             for inst in new:
-                self._check(svc, ro, inst)
+                self.check(svc, ro, inst)
             await asyncio.sleep(TICK_S)
         if ro.downtime_s is None:
             gap = time.time() - ro.gap_started_at if ro.gap_started_at is not None else 0.0
             ro.downtime_s = round(max(0.0, gap), 3)
             self.sup.save()
         for inst in new:
-            await self._wait_ready(svc, ro, inst)
+            await self.wait_ready(svc, ro, inst)
             ro.progress_at = time.time()
 
     def _retire(self, svc: Service, inst: Instance, stops: list[asyncio.Task[None]]) -> None:
@@ -171,18 +169,18 @@ class Rollouts:
         inst.stopping = True
         stops.append(asyncio.create_task(self.sup.stop_instance(svc, inst)))
 
-    def _start_for(self, svc: Service, ro: Rollout) -> Instance:
+    def start_for(self, svc: Service, ro: Rollout) -> Instance:
         inst = self.sup.start_instance(svc, ro.image, LocalService.model_validate(ro.spec))
         ro.created.append(inst.id)
         self.sup.save()
         return inst
 
-    async def _wait_ready(self, svc: Service, ro: Rollout, inst: Instance) -> None:
+    async def wait_ready(self, svc: Service, ro: Rollout, inst: Instance) -> None:
         while not inst.ready:
-            self._check(svc, ro, inst)
+            self.check(svc, ro, inst)
             await asyncio.sleep(TICK_S)
 
-    def _check(self, svc: Service, ro: Rollout, inst: Instance) -> None:
+    def check(self, svc: Service, ro: Rollout, inst: Instance) -> None:
         """Raise if waiting for `inst` to become ready is over: aborted, crashed, too late."""
         if not inst.ready:
             if ro.abort_requested:
@@ -208,11 +206,19 @@ class Rollouts:
         service returns to its replica count on the old version. A first deploy has no
         old version: everything it started is removed.
         """
+        svc.canary = None  # all traffic back to the stable version at once
         mine = [i for i in svc.instances if i.id in ro.created and not i.stopping]
         for inst in [i for i in mine if not i.ready]:
             await self.sup.stop_instance(svc, inst)
         previous = ro.previous_image
+        wanted = LocalService.model_validate(ro.previous_spec).replicas if ro.previous_spec else 0
+        serving = sum(1 for i in svc.instances if i.id not in ro.created and not i.stopping)
         for inst in [i for i in mine if i.ready]:
+            if serving >= wanted:
+                # Enough of the old version still runs (a canary never replaced any).
+                await self.sup.stop_instance(svc, inst)
+                continue
+            serving += 1
             if previous is not None and ro.previous_spec is not None:
                 old = self.sup.start_instance(svc, previous, LocalService.model_validate(ro.previous_spec))
                 limit = time.monotonic() + max(ro.deadline_s, 5.0)

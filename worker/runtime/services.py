@@ -82,7 +82,7 @@ class Runtime:
         self.save()
 
     async def _open_front(self, svc: Service, port: int) -> None:
-        front = FrontPort(port, svc.pick)
+        front = FrontPort(port, svc)
         try:
             await front.start()
         except OSError as e:
@@ -121,7 +121,8 @@ class Runtime:
         """
         spec, image = body.spec, body.image
         strategy = spec.strategy or Strategy(rolling=RollingStrategy())
-        surge, unavailable = strategy.rolling.resolved(spec.replicas) if strategy.rolling else (0, 0)
+        # A canary's final promotion replaces the stable instances one at a time (1, 0).
+        surge, unavailable = strategy.rolling.resolved(spec.replicas) if strategy.rolling else (1, 0)
         rollout_id = body.rollout_id or uuid.uuid4().hex
         async with self._locks.setdefault(name, asyncio.Lock()):
             svc = self.services.get(name)
@@ -177,7 +178,7 @@ class Runtime:
 
     def rollout_status(self, svc: Service, ro: Rollout) -> RolloutView:
         new = [i for i in svc.instances if i.revision == ro.revision and not i.stopping]
-        hidden = ("spec", "previous_spec", "gap_started_at")
+        hidden = ("spec", "previous_spec", "gap_started_at", "pause_until", "promote_requested")
         public = {k: v for k, v in ro.saved().items() if k not in hidden}
         return RolloutView(
             **public,
@@ -188,6 +189,21 @@ class Runtime:
             total=ro.replicas,
             instances=[i.public() for i in svc.instances],
         )
+
+    def promote_rollout(self, name: str, rollout_id: str) -> RolloutView:
+        """End the current pause of a canary (an indefinite one waits for exactly this).
+
+        Raises:
+            ApiError: 409 `conflict` when the rollout is not a running canary.
+        """
+        svc, ro = self.rollout(name, rollout_id)
+        if ro.state != "running" or ro.strategy != "canary":
+            raise ApiError(
+                409, "conflict", f"rollout {rollout_id} of {name!r} is not a running canary ({ro.state})"
+            )
+        ro.promote_requested = True
+        self.save()
+        return self.rollout_status(svc, ro)
 
     def abort_rollout(self, name: str, rollout_id: str) -> RolloutView:
         svc, ro = self.rollout(name, rollout_id)

@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import subprocess
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,14 @@ class Rollout:
     rounds: int = 0
     gap_started_at: float | None = None  # recreate: wall clock when the last old instance left
     downtime_s: float | None = None
+    # canary: the share of new requests for the new revision, the next canary step to run,
+    # the end of a timed pause, an operator's promotion, and the analysis measurements.
+    weight: int | None = None
+    step_index: int = 0
+    pause_until: float | None = None
+    paused: bool = False
+    promote_requested: bool = False
+    analysis: list[dict[str, Any]] = field(default_factory=list)
     abort_requested: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -160,6 +170,12 @@ class Rollout:
             "rounds": self.rounds,
             "gap_started_at": self.gap_started_at,
             "downtime_s": self.downtime_s,
+            "weight": self.weight,
+            "step_index": self.step_index,
+            "pause_until": self.pause_until,
+            "paused": self.paused,
+            "promote_requested": self.promote_requested,
+            "analysis": self.analysis[-50:],
         }
 
     @classmethod
@@ -178,6 +194,11 @@ class Service:
     #: The front port's proxy (`proxy.FrontPort`); typed loosely to keep state free of it.
     front: Any = None
     rr: int = 0
+    #: The canary rollout whose weight routes requests right now (None: no split).
+    canary: Rollout | None = None
+    _credit: int = 0
+    #: Per revision: recent (monotonic time, seconds, ok) of requests at the front port.
+    samples: dict[str, deque[tuple[float, float, bool]]] = field(default_factory=dict)
 
     def active_rollout(self) -> Rollout | None:
         return next((r for r in self.rollouts.values() if r.state == "running"), None)
@@ -188,12 +209,49 @@ class Service:
             self.rollouts.pop(next(iter(self.rollouts)))
 
     def pick(self, exclude: set[str]) -> Instance | None:
-        """Round-robin over the instances that are ready right now."""
+        """Round-robin over the instances that are ready right now (a new connection)."""
         ready = [i for i in self.instances if i.ready and not i.stopping and i.id not in exclude]
         if not ready:
             return None
         self.rr = (self.rr + 1) % len(ready)
         return ready[self.rr]
+
+    def per_request(self) -> bool:
+        """Route each HTTP request on its own while a canary splits the traffic.
+
+        Also at all times for a service whose last rollout was a canary: a keep-alive
+        connection opened before the next canary then splits too (a spliced connection
+        cannot be split later: its request boundaries are unknown).
+        """
+        strategy = self.spec.strategy
+        return self.canary is not None or (strategy is not None and strategy.canary is not None)
+
+    def pick_request(self, exclude: set[str]) -> Instance | None:
+        """One request: the canary's share by weight, exactly (a running credit, not dice).
+
+        With weight W, W of every 100 requests go to the new revision; when the chosen
+        side has no ready instance, the other side serves.
+        """
+        canary = self.canary
+        if canary is None or canary.weight is None:
+            return self.pick(exclude)
+        self._credit += canary.weight
+        to_canary = self._credit >= 100
+        if to_canary:
+            self._credit -= 100
+        ready = [i for i in self.instances if i.ready and not i.stopping and i.id not in exclude]
+        side = [i for i in ready if (i.revision == canary.revision) == to_canary] or ready
+        if not side:
+            return None
+        self.rr = (self.rr + 1) % len(side)
+        return side[self.rr]
+
+    def record(self, backend: Any, seconds: float, ok: bool) -> None:
+        """A request answered (ok: below 500) or failed at the front port, per revision."""
+        window = self.samples.get(backend.revision)
+        if window is None:
+            window = self.samples[backend.revision] = deque(maxlen=20000)
+        window.append((time.monotonic(), seconds, ok))
 
     def saved(self) -> dict[str, Any]:
         return {

@@ -74,6 +74,10 @@ class RolloutView(BaseModel):
     unavailable: int = Field(0, description="rolling: ready instances allowed below the replicas")
     rounds: int = Field(0, description="batches of new instances started")
     downtime_s: float | None = Field(None, description="recreate: seconds with nothing serving")
+    weight: int | None = Field(None, description="canary: percent of new requests to the new version")
+    step_index: int = Field(0, description="canary: the next canary step to run")
+    paused: bool = Field(False, description="canary: waiting in a pause step")
+    analysis: list[dict[str, Any]] = Field([], description="canary: the analysis measurements")
 
 
 class ServiceView(BaseModel):
@@ -150,6 +154,11 @@ class RuntimeClient:
 
     def rollout(self, name: str, rollout_id: str) -> RolloutView:
         status, data = self.call("GET", f"/services/{name}/rollouts/{rollout_id}")
+        raise_for(status, data)
+        return RolloutView.model_validate(data)
+
+    def promote(self, name: str, rollout_id: str) -> RolloutView:
+        status, data = self.call("POST", f"/services/{name}/rollouts/{rollout_id}/promote")
         raise_for(status, data)
         return RolloutView.model_validate(data)
 

@@ -185,4 +185,9 @@ def _details(answer: RolloutView) -> dict[str, Any]:
         "updated": answer.updated,
         "ready": answer.ready,
         "total": answer.total,
+        **(
+            {"weight": answer.weight, "canary_step": answer.step_index, "paused": answer.paused}
+            if answer.strategy == "canary"
+            else {}
+        ),
     }

@@ -1,0 +1,164 @@
+"""Canary on the local target: per-request weights at the front port, pauses, promotion,
+analysis that aborts, and a runtime restart in the middle; all with live clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from shipflow.activities.targets.base import NotFound, RolloutFailed, RolloutRequest, RolloutResult
+from shipflow.activities.targets.local.process import free_port
+from shipflow.activities.targets.local.runtime_client import RuntimeClient
+from shipflow.activities.targets.local.target import LocalTarget, rollout_key
+from shipflow.workflows.spec import Strategy
+from tests.helpers import wait_until
+from tests.local.support import Beats, RuntimeProcess, demo_service, make_target
+
+
+def canary_request(image: str, steps: list[dict[str, Any]]) -> RolloutRequest:
+    return RolloutRequest(
+        run_id="run-1", step_id=f"deploy-{image}", service="web", image=image,
+        strategy=Strategy.model_validate({"canary": {"steps": steps}}),
+    )
+
+
+class KeepAlive:
+    """Clients on keep-alive connections: (monotonic time, status, version) per request."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}/version"
+        self.results: list[tuple[float, int, str]] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def send(self, client: httpx.AsyncClient) -> None:
+        try:
+            answer = await client.get(self.url)
+            version = answer.json().get("version", "?")
+            self.results.append((time.monotonic(), answer.status_code, version))
+        except (httpx.HTTPError, ValueError) as e:
+            self.results.append((time.monotonic(), 0, type(e).__name__))
+
+    async def count(self, requests: int, connections: int = 4) -> list[tuple[float, int, str]]:
+        """Send `requests` requests over `connections` keep-alive connections."""
+        before = len(self.results)
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+            for _ in range(requests // connections):
+                await asyncio.gather(*(self.send(client) for _ in range(connections)))
+        return self.results[before:]
+
+    async def _loop(self) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:  # one keep-alive connection
+            while not self._stop.is_set():
+                await self.send(client)
+                await asyncio.sleep(0.002)
+
+    def start(self, clients: int = 3) -> None:
+        self._tasks = [asyncio.create_task(self._loop()) for _ in range(clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+def client_of(runtime: RuntimeProcess) -> RuntimeClient:
+    return RuntimeClient(runtime.url, runtime.settings())
+
+
+def paused(runtime: RuntimeProcess, rid: str) -> bool:
+    """The rollout waits in a pause (False while it is not even created yet)."""
+    try:
+        return client_of(runtime).rollout("web", rid).paused
+    except NotFound:
+        return False
+
+
+async def started(target: LocalTarget, req: RolloutRequest) -> asyncio.Future[RolloutResult]:
+    return asyncio.get_running_loop().run_in_executor(None, target.rollout, req, Beats())
+
+
+async def test_weight_20_sends_20_percent_of_keep_alive_requests_then_promotion(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=2)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    req = canary_request("v2", [{"set_weight": 20}, {"pause": {}}])
+    rollout = await started(target, req)
+    client = client_of(runtime)
+    rid = rollout_key(req)
+    await wait_until(lambda: paused(runtime, rid), timeout=15)
+    view = client.rollout("web", rid)
+    assert (view.weight, view.step_index, view.state) == (20, 1, "running")
+
+    load = KeepAlive(port)
+    answers = await load.count(2000)
+    share = sum(1 for _, _, v in answers if v == "v2") / len(answers)
+    assert all(status == 200 for _, status, _ in answers)
+    assert 0.17 <= share <= 0.23, share  # per request: 4 connections, each saw both versions
+
+    client.promote("web", rid)
+    result = await asyncio.wait_for(rollout, 30)
+    assert result.strategy == "canary" and len(result.instances) == 2
+    after = await load.count(40)
+    assert {v for _, _, v in after} == {"v2"}
+
+
+async def test_a_canary_with_5_percent_errors_is_aborted_by_analysis(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=2)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    load = KeepAlive(port)
+    load.start()
+    await wait_until(lambda: len(load.results) > 20)
+    analysis = {"success_rate": 0.99, "interval": "1s", "count": 3, "min_requests": 5}
+    req = canary_request("v2-flaky", [{"set_weight": 50}, {"analysis": analysis}])
+    with pytest.raises(RolloutFailed) as failed:
+        await asyncio.to_thread(target.rollout, req, Beats())
+    aborted = time.monotonic()
+    await wait_until(lambda: any(t > aborted + 1.0 for t, _, _ in load.results), timeout=15)
+    await load.stop()
+
+    assert "canary analysis failed" in str(failed.value) and "success rate" in str(failed.value)
+    view = client_of(runtime).rollout("web", rollout_key(req))
+    assert view.error_code == "analysis_failed" and view.analysis[-1]["phase"] == "failed"
+    assert view.analysis[-1]["success_rate"] < 0.99 and view.analysis[-1]["requests"] >= 5
+    errors = [(t, s, v) for t, s, v in load.results if s != 200]
+    assert errors, "the flaky canary answered some requests with 500"
+    assert {v for _, _, v in errors} == {"v2-flaky"}  # only the canary's share failed
+    assert all(s == 200 and v == "v1" for t, s, v in load.results if t > aborted)
+    assert runtime.pids("web", "v2-flaky") == set()  # the canary instance is gone
+    assert await asyncio.to_thread(target.current_image, "web") == "v1"
+
+
+async def test_a_runtime_restarted_mid_canary_keeps_its_weight_and_step(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=1)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    req = canary_request("v2", [{"set_weight": 30}, {"pause": {}}, {"set_weight": 60}, {"pause": {}}])
+    rollout = await started(target, req)
+    rid = rollout_key(req)
+    await wait_until(lambda: paused(runtime, rid), timeout=15)
+    client_of(runtime).promote("web", rid)
+    await wait_until(lambda: client_of(runtime).rollout("web", rid).weight == 60, timeout=15)
+    await wait_until(lambda: paused(runtime, rid), timeout=15)
+
+    runtime.kill(signal.SIGKILL)
+    saved = json.loads((runtime.data_dir / "state.json").read_text())
+    (ro,) = [r for r in saved["services"]["web"]["rollouts"] if r["id"] == rid]
+    assert (ro["weight"], ro["step_index"]) == (60, 3)
+    runtime.start()
+    view = client_of(runtime).rollout("web", rid)
+    assert (view.state, view.weight, view.step_index) == ("running", 60, 3)
+    await wait_until(lambda: paused(runtime, rid), timeout=15)
+    answers = await KeepAlive(port).count(200)
+    assert 0.5 <= sum(1 for _, _, v in answers if v == "v2") / len(answers) <= 0.7
+    client_of(runtime).promote("web", rid)
+    result = await asyncio.wait_for(rollout, 30)
+    assert result.image == "v2"
+    assert client_of(runtime).rollout("web", rid).state == "succeeded"
