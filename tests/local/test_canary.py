@@ -9,7 +9,6 @@ import signal
 import time
 from typing import Any
 
-import httpx
 import pytest
 
 from shipflow.activities.targets.base import NotFound, RolloutFailed, RolloutRequest, RolloutResult
@@ -28,37 +27,69 @@ def canary_request(image: str, steps: list[dict[str, Any]]) -> RolloutRequest:
     )
 
 
+class Connection:
+    """One raw HTTP/1.1 keep-alive connection: light enough that 2,000 requests on a busy
+    2-core machine measure the proxy, not the client."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self, path: str) -> tuple[int, str]:
+        """(status, version) of one request; the connection is opened once and kept."""
+        if self._streams is None:
+            self._streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self._streams
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: web\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(next(
+                line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            ))
+            body = await asyncio.wait_for(reader.readexactly(length), 10)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, StopIteration) as e:
+            self.close()
+            return 0, type(e).__name__
+        return int(head.split(b" ", 2)[1]), json.loads(body).get("version", "?")
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 class KeepAlive:
     """Clients on keep-alive connections: (monotonic time, status, version) per request."""
 
     def __init__(self, port: int):
-        self.url = f"http://127.0.0.1:{port}/version"
+        self.port = port
         self.results: list[tuple[float, int, str]] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def send(self, client: httpx.AsyncClient) -> None:
-        try:
-            answer = await client.get(self.url)
-            version = answer.json().get("version", "?")
-            self.results.append((time.monotonic(), answer.status_code, version))
-        except (httpx.HTTPError, ValueError) as e:
-            self.results.append((time.monotonic(), 0, type(e).__name__))
+    async def send(self, conn: Connection) -> None:
+        status, version = await conn.get("/version")
+        self.results.append((time.monotonic(), status, version))
 
-    async def count(self, requests: int, connections: int = 4) -> list[tuple[float, int, str]]:
-        """Send `requests` requests over `connections` keep-alive connections."""
+    async def count(self, requests: int, connections: int = 8) -> list[tuple[float, int, str]]:
+        """Send `requests` requests, each of `connections` keep-alive connections its share."""
         before = len(self.results)
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+
+        async def one_connection() -> None:
+            conn = Connection(self.port)
             for _ in range(requests // connections):
-                await asyncio.gather(*(self.send(client) for _ in range(connections)))
+                await self.send(conn)
+            conn.close()
+
+        await asyncio.gather(*(one_connection() for _ in range(connections)))
         return self.results[before:]
 
     async def _loop(self) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:  # one keep-alive connection
-            while not self._stop.is_set():
-                await self.send(client)
-                await asyncio.sleep(0.002)
+        conn = Connection(self.port)  # one keep-alive connection for the whole test
+        while not self._stop.is_set():
+            await self.send(conn)
+            await asyncio.sleep(0.002)
+        conn.close()
 
     def start(self, clients: int = 3) -> None:
         self._tasks = [asyncio.create_task(self._loop()) for _ in range(clients)]
@@ -92,7 +123,7 @@ async def test_weight_20_sends_20_percent_of_keep_alive_requests_then_promotion(
     rollout = await started(target, req)
     client = client_of(runtime)
     rid = rollout_key(req)
-    await wait_until(lambda: paused(runtime, rid), timeout=15)
+    await wait_until(lambda: paused(runtime, rid), timeout=30)
     view = client.rollout("web", rid)
     assert (view.weight, view.step_index, view.state) == (20, 1, "running")
 
@@ -100,7 +131,7 @@ async def test_weight_20_sends_20_percent_of_keep_alive_requests_then_promotion(
     answers = await load.count(2000)
     share = sum(1 for _, _, v in answers if v == "v2") / len(answers)
     assert all(status == 200 for _, status, _ in answers)
-    assert 0.17 <= share <= 0.23, share  # per request: 4 connections, each saw both versions
+    assert len(answers) == 2000 and 0.17 <= share <= 0.23, share  # per request, not per connection
 
     client.promote("web", rid)
     result = await asyncio.wait_for(rollout, 30)
@@ -121,7 +152,7 @@ async def test_a_canary_with_5_percent_errors_is_aborted_by_analysis(runtime: Ru
     with pytest.raises(RolloutFailed) as failed:
         await asyncio.to_thread(target.rollout, req, Beats())
     aborted = time.monotonic()
-    await wait_until(lambda: any(t > aborted + 1.0 for t, _, _ in load.results), timeout=15)
+    await wait_until(lambda: any(t > aborted + 1.0 for t, _, _ in load.results), timeout=30)
     await load.stop()
 
     assert "canary analysis failed" in str(failed.value) and "success rate" in str(failed.value)
@@ -143,10 +174,10 @@ async def test_a_runtime_restarted_mid_canary_keeps_its_weight_and_step(runtime:
     req = canary_request("v2", [{"set_weight": 30}, {"pause": {}}, {"set_weight": 60}, {"pause": {}}])
     rollout = await started(target, req)
     rid = rollout_key(req)
-    await wait_until(lambda: paused(runtime, rid), timeout=15)
+    await wait_until(lambda: paused(runtime, rid), timeout=30)
     client_of(runtime).promote("web", rid)
-    await wait_until(lambda: client_of(runtime).rollout("web", rid).weight == 60, timeout=15)
-    await wait_until(lambda: paused(runtime, rid), timeout=15)
+    await wait_until(lambda: client_of(runtime).rollout("web", rid).weight == 60, timeout=30)
+    await wait_until(lambda: paused(runtime, rid), timeout=30)
 
     runtime.kill(signal.SIGKILL)
     saved = json.loads((runtime.data_dir / "state.json").read_text())
@@ -155,7 +186,7 @@ async def test_a_runtime_restarted_mid_canary_keeps_its_weight_and_step(runtime:
     runtime.start()
     view = client_of(runtime).rollout("web", rid)
     assert (view.state, view.weight, view.step_index) == ("running", 60, 3)
-    await wait_until(lambda: paused(runtime, rid), timeout=15)
+    await wait_until(lambda: paused(runtime, rid), timeout=30)
     answers = await KeepAlive(port).count(200)
     assert 0.5 <= sum(1 for _, _, v in answers if v == "v2") / len(answers) <= 0.7
     client_of(runtime).promote("web", rid)
