@@ -389,6 +389,23 @@ def reject(
     out.print(f"rejected {escape(step or 'the waiting step')} of {escape(run_id)}", highlight=False)
 
 
+@app.command("promote")
+def promote(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    step: str | None = typer.Argument(None, help="default: the one canary that waits"),
+) -> None:
+    """Promote RUN's canary that waits in a pause: it goes on to its next canary step."""
+    state = _state(ctx)
+    with _api_errors(state), state.client() as client:
+        done = client.promote(run_id, step)
+    out.print(
+        f"promoted {escape(done['service'])} ({escape(done['step'])} of {escape(run_id)}): "
+        f"weight {done['weight']}%, next canary step {done['canary_step']}",
+        highlight=False,
+    )
+
+
 @app.command("rollback")
 def rollback(
     ctx: typer.Context,

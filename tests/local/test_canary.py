@@ -10,12 +10,18 @@ import time
 from typing import Any
 
 import pytest
+import uvicorn
+from typer.testing import CliRunner
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import NotFound, RolloutFailed, RolloutRequest, RolloutResult
 from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.runtime_client import RuntimeClient
 from shipflow.activities.targets.local.target import LocalTarget, rollout_key
+from shipflow.api.app import create_app
+from shipflow.infra.cli.main import app as cli
 from shipflow.workflows.spec import Strategy
+from tests.api.conftest import TOKENS, api_client, bearer, token_settings
 from tests.helpers import wait_until
 from tests.local.support import Beats, RuntimeProcess, demo_service, make_target
 
@@ -193,3 +199,53 @@ async def test_a_runtime_restarted_mid_canary_keeps_its_weight_and_step(runtime:
     result = await asyncio.wait_for(rollout, 30)
     assert result.image == "v2"
     assert client_of(runtime).rollout("web", rid).state == "succeeded"
+
+
+async def test_promote_through_the_api_ends_the_pause_of_the_runs_canary(
+    runtime: RuntimeProcess, settings: Settings
+) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=1)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    req = canary_request("v2", [{"set_weight": 25}, {"pause": {}}])
+    rollout = await started(target, req)
+    rid = rollout_key(req)
+    await wait_until(lambda: paused(runtime, rid), timeout=30)
+
+    api_settings = token_settings(settings.model_copy(update={"runtime_url": runtime.url}))
+    async with api_client(api_settings) as http:
+        refused = await http.post("/runs/run-1/promote", json={}, headers=bearer("viewer"))
+        assert refused.status_code == 403
+        other = await http.post("/runs/run-2/promote", json={}, headers=bearer("operator"))
+        assert other.status_code == 409 and "no canary waiting" in other.json()["detail"]
+        wrong_step = await http.post("/runs/run-1/promote", json={"step": "nope"}, headers=bearer("operator"))
+        assert wrong_step.status_code == 409
+        bad = await http.post("/runs/run-1/promote", json={"stp": "x"}, headers=bearer("operator"))
+        assert bad.status_code == 422
+        done = await http.post("/runs/run-1/promote", json={"step": "deploy-v2"}, headers=bearer("operator"))
+        assert done.status_code == 200, done.text
+        assert done.json()["service"] == "web" and done.json()["weight"] == 25
+        result = await asyncio.wait_for(rollout, 30)
+        assert result.image == "v2"
+        again = await http.post("/runs/run-1/promote", headers=bearer("operator"))
+        assert again.status_code == 409
+
+    # The CLI, against the same API served on a real port.
+    req3 = canary_request("v3", [{"set_weight": 10}, {"pause": {}}])
+    rollout3 = await started(target, req3)
+    await wait_until(lambda: paused(runtime, rollout_key(req3)), timeout=30)
+    api_port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(api_settings), port=api_port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started, timeout=30)
+        argv = ["--api", f"http://127.0.0.1:{api_port}", "--token", TOKENS["operator"], "promote", "run-1"]
+        said = await asyncio.to_thread(CliRunner().invoke, cli, argv)
+        assert said.exit_code == 0, said.output
+        assert "promoted web (deploy-v3 of run-1): weight 10%" in said.output
+        assert (await asyncio.wait_for(rollout3, 30)).image == "v3"
+        again = await asyncio.to_thread(CliRunner().invoke, cli, argv)
+        assert again.exit_code != 0 and "no canary waiting" in again.output
+    finally:
+        server.should_exit = True
+        await serving

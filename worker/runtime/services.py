@@ -156,6 +156,8 @@ class Runtime:
                 deadline_s=spec.progress_deadline.total_seconds(),
                 progress_at=time.time(),
                 strategy=strategy.kind,
+                run_id=body.run_id,
+                step_id=body.step_id,
                 surge=surge,
                 unavailable=unavailable,
             )

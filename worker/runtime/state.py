@@ -138,6 +138,8 @@ class Rollout:
     downtime_s: float | None = None
     # canary: the share of new requests for the new revision, the next canary step to run,
     # the end of a timed pause, an operator's promotion, and the analysis measurements.
+    run_id: str | None = None
+    step_id: str | None = None
     weight: int | None = None
     step_index: int = 0
     pause_until: float | None = None
@@ -170,6 +172,8 @@ class Rollout:
             "rounds": self.rounds,
             "gap_started_at": self.gap_started_at,
             "downtime_s": self.downtime_s,
+            "run_id": self.run_id,
+            "step_id": self.step_id,
             "weight": self.weight,
             "step_index": self.step_index,
             "pause_until": self.pause_until,

@@ -32,6 +32,8 @@ class RolloutBody(BaseModel):
     spec: LocalService
     image: str = Field(min_length=1)
     rollout_id: str | None = Field(None, description="same id, same rollout: a resumed attempt")
+    run_id: str | None = Field(None, description="the run and step that asked, for `shipflow promote`")
+    step_id: str | None = None
 
 
 class InstanceView(BaseModel):
@@ -78,6 +80,8 @@ class RolloutView(BaseModel):
     step_index: int = Field(0, description="canary: the next canary step to run")
     paused: bool = Field(False, description="canary: waiting in a pause step")
     analysis: list[dict[str, Any]] = Field([], description="canary: the analysis measurements")
+    run_id: str | None = None
+    step_id: str | None = None
 
 
 class ServiceView(BaseModel):
@@ -139,6 +143,11 @@ class RuntimeClient:
         except ValueError:
             data = {"detail": response.text}
         return response.status_code, data
+
+    def services(self) -> list[ServiceView]:
+        status, data = self.call("GET", "/services")
+        raise_for(status, data)
+        return [ServiceView.model_validate(item) for item in data]
 
     def service(self, name: str) -> ServiceView | None:
         status, data = self.call("GET", f"/services/{name}")

@@ -76,7 +76,10 @@ class LocalTarget:
         spec = self.service_spec(request)
         resume = progress.resume or {}
         rollout_id = str(resume.get("rollout_id") or rollout_key(request))
-        body = RolloutBody(spec=spec, image=request.image, rollout_id=rollout_id)
+        body = RolloutBody(
+            spec=spec, image=request.image, rollout_id=rollout_id, run_id=request.run_id,
+            step_id=request.step_id,
+        )
         answer = self.client.put_rollout(request.service, body)
         unreachable_since: float | None = None
         while answer.state == "running":
