@@ -17,7 +17,7 @@ from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import NotFound, RolloutFailed, RolloutRequest, RolloutResult
 from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.runtime_client import RuntimeClient
-from shipflow.activities.targets.local.target import LocalTarget, rollout_key
+from shipflow.activities.targets.local.target import LocalTarget, RolloutCancelled, rollout_key
 from shipflow.api.app import create_app
 from shipflow.infra.cli.main import app as cli
 from shipflow.workflows.spec import Strategy
@@ -249,3 +249,18 @@ async def test_promote_through_the_api_ends_the_pause_of_the_runs_canary(
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_a_cancelled_run_aborts_its_canary_back_to_stable_at_once(runtime: RuntimeProcess) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=1)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    req = canary_request("v2", [{"set_weight": 50}, {"pause": {}}])
+    beats = Beats(cancel_when=lambda beat: beat.get("paused"))
+    with pytest.raises(RolloutCancelled):
+        await asyncio.to_thread(target.rollout, req, beats)
+    assert any(b.get("weight") == 50 for b in beats.beats)
+    view = client_of(runtime).rollout("web", rollout_key(req))
+    assert view.state == "aborted" and runtime.pids("web", "v2") == set()
+    answers = await KeepAlive(port).count(40)
+    assert {(s, v) for _, s, v in answers} == {(200, "v1")}

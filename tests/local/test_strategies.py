@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
-from shipflow.activities.targets.base import RolloutRequest, RolloutResult
+from shipflow.activities.targets.base import RolloutFailed, RolloutRequest, RolloutResult
 from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.target import LocalTarget
 from shipflow.workflows.spec import Strategy
@@ -130,3 +131,17 @@ async def test_recreate_stops_the_old_before_the_new_and_reports_the_gap(runtime
     assert all(pid not in runtime.pids("web") for pid in old)
     failed_at = [t for t, ok, _ in load.results if not ok]
     assert all(last_v1 - 0.5 <= t <= first_v2 + 0.5 for t in failed_at)  # only in the gap
+
+
+async def test_a_recreate_whose_new_version_never_gets_ready_starts_the_old_one_again(
+    runtime: RuntimeProcess,
+) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=2, deadline="1.5s")})
+    await roll(target, "v1")
+    with pytest.raises(RolloutFailed):
+        await roll(target, "v2-broken", {"recreate": {}})
+    await wait_until(lambda: len([i for i in runtime.service("web")["instances"] if i["ready"]]) == 2)
+    assert {i["image"] for i in runtime.service("web")["instances"]} == {"v1"}
+    answer = httpx.get(f"http://127.0.0.1:{port}/version", timeout=5)
+    assert answer.json()["version"] == "v1"
