@@ -4,6 +4,7 @@ analysis that aborts, and a runtime restart in the middle; all with live clients
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -216,10 +217,11 @@ async def test_promote_through_the_api_ends_the_pause_of_the_runs_canary(
     async with api_client(api_settings) as http:
         refused = await http.post("/runs/run-1/promote", json={}, headers=bearer("viewer"))
         assert refused.status_code == 403
+        # Runs with nothing waiting in the runtime are looked up: these are unknown to Temporal.
         other = await http.post("/runs/run-2/promote", json={}, headers=bearer("operator"))
-        assert other.status_code == 409 and "no canary waiting" in other.json()["detail"]
+        assert other.status_code == 404 and "no run" in other.json()["detail"]
         wrong_step = await http.post("/runs/run-1/promote", json={"step": "nope"}, headers=bearer("operator"))
-        assert wrong_step.status_code == 409
+        assert wrong_step.status_code == 404
         bad = await http.post("/runs/run-1/promote", json={"stp": "x"}, headers=bearer("operator"))
         assert bad.status_code == 422
         done = await http.post("/runs/run-1/promote", json={"step": "deploy-v2"}, headers=bearer("operator"))
@@ -228,7 +230,7 @@ async def test_promote_through_the_api_ends_the_pause_of_the_runs_canary(
         result = await asyncio.wait_for(rollout, 30)
         assert result.image == "v2"
         again = await http.post("/runs/run-1/promote", headers=bearer("operator"))
-        assert again.status_code == 409
+        assert again.status_code == 404
 
     # The CLI, against the same API served on a real port.
     req3 = canary_request("v3", [{"set_weight": 10}, {"pause": {}}])
@@ -245,7 +247,7 @@ async def test_promote_through_the_api_ends_the_pause_of_the_runs_canary(
         assert "promoted web (deploy-v3 of run-1): weight 10%" in said.output
         assert (await asyncio.wait_for(rollout3, 30)).image == "v3"
         again = await asyncio.to_thread(CliRunner().invoke, cli, argv)
-        assert again.exit_code != 0 and "no canary waiting" in again.output
+        assert again.exit_code != 0 and "no run" in again.output
     finally:
         server.should_exit = True
         await serving
@@ -263,4 +265,31 @@ async def test_a_cancelled_run_aborts_its_canary_back_to_stable_at_once(runtime:
     view = client_of(runtime).rollout("web", rollout_key(req))
     assert view.state == "aborted" and runtime.pids("web", "v2") == set()
     answers = await KeepAlive(port).count(40)
+    assert {(s, v) for _, s, v in answers} == {(200, "v1")}
+
+
+async def test_hostile_requests_at_a_per_request_front_port_only_lose_their_own_connection(
+    runtime: RuntimeProcess,
+) -> None:
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=1)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    for raw in (
+        b"GARBAGE\r\n\r\n",
+        b"GET /version HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        b"POST /version HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /version HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort",
+        b"POST /version HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /version HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = b""
+        with contextlib.suppress(ConnectionError):  # the proxy may close before all is sent
+            writer.write(raw)
+            await writer.drain()
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), 10)  # closed, with or without an answer
+        assert not answer or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.1 5")), answer[:80]
+        writer.close()
+    answers = await KeepAlive(port).count(16, connections=2)
     assert {(s, v) for _, s, v in answers} == {(200, "v1")}

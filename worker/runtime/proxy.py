@@ -85,7 +85,9 @@ class FrontPort:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if self._router.per_request():
-            with contextlib.suppress(OSError, RuntimeError):
+            # A client that resets, sends a truncated body or a bad Content-Length only
+            # loses its own connection.
+            with contextlib.suppress(OSError, RuntimeError, EOFError, ValueError, asyncio.LimitOverrunError):
                 await serve_per_request(client_r, client_w, self._router, self._request_backend)
             return
         tried: set[str] = set()
