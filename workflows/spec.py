@@ -190,12 +190,25 @@ class CanaryStrategy(StrictModel):
     steps: list[CanaryStep] = Field(min_length=1, max_length=100)
 
 
+class BlueGreenStrategy(StrictModel):
+    """The new version runs in full beside the old one, reachable on `preview_port`;
+    promotion switches every new request at once; the old version stays for
+    `scale_down_delay`, so that an abort in that time switches back at once."""
+
+    preview_port: int | None = Field(None, ge=1, le=65535, description="the new version before the switch")
+    auto_promote_after: Duration | None = Field(
+        None, description="switch after this long; none: wait for `shipflow promote`"
+    )
+    scale_down_delay: Duration = Field(default="30s", validate_default=True)  # type: ignore[assignment]
+
+
 class Strategy(StrictModel):
     """How a deploy replaces the running version: exactly one of the strategies."""
 
     rolling: RollingStrategy | None = None
     recreate: RecreateStrategy | None = None
     canary: CanaryStrategy | None = None
+    blue_green: BlueGreenStrategy | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Strategy:

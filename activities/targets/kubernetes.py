@@ -691,10 +691,10 @@ def strategy_to_k8s(strategy: Strategy) -> dict[str, Any]:
     controller). Recreate must not keep a `rollingUpdate` (the API refuses it), so the
     patch removes it.
     """
-    if strategy.canary is not None:
+    if strategy.canary is not None or strategy.blue_green is not None:
         raise Invalid(
-            "strategy canary is supported on the local target only; on kubernetes use rolling "
-            "or recreate"
+            f"strategy {strategy.kind} is supported on the local target only; on kubernetes use "
+            "rolling or recreate"
         )
     if strategy.rolling is not None:
         return {

@@ -57,7 +57,8 @@ def _promote(settings: Settings, run_id: str, step: str | None) -> Promoted | No
         if service.rollout is None:
             continue
         view = client.rollout(service.name, service.rollout)
-        if view.run_id == run_id and view.strategy == "canary" and (step is None or view.step_id == step):
+        promotable = view.strategy in ("canary", "blue_green")
+        if view.run_id == run_id and promotable and (step is None or view.step_id == step):
             running.append((service.name, view))
     waiting = [(name, view) for name, view in running if view.paused]
     if not waiting:

@@ -44,10 +44,10 @@ class Connection:
 
     async def get(self, path: str) -> tuple[int, str]:
         """(status, version) of one request; the connection is opened once and kept."""
-        if self._streams is None:
-            self._streams = await asyncio.open_connection("127.0.0.1", self.port)
-        reader, writer = self._streams
         try:
+            if self._streams is None:
+                self._streams = await asyncio.open_connection("127.0.0.1", self.port)
+            reader, writer = self._streams
             writer.write(f"GET {path} HTTP/1.1\r\nHost: web\r\n\r\n".encode())
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             length = int(next(

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 
+from shipflow.worker.runtime.blue_green import run_blue_green
 from shipflow.worker.runtime.canary import run_canary
 from shipflow.worker.runtime.errors import RolloutAborted, RolloutError
 from shipflow.worker.runtime.state import Instance, Rollout, Service
@@ -72,6 +73,8 @@ class Rollouts:
             await self._recreate(svc, ro, stops)
         elif ro.strategy == "canary":
             await run_canary(self, svc, ro, stops)
+        elif ro.strategy == "blue_green":
+            await run_blue_green(self, svc, ro, stops)
         else:
             await self.rolling(svc, ro, stops)
 
@@ -207,7 +210,14 @@ class Rollouts:
         old version: everything it started is removed.
         """
         svc.canary = None  # all traffic back to the stable version at once
+        if svc.preview is not None:
+            await svc.preview.close()
+            svc.preview = None
         mine = [i for i in svc.instances if i.id in ro.created and not i.stopping]
+        if ro.strategy in ("canary", "blue_green"):
+            # The old version kept all its instances: take every new one out of routing now.
+            for inst in mine:
+                inst.ready, inst.stopping = False, True
         for inst in [i for i in mine if not i.ready]:
             await self.sup.stop_instance(svc, inst)
         previous = ro.previous_image

@@ -199,7 +199,7 @@ class Runtime:
             ApiError: 409 `conflict` when the rollout is not a running canary.
         """
         svc, ro = self.rollout(name, rollout_id)
-        if ro.state != "running" or ro.strategy != "canary":
+        if ro.state != "running" or ro.strategy not in ("canary", "blue_green"):
             raise ApiError(
                 409, "conflict", f"rollout {rollout_id} of {name!r} is not a running canary ({ro.state})"
             )

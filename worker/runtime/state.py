@@ -200,6 +200,8 @@ class Service:
     rr: int = 0
     #: The canary rollout whose weight routes requests right now (None: no split).
     canary: Rollout | None = None
+    #: Blue-green: the preview front port of the new version (`proxy.FrontPort`).
+    preview: Any = None
     _credit: int = 0
     #: Per revision: recent (monotonic time, seconds, ok) of requests at the front port.
     samples: dict[str, deque[tuple[float, float, bool]]] = field(default_factory=dict)
@@ -228,7 +230,8 @@ class Service:
         cannot be split later: its request boundaries are unknown).
         """
         strategy = self.spec.strategy
-        return self.canary is not None or (strategy is not None and strategy.canary is not None)
+        split = strategy is not None and (strategy.canary is not None or strategy.blue_green is not None)
+        return self.canary is not None or split
 
     def pick_request(self, exclude: set[str]) -> Instance | None:
         """One request: the canary's share by weight, exactly (a running credit, not dice).

@@ -190,7 +190,7 @@ def _details(answer: RolloutView) -> dict[str, Any]:
         "total": answer.total,
         **(
             {"weight": answer.weight, "canary_step": answer.step_index, "paused": answer.paused}
-            if answer.strategy == "canary"
+            if answer.strategy in ("canary", "blue_green")
             else {}
         ),
     }
