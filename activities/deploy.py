@@ -88,6 +88,7 @@ class DeployActivities:
                     container=input.container,
                     probes=input.probes,
                     progress_deadline_s=input.progress_deadline_s,
+                    strategy=input.strategy,
                 ),
                 progress,
             )
@@ -104,6 +105,9 @@ class DeployActivities:
             previous_image=previous,
             instances=result.instances,
             duration_s=result.duration_s,
+            strategy=result.strategy,
+            rounds=result.rounds,
+            downtime_s=result.downtime_s,
         )
 
     def _record(self, input: RolloutInput, previous: str | None) -> None:

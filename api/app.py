@@ -34,7 +34,17 @@ from shipflow.activities.core.tracing import setup_tracing, temporal_interceptor
 from shipflow.api.auth import Authenticator, load_tokens
 from shipflow.api.hostile import RefuseUnstorableText, storage_error
 from shipflow.api.pending_runs import reconcile_forever
-from shipflow.api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
+from shipflow.api.routes import (
+    canary,
+    codec,
+    dashboard,
+    flows,
+    health,
+    hooks,
+    recovery,
+    runs,
+    schedules,
+)
 
 log = logging.getLogger("shipflow.api")
 
@@ -174,6 +184,7 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     app.include_router(flows.router)
     app.include_router(schedules.router)
     app.include_router(runs.router)
+    app.include_router(canary.router)
     app.include_router(recovery.router)
     app.include_router(hooks.router)
     app.include_router(health.router)

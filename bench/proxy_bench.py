@@ -2,8 +2,9 @@
 
 One demo instance behind the local runtime's front port; the same async client load
 (httpx, keep-alive connections, N concurrent workers) first straight at the instance's
-own port, then through the front port. The ratio of requests/s shows what the asyncio
-proxy costs. Target: front/direct >= 0.7. (`wrk` is used instead of httpx when it is on
+own port, then through the front port, then through a front port that routes each request
+on its own (a canary's per-request weighting). The ratios of requests/s show what the
+asyncio proxy costs, and what per-request routing costs on top. Target: front/direct >= 0.7. (`wrk` is used instead of httpx when it is on
 PATH: it drives more load from less CPU, which matters on a 2-core machine.)
 
 Reading the numbers on a 2-core machine: the Python client, the proxy and the demo app
@@ -94,16 +95,22 @@ def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sf-proxy-bench-") as tmp, local_runtime(Path(tmp)) as url:
         spec = demo_service(front, replicas=1, startup=0.0, period=0.2)
         auth = runtime_headers(Path(tmp))
-        httpx.put(
-            f"{url}/services/web/rollout",
-            json={"spec": spec, "image": "v1", "rollout_id": "b"},
-            headers=auth,
-        )
-        deadline = time.monotonic() + 15
-        while httpx.get(f"{url}/services/web/rollouts/b", headers=auth).json()["state"] == "running":
-            if time.monotonic() > deadline:
-                raise RuntimeError("demo instance did not get ready")
-            time.sleep(0.05)
+        # The same instance behind a second front port that routes request by request, as
+        # during a canary (a service whose strategy is canary is always routed so): what
+        # per-request weighting costs against splicing whole connections.
+        per_request_port = free_port()
+        canary = {"canary": {"steps": [{"set_weight": 100}]}}
+        for name, body in (
+            ("web", {"spec": spec, "image": "v1", "rollout_id": "b"}),
+            ("webc", {"spec": {**spec, "port": per_request_port, "strategy": canary}, "image": "v1",
+                      "rollout_id": "b"}),
+        ):
+            httpx.put(f"{url}/services/{name}/rollout", json=body, headers=auth)
+            deadline = time.monotonic() + 15
+            while httpx.get(f"{url}/services/{name}/rollouts/b", headers=auth).json()["state"] == "running":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("demo instance did not get ready")
+                time.sleep(0.05)
         (instance,) = httpx.get(f"{url}/services/web", headers=auth).json()["instances"]
 
         def load(port: int) -> dict[str, float]:
@@ -115,7 +122,9 @@ def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
         load(instance["port"])  # warm-up
         direct = load(instance["port"])
         proxied = load(front)
+        per_request = load(per_request_port)
     ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
+    weighting = per_request["rps"] / proxied["rps"] if proxied["rps"] else 0.0
     result = {
         "tool": tool,
         "concurrency": concurrency,
@@ -126,6 +135,9 @@ def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
         "front_p99_ms": round(proxied["p99_ms"], 2),
         "errors": int(direct["errors"] + proxied["errors"]),
         "ratio": round(ratio, 3),
+        "per_request_rps": round(per_request["rps"], 1),
+        "per_request_p99_ms": round(per_request["p99_ms"], 2),
+        "per_request_vs_front": round(weighting, 3),
         "target_ratio": TARGET_RATIO,
         "ok": ratio >= TARGET_RATIO,
     }
@@ -135,6 +147,8 @@ def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
           f"{proxied['rps']:.0f} | {ratio:.2f} | >= {TARGET_RATIO} |")
     print(f"| proxy p99 latency | {direct['p99_ms']:.1f} ms | {proxied['p99_ms']:.1f} ms | "
           f"{proxied['p99_ms'] / direct['p99_ms']:.2f} | - |")
+    print(f"| per-request routing (canary) req/s vs front port | {proxied['rps']:.0f} | "
+          f"{per_request['rps']:.0f} | {weighting:.2f} | >= 0.9 (issue #17) |")
     return result
 
 

@@ -49,7 +49,7 @@ def local_runtime(data_dir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     log = open(data_dir / "runtime.log", "ab")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shipflow.activities.targets.local.runtime", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "shipflow.worker.runtime", "--data-dir", str(data_dir),
          "--port", str(port)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )

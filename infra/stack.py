@@ -639,7 +639,7 @@ class EmbeddedStack:
         argv = [
             sys.executable,
             "-m",
-            "shipflow.activities.targets.local.runtime",
+            "shipflow.worker.runtime",
             "--data-dir",
             str(self.data_dir / "runtime"),
             "--port",

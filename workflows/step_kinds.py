@@ -30,7 +30,7 @@ from shipflow.workflows.io import jobs as job_io
 from shipflow.workflows.io import notify as notify_io
 from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.plan import ActionPlan, Plan, UndoPlan, resolve_step_outputs
-from shipflow.workflows.spec import CheckSpec, Probes
+from shipflow.workflows.spec import CheckSpec, Probes, Strategy
 from shipflow.workflows.templates import literal
 
 #: Kinds the workflow runs itself (a durable timer, an approval update): no activity.
@@ -167,6 +167,7 @@ def rollout_input(
         container=plain(params.get("container")),
         probes=Probes.model_validate(params["probes"]) if params.get("probes") else None,
         progress_deadline_s=parse_duration(deadline).total_seconds() if deadline else None,
+        strategy=Strategy.model_validate(params["strategy"]) if params.get("strategy") else None,
         purpose=purpose,
     )
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from shipflow.workflows.spec import Probes
+from shipflow.workflows.spec import Probes, Strategy
 
 
 class TargetError(Exception):
@@ -87,6 +87,7 @@ class RolloutRequest(BaseModel):
     container: str | None = None
     probes: Probes | None = None
     progress_deadline_s: float | None = None
+    strategy: Strategy | None = None
 
 
 class RolloutResult(BaseModel):
@@ -95,6 +96,9 @@ class RolloutResult(BaseModel):
     previous_image: str | None
     instances: list[dict[str, Any]] = Field(default_factory=list, description="what runs where")
     duration_s: float = 0.0
+    strategy: str | None = None
+    rounds: int | None = None
+    downtime_s: float | None = None
 
 
 class JobRequest(BaseModel):

@@ -43,7 +43,7 @@ from shipflow.activities.targets.base import (
     Transient,
 )
 from shipflow.activities.targets.k8s_errors import CONNECTION_ERRORS, Cancelled, api_error, call
-from shipflow.workflows.spec import Probe, Probes
+from shipflow.workflows.spec import Probe, Probes, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,8 @@ class KubernetesTarget:
         spec: dict[str, Any] = {"template": {"spec": {"containers": [entry]}}}
         if request.progress_deadline_s:
             spec["progressDeadlineSeconds"] = max(1, math.ceil(request.progress_deadline_s))
+        if request.strategy is not None:
+            spec["strategy"] = strategy_to_k8s(request.strategy)
         call(
             self.apps.patch_namespaced_deployment,
             request.service,
@@ -680,3 +682,26 @@ class KubernetesTarget:
 
 
 __all__ = ["KubernetesTarget", "api_client_for", "probe_to_k8s", "rollout_status"]
+
+
+def strategy_to_k8s(strategy: Strategy) -> dict[str, Any]:
+    """A Deployment's `spec.strategy` (strategic merge patch) for a flow's strategy.
+
+    Counts and percentages go as written (Kubernetes' IntOrString, rounded by the
+    controller). Recreate must not keep a `rollingUpdate` (the API refuses it), so the
+    patch removes it.
+    """
+    if strategy.canary is not None or strategy.blue_green is not None:
+        raise Invalid(
+            f"strategy {strategy.kind} is supported on the local target only; on kubernetes use "
+            "rolling or recreate"
+        )
+    if strategy.rolling is not None:
+        return {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": strategy.rolling.max_surge,
+                "maxUnavailable": strategy.rolling.max_unavailable,
+            },
+        }
+    return {"type": "Recreate", "rollingUpdate": None}

@@ -185,6 +185,9 @@ class ApiClient:
             "POST", f"/runs/{run_id}/approve", json={"step": step, "comment": comment}
         )
 
+    def promote(self, run_id: str, step: str | None = None) -> Any:
+        return self.request("POST", f"/runs/{run_id}/promote", json={"step": step})
+
     def reject(self, run_id: str, step: str | None = None, comment: str | None = None) -> Any:
         return self.request(
             "POST", f"/runs/{run_id}/reject", json={"step": step, "comment": comment}

@@ -397,6 +397,23 @@ def reject(
     out.print(f"rejected {escape(step or 'the waiting step')} of {escape(run_id)}", highlight=False)
 
 
+@app.command("promote")
+def promote(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    step: str | None = typer.Argument(None, help="default: the one canary that waits"),
+) -> None:
+    """Promote RUN's canary that waits in a pause: it goes on to its next canary step."""
+    state = _state(ctx)
+    with _api_errors(state), state.client() as client:
+        done = client.promote(run_id, step)
+    out.print(
+        f"promoted {escape(done['service'])} ({escape(done['step'])} of {escape(run_id)}): "
+        f"weight {done['weight']}%, next canary step {done['canary_step']}",
+        highlight=False,
+    )
+
+
 @app.command("rollback")
 def rollback(
     ctx: typer.Context,
@@ -503,7 +520,7 @@ def runtime(
     port: int = typer.Option(7300, "--port"),
 ) -> None:
     """Run the local target's runtime (the processes of `target: local` services)."""
-    from shipflow.activities.targets.local.runtime import main as runtime_main
+    from shipflow.worker.runtime.__main__ import main as runtime_main
 
     raise typer.Exit(runtime_main(["--data-dir", str(data_dir), "--port", str(port)]))
 

@@ -18,6 +18,8 @@ Knobs (environment):
     DEMO_EXIT_AT_START=N  exit with code N before listening (also code 1 when V contains
                         "crash": a build that crashes at start)
     DEMO_HEALTHY_FOR    seconds after which /healthz starts failing (liveness demo)
+    DEMO_ERROR_RATE     fraction of /version answers that are 500 (e.g. 0.05: every 20th),
+                        a build that mostly works (also 0.05 when V contains "flaky")
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         srv = self.server
         if self.path == "/version":
             body = {"version": srv.version, "pid": os.getpid(), "port": srv.server_address[1]}
-            self._send(200, json.dumps(body))
+            self._send(500 if srv.fails_now() else 200, json.dumps(body))
         elif self.path == "/healthz":
             if srv.healthy():
                 self._send(200, "ok")
@@ -81,6 +83,18 @@ class DemoServer(ThreadingHTTPServer):
         self.never_ready = never
         healthy_for = os.environ.get("DEMO_HEALTHY_FOR")
         self.healthy_for = float(healthy_for) if healthy_for else None
+        rate = os.environ.get("DEMO_ERROR_RATE") or ("0.05" if "flaky" in version else "0")
+        self.error_rate = float(rate)
+        self._answers = 0
+        self._count_lock = threading.Lock()
+
+    def fails_now(self) -> bool:
+        """Every 1/rate-th answer fails (deterministic, so a rate is a rate in any sample)."""
+        if self.error_rate <= 0:
+            return False
+        with self._count_lock:
+            self._answers += 1
+            return self._answers % max(1, round(1 / self.error_rate)) == 0
 
     def healthy(self) -> bool:
         if self.never_ready:

@@ -41,6 +41,7 @@ from shipflow.activities.core.settings import Settings
 from shipflow.api.app import create_app
 from tests.api.conftest import TOKENS, bearer, token_settings
 from tests.conftest import PG_ADMIN_URL, _pg_admin
+from tests.local.support import RuntimeProcess
 
 GITHUB_SECRET = "fuzz-github-secret"
 GITLAB_TOKEN = "fuzz-gitlab-token"
@@ -90,13 +91,18 @@ def fuzz_database() -> Iterator[str]:
 def served(
     temporal_address: str, fuzz_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
+    data_dir = Path(tmp_path_factory.mktemp("fuzz")) / "shipflow"
+    # A real local runtime (with no services) for the routes that ask it, e.g. promote.
+    runtime = RuntimeProcess(data_dir / "runtime")
+    runtime.start()
     base = Settings(
         temporal_address=temporal_address,
-        data_dir=Path(tmp_path_factory.mktemp("fuzz")) / "shipflow",
+        data_dir=data_dir,
         task_queue=f"tq-fuzz-{uuid.uuid4().hex[:8]}",
         database_url=SecretStr(fuzz_database),
         github_secret=SecretStr(GITHUB_SECRET),
         gitlab_token=SecretStr(GITLAB_TOKEN),
+        runtime_url=runtime.url,
     )
     app = create_app(token_settings(base))
     server = uvicorn.Server(
@@ -127,6 +133,7 @@ def served(
     finally:
         server.should_exit = True
         thread.join(30)
+        runtime.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,26 @@ def strategic_merge_patch(target: Any, patch: Any, key: str | None = None) -> An
     return copy.deepcopy(patch)
 
 
+def _resolve_rolling(rolling: dict, replicas: int) -> tuple[int, int]:
+    """maxSurge and maxUnavailable as the deployment controller resolves them.
+
+    Percentages of the replicas, surge rounded up and unavailable down; if both end up 0,
+    unavailable becomes 1 so that the rollout can progress (`ResolveFenceposts`).
+    """
+
+    def value(raw: Any, round_up: bool) -> int:
+        if isinstance(raw, str):
+            scaled = replicas * int(raw[:-1])
+            return -(-scaled // 100) if round_up else scaled // 100
+        return int(raw)
+
+    surge = value(rolling.get("maxSurge", "25%"), True)
+    unavailable = value(rolling.get("maxUnavailable", "25%"), False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
+
+
 # ---------------------------------------------------------------- selectors
 
 
@@ -498,11 +518,42 @@ class KubeEmulator:
                             f"spec.template.spec.containers[{i}].{probe}: Forbidden: "
                             "may not specify more than 1 handler type",
                         )
+            if resource == "deployments":
+                self._validate_strategy(name, obj["spec"].get("strategy") or {})
             if resource == "jobs" and pod_spec.get("restartPolicy") not in ("Never", "OnFailure"):
                 raise ApiError(
                     422, f'Job.batch "{name}" is invalid: spec.template.spec.restartPolicy: '
                     'Required value: valid values: "OnFailure", "Never"',
                 )
+
+    def _validate_strategy(self, name: str, strategy: dict) -> None:
+        """apps/v1 validation of `spec.strategy`, with the API server's messages."""
+        prefix = f'Deployment.apps "{name}" is invalid: spec.strategy'
+        kind = strategy.get("type", "RollingUpdate")
+        if kind not in ("RollingUpdate", "Recreate"):
+            raise ApiError(422, f'{prefix}.type: Unsupported value: "{kind}": supported values: '
+                                '"Recreate", "RollingUpdate"')
+        rolling = strategy.get("rollingUpdate")
+        if kind == "Recreate":
+            if rolling is not None:
+                raise ApiError(422, f"{prefix}.rollingUpdate: Forbidden: may not be specified when "
+                                    "strategy `type` is 'Recreate'")
+            return
+        rolling = rolling or {}
+        values = {}
+        for field_name in ("maxSurge", "maxUnavailable"):
+            value = rolling.get(field_name, "25%")
+            if isinstance(value, str) and not re.fullmatch(r"[0-9]+%", value):
+                raise ApiError(422, f'{prefix}.rollingUpdate.{field_name}: Invalid value: "{value}": a '
+                                    "valid percent string must be a numeric string followed by an ending '%'")
+            number = int(value[:-1]) if isinstance(value, str) else int(value)
+            if number < 0:
+                raise ApiError(422, f"{prefix}.rollingUpdate.{field_name}: Invalid value: {number}: must "
+                                    "be greater than or equal to 0")
+            values[field_name] = number
+        if values["maxSurge"] == 0 and values["maxUnavailable"] == 0:
+            raise ApiError(422, f"{prefix}.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 "
+                                "when `maxSurge` is 0")
 
     # ------------------------------------------------------------ the controllers
 
@@ -540,20 +591,31 @@ class KubeEmulator:
         wanted = spec.get("replicas", 1)
         images = [c.get("image", "") for c in spec["template"]["spec"]["containers"]]
         healthy = not any(self.never_ready(image) for image in images)
-        progressed = True
-        if sim.new_ready < sim.new and healthy:
-            sim.new_ready += 1
-            if sim.old > 0 and sim.old + sim.new_ready > wanted:
-                sim.old -= 1
-        elif sim.new < wanted and sim.new - sim.new_ready < 1:
-            sim.new += 1
-        elif sim.new > wanted:
-            sim.new -= 1
-            sim.new_ready = min(sim.new_ready, sim.new)
-        elif sim.old > 0 and sim.new_ready >= wanted:
-            sim.old -= 1
+        before = (sim.old, sim.new, sim.new_ready)
+        strategy = spec.get("strategy") or {}
+        if strategy.get("type") == "Recreate":
+            # Every old pod goes first; the new ones are created only once none is left.
+            if sim.old > 0:
+                sim.old = 0
+            elif sim.new < wanted:
+                sim.new = wanted
+            elif sim.new_ready < sim.new and healthy:
+                sim.new_ready += 1
         else:
-            progressed = False
+            surge, unavailable = _resolve_rolling(strategy.get("rollingUpdate") or {}, wanted)
+            if sim.new_ready < sim.new and healthy:
+                sim.new_ready += 1  # one new pod becomes ready per tick
+            # Scale the old ReplicaSet down as far as availability allows, then the new
+            # one up as far as the surge allows (the deployment controller's two steps).
+            down = min(sim.old, sim.old + sim.new_ready - (wanted - unavailable))
+            if down > 0:
+                sim.old -= down
+            if sim.new < wanted:
+                sim.new += max(0, min(wanted + surge - sim.old - sim.new, wanted - sim.new))
+            elif sim.new > wanted:
+                sim.new -= 1
+                sim.new_ready = min(sim.new_ready, sim.new)
+        progressed = (sim.old, sim.new, sim.new_ready) != before
         if progressed:
             sim.last_progress = now
         done = sim.old == 0 and sim.new == wanted and sim.new_ready == wanted

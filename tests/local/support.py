@@ -49,7 +49,7 @@ def demo_service(
 
 
 class RuntimeProcess:
-    """`python -m shipflow.activities.targets.local.runtime` as a child process, restartable."""
+    """`python -m shipflow.worker.runtime` as a child process, restartable."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
@@ -76,7 +76,7 @@ class RuntimeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shipflow.activities.targets.local.runtime", "--data-dir",
+            [sys.executable, "-m", "shipflow.worker.runtime", "--data-dir",
              str(self.data_dir), "--port", str(self.port)],
             cwd=ROOT,
             stdout=out,

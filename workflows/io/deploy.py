@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shipflow.workflows.io.common import StepContext
-from shipflow.workflows.spec import Probes
+from shipflow.workflows.spec import Probes, Strategy
 
 ROLLOUT = "deploy.rollout"
 RESOLVE_PROMOTION = "deploy.resolve_promotion"
@@ -21,6 +21,7 @@ class RolloutInput(BaseModel):
     container: str | None = None
     probes: Probes | None = None
     progress_deadline_s: float | None = None
+    strategy: Strategy | None = Field(None, description="the step's, else the service's, else rolling 1/0")
     purpose: str = Field("deploy", description="deploy | promote | undo | rollback")
     resume: dict[str, Any] | None = Field(
         None, description="progress the previous execution heartbeated before its worker was lost"
@@ -33,6 +34,12 @@ class RolloutOutput(BaseModel):
     previous_image: str | None
     instances: list[dict[str, Any]] = []
     duration_s: float
+    strategy: str | None = Field(None, description="rolling | recreate, as the target ran it")
+    rounds: int | None = Field(None, description="batches of new instances started (rolling)")
+    downtime_s: float | None = Field(
+        None, description="recreate: seconds with no instance serving, from the last old one "
+        "leaving the front port to the first new one ready"
+    )
 
 
 class PromotionInput(BaseModel):

@@ -1,4 +1,4 @@
-"""Process helpers of the local runtime: spawn in a new session, stop a group, check a pid.
+"""Process helpers of the local runtime and of local jobs: spawn in a new session, stop a group, check a pid.
 
 Instances are started with `start_new_session=True`, so each is the leader of its own
 process group: stopping it signals the whole group (a shell wrapper and its children go

@@ -1,7 +1,8 @@
 """The `local` target: services as processes on this machine, run by the local runtime.
 
 The target itself holds no state: it translates the Target protocol into calls to the
-runtime's loopback HTTP API (see `shipflow.activities.targets.local.runtime`) and follows a
+runtime's loopback HTTP API (through `runtime_client`; the runtime itself is
+`shipflow.worker.runtime`, a process of its own) and follows a
 rollout until it ends. The rollout runs inside the runtime, so a worker that dies in the
 middle loses nothing: the next attempt asks for the same `rollout_id` (from the last
 heartbeat, or derived from run, step, service and image when none was sent) and the
@@ -14,16 +15,12 @@ import hashlib
 import time
 from typing import Any
 
-import httpx
-
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.envrefs import resolve_env
 from shipflow.activities.targets.base import (
-    Conflict,
     Invalid,
     JobRequest,
     JobResult,
-    NotFound,
     Progress,
     RolloutFailed,
     RolloutRequest,
@@ -32,7 +29,7 @@ from shipflow.activities.targets.base import (
     Transient,
 )
 from shipflow.activities.targets.local.jobs import run_local_job
-from shipflow.activities.targets.local.runtime_key import RuntimeKeyError, auth_headers, client_key
+from shipflow.activities.targets.local.runtime_client import RolloutBody, RolloutView, RuntimeClient
 from shipflow.workflows.spec import LocalService, Probes
 from shipflow.workflows.spec import LocalTarget as LocalTargetSpec
 
@@ -55,20 +52,14 @@ class LocalTarget:
     def __init__(self, spec: dict[str, Any], settings: Settings):
         self.spec = LocalTargetSpec.model_validate(spec)
         self.url = (self.spec.runtime or settings.runtime_url).rstrip("/")
-        self._timeout = httpx.Timeout(10.0, connect=2.0)
+        self.client = RuntimeClient(self.url, settings)
         self.jobs_dir = settings.data_dir.resolve() / "jobs"
-        self._settings = settings
-        self._key: str | None = None
 
     # ------------------------------------------------------------ protocol
 
     def current_image(self, service: str, *, container: str | None = None) -> str | None:
-        status, body = self._call("GET", f"/services/{service}")
-        if status == 404:
-            return None
-        self._raise_for(status, body)
-        image = body.get("image")
-        return str(image) if image is not None else None
+        found = self.client.service(service)
+        return found.image if found is not None else None
 
     def rollout(self, request: RolloutRequest, progress: Progress) -> RolloutResult:
         """Start (or resume) the rollout on the runtime and follow it to its end.
@@ -85,45 +76,43 @@ class LocalTarget:
         spec = self.service_spec(request)
         resume = progress.resume or {}
         rollout_id = str(resume.get("rollout_id") or rollout_key(request))
-        body = {
-            "spec": spec.model_dump(mode="json"),
-            "image": request.image,
-            "rollout_id": rollout_id,
-        }
-        status, answer = self._call("PUT", f"/services/{request.service}/rollout", json=body)
-        self._raise_for(status, answer)
-        path = f"/services/{request.service}/rollouts/{rollout_id}"
+        body = RolloutBody(
+            spec=spec, image=request.image, rollout_id=rollout_id, run_id=request.run_id,
+            step_id=request.step_id,
+        )
+        answer = self.client.put_rollout(request.service, body)
         unreachable_since: float | None = None
-        while answer.get("state") == "running":
+        while answer.state == "running":
             progress.beat(_details(answer))
             if progress.cancelled():
-                return self._abort(request, path, progress)
+                return self._abort(request, rollout_id, progress)
             time.sleep(POLL_S)
             try:
-                status, answer = self._call("GET", path)
+                answer = self.client.rollout(request.service, rollout_id)
                 unreachable_since = None
             except Transient:
                 unreachable_since = unreachable_since or time.monotonic()
                 if time.monotonic() - unreachable_since > UNREACHABLE_GRACE_S:
                     raise
                 continue
-            self._raise_for(status, answer)
         progress.beat(_details(answer))
-        if answer["state"] != "succeeded":
+        if answer.state != "succeeded":
             raise RolloutFailed(
-                f"rollout of {request.service!r} to {request.image!r} {answer['state']}: "
-                f"{answer.get('error')}"
+                f"rollout of {request.service!r} to {request.image!r} {answer.state}: {answer.error}"
             )
         return RolloutResult(
             service=request.service,
             image=request.image,
-            previous_image=answer.get("previous_image"),
+            previous_image=answer.previous_image,
             instances=[
-                {k: i[k] for k in ("id", "image", "pid", "port", "ready")}
-                for i in answer.get("instances", [])
-                if i.get("image") == request.image and i.get("state") != "stopping"
+                {"id": i.id, "image": i.image, "pid": i.pid, "port": i.port, "ready": i.ready}
+                for i in answer.instances
+                if i.image == request.image and i.state != "stopping"
             ],
             duration_s=time.monotonic() - began,
+            strategy=answer.strategy,
+            rounds=answer.rounds,
+            downtime_s=answer.downtime_s,
         )
 
     def run_job(self, request: JobRequest, progress: Progress) -> JobResult:
@@ -154,69 +143,23 @@ class LocalTarget:
             update["probes"] = merge_probes(declared.probes, request.probes)
         if request.progress_deadline_s is not None:
             update["progress_deadline"] = request.progress_deadline_s
+        if request.strategy is not None:
+            update["strategy"] = request.strategy
         if not update:
             return declared
         return LocalService.model_validate({**declared.model_dump(), **update})
 
-    def _abort(self, request: RolloutRequest, path: str, progress: Progress) -> RolloutResult:
-        status, answer = self._call("POST", path + "/abort")
-        self._raise_for(status, answer)
+    def _abort(self, request: RolloutRequest, rollout_id: str, progress: Progress) -> RolloutResult:
+        answer = self.client.abort(request.service, rollout_id)
         deadline = time.monotonic() + ABORT_WAIT_S
-        while answer.get("state") == "running" and time.monotonic() < deadline:
+        while answer.state == "running" and time.monotonic() < deadline:
             progress.beat(_details(answer))
             time.sleep(POLL_S)
-            status, answer = self._call("GET", path)
-            self._raise_for(status, answer)
+            answer = self.client.rollout(request.service, rollout_id)
         raise RolloutCancelled(
             f"rollout of {request.service!r} to {request.image!r} was cancelled: "
-            f"{answer.get('error') or 'aborting'}"
+            f"{answer.error or 'aborting'}"
         )
-
-    def _call(self, method: str, path: str, json: Any = None) -> tuple[int, dict[str, Any]]:
-        try:
-            # Read when first needed: the runtime may write its key file after this target
-            # was built. Kept for the target's life (one activity).
-            self._key = self._key or client_key(self._settings)
-        except RuntimeKeyError as e:
-            raise TargetError(str(e), retryable=False) from None
-        headers = auth_headers(self._key)
-        try:
-            # One connection per call: the runtime answers with `Connection: close`, and a
-            # target built per activity leaves no pooled connection behind.
-            response = httpx.request(
-                method, self.url + path, json=json, headers=headers, timeout=self._timeout
-            )
-        except httpx.TransportError as e:
-            raise Transient(
-                f"the local runtime at {self.url} is unreachable ({type(e).__name__}: {e}); "
-                "start it with `shipflow runtime` (or `shipflow dev`)"
-            ) from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = {"detail": response.text}
-        return response.status_code, data if isinstance(data, dict) else {"items": data}
-
-    @staticmethod
-    def _raise_for(status: int, body: dict[str, Any]) -> None:
-        if status < 400:
-            return
-        detail = str(body.get("detail") or body)
-        code = body.get("error")
-        if status in (401, 403):
-            raise TargetError(
-                f"the local runtime refused the call ({detail}); the worker sends the key from "
-                "SHIPFLOW_RUNTIME_KEY or SHIPFLOW_RUNTIME_KEY_FILE (default "
-                "<SHIPFLOW_DATA_DIR>/runtime/runtime.key)",
-                retryable=False,
-            )
-        if code == "conflict":
-            raise Conflict(detail)
-        if status == 404:
-            raise NotFound(detail)
-        if status in (400, 409, 422):
-            raise Invalid(detail)
-        raise TargetError(f"local runtime answered {status}: {detail}")
 
 
 def _has_env_ref(values: dict[str, str] | list[str]) -> bool:
@@ -239,10 +182,15 @@ def rollout_key(request: RolloutRequest) -> str:
     return "ro-" + hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
-def _details(answer: dict[str, Any]) -> dict[str, Any]:
+def _details(answer: RolloutView) -> dict[str, Any]:
     return {
-        "rollout_id": answer.get("rollout_id"),
-        "updated": answer.get("updated", 0),
-        "ready": answer.get("ready", 0),
-        "total": answer.get("total", 0),
+        "rollout_id": answer.rollout_id,
+        "updated": answer.updated,
+        "ready": answer.ready,
+        "total": answer.total,
+        **(
+            {"weight": answer.weight, "canary_step": answer.step_index, "paused": answer.paused}
+            if answer.strategy in ("canary", "blue_green")
+            else {}
+        ),
     }

@@ -5,6 +5,10 @@ open keeps its instance until either side closes it, which is what lets an insta
 drain: it leaves the rotation at once, and the runtime stops it only when its last
 connection is gone (or its termination grace runs out). A connection is counted on its
 instance from the moment it is picked, so a drain never misses one that is connecting.
+
+While a canary splits the service's traffic (`router.per_request()`), a new connection is
+served request by request instead (`http_proxy`): each HTTP request goes where the weight
+sends it, also on keep-alive connections.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Protocol
+
+from shipflow.worker.runtime.http_proxy import serve_per_request
 
 CONNECT_TIMEOUT_S = 2.0
 #: How long a new connection waits for some instance to become ready before it is closed.
@@ -25,15 +30,28 @@ class Backend(Protocol):
     id: str
     port: int
     connections: int
+    revision: str
+
+
+class Router(Protocol):
+    """What a front port asks its service (`state.Service`)."""
+
+    def pick(self, exclude: set[str]) -> Backend | None: ...
+
+    def per_request(self) -> bool: ...
+
+    def pick_request(self, exclude: set[str]) -> Backend | None: ...
+
+    def record(self, backend: Backend, seconds: float, ok: bool) -> None: ...
 
 
 class FrontPort:
-    """Listen on `port` and proxy each connection to a backend that `pick` chooses."""
+    """Listen on `port` and proxy each connection to a backend that `router` chooses."""
 
-    def __init__(self, port: int, pick: Callable[[set[str]], Backend | None], *, host: str = "127.0.0.1"):
+    def __init__(self, port: int, router: Router, *, host: str = "127.0.0.1"):
         self.port = port
         self.host = host
-        self._pick = pick
+        self._router = router
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -53,15 +71,25 @@ class FrontPort:
             self._server.close()
             self._server = None
 
-    async def _backend(self, tried: set[str]) -> Backend | None:
+    async def _backend(self, tried: set[str], *, per_request: bool = False) -> Backend | None:
         deadline = time.monotonic() + NO_BACKEND_WAIT_S
+        pick = self._router.pick_request if per_request else self._router.pick
         while True:
-            backend = self._pick(tried)
+            backend = pick(tried)
             if backend is not None or tried or time.monotonic() >= deadline:
                 return backend
             await asyncio.sleep(0.02)
 
+    async def _request_backend(self, tried: set[str]) -> Backend | None:
+        return await self._backend(tried, per_request=True)
+
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._router.per_request():
+            # A client that resets, sends a truncated body or a bad Content-Length only
+            # loses its own connection.
+            with contextlib.suppress(OSError, RuntimeError, EOFError, ValueError, asyncio.LimitOverrunError):
+                await serve_per_request(client_r, client_w, self._router, self._request_backend)
+            return
         tried: set[str] = set()
         try:
             while True:

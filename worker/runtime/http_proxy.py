@@ -1,0 +1,212 @@
+"""Per-request routing of HTTP/1.1 at a front port, for canaries.
+
+While a canary splits a service's traffic by weight, a connection cannot be pinned to
+one instance: a keep-alive client would then send all its requests to one version. So
+the front port reads each request (head and body, by Content-Length or chunked), asks the
+router for an instance for that request alone, forwards it over a kept upstream
+connection to that instance, and relays the answer back. Each answer is timed and
+recorded per revision (status below 500 counts as a success; no answer at all as a
+failure), which is what the canary analysis reads.
+
+Only what HTTP/1.1 framing needs is parsed; anything else (an `Upgrade`, a malformed
+head) ends the connection. A request counts on its instance while it is in flight,
+so an instance drains when its in-flight requests end; idle upstream connections to an
+instance that left the rotation are closed and never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+HEAD_LIMIT = 64 * 1024
+CHUNK = 256 * 1024
+CONNECT_TIMEOUT_S = 2.0
+#: How long an answer may take to start; the front port answers 504 after it.
+ANSWER_TIMEOUT_S = 300.0
+
+Upstream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class BadMessage(Exception):
+    pass
+
+
+def _headers(head: bytes) -> tuple[list[bytes], dict[bytes, bytes]]:
+    lines = head.split(b"\r\n")
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise BadMessage("header line without a colon")
+        fields[name.strip().lower()] = value.strip()
+    return lines[0].split(b" ", 2), fields
+
+
+async def _relay_body(
+    src: asyncio.StreamReader, fields: dict[bytes, bytes], write: Callable[[bytes], Awaitable[None]],
+    *, until_eof: bool,
+) -> None:
+    """Copy one message body from `src` by its framing (chunked, length, or to EOF)."""
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        while True:
+            size_line = await src.readuntil(b"\r\n")
+            await write(size_line)
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while True:  # trailers, then the empty line
+                    line = await src.readuntil(b"\r\n")
+                    await write(line)
+                    if line == b"\r\n":
+                        return
+            data = await src.readexactly(size + 2)
+            await write(data)
+    length = fields.get(b"content-length")
+    if length is not None:
+        left = int(length)
+        while left > 0:
+            data = await src.read(min(CHUNK, left))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(data)
+            await write(data)
+        return
+    if until_eof:
+        while data := await src.read(CHUNK):
+            await write(data)
+
+
+async def serve_per_request(
+    client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, router: Any,
+    pick: Callable[[set[str]], Awaitable[Any]],
+) -> None:
+    """Serve one client connection request by request. `pick` waits for a ready backend."""
+    upstreams: dict[str, Upstream] = {}
+    _no_delay(client_w)
+
+    async def to_client(data: bytes) -> None:
+        client_w.write(data)
+        await client_w.drain()
+
+    try:
+        while True:
+            try:
+                head = await client_r.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            except asyncio.LimitOverrunError:
+                await to_client(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+                                b"Content-Length: 0\r\n\r\n")
+                return
+            try:
+                start, fields = _headers(head[:-4])
+            except BadMessage:
+                return
+            if len(start) != 3 or b"upgrade" in fields.get(b"connection", b"").lower():
+                return
+            method, version = start[0], start[2]
+            body = bytearray()
+            await _relay_body(client_r, fields, _appender(body), until_eof=False)
+            request = head + bytes(body)
+            connection = fields.get(b"connection", b"").lower()
+            keep = b"close" not in connection and (version == b"HTTP/1.1" or b"keep-alive" in connection)
+            if not await _forward(request, method, router, pick, upstreams, to_client):
+                return
+            if not keep:
+                return
+    finally:
+        for _, w in upstreams.values():
+            w.close()
+        client_w.close()
+        with contextlib.suppress(Exception):
+            await client_w.wait_closed()
+
+
+async def _forward(
+    request: bytes, method: bytes, router: Any, pick: Callable[[set[str]], Awaitable[Any]],
+    upstreams: dict[str, Upstream], to_client: Callable[[bytes], Awaitable[None]],
+) -> bool:
+    """Send one request to a backend and relay its answer. False: close the client."""
+    tried: set[str] = set()
+    for stale in [bid for bid in upstreams if bid not in _ready_ids(router)]:
+        upstreams.pop(stale)[1].close()
+    while True:
+        backend = await pick(tried)
+        if backend is None:
+            await to_client(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                            b"Connection: close\r\n\r\n")
+            return False
+        reused = backend.id in upstreams
+        began = time.perf_counter()
+        backend.connections += 1
+        sent_any = False
+        try:
+            if not reused:
+                try:
+                    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                        upstreams[backend.id] = await asyncio.open_connection(
+                            "127.0.0.1", backend.port, limit=HEAD_LIMIT
+                        )
+                        _no_delay(upstreams[backend.id][1])
+                except (OSError, TimeoutError):
+                    tried.add(backend.id)
+                    continue
+            up_r, up_w = upstreams[backend.id]
+            try:
+                up_w.write(request)
+                await up_w.drain()
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    head = await up_r.readuntil(b"\r\n\r\n")
+                start, fields = _headers(head[:-4])
+                status = int(start[1]) if len(start) > 1 and start[1].isdigit() else 502
+                sent_any = True
+                await to_client(head)
+                no_body = method == b"HEAD" or status in (204, 304) or 100 <= status < 200
+                close = b"close" in fields.get(b"connection", b"").lower() or (
+                    b"content-length" not in fields and b"transfer-encoding" not in fields
+                )
+                if not no_body:
+                    await _relay_body(up_r, fields, to_client, until_eof=close)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, BadMessage,
+                    ValueError, TimeoutError):
+                upstreams.pop(backend.id)[1].close()
+                if not sent_any and reused:
+                    continue  # the instance closed an idle connection: once more on a new one
+                router.record(backend, time.perf_counter() - began, False)
+                if not sent_any:
+                    await to_client(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n"
+                                    b"Connection: close\r\n\r\n")
+                return False
+            router.record(backend, time.perf_counter() - began, status < 500)
+            if close:
+                upstreams.pop(backend.id)[1].close()
+                return False
+            return True
+        finally:
+            backend.connections -= 1
+
+
+def _no_delay(writer: asyncio.StreamWriter) -> None:
+    """Heads and bodies are separate writes: without this, each answer would wait for a
+    delayed ACK (~40 ms) on keep-alive connections."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _appender(buffer: bytearray) -> Callable[[bytes], Awaitable[None]]:
+    async def append(data: bytes) -> None:
+        buffer.extend(data)
+
+    return append
+
+
+def _ready_ids(router: Any) -> set[str]:
+    return {i.id for i in router.instances if i.ready and not i.stopping}
