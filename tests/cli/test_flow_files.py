@@ -182,7 +182,8 @@ def test_bad_run_argument_is_bad_input() -> None:
     # Rejected before any request is sent: no API needs to run.
     result = runner.invoke(app, ["--api", "http://127.0.0.1:1", "run", "x", "--arg", "novalue"])
     assert result.exit_code == 2
-    assert "expected KEY=VALUE" in result.output
+    assert "is not KEY=VALUE" in result.output
+    assert "--arg NAME=VALUE" in result.output
 
 
 def test_unknown_status_filter_is_bad_input() -> None:
