@@ -31,9 +31,17 @@ class ApiUnreachable(ApiClientError):
 class ApiError(ApiClientError):
     """The API answered with an HTTP error. `problems` are `(path, message)` pairs."""
 
-    def __init__(self, status_code: int, problems: list[tuple[str, str]]):
+    def __init__(
+        self,
+        status_code: int,
+        problems: list[tuple[str, str]],
+        items: list[dict[str, Any]] | None = None,
+    ):
         self.status_code = status_code
         self.problems = problems
+        #: The `detail` items as sent, when they were objects (flow problems carry
+        #: `line`, `column` and `suggestion` there).
+        self.items = items or []
         super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
 
     @property
@@ -109,7 +117,7 @@ class ApiClient:
         except httpx.TransportError as e:
             raise ApiUnreachable(self.base_url, _reason(e)) from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _error_problems(response))
+            raise ApiError(response.status_code, _error_problems(response), _items_of(response))
         if not response.content:
             return None
         try:
@@ -221,6 +229,14 @@ def _error_problems(response: httpx.Response) -> list[tuple[str, str]]:
     else:
         problems = detail_problems(body)
     return problems or [("", f"HTTP {response.status_code}")]
+
+
+def _items_of(response: httpx.Response) -> list[dict[str, Any]]:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return []
+    return [dict(item) for item in detail if isinstance(item, dict)] if isinstance(detail, list) else []
 
 
 def _items(body: Any, key: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -69,11 +70,22 @@ def fail(message: str, code: int, hint: str | None = None) -> typer.Exit:
 
 
 @contextmanager
-def api_errors(state: CliState) -> Iterator[None]:
-    """Map API failures to messages and exit codes: 4xx -> 2, 5xx and no answer -> 1."""
+def api_errors(state: CliState, *, file: str | None = None) -> Iterator[None]:
+    """Map API failures to messages and exit codes: 4xx -> 2, 5xx and no answer -> 1.
+
+    With `file` (a flow file sent to the API), problems that carry a line are printed as
+    `FILE:LINE:COLUMN: PATH: message`, exactly as `shipflow flow validate` prints them.
+    """
     try:
         yield
     except ApiError as e:
+        placed = [item for item in e.items if item.get("line") is not None]
+        if file is not None and placed and e.status_code == 422:
+            for item in e.items:
+                typer.echo(_flow_problem(file, item))
+            count = len(e.items)
+            print_error(f"the API refused {file}: {count} problem{'s' if count != 1 else ''}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         problems = e.problems or [("", f"HTTP {e.status_code}")]
         for path, message in problems:
             print_error(f"{path}: {message}" if path else message)
@@ -98,6 +110,17 @@ def api_errors(state: CliState) -> Iterator[None]:
             "--api / SHIPFLOW_API to the API's address",
         )
         raise typer.Exit(EXIT_FAILED) from None
+
+
+def _flow_problem(file: str, item: dict[str, Any]) -> str:
+    where = ":".join(str(p) for p in (file, item.get("line"), item.get("column")) if p is not None)
+    path, message = str(item.get("loc") or ""), str(item.get("msg", ""))
+    if path.startswith("line "):  # a syntax error: its position is already in `where`
+        path = ""
+    text = f"{path}: {message}" if path else message
+    if item.get("suggestion"):
+        text += f"; did you mean {item['suggestion']}?"
+    return f"{where}: {text}"
 
 
 def read_file(path: Path) -> str:
