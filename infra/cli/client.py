@@ -142,6 +142,10 @@ class ApiClient:
     def get_flow(self, name: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/flows/{name}") or {})
 
+    def list_backups(self, flow: str) -> list[dict[str, Any]]:
+        """GET /flows/{flow}/backups: the complete backups of the flow, newest first."""
+        return _items(self.request("GET", f"/flows/{flow}/backups"), "backups")
+
     # ------------------------------------------------------------ runs
 
     def start_run(

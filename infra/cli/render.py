@@ -229,9 +229,9 @@ def runs_table(runs: list[dict[str, Any]], width: int | None = 120) -> Renderabl
     if width is not None and fixed > width:
         # Not even the id and state fit in a table: one run a line, nothing cut.
         lines = Text()
-        for row in rows:
-            lines.append(row["run_id"], style="bold")
-            lines.append(f"  {row['state']}\n", style=_state_style(row["state"]))
+        for index, row in enumerate(rows):
+            lines.append(("\n" if index else "") + row["run_id"], style="bold")
+            lines.append(f"  {row['state']}", style=_state_style(row["state"]))
         return lines
     table = Table(show_lines=False, header_style="bold")
     for column in kept:

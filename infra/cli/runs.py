@@ -149,7 +149,7 @@ def runs(
         typer.echo(json.dumps(found, indent=2, default=str))
         return
     console = table_console(out, wide)
-    console.print(runs_table(found, width=None if wide else console.width))
+    console.print(runs_table(found, width=None if wide else console.width), soft_wrap=True)
 
 
 def status(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,13 @@ def cli_env(api: str, columns: int, extra: dict[str, str] | None = None) -> dict
 
 @pytest.fixture
 def served(settings: Settings) -> Iterator[Served]:
+    with serve(settings) as api:
+        yield api
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[Served]:
+    """The API for `settings` served by uvicorn in a thread, on a free port."""
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"

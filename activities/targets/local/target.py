@@ -11,6 +11,7 @@ runtime answers with the rollout already under way instead of starting another.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -112,7 +113,7 @@ class LocalTarget:
         if answer["state"] != "succeeded":
             raise RolloutFailed(
                 f"rollout of {request.service!r} to {request.image!r} {answer['state']}: "
-                f"{answer.get('error')}"
+                + rollout_reason(request.service, request.image, str(answer.get("error")))
             )
         return RolloutResult(
             service=request.service,
@@ -169,7 +170,7 @@ class LocalTarget:
             self._raise_for(status, answer)
         raise RolloutCancelled(
             f"rollout of {request.service!r} to {request.image!r} was cancelled: "
-            f"{answer.get('error') or 'aborting'}"
+            + rollout_reason(request.service, request.image, str(answer.get("error") or "aborting"))
         )
 
     def _call(self, method: str, path: str, json: Any = None) -> tuple[int, dict[str, Any]]:
@@ -246,3 +247,25 @@ def _details(answer: dict[str, Any]) -> dict[str, Any]:
         "ready": answer.get("ready", 0),
         "total": answer.get("total", 0),
     }
+
+
+_INSTANCE_URL = re.compile(r"(?:http GET )?https?://(?:127\.0\.0\.1|localhost):\d+(?P<path>/[^\s:]*)?")
+_INSTANCE_TCP = re.compile(r"tcp (?:127\.0\.0\.1|localhost):\d+")
+_INSTANCE_PORT = re.compile(r"\bport \d+ does not accept")
+
+
+def rollout_reason(service: str, image: str, error: str) -> str:
+    """The runtime's reason for a failed rollout, as a user reads it after `rollout of S to I`.
+
+    The runtime names the service and image again and the instance's own port (one it
+    picked, behind the front port): both are noise to the user, and the port is an
+    internal detail. `GET http://127.0.0.1:41523/healthz` becomes `GET /healthz on a new
+    instance`.
+    """
+    text = error
+    for repeat in (f"{service!r} {image!r}: ", f"{service!r} {image!r} "):
+        if text.startswith(repeat):
+            text = text[len(repeat) :]
+    text = _INSTANCE_URL.sub(lambda m: f"GET {m.group('path') or '/'} on a new instance", text)
+    text = _INSTANCE_TCP.sub("tcp on a new instance", text)
+    return _INSTANCE_PORT.sub("a new instance does not accept", text)
