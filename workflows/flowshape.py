@@ -28,8 +28,7 @@ from shipflow.workflows.spec import (
     NotifySpec,
 )
 
-STANDIN_KIND = "wait"
-_STANDIN_KIND = STANDIN_KIND
+_STANDIN_KIND = "wait"
 _MAX_ROUNDS = 12
 
 
@@ -38,7 +37,6 @@ class ShapeCheck:
 
     def __init__(self, data: dict[str, Any]):
         self.data = copy.deepcopy(data)
-        self.original = data
         self.problems: list[tuple[str, str, dict[str, Any] | None]] = []
         self.prefixes: list[str] = []
         self.standins: set[str] = set()

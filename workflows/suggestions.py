@@ -16,6 +16,7 @@ from typing import Any
 from shipflow.workflows.crons import closest_timezone
 from shipflow.workflows.flowshape import get_at
 from shipflow.workflows.positions import path_segments
+from shipflow.workflows.redaction import redact
 from shipflow.workflows.spec import (
     GROUP_KINDS,
     NAME_PATTERN,
@@ -68,7 +69,8 @@ def suggestion(
         return None
     if kind == "list_type" and error is not None and isinstance(error.get("input"), str):
         words = error["input"].split()
-        return "[" + ", ".join(words) + "]" if words else None
+        # Echoes what was written: through the one redaction function, like every message.
+        return redact("[" + ", ".join(words) + "]") if words else None
     if kind in ("literal_error", "union_tag_invalid", "enum") and error is not None:
         context = error.get("ctx") or {}
         expected = str(context.get("expected") or context.get("expected_tags") or "")

@@ -106,8 +106,6 @@ class Report:
     def ok(self) -> bool:
         return not self.problems
 
-    def error(self) -> FlowError:
-        return FlowError([(p.path, p.advice) for p in self.problems])
 
 
 # ---------------------------------------------------------------- entry points
