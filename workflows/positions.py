@@ -99,8 +99,12 @@ class Positions:
         """Every key written twice in one mapping: (path, where the repeat is, first line)."""
         found: list[tuple[str, Where, int]] = []
         pending: list[tuple[yaml.Node, str]] = [(self.root, "")] if self.root is not None else []
+        visited: set[int] = set()
         while pending:
             node, path = pending.pop()
+            if id(node) in visited:  # an alias: its node was walked already (and may be huge)
+                continue
+            visited.add(id(node))
             if isinstance(node, yaml.MappingNode):
                 seen: dict[str, int] = {}
                 for key, value in node.value:
