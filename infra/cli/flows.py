@@ -22,7 +22,7 @@ from shipflow.infra.cli.common import (
 )
 from shipflow.infra.cli.flowdiff import diff_flows
 from shipflow.infra.cli.graph import dot, mermaid, plan_tree
-from shipflow.infra.cli.render import table_console
+from shipflow.infra.cli.render import fitting_columns, table_console
 from shipflow.infra.cli.runs import examples
 from shipflow.workflows.spec import FlowError, FlowSpec, flow_json_schema, load_flow_text
 from shipflow.workflows.validation import Report, validate_text
@@ -228,14 +228,23 @@ def flow_list(
     if as_json:
         typer.echo(json.dumps(flows, indent=2, default=str))
         return
+    rows = [
+        {
+            "name": str(flow.get("name", "")),
+            "stage": str(flow.get("stage", "")),
+            "version": str(flow.get("version", "")),
+            "updated": str(flow.get("updated_at", ""))[:19].replace("T", " "),
+        }
+        for flow in flows
+    ]
+    columns = ("name", "stage", "version", "updated")
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    console = table_console(out, wide)
+    # A flow name is what `run` and `diff` take: whole columns go first, never the name.
+    kept = fitting_columns(widths, None if wide else console.width, ("updated", "version", "stage"))
     table = Table(header_style="bold")
-    for column in ("name", "stage", "version", "updated"):
-        table.add_column(column, no_wrap=True, overflow="fold")
-    for flow in flows:
-        table.add_row(
-            str(flow.get("name", "")),
-            str(flow.get("stage", "")),
-            str(flow.get("version", "")),
-            str(flow.get("updated_at", ""))[:19],
-        )
-    table_console(out, wide).print(table)
+    for column in kept:
+        table.add_column(column, no_wrap=True, min_width=widths[column])
+    for row in rows:
+        table.add_row(*(row[c] for c in kept))
+    console.print(table, soft_wrap=True)

@@ -5,6 +5,7 @@ Each listed repro of issue 14 that concerns the CLI is a test here.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -44,6 +45,10 @@ def test_apply_says_created_unchanged_updated(served: Served, tmp_path: Path) ->
     path.write_text(FLOW.format(name=name).replace("duration: 1s", "duration: 2s"))
     changed = served.run("flow", "apply", str(path))
     assert changed.stdout.strip() == f"updated {name} to version 2 (stage staging)"
+    listed = served.run("flow", "list")
+    assert listed.exit_code == 0 and name in listed.stdout
+    as_json = served.run("flow", "list", "--json")
+    assert [(f["name"], f["version"]) for f in json.loads(as_json.stdout)] == [(name, 2)]
 
 
 def test_diff_against_the_applied_version(served: Served, tmp_path: Path) -> None:
