@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typer.testing import CliRunner
+
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.local.target import rollout_reason
+from shipflow.infra.cli.main import app
 from tests.api.conftest import TOKENS, token_settings
 from tests.authoring.conftest import serve
 
@@ -31,26 +34,23 @@ def test_rollout_errors_name_service_and_image_once_and_no_instance_port() -> No
 def test_a_missing_token_says_how_to_give_one(settings: Settings) -> None:
     """Repro: the missing-token error did not mention SHIPFLOW_TOKEN."""
     with serve(token_settings(settings)) as api:
-        missing = api.cli("runs", columns=80)
-        assert missing.returncode == 2
+        runner = CliRunner()
+        missing = runner.invoke(app, ["--api", api.url, "runs"], env={"SHIPFLOW_TOKEN": None})
+        assert missing.exit_code == 2
         lines = missing.stderr.splitlines()
         assert lines[0].startswith("error: ")
         assert lines[-1].startswith("hint: give a token with --token or the SHIPFLOW_TOKEN")
-        given = api.cli("runs", "--json", env={"SHIPFLOW_TOKEN": TOKENS["viewer"]})
-        assert given.returncode == 0, given.stderr
-        too_low = api.cli(
-            "flow", "apply", "/dev/null", env={"SHIPFLOW_TOKEN": TOKENS["viewer"]}
-        )
-        assert too_low.returncode == 2
+        viewer = {"SHIPFLOW_TOKEN": TOKENS["viewer"]}
+        given = runner.invoke(app, ["--api", api.url, "runs", "--json"], env=viewer)
+        assert given.exit_code == 0, given.output
+        too_low = runner.invoke(app, ["--api", api.url, "flow", "apply", "/dev/null"], env=viewer)
+        assert too_low.exit_code == 2
         assert too_low.stderr.splitlines()[0].startswith("error: ")
+        assert too_low.stderr.splitlines()[-1].startswith("hint: this needs a token with")
 
 
 def test_help_has_examples_and_no_type_placeholders() -> None:
     """Repro: help showed `<bool>` and `<list[str]>`, had no examples, mixed `{flow}` and `{RUN}`."""
-    from typer.testing import CliRunner
-
-    from shipflow.infra.cli.main import app
-
     runner = CliRunner()
     commands = [
         ["run"], ["runs"], ["status"], ["cancel"], ["terminate"], ["approve"], ["reject"],
