@@ -202,4 +202,5 @@ def restore_command(
         f"restored {url} ({result.size:,} bytes, verified) into {db.display} "
         f"in {result.duration_s:.1f}s",
         highlight=False,
+        soft_wrap=True,  # the URL stays whole, as `backup list` shows it
     )
