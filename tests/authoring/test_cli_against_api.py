@@ -105,7 +105,8 @@ def test_run_ids_are_whole_at_80_and_200_columns(served: Served, tmp_path: Path)
     """Repro: `shipflow runs` cut run ids at 80 columns, so they could not be copied."""
     short, long = unique("narrow"), unique("a-rather-long-flow-name-for-narrow-terminals")
     for name in (short, long):
-        assert served.cli("flow", "apply", str(write(tmp_path, f"{name}.yaml", FLOW.format(name=name)))).returncode == 0
+        path = write(tmp_path, f"{name}.yaml", FLOW.format(name=name))
+        assert served.run("flow", "apply", str(path)).exit_code == 0
     ids = start_runs(served, short, 2) + start_runs(served, long, 1)
     for columns in (80, 200):
         result = served.cli("runs", columns=columns)
@@ -149,7 +150,8 @@ def test_unreachable_api_names_the_url_tried() -> None:
 def test_follow_exits_130_on_ctrl_c_and_the_run_goes_on(served: Served, tmp_path: Path) -> None:
     """No worker polls this test's task queue: the run stays pending while it is followed."""
     name = unique("follow")
-    assert served.cli("flow", "apply", str(write(tmp_path, "f.yaml", FLOW.format(name=name)))).returncode == 0
+    path = write(tmp_path, "f.yaml", FLOW.format(name=name))
+    assert served.run("flow", "apply", str(path)).exit_code == 0
     process = subprocess.Popen(
         [sys.executable, "-m", "shipflow.infra.cli.main", "run", name, "--follow"],
         env=cli_env(served.url, 120),
