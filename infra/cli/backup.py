@@ -125,15 +125,16 @@ def _list_directly(flow: str, bucket: str, endpoint: str | None) -> list[dict[st
     try:
         store, prefix = open_store(resolve_env(bucket), factory, endpoint)
         rows = list_backups(store, prefix, flow)
-    except ApplicationError as e:
-        raise fail(str(e), EXIT_FAILED) from None
-    except NoCredentialsError:
-        raise fail(
-            f"cannot read {bucket}: no AWS credentials on this machine",
-            EXIT_FAILED,
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or leave out "
-            "--bucket to let the API list the backups",
-        ) from None
+    except (ApplicationError, NoCredentialsError) as e:
+        message = e.message if isinstance(e, ApplicationError) else str(e)
+        if isinstance(e, NoCredentialsError) or "Unable to locate credentials" in message:
+            raise fail(
+                f"cannot read {bucket}: there are no AWS credentials on this machine",
+                EXIT_FAILED,
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or leave out "
+                "--bucket to let the API list the backups",
+            ) from None
+        raise fail(message, EXIT_FAILED) from None
     rows.sort(key=lambda m: m.created_at, reverse=True)
     return [m.model_dump(mode="json") for m in rows]
 

@@ -7,7 +7,10 @@ read its own, empty, database) and with `--bucket` failed on missing AWS credent
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -72,3 +75,27 @@ def test_list_through_the_api_then_restore_by_the_listed_url(
     unknown = served.run("backup", "list", "--flow", "nope")
     assert unknown.exit_code == 2
     assert "error: no flow named 'nope'" in unknown.stderr
+
+
+def test_bucket_without_aws_credentials_says_what_to_set() -> None:
+    """Repro: `--bucket` failed with botocore's "Unable to locate credentials" and nothing more."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SHIPFLOW_"))}
+    env.update(
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    argv = ["backup", "list", "--flow", "x", "--bucket", "s3://b/p/", "--endpoint", "http://127.0.0.1:1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "shipflow.infra.cli.main", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: cannot read s3://b/p/: there are no AWS credentials on this machine",
+        "hint: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or leave out "
+        "--bucket to let the API list the backups",
+    ]
