@@ -35,6 +35,7 @@ from shipflow.api.auth import Authenticator, load_tokens
 from shipflow.api.hostile import RefuseUnstorableText, storage_error
 from shipflow.api.pending_runs import reconcile_forever
 from shipflow.api.routes import (
+    backups,
     canary,
     codec,
     dashboard,
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     if tracer is not None:
         _trace_requests(app, tracer)
     app.include_router(flows.router)
+    app.include_router(backups.router)
     app.include_router(schedules.router)
     app.include_router(runs.router)
     app.include_router(canary.router)

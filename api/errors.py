@@ -31,6 +31,9 @@ class Problem(BaseModel):
 
     loc: str
     msg: str
+    line: int | None = Field(None, description="flow files: the line the problem is on (1-based)")
+    column: int | None = Field(None, description="flow files: its column (1-based)")
+    suggestion: str | None = Field(None, description="the known name closest to what was written")
 
 
 class ErrorBody(BaseModel):

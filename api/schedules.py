@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from croniter import croniter
 from temporalio.client import (
     Client,
     Schedule,
@@ -40,9 +38,17 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import RunLook, plan_for
+from shipflow.workflows.crons import (
+    cron_triggers,
+    trigger_problems,
+    validate_cron,
+    validate_timezone,
+)
 from shipflow.workflows.plan import Plan
 from shipflow.workflows.release import ReleaseInput, ReleaseWorkflow
 from shipflow.workflows.spec import CronTrigger, FlowError, FlowSpec
+
+__all__ = ["cron_triggers", "validate_cron", "validate_timezone"]
 
 PREFIX = "shipflow-"
 #: Key of the schedule's own memo that names its flow.
@@ -58,46 +64,9 @@ CATCHUP_WINDOW = timedelta(minutes=10)
 OVERLAP = ScheduleOverlapPolicy.ALLOW_ALL
 #: Bump when the way a schedule is built changes, so the next sync rewrites them all.
 BUILD = 1
-_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 
 
 # ------------------------------------------------------------------ validation
-
-
-def validate_cron(expr: str, tz: str = "UTC") -> None:
-    """Check a cron expression (5 fields, or a macro like `@daily`) and an IANA zone.
-
-    Raises:
-        ValueError: with a message naming what is wrong; the message starts with
-            `timezone` when it is the zone that is wrong.
-    """
-    text = expr.strip()
-    if text.lower() not in _MACROS:
-        fields = text.split()
-        if len(fields) != 5:
-            raise ValueError(
-                f"cron {expr!r} must have 5 fields (minute hour day-of-month month "
-                f"day-of-week) or be one of {', '.join(sorted(_MACROS))}; it has {len(fields)}"
-            )
-        try:
-            croniter(text)
-        except (ValueError, KeyError) as e:  # croniter's errors are ValueErrors
-            raise ValueError(f"invalid cron {expr!r}: {e}") from None
-    validate_timezone(tz)
-
-
-def validate_timezone(tz: str) -> None:
-    """Raises ValueError unless `tz` is an IANA time zone name (`Europe/Berlin`, `UTC`)."""
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(
-            f"timezone {tz!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)"
-        ) from None
-
-
-def cron_triggers(spec: FlowSpec) -> list[tuple[int, CronTrigger]]:
-    return [(i, t) for i, t in enumerate(spec.triggers) if isinstance(t, CronTrigger)]
 
 
 def schedule_id(flow: str, index: int, trigger: CronTrigger) -> str:
@@ -110,36 +79,8 @@ def schedule_ids(spec: FlowSpec) -> list[str]:
 
 
 def validate_triggers(spec: FlowSpec) -> list[tuple[str, str]]:
-    """Every problem of the flow's cron triggers, as (path, message) like FlowError.
-
-    Checks the expression, the zone, that two triggers do not map to one schedule id,
-    and that the trigger's args give every required argument (a cron run has nobody
-    to ask for a missing one).
-    """
-    problems: list[tuple[str, str]] = []
-    seen: dict[str, int] = {}
-    for index, trigger in cron_triggers(spec):
-        where = f"triggers[{index}]"
-        try:
-            validate_timezone(trigger.timezone)
-        except ValueError as e:
-            problems.append((f"{where}.timezone", str(e)))
-        try:
-            validate_cron(trigger.cron)
-        except ValueError as e:
-            problems.append((f"{where}.cron", str(e)))
-        sid = schedule_id(spec.name, index, trigger)
-        if sid in seen:
-            problems.append(
-                (f"{where}.id", f"schedule id {sid!r} is already used by triggers[{seen[sid]}]")
-            )
-        seen.setdefault(sid, index)
-        missing = [n for n, a in spec.args.items() if a.default is None and n not in trigger.args]
-        for name in missing:
-            problems.append(
-                (f"{where}.args.{name}", "required argument: a cron trigger must give it")
-            )
-    return problems
+    """Every problem of the flow's cron triggers (see `shipflow.workflows.crons`)."""
+    return trigger_problems(spec)
 
 
 # ------------------------------------------------------------------ building

@@ -30,6 +30,13 @@ class FlowPublic(FlowBase):
     )
 
 
+class FlowApplied(FlowPublic):
+    """The answer to `POST /flows`: the flow, and whether this apply created or changed it."""
+
+    created: bool = Field(description="the flow did not exist before")
+    changed: bool = Field(description="a new version was stored (false: same text as applied)")
+
+
 class FlowDetail(FlowPublic):
     """A flow with its current source (as applied) and its normalised spec."""
 

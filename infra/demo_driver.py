@@ -27,7 +27,8 @@ from rich.table import Table
 from rich.text import Text
 
 from shipflow.infra.cli.client import ApiClient, ApiClientError
-from shipflow.infra.cli.main import endpoints_table, follow_run
+from shipflow.infra.cli.processes import endpoints_table
+from shipflow.infra.cli.runs import follow_run
 from shipflow.infra.stack import EmbeddedStack, free_ports
 from shipflow.workflows.status import RunState, RunStatus, StepState
 

@@ -1,13 +1,13 @@
 """`/flows`: apply, list and read release flows; start a run of one.
 
-Applying a flow checks it the way a run will (shape, then the compiler's cross-step
-rules with the declared defaults), so a broken reference is reported when the flow is
-applied, with its path, rather than at 3 a.m. when the cron trigger fires.
+Applying a flow checks it the way a run will (shape, the compiler's cross-step rules with
+the declared defaults, triggers, the target's services), all in one pass, so a broken
+reference is reported when the flow is applied, with its path, line and column, rather
+than at 3 a.m. when the cron trigger fires.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Body, HTTPException, Request, Response, status
@@ -19,7 +19,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from shipflow.activities.core.settings import Settings
-from shipflow.activities.core.starter import new_run_id, plan_for, start_release, ui_link
+from shipflow.activities.core.starter import (
+    compile_options,
+    new_run_id,
+    plan_for,
+    start_release,
+    ui_link,
+)
 from shipflow.activities.core.tables import Flow, FlowVersion, Run, utcnow
 from shipflow.api.concurrency import wait_for_admission
 from shipflow.api.deps import (
@@ -33,17 +39,17 @@ from shipflow.api.deps import (
 )
 from shipflow.api.errors import error_responses
 from shipflow.api.runs_index import insert_run, mark_start_failed
-from shipflow.api.schedules import cron_triggers, schedule_ids, sync_schedules, validate_triggers
-from shipflow.api.schemas import FlowDetail, FlowPublic, RunAccepted, RunCreate, flow_summary
-from shipflow.workflows.spec import (
-    FlowError,
-    FlowSpec,
-    GitTrigger,
-    literal_secret_problems,
-    load_flow_text,
-    parse_flow,
-    redact_literal_secrets,
+from shipflow.api.schedules import cron_triggers, schedule_ids, sync_schedules
+from shipflow.api.schemas import (
+    FlowApplied,
+    FlowDetail,
+    FlowPublic,
+    RunAccepted,
+    RunCreate,
+    flow_summary,
 )
+from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, redact_literal_secrets
+from shipflow.workflows.validation import validate_text
 
 router = APIRouter(
     prefix="/flows",
@@ -53,21 +59,22 @@ router = APIRouter(
 
 MAX_FLOW_BYTES = 1_000_000
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
-#: Stands in for a required argument when a flow is checked at apply time.
-PLACEHOLDER = "placeholder"
-_GIT_ONLY = "only known when the run is started by a git trigger"
 
 
 def _invalid(problems: list[dict[str, str]]) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
 
 
-def parse_body(content_type: str, raw: bytes) -> tuple[FlowSpec, str]:
-    """Decode a YAML or JSON flow document; return the spec and its source text.
+def checked_flow(content_type: str, raw: bytes, settings: Settings) -> tuple[FlowSpec, str]:
+    """Decode and validate a YAML or JSON flow document; return the spec and its text.
+
+    The one validation pass `shipflow flow validate` runs too (`shipflow.workflows.validation`):
+    shape, references, triggers, the target's services, literal secrets and limits, all
+    at once. Each problem in the 422 detail has `loc` and `msg`, and `line`, `column` and
+    a `suggestion` ("did you mean") where known.
 
     Raises:
-        HTTPException: 413 too large, 415 unknown media type, 422 invalid (with paths,
-            or line and column for a syntax error).
+        HTTPException: 413 too large, 415 unknown media type, 422 with every problem.
     """
     if len(raw) > MAX_FLOW_BYTES:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "a flow file is at most 1 MB")
@@ -82,67 +89,10 @@ def parse_body(content_type: str, raw: bytes) -> tuple[FlowSpec, str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _invalid([{"loc": "", "msg": "the flow file must be UTF-8 text"}]) from None
-    try:
-        if is_json:
-            try:
-                data = json.loads(text)
-            except RecursionError:
-                raise FlowError([("", "invalid JSON: nested too deeply")]) from None
-            except json.JSONDecodeError as e:
-                where = f"line {e.lineno}, column {e.colno}"
-                raise FlowError([(where, f"invalid JSON: {e.msg}")]) from None
-            return parse_flow(data), text
-        return load_flow_text(text), text
-    except FlowError as e:
-        raise _invalid(e.as_detail()) from None
-
-
-def check_references(spec: FlowSpec, settings: Settings) -> None:
-    """Run the compiler over the flow with its defaults, as a run would.
-
-    An argument without a default is legitimately left for each run to give, so it gets
-    a placeholder value: only "required argument not given" is waived, while every other
-    use of the argument (an undeclared `${args.X}`, a bad step reference) is still
-    checked. `${git.X}` is only known when a git trigger starts the run, so it is
-    accepted when the flow has a git trigger.
-
-    Raises:
-        FlowError: every remaining problem, with its path.
-    """
-    placeholders = {name: PLACEHOLDER for name, arg in spec.args.items() if arg.default is None}
-    problems: list[tuple[str, str]] = []
-    for index, trigger in enumerate(spec.triggers):
-        if isinstance(trigger, GitTrigger):
-            given, prefix = trigger.git.args, f"triggers[{index}].git.args"
-        else:
-            given, prefix = trigger.args, f"triggers[{index}].args"
-        for name in given:
-            if name not in spec.args:
-                known = ", ".join(sorted(spec.args)) or "none"
-                problems.append((f"{prefix}.{name}", f"undeclared argument (declared: {known})"))
-    problems += validate_triggers(spec)
-    problems += literal_secret_problems(spec)
-    try:
-        plan_for(spec, settings, placeholders, placeholders=placeholders)
-    except FlowError as e:
-        has_git = any(isinstance(t, GitTrigger) for t in spec.triggers)
-        problems += [(p, m) for p, m in e.problems if not (has_git and _GIT_ONLY in m)]
-    if problems:
-        raise FlowError(problems)
-
-
-def checked_flow(content_type: str, raw: bytes, settings: Settings) -> tuple[FlowSpec, str]:
-    """`parse_body`, then `check_references`: everything apply checks, in one blocking call.
-
-    Raises:
-        HTTPException: as `parse_body`; 422 with every problem of the flow.
-    """
-    spec, source = parse_body(content_type, raw)
-    try:
-        check_references(spec, settings)
-    except FlowError as e:
-        raise _invalid(e.as_detail()) from None
-    return spec, source
+    report = validate_text(text, is_json=is_json, options=compile_options(settings))
+    if report.spec is None:
+        raise _invalid([problem.as_detail() for problem in report.problems])
+    return report.spec, text
 
 
 class Applied(NamedTuple):
@@ -234,9 +184,9 @@ def to_public(row: Flow, *, detail: bool = False) -> FlowPublic:
 
 @router.post(
     "",
-    response_model=FlowPublic,
+    response_model=FlowApplied,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": FlowPublic, "description": "updated (or unchanged)"}},
+    responses={200: {"model": FlowApplied, "description": "updated (or unchanged)"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -251,7 +201,7 @@ async def apply(
     settings: SettingsDep,
     engine: EngineDep,
     client: TemporalDep,
-) -> FlowPublic:
+) -> FlowApplied:
     """Create or update a flow from YAML or JSON (201 when new, 200 otherwise).
 
     Its cron triggers are then synced to Temporal Schedules.
@@ -266,7 +216,9 @@ async def apply(
     await sync_flow_schedules(client, settings, spec, applied.row.version, applied.previous_source)
     if not applied.created:
         response.status_code = status.HTTP_200_OK
-    return to_public(applied.row)
+    changed = applied.created or applied.previous_source is not None
+    public = to_public(applied.row).model_dump()
+    return FlowApplied(**public, created=applied.created, changed=changed)
 
 
 @router.get("", response_model=list[FlowPublic])

@@ -133,7 +133,10 @@ async def _live_status(client: Client, run_id: str) -> RunStatus:
     if found is None:
         raise _not_found(run_id)
     if found.state.is_final:
-        raise _conflict(f"run {run_id!r} is already {found.state.value}")
+        raise _conflict(
+            f"run {run_id!r} has already ended ({found.state.value}): only a run that is "
+            "still going can be cancelled, approved or rejected"
+        )
     return found
 
 

@@ -1,7 +1,9 @@
 """`shipflow backup list|restore`: the backups a flow's `backup` steps wrote, and restoring one by hand.
 
-These commands talk to S3 and the database directly (not through Temporal): they are
-what an operator reaches for when the orchestrator itself is the thing being repaired.
+`list` asks the API by default (it reads where the flow's backup steps write, with the
+worker's settings), or reads a bucket directly with `--bucket`. `restore` talks to the
+store and the database directly (not through Temporal): it is what an operator reaches
+for when the orchestrator itself is the thing being repaired.
 The restore is the same verified restore the `undo: {restore}` compensation runs.
 """
 
@@ -11,8 +13,10 @@ import json
 from typing import Any
 
 import typer
-from rich.console import Console
+from botocore.exceptions import NoCredentialsError
+from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.backup import list_backups, open_store, restore_backup
@@ -20,100 +24,129 @@ from shipflow.activities.core.settings import get_settings
 from shipflow.activities.dbdump import DumpError, parse_database
 from shipflow.activities.envrefs import resolve_env
 from shipflow.activities.s3 import S3Factory
+from shipflow.infra.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, api_errors, cli_state, fail
+from shipflow.infra.cli.render import fitting_columns, table_console
+from shipflow.infra.cli.runs import examples
 
 app = typer.Typer(
     help="Database backups in S3 or under file://: list them, restore one.", no_args_is_help=True
 )
 
 _out = Console()
-_err = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
+BACKUP_COLUMNS = ("created (UTC)", "url", "size", "database", "run", "step")
+_DROP_ORDER = ("database", "run", "step", "size")
 
 
-def _flow_backup_targets(flow: str) -> list[str]:
-    """The `to:` of every backup step of the applied flow `flow` (from the API database)."""
-    from sqlmodel import Session
-
-    from shipflow.activities.core.db import make_engine
-    from shipflow.activities.core.tables import Flow
-
-    engine = make_engine(get_settings().sqlalchemy_url())
-    with Session(engine) as session:
-        row = session.get(Flow, flow)
-        spec = dict(row.spec) if row is not None else None
-    engine.dispose()
-    if spec is None:
-        return []
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            backup = node.get("backup")
-            if isinstance(backup, dict) and isinstance(backup.get("to"), str):
-                found.append(backup["to"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(spec.get("steps", []))
-    return list(dict.fromkeys(found))
+def _rows(manifests: list[dict[str, Any]]) -> list[dict[str, str]]:
+    rows = []
+    for m in manifests:
+        created = str(m.get("created_at", ""))[:19].replace("T", " ")
+        rows.append(
+            {
+                "created (UTC)": created,
+                "url": str(m.get("url", "")),
+                "size": f"{int(m.get('size') or 0):,}",
+                "database": str(m.get("database", "")),
+                "run": str(m.get("run_id", "")),
+                "step": str(m.get("step_id", "")),
+            }
+        )
+    return rows
 
 
-@app.command("list")
+def backups_table(manifests: list[dict[str, Any]], width: int | None) -> RenderableType:
+    """The backups; a URL (what `backup restore` takes) is never cut: columns go instead."""
+    rows = _rows(manifests)
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in BACKUP_COLUMNS}
+    kept = fitting_columns({c: widths[c] for c in BACKUP_COLUMNS}, width, _DROP_ORDER)
+    if width is not None and sum(widths[c] for c in kept) + 3 * len(kept) + 1 > width:
+        return Text("\n".join(f"{r['created (UTC)']}  {r['url']}" for r in rows))
+    table = Table(header_style="bold")
+    for column in kept:
+        table.add_column(column, no_wrap=True, min_width=widths[column])
+    for row in rows:
+        table.add_row(*(row[c] for c in kept))
+    return table
+
+
+@app.command(
+    "list",
+    epilog=examples(
+        "shipflow backup list --flow demo",
+        "shipflow backup list --flow demo --json",
+        "shipflow backup list --flow web --bucket s3://backups/web/ --endpoint http://minio:9000",
+    ),
+)
 def list_command(
-    flow: str = typer.Option(..., "--flow", help="flow name"),
+    ctx: typer.Context,
+    flow: str = typer.Option(..., "--flow", metavar="FLOW", help="flow name"),
     bucket: str | None = typer.Option(
         None,
         "--bucket",
-        help="s3://bucket/prefix/ or file:///dir/ the flow backs up to "
-        "(default: read from the applied flow)",
+        metavar="URL",
+        help="read s3://bucket/prefix/ or file:///dir/ directly, with this machine's AWS "
+        "settings (default: ask the API, which reads where the flow's backup steps write)",
     ),
     endpoint: str | None = typer.Option(
-        None, "--endpoint", help="S3 endpoint URL (default: SHIPFLOW_S3_ENDPOINT, else AWS)"
+        None,
+        "--endpoint",
+        metavar="URL",
+        help="with --bucket: S3 endpoint URL (default: SHIPFLOW_S3_ENDPOINT, else AWS)",
     ),
+    wide: bool = typer.Option(False, "--wide", help="every column, whatever the terminal width"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Show the complete backups of FLOW, newest first."""
-    targets = [bucket] if bucket else _flow_backup_targets(flow)
-    if not targets:
-        raise _fail(
-            f"flow {flow!r} has no backup step in the API database: give --bucket s3://… or file:///…"
-        )
-    factory = S3Factory(get_settings())
-    rows = []
-    try:
-        for target in targets:
-            store, prefix = open_store(resolve_env(target), factory, endpoint)
-            rows += list_backups(store, prefix, flow)
-    except ApplicationError as e:
-        raise _fail(str(e)) from None
-    rows.sort(key=lambda m: m.created_at, reverse=True)
+    """Show the complete backups of FLOW, newest first.
+
+    By default the API lists them (it has the worker's settings: S3 endpoint, credentials,
+    data directory), so this needs nothing but the API address.
+    """
+    if bucket:
+        manifests = _list_directly(flow, bucket, endpoint)
+    else:
+        state = cli_state(ctx)
+        with api_errors(state), state.client() as client:
+            manifests = client.list_backups(flow)
     if as_json:
-        typer.echo(json.dumps([m.model_dump(mode="json") for m in rows], indent=2))
+        typer.echo(json.dumps(manifests, indent=2))
         return
-    if not rows:
-        _out.print(f"no backups of flow {flow}")
+    if not manifests:
+        _out.print(f"no backups of flow {flow} yet", highlight=False)
         return
-    table = Table("created (UTC)", "url", "size", "database", "run", "step")
-    for m in rows:
-        table.add_row(
-            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            m.url,
-            f"{m.size:,}",
-            m.database,
-            m.run_id,
-            m.step_id,
-        )
-    _out.print(table)
+    console = table_console(_out, wide)
+    # A URL wider than the terminal is printed whole (soft wrap): it is copied, not read.
+    console.print(backups_table(manifests, None if wide else console.width), soft_wrap=True)
 
 
-@app.command("restore")
+def _list_directly(flow: str, bucket: str, endpoint: str | None) -> list[dict[str, Any]]:
+    factory = S3Factory(get_settings())
+    try:
+        store, prefix = open_store(resolve_env(bucket), factory, endpoint)
+        rows = list_backups(store, prefix, flow)
+    except (ApplicationError, NoCredentialsError) as e:
+        message = e.message if isinstance(e, ApplicationError) else str(e)
+        if isinstance(e, NoCredentialsError) or "Unable to locate credentials" in message:
+            raise fail(
+                f"cannot read {bucket}: there are no AWS credentials on this machine",
+                EXIT_FAILED,
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or leave out "
+                "--bucket to let the API list the backups",
+            ) from None
+        raise fail(message, EXIT_FAILED) from None
+    rows.sort(key=lambda m: m.created_at, reverse=True)
+    return [m.model_dump(mode="json") for m in rows]
+
+
+@app.command(
+    "restore",
+    epilog=examples(
+        "shipflow backup restore file:///srv/.shipflow/backups/demo/KEY.dump "
+        "--to sqlite:///srv/.shipflow/demo.db",
+        "shipflow backup restore s3://backups/web/KEY.dump --to '${env.DATABASE_URL}' --yes",
+    ),
+)
 def restore_command(
     key: str = typer.Argument(
         ..., help="s3://bucket/key or file:///path/to/dump, or a key inside --bucket"
@@ -136,13 +169,21 @@ def restore_command(
         # A key is the whole path inside the bucket (what `backup list` shows).
         url = f"s3://{bucket[len('s3://') :].split('/', 1)[0]}/{key.lstrip('/')}"
     elif bucket:
-        raise _fail("--bucket takes s3://bucket; give a file:// backup as file:///path/to/dump", 2)
+        raise fail(
+            "--bucket takes s3://bucket",
+            EXIT_BAD_INPUT,
+            "give a file:// backup as file:///path/to/dump, as `shipflow backup list` shows it",
+        )
     else:
-        raise _fail("KEY is not an s3:// or file:// URL: give --bucket s3://bucket", 2)
+        raise fail(
+            f"{key!r} is not an s3:// or file:// URL",
+            EXIT_BAD_INPUT,
+            "give the URL `shipflow backup list --flow FLOW` shows, or --bucket s3://bucket",
+        )
     try:
         db = parse_database(resolve_env(to))
     except (DumpError, ApplicationError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e), EXIT_FAILED) from None
     if not yes:
         typer.confirm(f"Replace the data of {db.display} with {url}?", abort=True)
     try:
@@ -157,9 +198,10 @@ def restore_command(
             owners="drop" if drop_owners else "keep",
         )
     except (DumpError, ApplicationError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e), EXIT_FAILED) from None
     _out.print(
         f"restored {url} ({result.size:,} bytes, verified) into {db.display} "
         f"in {result.duration_s:.1f}s",
         highlight=False,
+        soft_wrap=True,  # the URL stays whole, as `backup list` shows it
     )

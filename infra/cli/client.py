@@ -31,9 +31,17 @@ class ApiUnreachable(ApiClientError):
 class ApiError(ApiClientError):
     """The API answered with an HTTP error. `problems` are `(path, message)` pairs."""
 
-    def __init__(self, status_code: int, problems: list[tuple[str, str]]):
+    def __init__(
+        self,
+        status_code: int,
+        problems: list[tuple[str, str]],
+        items: list[dict[str, Any]] | None = None,
+    ):
         self.status_code = status_code
         self.problems = problems
+        #: The `detail` items as sent, when they were objects (flow problems carry
+        #: `line`, `column` and `suggestion` there).
+        self.items = items or []
         super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
 
     @property
@@ -112,7 +120,7 @@ class ApiClient:
         except httpx.TransportError as e:
             raise ApiUnreachable(self.base_url, _reason(e)) from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _error_problems(response))
+            raise ApiError(response.status_code, _error_problems(response), _items_of(response))
         return response
 
     def _decode(self, response: httpx.Response) -> Any:
@@ -139,6 +147,10 @@ class ApiClient:
 
     def get_flow(self, name: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/flows/{name}") or {})
+
+    def list_backups(self, flow: str) -> list[dict[str, Any]]:
+        """GET /flows/{flow}/backups: the complete backups of the flow, newest first."""
+        return _items(self.request("GET", f"/flows/{flow}/backups"), "backups")
 
     # ------------------------------------------------------------ runs
 
@@ -168,6 +180,10 @@ class ApiClient:
         response = self._send("GET", "/runs", params=query)
         return _items(self._decode(response), "runs"), response.headers.get("x-next-cursor")
 
+    def promote(self, run_id: str, step: str | None = None) -> Any:
+        """POST /runs/{id}/promote: a canary waiting in a pause goes on to its next step."""
+        return self.request("POST", f"/runs/{run_id}/promote", json={"step": step})
+
     def run_json(self, run_id: str) -> dict[str, Any]:
         """GET /runs/{id} as sent: RunStatus fields plus `ui_url` and `trigger`."""
         return dict(self.request("GET", f"/runs/{run_id}") or {})
@@ -184,9 +200,6 @@ class ApiClient:
         return self.request(
             "POST", f"/runs/{run_id}/approve", json={"step": step, "comment": comment}
         )
-
-    def promote(self, run_id: str, step: str | None = None) -> Any:
-        return self.request("POST", f"/runs/{run_id}/promote", json={"step": step})
 
     def reject(self, run_id: str, step: str | None = None, comment: str | None = None) -> Any:
         return self.request(
@@ -234,6 +247,14 @@ def _error_problems(response: httpx.Response) -> list[tuple[str, str]]:
     else:
         problems = detail_problems(body)
     return problems or [("", f"HTTP {response.status_code}")]
+
+
+def _items_of(response: httpx.Response) -> list[dict[str, Any]]:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return []
+    return [dict(item) for item in detail if isinstance(item, dict)] if isinstance(detail, list) else []
 
 
 def _items(body: Any, key: str) -> list[dict[str, Any]]:

@@ -163,47 +163,101 @@ def print_link(console: Console, ui_url: str | None) -> None:
 
 
 RUN_COLUMNS = ("run_id", "flow", "stage", "state", "started", "ended", "error")
+#: Which columns go first when the terminal is narrow (the run id and state never go).
+_DROP_ORDER = ("error", "ended", "stage", "started", "flow")
+#: The widest console `--wide` (or output to a pipe with no COLUMNS) uses.
+WIDE = 100_000
 
 
-def runs_table(runs: list[dict[str, Any]], width: int = 120) -> Table:
+def table_console(console: Console, wide: bool) -> Console:
+    """The console to print a table on: `console` itself, or one without a width limit."""
+    if not wide:
+        return console
+    return Console(
+        file=console.file,
+        width=WIDE,
+        color_system=console.color_system,  # type: ignore[arg-type]
+        force_terminal=console.is_terminal,
+        highlight=False,
+    )
+
+
+def fitting_columns(widths: dict[str, int], width: int | None, drop: tuple[str, ...]) -> list[str]:
+    """The columns that fit in `width` whole, dropping those in `drop` order first.
+
+    A table has 3 characters of border and padding per column, plus 1. The last column
+    kept may be `error`, which is cut with an ellipsis rather than dropped while it can
+    show 10 characters.
+    """
+    kept = list(widths)
+    if width is None:
+        return kept
+
+    def needed(columns: list[str]) -> int:
+        return sum(10 if c == "error" else widths[c] for c in columns) + 3 * len(columns) + 1
+
+    for column in drop:
+        if needed(kept) <= width:
+            break
+        kept.remove(column)
+    return kept
+
+
+def runs_table(runs: list[dict[str, Any]], width: int | None = 120) -> RenderableType:
     """The runs listing. Columns are read leniently: the index row or a full status.
 
-    Every column but `error` keeps its full width (a run id is what the user copies into
-    the next command); the error gets what is left, cut with an ellipsis.
+    A run id is what the user copies into the next command: it is never cut. On a narrow
+    terminal whole columns are left out (error, ended, stage, started, flow in that order)
+    and the error is cut with an ellipsis; `width=None` shows every column in full.
     """
-    rows: list[list[str]] = []
+    rows: list[dict[str, str]] = []
     for run in runs:
         rows.append(
-            [
-                str(run.get("run_id", "")),
-                str(run.get("flow", "")),
-                str(run.get("stage", "")),
-                str(run.get("state") or run.get("status") or ""),
-                _short_time(run.get("started_at") or run.get("created_at")),
-                _short_time(run.get("ended_at")),
-                " ".join(str(run.get("error") or "").split()),
-            ]
+            {
+                "run_id": str(run.get("run_id", "")),
+                "flow": str(run.get("flow", "")),
+                "stage": str(run.get("stage", "")),
+                "state": str(run.get("state") or run.get("status") or ""),
+                "started": _short_time(run.get("started_at") or run.get("created_at")),
+                "ended": _short_time(run.get("ended_at")),
+                "error": " ".join(str(run.get("error") or "").split()),
+            }
         )
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(RUN_COLUMNS)]
-    # Borders and padding take 3 characters per column, plus 1.
-    room = width - sum(widths[:-1]) - 3 * len(RUN_COLUMNS) - 1
-    with_error = room >= 10  # on a narrow terminal the error column is left out
+    widths = {c: max([len(c)] + [len(row[c]) for row in rows]) for c in RUN_COLUMNS}
+    kept = fitting_columns(widths, width, _DROP_ORDER)
+    fixed = sum(widths[c] for c in kept if c != "error") + 3 * len(kept) + 1
+    if width is not None and fixed > width:
+        # Not even the id and state fit in a table: one run a line, nothing cut.
+        lines = Text()
+        for index, row in enumerate(rows):
+            lines.append(("\n" if index else "") + row["run_id"], style="bold")
+            lines.append(f"  {row['state']}", style=_state_style(row["state"]))
+        return lines
     table = Table(show_lines=False, header_style="bold")
-    for index, column in enumerate(RUN_COLUMNS):
-        if column != "error":
-            table.add_column(column, no_wrap=True, width=widths[index])
-        elif with_error:
-            table.add_column(column, overflow="ellipsis", no_wrap=True, width=room)
+    for column in kept:
+        if column == "error":
+            room = widths[column] if width is None else max(width - fixed, 10)
+            table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=room)
+        else:
+            table.add_column(column, no_wrap=True, min_width=widths[column])
     for row in rows:
-        try:
-            style = RUN_STYLE.get(RunState(row[3]), "")
-        except ValueError:
-            style = ""
-        cells: list[str | Text] = [*row[:3], Text(row[3], style=style), *row[4:6]]
-        if with_error:
-            cells.append(Text(row[6], style="red"))
+        cells: list[str | Text] = []
+        for column in kept:
+            if column == "state":
+                cells.append(Text(row[column], style=_state_style(row[column])))
+            elif column == "error":
+                cells.append(Text(row[column], style="red"))
+            else:
+                cells.append(row[column])
         table.add_row(*cells)
     return table
+
+
+def _state_style(state: str) -> str:
+    try:
+        return RUN_STYLE.get(RunState(state), "")
+    except ValueError:
+        return ""
 
 
 def _short_time(value: Any) -> str:

@@ -159,9 +159,26 @@ steps:
         response = await http.post("/flows", content=text, headers={"Content-Type": "text/yaml"})
     assert response.status_code == 422
     detail = response.json()["detail"]
-    assert {"loc": "steps[1].parallel[0].migrate.command", "msg": "field required"} in detail
-    assert {"loc": "steps[1].parallel[1].deploy.image", "msg": "field required"} in detail
-    assert {"loc": "steps[1].parallel[1].deploy.imag", "msg": "unknown field"} in detail
+    # Each problem also says where it is written (the body was YAML): line and column.
+    assert {
+        "loc": "steps[1].parallel[0].migrate.command",
+        "msg": "field required",
+        "line": 8,
+        "column": 9,
+    } in detail
+    assert {
+        "loc": "steps[1].parallel[1].deploy.image",
+        "msg": "field required",
+        "line": 9,
+        "column": 9,
+    } in detail
+    assert {
+        "loc": "steps[1].parallel[1].deploy.imag",
+        "msg": "unknown field",
+        "line": 9,
+        "column": 39,
+        "suggestion": "image",
+    } in detail
     assert any(
         p["loc"] == "steps[2].wait.duration" and "invalid duration" in p["msg"] for p in detail
     )
@@ -382,6 +399,8 @@ async def test_deep_nesting_and_too_many_steps_are_422_naming_the_limit(
                 "loc": "steps",
                 "msg": "10000 steps: a flow has at most 1500 steps, parallel and sequence "
                 "included (limit: number of steps)",
+                "line": 4,
+                "column": 1,
             }
         ]
         assert took < 10, f"refusing 10,000 steps took {took:.1f}s"

@@ -269,10 +269,16 @@ async def test_approve_unblocks_and_bad_decisions_are_409(
 
         finished = await http.post(f"/runs/{run_id}/cancel")
         assert finished.status_code == 409
-        assert finished.json() == {"detail": f"run {run_id!r} is already succeeded"}
+        assert finished.json() == {
+            "detail": f"run {run_id!r} has already ended (succeeded): only a run that is "
+            "still going can be cancelled, approved or rejected"
+        }
         late = await http.post(f"/runs/{run_id}/approve", json={"step": "second"})
         assert late.status_code == 409
-        assert late.json() == {"detail": f"run {run_id!r} is already succeeded"}
+        assert late.json() == {
+            "detail": f"run {run_id!r} has already ended (succeeded): only a run that is "
+            "still going can be cancelled, approved or rejected"
+        }
         assert (await http.post("/runs/no-such-run/approve", json={"step": "x"})).status_code == 404
         assert (await http.post("/runs/no-such-run/reject", json={})).status_code == 404
 
@@ -339,7 +345,10 @@ async def test_cancel_running_run_then_409(temporal_client: Client, settings: Se
         }
         again = await http.post(f"/runs/{run_id}/cancel")
         assert again.status_code == 409
-        assert again.json() == {"detail": f"run {run_id!r} is already cancelled"}
+        assert again.json() == {
+            "detail": f"run {run_id!r} has already ended (cancelled): only a run that is "
+            "still going can be cancelled, approved or rejected"
+        }
         assert (await http.post("/runs/no-such-run/cancel")).status_code == 404
         unknown = await http.get("/runs/no-such-run")
         assert unknown.status_code == 404

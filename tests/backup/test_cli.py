@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from shipflow.activities.backup import BackupActivities
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.s3 import S3Client
 from shipflow.infra.cli.backup import app
+from shipflow.infra.cli.client import ApiClient
+from shipflow.infra.cli.main import app as main_app
 from shipflow.workflows.io.backup import BackupInput
+from tests.authoring.conftest import serve
 from tests.backup.conftest import pg_rows, pg_schema, psql, run_activity
 from tests.backup.test_postgres import context
 
@@ -58,42 +60,25 @@ def test_list_and_restore_by_key(
     assert "refusing to restore" in refused.output
 
 
-def test_list_finds_the_bucket_from_the_applied_flow(
-    backups: BackupActivities,
-    s3_endpoint: str,
-    bucket: str,
-    pg_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_list_asks_the_api_where_the_flow_backs_up_to(
+    backups: BackupActivities, settings: Settings, s3_endpoint: str, bucket: str, pg_url: str
 ) -> None:
-    from sqlmodel import Session
-
-    from shipflow.activities.core.db import make_engine
-    from shipflow.activities.core.settings import Settings, get_settings
-    from shipflow.activities.core.tables import Flow
-
+    """No --bucket, --endpoint or AWS_* on the CLI's side: the API reads the flow's S3 prefix."""
     to = f"s3://{bucket}/from-flow/"
-    monkeypatch.setenv("SHIPFLOW_DATA_DIR", str(tmp_path / "api"))
-    monkeypatch.delenv("SHIPFLOW_DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    try:
-        engine = make_engine(Settings().sqlalchemy_url())
-        spec = {"name": "listed", "stage": "prod",
-                "steps": [{"parallel": [{"backup": {"id": "db", "database": "x", "to": to}}]}]}
-        with Session(engine) as session:
-            session.add(Flow(name="listed", stage="prod", source="", spec=spec))
-            session.commit()
-        engine.dispose()
-        psql(pg_url, "CREATE TABLE t (id int)")
-        out = run_activity(
-            backups.create, BackupInput(context=context(flow="listed"), database=pg_url, to=to)
-        ).result
-
-        listed = runner.invoke(app, ["list", "--flow", "listed", "--endpoint", s3_endpoint, "--json"])
+    flow = (
+        "apiVersion: shipflow/v1\nname: listed\nstage: prod\nsteps:\n"
+        f'  - parallel:\n      - backup: {{id: db, database: "${{env.NOPE_DB}}", to: "{to}"}}\n'
+    )
+    psql(pg_url, "CREATE TABLE t (id int)")
+    out = run_activity(
+        backups.create, BackupInput(context=context(flow="listed"), database=pg_url, to=to)
+    ).result
+    with serve(settings.model_copy(update={"s3_endpoint": s3_endpoint})) as api:
+        with ApiClient(api.url) as client:
+            client.apply_flow(flow)
+        listed = runner.invoke(main_app, ["--api", api.url, "backup", "list", "--flow", "listed", "--json"])
         assert listed.exit_code == 0, listed.output
         assert [m["url"] for m in json.loads(listed.stdout)] == [out.url]
 
-        unknown = runner.invoke(app, ["list", "--flow", "nope", "--endpoint", s3_endpoint])
-        assert unknown.exit_code == 1 and "--bucket" in unknown.output
-    finally:
-        get_settings.cache_clear()
+        unknown = runner.invoke(main_app, ["--api", api.url, "backup", "list", "--flow", "nope"])
+        assert unknown.exit_code == 2 and "no flow named 'nope'" in unknown.output

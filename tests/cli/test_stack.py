@@ -66,7 +66,7 @@ def apply(stack: EmbeddedStack, tmp_path: Path, text: str) -> str:
     path.write_text(text.replace("NAME", name))
     result = cli(stack, "flow", "apply", str(path))
     assert result.exit_code == 0, result.output
-    assert f"applied {name} version 1" in result.output
+    assert f"created {name} version 1" in result.output
     return name
 
 

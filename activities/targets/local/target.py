@@ -12,6 +12,7 @@ runtime answers with the rollout already under way instead of starting another.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -98,7 +99,8 @@ class LocalTarget:
         progress.beat(_details(answer))
         if answer.state != "succeeded":
             raise RolloutFailed(
-                f"rollout of {request.service!r} to {request.image!r} {answer.state}: {answer.error}"
+                f"rollout of {request.service!r} to {request.image!r} {answer.state}: "
+                + rollout_reason(request.service, request.image, str(answer.error))
             )
         return RolloutResult(
             service=request.service,
@@ -158,7 +160,7 @@ class LocalTarget:
             answer = self.client.rollout(request.service, rollout_id)
         raise RolloutCancelled(
             f"rollout of {request.service!r} to {request.image!r} was cancelled: "
-            f"{answer.error or 'aborting'}"
+            + rollout_reason(request.service, request.image, str(answer.error or "aborting"))
         )
 
 
@@ -194,3 +196,25 @@ def _details(answer: RolloutView) -> dict[str, Any]:
             else {}
         ),
     }
+
+
+_INSTANCE_URL = re.compile(r"(?:http GET )?https?://(?:127\.0\.0\.1|localhost):\d+(?P<path>/[^\s:]*)?")
+_INSTANCE_TCP = re.compile(r"tcp (?:127\.0\.0\.1|localhost):\d+")
+_INSTANCE_PORT = re.compile(r"\bport \d+ does not accept")
+
+
+def rollout_reason(service: str, image: str, error: str) -> str:
+    """The runtime's reason for a failed rollout, as a user reads it after `rollout of S to I`.
+
+    The runtime names the service and image again and the instance's own port (one it
+    picked, behind the front port): both are noise to the user, and the port is an
+    internal detail. `GET http://127.0.0.1:41523/healthz` becomes `GET /healthz on a new
+    instance`.
+    """
+    text = error
+    for repeat in (f"{service!r} {image!r}: ", f"{service!r} {image!r} "):
+        if text.startswith(repeat):
+            text = text[len(repeat) :]
+    text = _INSTANCE_URL.sub(lambda m: f"GET {m.group('path') or '/'} on a new instance", text)
+    text = _INSTANCE_TCP.sub("tcp on a new instance", text)
+    return _INSTANCE_PORT.sub("a new instance does not accept", text)
