@@ -31,7 +31,17 @@ from shipflow.activities.core.settings import Settings, get_settings
 from shipflow.api.auth import Authenticator, load_tokens
 from shipflow.api.hostile import RefuseUnstorableText, storage_error
 from shipflow.api.pending_runs import reconcile_forever
-from shipflow.api.routes import codec, dashboard, flows, health, hooks, recovery, runs, schedules
+from shipflow.api.routes import (
+    codec,
+    dashboard,
+    flows,
+    health,
+    hooks,
+    logs,
+    recovery,
+    runs,
+    schedules,
+)
 
 log = logging.getLogger("shipflow.api")
 
@@ -152,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(runs.router)
     app.include_router(recovery.router)
+    app.include_router(logs.router)
     app.include_router(hooks.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
