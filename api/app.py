@@ -33,14 +33,16 @@ from shipflow.api.hostile import RefuseUnstorableText, storage_error
 from shipflow.api.pending_runs import reconcile_forever
 from shipflow.api.routes import (
     codec,
-    dashboard,
+    console,
     flows,
     health,
     hooks,
     logs,
+    plans,
     recovery,
     runs,
     schedules,
+    stages,
 )
 
 log = logging.getLogger("shipflow.api")
@@ -141,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DataError, storage_error)
     app.add_exception_handler(UnicodeEncodeError, storage_error)
     app.add_middleware(RefuseUnstorableText)
+    app.middleware("http")(console.pages)
 
     @app.middleware("http")
     async def count_requests(
@@ -163,9 +166,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(recovery.router)
     app.include_router(logs.router)
+    app.include_router(plans.router)
+    app.include_router(stages.router)
     app.include_router(hooks.router)
     app.include_router(health.router)
-    app.include_router(dashboard.router)
+    app.include_router(console.router)
+    app.mount("/console", console.static_files(), name="console")
     app.include_router(codec.router)
     return app
 

@@ -339,6 +339,24 @@ def status(
     print_link(out, ui_url)
 
 
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    step: str | None = typer.Argument(None, metavar="[STEP]", help="one step (default: all)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines"),
+) -> None:
+    """Print a run's step logs (command output, rollout progress, probes, backups)."""
+    from shipflow.infra.cli.logs import show_run, show_step
+
+    state = _state(ctx)
+    with _api_errors(state), state.client() as client:
+        if step is None:
+            show_run(client, run_id, follow=follow)
+        else:
+            show_step(client, run_id, step, follow=follow)
+
+
 @app.command("cancel")
 def cancel(ctx: typer.Context, run_id: str = typer.Argument(..., metavar="RUN")) -> None:
     """Cancel a run; what it already did is undone (compensation)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -127,11 +129,31 @@ async def test_logs_of_commands_and_checks(
         await asyncio.wait_for(sse_events(http, f"/runs/{run_id}/steps/migrate/logs/stream?after=1", replay), 30)
         assert next(d["seq"] for e, d, _ in replay if e == "line") == 2
 
+        # The CLI shows the same lines.
+        one = await cli(http, "logs", run_id, "migrate")
+        assert one.returncode == 0, one.stderr
+        assert "postgresql://app:***@db/app\n" in one.stdout and "hunter2" not in one.stdout
+        every = await cli(http, "logs", run_id, "--follow")
+        assert every.returncode == 0, every.stderr
+        assert "[boom] about to fail\n" in every.stdout and "[slow] second\n" in every.stdout
+        streamed = await cli(http, "logs", run_id, "slow", "--follow")
+        assert streamed.returncode == 0 and "first\nsecond\n" in streamed.stdout
+        unknown = await cli(http, "logs", run_id, "nope")
+        assert unknown.returncode == 2 and "no step 'nope'" in unknown.stderr
+
         missing = await http.get(f"/runs/{run_id}/steps/nope/logs")
         assert missing.status_code == 404 and "no step 'nope'" in missing.json()["detail"]
         assert (await http.get("/runs/no-such-run/steps/x/logs")).status_code == 404
         bad = await http.get(f"/runs/{run_id}/steps/migrate/logs", params={"after": -1})
         assert bad.status_code == 422
+
+
+async def cli(http: httpx.AsyncClient, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`shipflow --api <served> ...` as a user runs it."""
+    command = [sys.executable, "-m", "shipflow.infra.cli.main", "--api", str(http.base_url), *argv]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_log_bounds_and_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
