@@ -35,7 +35,7 @@ from typing import Any, TextIO
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 #: Benchmark modules of `bench`, in the order they run.
-MODULES = ("orchestration", "rollout_bench", "proxy_bench", "backup_bench")
+MODULES = ("orchestration", "rollout_bench", "proxy_bench", "backup_bench", "console_bench")
 
 
 @dataclass

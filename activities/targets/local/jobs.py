@@ -312,11 +312,15 @@ def _follow(job: Job, request: JobRequest, progress: Progress) -> JobResult:
     outcome = "ended"
     interrupted: BaseException | None = None
     # A Progress that keeps step logs gets the command's output as it is printed.
+    # The heartbeat carries how far the output was streamed, so an execution that
+    # re-attaches after a lost worker does not log the same lines twice.
     emit = getattr(progress, "output", None)
-    offset = 0
+    resume = progress.resume or {}
+    same_job = resume.get("job_key") == job.key and resume.get("job") == job.seq
+    offset = int(resume.get("log_offset") or 0) if emit is not None and same_job else 0
     try:
         while job.state() == "running":
-            progress.beat(job.details())
+            progress.beat({**job.details(), "log_offset": offset} if emit else job.details())
             if emit is not None:
                 offset = _stream_output(job, offset, emit, final=False)
             if progress.cancelled():
