@@ -124,10 +124,14 @@ def test_run_from_the_form_streams_logs_is_approved_on_the_page_and_succeeds(
     assert page.evaluate("location.pathname") == "/"  # nothing was sent
     shot(page, "start-form-validation")
     page.fill("#arg-version", "v7")
-    page.fill("#run-reason", "from the browser")
+    page.fill("#run-reason", "from the browser <img src=x onerror=window.pwned=1>")
     page.click(".start-form button[type=submit]")
     run_id = page.wait("location.pathname.startsWith('/runs/') && decodeURIComponent(location.pathname.slice(6))")
     assert stack.run(run_id)["args"]["version"] == "v7"
+
+    page.wait("document.querySelector('#run-head')")
+    assert "reason: from the browser <img src=x onerror=window.pwned=1>" in page.text("#run-head")
+    assert page.evaluate("window.pwned === undefined && !document.querySelector('#run-head img')")
 
     # The graph: sequence left to right, the parallel group's lanes, a nested sequence box.
     page.wait("document.querySelectorAll('.node').length === 6")
