@@ -792,7 +792,7 @@ class BackupActivities:
                 non_retryable=True,
             )
         activity.logger.info("backing up %s to %s", db.display, redact(to))
-        log.write(f"backing up {db.display} to {redact(to)}")
+        log.write(f"backing up {db.display} to {redact(to)} (attempt {activity.info().attempt})")
         try:
             out = create_backup(
                 store,

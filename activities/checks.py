@@ -39,6 +39,7 @@ class CheckActivities:
         last = "not probed"
         http = self._http or httpx.AsyncClient()
         log = StepLogWriter(self._logs, input.context.run_id, input.context.step_id)
+        await asyncio.to_thread(log.write, f"check (attempt {activity.info().attempt}): {_where(spec)}")
         try:
             while True:
                 ok, last = await self._probe_once(http, spec)

@@ -118,7 +118,8 @@ async def test_logs_of_commands_and_checks(
         assert next(line["seq"] for line in later["lines"]) == 3
 
         probes = (await http.get(f"/runs/{run_id}/steps/db-up/logs")).json()["lines"]
-        assert any(p["text"].startswith("probe 1: ") and "tcp 127.0.0.1:5432" in p["text"] for p in probes)
+        assert probes[0]["text"] == "check (attempt 1): tcp 127.0.0.1:5432"
+        assert any(p["text"].startswith("probe 1: pass tcp 127.0.0.1:5432") for p in probes)
 
         failed = (await http.get(f"/runs/{run_id}/steps/boom/logs")).json()["lines"]
         assert [line["text"] for line in failed][1] == "about to fail"
@@ -129,16 +130,17 @@ async def test_logs_of_commands_and_checks(
         await asyncio.wait_for(sse_events(http, f"/runs/{run_id}/steps/migrate/logs/stream?after=1", replay), 30)
         assert next(d["seq"] for e, d, _ in replay if e == "line") == 2
 
-        # The CLI shows the same lines.
-        one = await cli(http, "logs", run_id, "migrate")
-        assert one.returncode == 0, one.stderr
-        assert "postgresql://app:***@db/app\n" in one.stdout and "hunter2" not in one.stdout
-        every = await cli(http, "logs", run_id, "--follow")
+        # The CLI shows the same lines (three commands at once: each is a process to start).
+        every, streamed, unknown = await asyncio.gather(
+            cli(http, "logs", run_id, "--follow"),
+            cli(http, "logs", run_id, "slow", "--follow"),
+            cli(http, "logs", run_id, "nope"),
+        )
         assert every.returncode == 0, every.stderr
+        assert "[migrate] postgresql://app:***@db/app\n" in every.stdout
+        assert "hunter2" not in every.stdout
         assert "[boom] about to fail\n" in every.stdout and "[slow] second\n" in every.stdout
-        streamed = await cli(http, "logs", run_id, "slow", "--follow")
         assert streamed.returncode == 0 and "first\nsecond\n" in streamed.stdout
-        unknown = await cli(http, "logs", run_id, "nope")
         assert unknown.returncode == 2 and "no step 'nope'" in unknown.stderr
 
         missing = await http.get(f"/runs/{run_id}/steps/nope/logs")

@@ -129,7 +129,7 @@ def test_run_from_the_form_streams_logs_is_approved_on_the_page_and_succeeds(
     run_id = page.wait("location.pathname.startsWith('/runs/') && decodeURIComponent(location.pathname.slice(6))")
     assert stack.run(run_id)["args"]["version"] == "v7"
 
-    page.wait("document.querySelector('#run-head')")
+    page.wait("document.querySelector('#run-id')")
     assert "reason: from the browser <img src=x onerror=window.pwned=1>" in page.text("#run-head")
     assert page.evaluate("window.pwned === undefined && !document.querySelector('#run-head img')")
 
@@ -202,6 +202,18 @@ def test_failure_compensates_and_shows_undo_nodes(page: Page, stack: Stack, flow
     page.click("#undo-migrate")
     page.wait("document.querySelector('#log').innerText.includes('undoing the migration')")
     shot(page, "failure-compensated")
+
+    # An operator retries it from the page: a new run, shown at once.
+    login(page, stack, "operator", f"/runs/{run_id}")
+    page.click("[data-act=retry]")
+    retried = page.wait(
+        f"location.pathname.startsWith('/runs/') && decodeURIComponent(location.pathname.slice(6)) !== {json.dumps(run_id)}"
+        " && decodeURIComponent(location.pathname.slice(6))"
+    )
+    page.wait("document.querySelector('#run-id')")
+    assert page.text("#run-id") == retried
+    assert stack.run(retried)["trigger"] == "retry"
+    until(lambda: stack.run(retried)["state"] in ("failed", "rolled_back"), "the retried run ends")
 
 
 def test_rollback_from_the_stage_view_after_its_dry_run(page: Page, stack: Stack, flow: dict[str, Any]) -> None:
