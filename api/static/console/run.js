@@ -81,16 +81,24 @@ function pick(id) {
   const url = new URL(location.href);
   url.searchParams.set("step", id);
   history.replaceState(null, "", url);
-  $("#detail").innerHTML = `<div id="detail-info"></div>
+  $("#detail").innerHTML = `<div id="detail-top"></div>
     <div class="logs"><h3>Logs <span id="log-state" class="muted"></span></h3><p id="log-note" class="note" hidden></p>
-    <pre id="log" tabindex="0" aria-live="polite"></pre></div>`;
+    <pre id="log" tabindex="0" aria-live="polite"></pre></div><div id="detail-info"></div>`;
   renderDetail();
   openLog(id);
 }
 
+// Steps the workflow itself carries out (timers, approvals) print nothing.
+const SILENT = new Set(["approve", "wait"]);
+
 function openLog(id) {
   if (logControl) logControl.abort();
   const box = $("#log"), state = $("#log-state");
+  if (SILENT.has(step(id).kind)) {
+    state.textContent = "";
+    box.replaceWith(Object.assign(document.createElement("p"), {id: "log", className: "muted", textContent: `A ${step(id).kind} step prints no logs.`}));
+    return;
+  }
   state.textContent = "(streaming)";
   let lines = 0;
   logControl = stream(`/runs/${encodeURIComponent(run.run_id)}/steps/${encodeURIComponent(id)}/logs/stream`, (name, data) => {
@@ -118,12 +126,11 @@ function renderDetail() {
   const s = step(picked);
   if (!s) return;
   const info = plan && plan.steps[s.id];
-  const parts = [`<div class="title"><h2>${esc(s.id)}</h2> ${badge(s.state)}</div>
-    <p class="muted">${esc(s.kind)}${s.summary ? " · " + esc(s.summary) : ""}</p>
-    <p><a href="${esc(run.ui_url)}" target="_blank" rel="noopener">This step in the Temporal Web UI</a>
-      <span class="muted">(the run's history: every attempt of <code>${esc(s.id)}</code>, inputs and results, decoded)</span></p>`];
-  if (s.kind === "approve" && s.state === "waiting") parts.push(approvalBox(s, info));
-  if (s.error) parts.push(`<h3>Error</h3><p class="error step-error">${esc(s.error)}</p>`);
+  const top = [`<div class="title"><h2>${esc(s.id)}</h2> ${badge(s.state)}</div>
+    <p class="muted">${esc(s.kind)}${s.summary ? " · " + esc(s.summary) : ""}</p>`];
+  if (s.kind === "approve" && s.state === "waiting") top.push(approvalBox(s, info));
+  if (s.error) top.push(`<h3>Error</h3><p class="error step-error">${esc(s.error)}</p>`);
+  const parts = [];
   parts.push(`<h3>Attempts</h3><dl class="fields"><dt>attempts</dt><dd>${esc(s.attempts)} of at most ${esc(s.max_attempts)}</dd>
     <dt>started</dt><dd>${when(s.started_at) || "not yet"}</dd><dt>ended</dt><dd>${when(s.ended_at) || "—"}</dd>
     <dt>took</dt><dd>${esc(took(s.started_at, s.ended_at))}</dd>
@@ -136,10 +143,13 @@ function renderDetail() {
     const c = s.compensation;
     parts.push(`<h3>Compensation</h3>${fields({kind: c.kind, attempts: c.attempts, error: c.error, output: c.output, took: took(c.started_at, c.ended_at)})}`);
   }
-  const box = $("#detail-info");
+  parts.push(`<p><a href="${esc(run.ui_url)}" target="_blank" rel="noopener">This step in the Temporal Web UI</a>
+      <span class="muted">(the run's history: every attempt of <code>${esc(s.id)}</code>, inputs and results, decoded)</span></p>`);
+  $("#detail-info").innerHTML = parts.join("");
+  const box = $("#detail-top");
   const typing = box.querySelector("textarea");
   if (typing && document.activeElement === typing && s.state === "waiting") return;  // keep what is being typed
-  box.innerHTML = parts.join("");
+  box.innerHTML = top.join("");
 }
 
 function approvalBox(s, info) {
@@ -147,7 +157,7 @@ function approvalBox(s, info) {
   return `<div class="approval card" id="approval">
     <h3>Waiting for approval</h3>
     <p>Who may decide: any operator or admin${session.may("operator") ? ` (you: ${esc(session.name)})` : ""}.
-      ${deadline ? `Deadline: ${esc(deadline.toLocaleString())} — rejected automatically after it.` : ""}</p>
+      ${deadline ? `Deadline: ${esc(deadline.toLocaleString())}; without a decision by then the step fails and the run compensates.` : ""}</p>
     <label for="approve-comment">Comment</label>
     <textarea id="approve-comment" rows="2" maxlength="2000" ${session.may("operator") ? "" : "disabled"}></textarea>
     <div class="actions">${session.button("Approve", "operator", `data-act="approve" data-target="${esc(s.id)}"`, "primary")}
