@@ -710,15 +710,16 @@ class _BackupLog:
 
     EVERY_S = 2.0
 
-    def __init__(self, log: StepLogWriter):
+    def __init__(self, log: StepLogWriter, clock: Callable[[], float] = time.monotonic):
         self._log = log
-        self._started = time.monotonic()
+        self._clock = clock
+        self._started = clock()
         self._phase: str | None = None
         self._at = 0.0
 
     def __call__(self, details: dict[str, Any]) -> None:
         phase = str(details.get("phase", ""))
-        now = time.monotonic()
+        now = self._clock()
         if phase == self._phase and now - self._at < self.EVERY_S:
             return
         self._phase, self._at = phase, now

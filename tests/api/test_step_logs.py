@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 import uvicorn
 from temporalio.client import Client
 
+from shipflow.activities.backup import _BackupLog
 from shipflow.activities.core import steplogs
 from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.settings import Settings
@@ -32,6 +34,7 @@ apiVersion: shipflow/v1
 name: {name}
 stage: logs
 steps:
+  - backup: {{id: db-backup, database: "sqlite:///{db}", to: "file://{store}/"}}
   - migrate: {{id: migrate, command: [sh, -c, "echo one; echo postgresql://app:hunter2@db/app; echo three"]}}
   - migrate: {{id: slow, command: [sh, -c, "echo first; while [ ! -f {gate} ]; do sleep 0.05; done; echo second"]}}
   - check: {{id: db-up, tcp: {{port: 5432}}, period: 100ms, success_threshold: 2}}
@@ -85,7 +88,9 @@ async def test_logs_of_commands_and_checks(
     name = f"logs-{uuid.uuid4().hex[:6]}"
     gate = tmp_path / "gate"
     async with served(settings) as http, new_worker(temporal_client, settings):
-        await apply(http, FLOW.format(name=name, gate=gate))
+        db = tmp_path / "app.db"
+        sqlite3.connect(db).executescript("create table t (x); insert into t values (1);")
+        await apply(http, FLOW.format(name=name, gate=gate, db=db, store=tmp_path / "backups"))
         run_id = await start(http, name)
 
         # The slow step's first line is readable while the step still runs...
@@ -120,6 +125,10 @@ async def test_logs_of_commands_and_checks(
         probes = (await http.get(f"/runs/{run_id}/steps/db-up/logs")).json()["lines"]
         assert probes[0]["text"] == "check (attempt 1): tcp 127.0.0.1:5432"
         assert any(p["text"].startswith("probe 1: pass tcp 127.0.0.1:5432") for p in probes)
+
+        backup = [line["text"] for line in (await http.get(f"/runs/{run_id}/steps/db-backup/logs")).json()["lines"]]
+        assert backup[0].startswith("backing up ") and "(attempt 1)" in backup[0]
+        assert backup[-1].startswith("backup done: file://")
 
         failed = (await http.get(f"/runs/{run_id}/steps/boom/logs")).json()["lines"]
         assert [line["text"] for line in failed][1] == "about to fail"
@@ -177,3 +186,23 @@ def test_log_bounds_and_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     long = steplogs.clean_lines("a" * 10_000 + "\nsecond\r\n", ["nothing"])
     assert len(long) == 2 and long[0].endswith("(line cut at 4096 characters)")
     assert steplogs.clean_lines("token=abc123 here") == ["token=*** here"]
+
+
+def test_backup_progress_lines(tmp_path: Path) -> None:
+    """Each phase once, then at most one line per interval, with size and rate."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'logs.db'}")
+    clock = [99.0]
+    progress = _BackupLog(steplogs.StepLogWriter(engine, "r1", "db-backup"), lambda: clock[0])
+    clock[0] = 100.0
+    progress({"phase": "dump", "bytes": 0})
+    progress({"phase": "upload", "bytes": 1048576, "parts": 1})
+    clock[0] += 0.5
+    progress({"phase": "upload", "bytes": 2 * 1048576, "parts": 1})  # too soon: no line
+    clock[0] += 2.0
+    progress({"phase": "upload", "bytes": 6 * 1048576, "parts": 2})
+    lines = [line["text"] for line in steplogs.read_lines(engine, "r1", "db-backup")["lines"]]
+    assert lines == [
+        "dump: 0.0 MiB, 0.0 MiB/s",
+        "upload: 1.0 MiB, 1 part(s), 1.0 MiB/s",
+        "upload: 6.0 MiB, 2 part(s), 1.7 MiB/s",
+    ]
