@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import typer
 from rich.console import Console
@@ -276,6 +276,12 @@ def run(
         run_id = str(started["run_id"])
         out.print(f"started run [bold]{escape(run_id)}[/bold]", highlight=False)
         print_link(out, started.get("ui_url"))
+        out.print(
+            f"console: {client.base_url}/runs/{quote(run_id, safe='')}",
+            style="dim",
+            highlight=False,
+            soft_wrap=True,
+        )
         if not follow:
             return
         try:
@@ -636,6 +642,7 @@ def _keep_up(stack: EmbeddedStack, sink: NotifySink | None) -> int:
         return 130  # start() already stopped what it had started
     try:
         rows = stack.endpoints()
+        rows.insert(1, ("console", f"{stack.api_url}/ (log in with the token)"))
         if sink is not None:
             sink.start()
             rows.insert(5, ("webhook sink", f"http://{sink.address}/ (notify steps print here)"))
