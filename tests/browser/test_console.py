@@ -243,6 +243,10 @@ def test_rollback_from_the_stage_view_after_its_dry_run(page: Page, stack: Stack
 
 
 def test_runs_list_filters(page: Page, stack: Stack, flow: dict[str, Any]) -> None:
+    with stack.http("viewer") as http:
+        done = http.get("/runs", params={"flow": flow["name"], "status": "succeeded"}).json()
+    if not done:  # this test alone: the others have not released anything yet
+        release(stack, flow, "v40")
     login(page, stack, "viewer", f"/runs?flow={flow['name']}&status=succeeded")
     page.wait("document.querySelectorAll('#runs tbody tr a').length > 0")
     states = page.evaluate("[...document.querySelectorAll('#runs tbody .state')].map(e => e.innerText)")
