@@ -226,7 +226,7 @@ def test_rollback_from_the_stage_view_after_its_dry_run(page: Page, stack: Stack
     page.click(f"{card} [data-rollback=\"{first}\"]")
     page.wait("document.querySelector('#rollback-preview')")
     preview = page.text("#rollback-preview")
-    assert "Dry run" in preview and "web" in preview and "v20" in preview
+    assert "Dry run" in preview and "roll web back to v20" in preview and "(runs v21 now)" in preview
     assert stack.run(second)["state"] == "succeeded"  # a preview changes nothing
     shot(page, "rollback-preview")
     page.click("[data-confirm-rollback]")

@@ -3,7 +3,6 @@
 // the stage back to a past run after seeing the dry-run plan.
 import {ApiError, get, post} from "./api.js";
 import {argsForm, problem, readArgs, showProblems} from "./form.js";
-import {planList} from "./run.js";
 import {$, ago, badge, esc, flash, when} from "./util.js";
 
 let session = null, stages = [], shape = "";
@@ -74,27 +73,44 @@ async function onClick(event) {
   } else if (target.dataset.close !== undefined) {
     target.closest(".form-slot, .preview-slot").innerHTML = "";
   } else if (target.dataset.rollback) {
-    const runId = target.dataset.rollback;
-    const slot = card.querySelector(".preview-slot");
-    slot.innerHTML = `<p class="muted">Planning the rollback (dry run)…</p>`;
-    try {
-      const preview = await post(`/runs/${encodeURIComponent(runId)}/rollback`, {}, {dry_run: true});
-      slot.innerHTML = `<div class="confirm card" id="rollback-preview"><h3>Roll ${esc(target.dataset.stage)} back to ${esc(runId)}?</h3>
-        <p>Dry run: the rollback run would do this.</p>${planList(preview.plan)}
-        <button type="button" class="primary" data-confirm-rollback="${esc(runId)}">Confirm rollback</button> <button type="button" data-close>Cancel</button></div>`;
-    } catch (e) {
-      slot.innerHTML = `<p class="error">Cannot roll back to ${esc(runId)}: ${esc(e.message)}</p>`;
-    }
+    await preview(card, target.dataset.stage, target.dataset.rollback, false);
   } else if (target.dataset.confirmRollback) {
     target.disabled = true;
+    const restore = !!card.querySelector("#restore-data:checked");
     try {
-      const started = await post(`/runs/${encodeURIComponent(target.dataset.confirmRollback)}/rollback`, {});
+      const started = await post(`/runs/${encodeURIComponent(target.dataset.confirmRollback)}/rollback`, {restore_data: restore});
       location.href = `/runs/${encodeURIComponent(started.run_id)}`;
     } catch (e) { target.disabled = false; flash(`rollback: ${e.message}`); }
   }
 }
 
+// The rollback's dry run: what it would do (each service back to which image, and the data
+// restores when asked for), shown before anything starts.
+async function preview(card, stage, runId, restore) {
+  const slot = card.querySelector(".preview-slot");
+  slot.innerHTML = `<p class="muted">Planning the rollback (dry run)…</p>`;
+  const now = Object.fromEntries((stages.find((x) => x.stage === stage) || {services: []}).services.map((v) => [v.service, v.image]));
+  try {
+    const answer = await post(`/runs/${encodeURIComponent(runId)}/rollback`, {restore_data: restore}, {dry_run: true});
+    const items = answer.plan.map((p) => `<li><b>${esc(p.service || p.step)}</b>: ${esc(p.summary)}` +
+      (p.service && now[p.service] ? ` <span class="muted">(runs ${esc(now[p.service])} now)</span>` : "") + `</li>`).join("");
+    slot.innerHTML = `<div class="confirm card" id="rollback-preview"><h3>Roll ${esc(stage)} back to ${esc(runId)}?</h3>
+      <p>Dry run: the rollback run would do this.</p><ul class="plan">${items}</ul>
+      <label><input type="checkbox" id="restore-data" data-stage="${esc(stage)}" data-run="${esc(runId)}" ${restore ? "checked" : ""}>
+        also restore the data to what it was right after that run</label>
+      <div class="actions"><button type="button" class="primary" data-confirm-rollback="${esc(runId)}">Confirm rollback</button>
+      <button type="button" data-close>Cancel</button></div></div>`;
+  } catch (e) {
+    slot.innerHTML = `<p class="error">Cannot roll back to ${esc(runId)}${restore ? " with its data" : ""}: ${esc(e.message)}</p>` +
+      (restore ? `<button type="button" data-rollback="${esc(runId)}" data-stage="${esc(stage)}">Preview without the data</button>` : "");
+  }
+}
+
 function onInput(event) {
+  if (event.target.id === "restore-data") {
+    preview(event.target.closest(".stage"), event.target.dataset.stage, event.target.dataset.run, event.target.checked);
+    return;
+  }
   const form = event.target.closest("form.start-form");
   if (!form || !event.target.name || event.target.name === "__reason") return;
   const flow = flowOf(form.closest(".stage").dataset.stage, form.dataset.flow);
