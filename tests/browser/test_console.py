@@ -255,3 +255,24 @@ def test_runs_list_filters(page: Page, stack: Stack, flow: dict[str, Any]) -> No
     hover = page.evaluate("document.querySelector('#runs time').title")
     assert hover.endswith("Z") and "T" in hover  # ISO on hover, the user's zone shown
     shot(page, "runs-list")
+
+
+def test_flows_page_shows_source_and_pauses_a_schedule(page: Page, stack: Stack) -> None:
+    name = f"nightly-{uuid.uuid4().hex[:6]}"
+    stack.apply(
+        f"apiVersion: shipflow/v1\nname: {name}\nstage: nightly\n"
+        "triggers:\n  - cron: '0 3 * * 1-5'\n"
+        "steps:\n  - wait: {id: pause, duration: 1s}\n"
+    )
+    login(page, stack, "admin", "/flows")
+    card = f".flow[data-flow=\"{name}\"]"
+    page.wait(f"document.querySelector('{card} tr[data-schedule]')")
+    row = page.text(f"{card} tr[data-schedule]")
+    assert "0 3 * * 1-5" in row and "active" in row
+    assert "steps:" in page.evaluate(f"document.querySelector('{card} .source').textContent")
+    page.click(f"{card} [data-sched=pause]")
+    page.wait(f"document.querySelector('{card} tr[data-schedule]').innerText.includes('paused')")
+    shot(page, "flows-page")
+    with stack.http("viewer") as http:
+        (schedule,) = http.get(f"/flows/{name}/schedules").json()
+        assert schedule["paused"] is True

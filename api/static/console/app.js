@@ -63,9 +63,10 @@ async function main() {
   const path = location.pathname.replace(/\/+$/, "") || "/";
   const run = path.match(/^\/runs\/([^/]+)$/);
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("here",
-    (a.dataset.nav === "runs" && path.startsWith("/runs")) || (a.dataset.nav === "stages" && (path === "/" || path === "/stages"))));
+    (a.dataset.nav === "runs" && path.startsWith("/runs")) || (a.dataset.nav === "flows" && path === "/flows") || (a.dataset.nav === "stages" && (path === "/" || path === "/stages"))));
   if (run) (await import("./run.js")).show(decodeURIComponent(run[1]), session);
   else if (path === "/runs") (await import("./runs.js")).show(session);
+  else if (path === "/flows") (await import("./flows.js")).show(session);
   else (await import("./stages.js")).show(session);
 }
 
