@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## services: start the PostgreSQL the tests use, if it is installed and not running.
+## services: start the PostgreSQL the tests use, if it is installed and not running, and
+## install the headless Chromium the console's browser tests drive, if it is missing.
 services:
 	@bash infra/scripts/ensure-postgres.sh
+	@bash infra/scripts/ensure-chromium.sh
 
 lint: venv
 	$(BIN)/ruff check .
@@ -50,4 +52,4 @@ chaos: venv services
 	$(BIN)/python -m tests.run -q tests/chaos
 
 clean:
-	rm -rf $(VENV) .shipflow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .shipflow .pytest_cache .mypy_cache .ruff_cache test-output

@@ -53,10 +53,12 @@ from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.dbdump import (
     SUFFIXES,
     DatabaseKind,
@@ -703,7 +705,35 @@ def _application_error(e: DumpError, db_secrets: list[str]) -> ApplicationError:
     )
 
 
-def _beat_or_cancel(progress: ActivityProgress) -> Beat:
+class _BackupLog:
+    """Backup/restore progress as log lines: each phase once, then bytes and rate every 2 s."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, log: StepLogWriter, clock: Callable[[], float] = time.monotonic):
+        self._log = log
+        self._clock = clock
+        self._started = clock()
+        self._phase: str | None = None
+        self._at = 0.0
+
+    def __call__(self, details: dict[str, Any]) -> None:
+        phase = str(details.get("phase", ""))
+        now = self._clock()
+        if phase == self._phase and now - self._at < self.EVERY_S:
+            return
+        self._phase, self._at = phase, now
+        size = int(details.get("bytes") or 0)
+        rate = size / max(now - self._started, 1e-3)
+        parts = f", {details['parts']} part(s)" if details.get("parts") else ""
+        self._log.write(f"{phase}: {_mib(size)} MiB{parts}, {_mib(rate)} MiB/s")
+
+
+def _mib(n: float) -> str:
+    return f"{n / 1048576:.1f}"
+
+
+def _beat_or_cancel(progress: ActivityProgress, log: _BackupLog | None = None) -> Beat:
     """Heartbeat, and stop the work once Temporal cancelled the activity or the worker stops.
 
     Raising from the heartbeat unwinds through the upload (aborted), pg_dump, and
@@ -713,6 +743,8 @@ def _beat_or_cancel(progress: ActivityProgress) -> Beat:
 
     def beat(details: dict[str, Any]) -> None:
         progress.beat(details)
+        if log is not None:
+            log(details)
         if progress.cancelled():
             raise CancelledError("backup/restore cancelled")
 
@@ -734,16 +766,21 @@ class BackupActivities:
         settings: Settings,
         *,
         part_size: int = PART_SIZE,
+        logs: Engine | None = None,
     ):
         self.s3_factory = s3_factory
         self.settings = settings
         self.part_size = part_size
+        self._logs = logs
 
     @activity.defn(name=CREATE)
     def create(self, input: BackupInput) -> BackupOutput:
         """Back the step's database up to S3 or a directory (see the module docstring)."""
         progress = ActivityProgress(input.resume)
-        beat = _beat_or_cancel(progress)
+        log = StepLogWriter(
+            self._logs, input.context.run_id, input.context.step_id, secret_values(input.database)
+        )
+        beat = _beat_or_cancel(progress, _BackupLog(log))
         db = self._database(input.database)
         to = resolve_env(input.to)
         store, prefix = open_store(to, self.s3_factory, input.endpoint)
@@ -756,8 +793,9 @@ class BackupActivities:
                 non_retryable=True,
             )
         activity.logger.info("backing up %s to %s", db.display, redact(to))
+        log.write(f"backing up {db.display} to {redact(to)} (attempt {activity.info().attempt})")
         try:
-            return create_backup(
+            out = create_backup(
                 store,
                 prefix,
                 input,
@@ -768,15 +806,22 @@ class BackupActivities:
                 log=activity.logger.warning,
             )
         except DumpError as e:
+            log.write(f"backup failed: {redact(str(e), db.secrets)}")
             raise _application_error(e, db.secrets) from None
+        log.write(f"backup done: {out.url} ({_mib(out.size)} MiB) in {out.duration_s:.1f}s")
+        return out
 
     @activity.defn(name=RESTORE)
     def restore(self, input: RestoreInput) -> RestoreOutput:
         """Verify a backup and restore it into the step's database."""
-        beat = _beat_or_cancel(ActivityProgress(input.resume))
+        log = StepLogWriter(
+            self._logs, input.context.run_id, input.context.step_id, secret_values(input.database)
+        )
+        beat = _beat_or_cancel(ActivityProgress(input.resume), _BackupLog(log))
         db = self._database(input.database)
         store, key = open_store(input.url, self.s3_factory, input.endpoint)
         activity.logger.info("restoring %s into %s", redact(input.url), db.display)
+        log.write(f"restoring {redact(input.url)} into {db.display}")
         try:
             return restore_backup(
                 store,

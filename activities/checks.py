@@ -11,9 +11,11 @@ import asyncio
 import time
 
 import httpx
+from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
 from shipflow.workflows.io.checks import PROBE, CheckInput, CheckOutput
 from shipflow.workflows.redaction import redact
@@ -21,10 +23,11 @@ from shipflow.workflows.spec import CheckSpec
 
 
 class CheckActivities:
-    """Given an HTTP client, runs health checks."""
+    """Given an HTTP client (and the database, for step logs), runs health checks."""
 
-    def __init__(self, http: httpx.AsyncClient | None = None):
+    def __init__(self, http: httpx.AsyncClient | None = None, logs: Engine | None = None):
         self._http = http
+        self._logs = logs
 
     @activity.defn(name=PROBE)
     async def probe(self, input: CheckInput) -> CheckOutput:
@@ -35,9 +38,16 @@ class CheckActivities:
         consecutive_ok = consecutive_bad = 0
         last = "not probed"
         http = self._http or httpx.AsyncClient()
+        log = StepLogWriter(self._logs, input.context.run_id, input.context.step_id)
+        await asyncio.to_thread(log.write, f"check (attempt {activity.info().attempt}): {_where(spec)}")
         try:
             while True:
                 ok, last = await self._probe_once(http, spec)
+                await asyncio.to_thread(
+                    log.write,
+                    f"probe {successes + failures + 1}: {'pass' if ok else 'FAIL'} "
+                    f"{_where(spec)}: {last}",
+                )
                 if ok:
                     successes += 1
                     consecutive_ok += 1

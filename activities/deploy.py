@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.core.tables import ReleaseRecord
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.records import last_release, write_release
@@ -40,9 +41,17 @@ class _DeployProgress:
     killed before that is a lost worker, and the next attempt resumes the same rollout.
     """
 
-    def __init__(self, inner: ActivityProgress, extra: dict[str, Any]):
+    def __init__(
+        self,
+        inner: ActivityProgress,
+        extra: dict[str, Any],
+        log: StepLogWriter | None = None,
+        service: str = "",
+    ):
         self._inner = inner
         self._extra = extra
+        self._log = log
+        self._service = service
 
     @property
     def resume(self) -> dict[str, Any] | None:
@@ -50,9 +59,27 @@ class _DeployProgress:
 
     def beat(self, details: dict[str, Any]) -> None:
         self._inner.beat({**details, **self._extra})
+        if self._log is not None:
+            self._log.changed(rollout_line(self._service, details))
 
     def cancelled(self) -> bool:
         return activity.is_cancelled() and not activity.is_worker_shutdown()
+
+
+def rollout_line(service: str, details: dict[str, Any]) -> str:
+    """One log line for a rollout's progress (local runtime or Kubernetes Deployment)."""
+    total = details.get("total")
+    if total is None:
+        return f"{service}: {details.get('phase', 'rolling out')}"
+    line = (
+        f"{service}: {details.get('ready', 0)}/{total} ready, "
+        f"{details.get('updated', 0)}/{total} updated"
+    )
+    if "available" in details:
+        line += f", {details['available']} available"
+    if details.get("message"):
+        line += f" ({details['message']})"
+    return line
 
 
 class DeployActivities:
@@ -73,12 +100,19 @@ class DeployActivities:
         target = self._targets(input.target)
         inner = ActivityProgress(input.resume)
         resume = inner.resume or {}
+        log = StepLogWriter(self._engine, ctx.run_id, ctx.step_id)
         try:
             if "previous_image" in resume:
                 previous = resume["previous_image"]
             else:
                 previous = target.current_image(input.service, container=input.container)
-            progress: Progress = _DeployProgress(inner, {"previous_image": previous})
+            log.write(
+                f"{input.service}: rolling out {input.image} (running before: {previous or 'none'}"
+                f"; attempt {activity.info().attempt}{', resumed' if resume else ''})"
+            )
+            progress: Progress = _DeployProgress(
+                inner, {"previous_image": previous}, log, input.service
+            )
             result = target.rollout(
                 RolloutRequest(
                     run_id=ctx.run_id,
@@ -93,12 +127,18 @@ class DeployActivities:
                 progress,
             )
         except TargetError as e:
+            log.write(f"{input.service}: {e}")
             if activity.is_cancelled() and not activity.is_worker_shutdown():
                 raise CancelledError(str(e)) from None
             raise ApplicationError(
                 str(e), type=type(e).__name__, non_retryable=not e.retryable
             ) from None
         self._record(input, previous)
+        log.write(
+            f"{input.service}: {result.image} rolled out in {result.duration_s:.1f}s, "
+            f"{len(result.instances)} instance(s): "
+            + ", ".join(f"{i.get('id')}{' ready' if i.get('ready') else ''}" for i in result.instances)
+        )
         return RolloutOutput(
             service=input.service,
             image=result.image,

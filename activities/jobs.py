@@ -6,9 +6,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.targets.base import JobFailed, JobRequest, Target, TargetError
@@ -31,15 +33,26 @@ class _JobProgress(ActivityProgress):
     """A worker that shuts down is not a cancelled run: the command is left to its supervisor
     (local) or its Job (kubernetes), and the execution that resumes the step re-attaches."""
 
+    def __init__(self, resume: dict[str, Any] | None, log: StepLogWriter):
+        super().__init__(resume)
+        self._log = log
+        self.streamed = False
+
     def cancelled(self) -> bool:
         return activity.is_cancelled() and not activity.is_worker_shutdown()
 
+    def output(self, text: str) -> None:
+        """New output of the running command (targets that can stream it call this)."""
+        self.streamed = True
+        self._log.write(text)
+
 
 class JobActivities:
-    """Given a way to build targets, runs one-off commands on them."""
+    """Given a way to build targets (and the database, for step logs), runs one-off commands."""
 
-    def __init__(self, targets: Callable[[dict[str, Any]], Target]):
+    def __init__(self, targets: Callable[[dict[str, Any]], Target], logs: Engine | None = None):
         self._targets = targets
+        self._logs = logs
 
     @activity.defn(name=RUN_JOB)
     def run_job(self, input: JobInput) -> JobOutput:
@@ -58,18 +71,28 @@ class JobActivities:
             execution=activity.info().workflow_run_id or "",
         )
         target = self._targets(input.target)
-        progress = _JobProgress(input.resume)
+        log = StepLogWriter(self._logs, input.context.run_id, input.context.step_id, secrets)
+        what = "undo command" if input.purpose != "migrate" else "command"
+        log.write(f"{what} (attempt {activity.info().attempt}): {' '.join(input.command)}")
+        progress = _JobProgress(input.resume, log)
         try:
             result = target.run_job(request, progress)
         except JobFailed as e:
+            if not progress.streamed and e.output:
+                log.write(e.output)
+            log.write(f"{what} failed: {e}")
             details = {"exit_code": e.exit_code, "output": redact(e.output, secrets)}
             raise ApplicationError(
                 redact(str(e), secrets), details, type="JobFailed", non_retryable=not e.retryable
             ) from None
         except TargetError as e:
+            log.write(f"{what} failed: {e}")
             raise ApplicationError(
                 redact(str(e), secrets), type=type(e).__name__, non_retryable=not e.retryable
             ) from None
+        if not progress.streamed and result.output:
+            log.write(result.output)
+        log.write(f"{what} exited with code {result.exit_code} after {result.duration_s:.1f}s")
         return JobOutput(
             exit_code=result.exit_code,
             output=redact(result.output, secrets),

@@ -38,13 +38,16 @@ from shipflow.api.routes import (
     backups,
     canary,
     codec,
-    dashboard,
+    console,
     flows,
     health,
     hooks,
+    logs,
+    plans,
     recovery,
     runs,
     schedules,
+    stages,
 )
 
 log = logging.getLogger("shipflow.api")
@@ -159,6 +162,7 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     app.add_exception_handler(DataError, storage_error)
     app.add_exception_handler(UnicodeEncodeError, storage_error)
     app.add_middleware(RefuseUnstorableText)
+    app.middleware("http")(console.pages)
 
     @app.middleware("http")
     async def count_requests(
@@ -188,9 +192,13 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     app.include_router(runs.router)
     app.include_router(canary.router)
     app.include_router(recovery.router)
+    app.include_router(logs.router)
+    app.include_router(plans.router)
+    app.include_router(stages.router)
     app.include_router(hooks.router)
     app.include_router(health.router)
-    app.include_router(dashboard.router)
+    app.include_router(console.router)
+    app.mount("/console", console.static_files(), name="console")
     app.include_router(codec.router)
     return app
 

@@ -43,6 +43,7 @@ MODULES = (
     "runs_index_bench",
     "scale_bench",
     "observability_bench",
+    "console_bench",
 )
 
 

@@ -23,8 +23,8 @@ def build_activities(
 ) -> list[Callable[..., Any]]:
     """Every activity callable the worker registers."""
     targets = partial(make_target, settings=settings)
-    jobs = JobActivities(targets)
-    checks = CheckActivities()
+    jobs = JobActivities(targets, logs=engine)
+    checks = CheckActivities(logs=engine)
     notify = NotifyActivities(api_url=settings.api_url, ui_url=settings.ui_url)
     records = RecordActivities(engine)
     locks = LockActivities(client, task_queue)
@@ -55,6 +55,6 @@ def _optional(
     from shipflow.activities.backup import BackupActivities
     from shipflow.activities.s3 import S3Factory
 
-    backups = BackupActivities(S3Factory(settings), settings)
+    backups = BackupActivities(S3Factory(settings), settings, logs=engine)
     out += [backups.create, backups.restore]
     return out

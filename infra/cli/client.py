@@ -8,7 +8,10 @@ caller's fault) and `ApiUnreachable` (nothing answered, or the answer was not HT
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -220,6 +223,39 @@ class ApiClient:
 
     def retry(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/runs/{run_id}/retry") or {})
+
+    def step_logs(self, run_id: str, step: str, after: int = 0) -> dict[str, Any]:
+        """One page of a step's log lines after line `after`."""
+        body: dict[str, Any] = self.request(
+            "GET", f"/runs/{quote(run_id, safe='')}/steps/{quote(step, safe='')}/logs",
+            params={"after": after, "limit": 5000},
+        )
+        return body
+
+    def stream_step_logs(self, run_id: str, step: str, after: int = 0) -> Iterator[tuple[str, Any]]:
+        """The step's log as server-sent events: `(event, data)` until the step is over."""
+        path = f"/runs/{quote(run_id, safe='')}/steps/{quote(step, safe='')}/logs/stream"
+        try:
+            with self._http.stream(
+                "GET", path, params={"after": after}, timeout=httpx.Timeout(None, connect=5.0),
+                headers={"Accept": "text/event-stream"},
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response.status_code, _error_problems(response))
+                event, data = "message", ""
+                for line in response.iter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        data += line[6:]
+                    elif line == "" and data:
+                        yield event, json.loads(data)
+                        if event == "end":
+                            return
+                        event, data = "message", ""
+        except httpx.TransportError as e:
+            raise ApiUnreachable(self.base_url, _reason(e)) from None
 
     def healthz(self) -> Any:
         return self.request("GET", "/healthz")

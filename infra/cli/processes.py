@@ -198,6 +198,7 @@ def _keep_up(stack: EmbeddedStack, sink: NotifySink | None) -> int:
         return EXIT_INTERRUPTED  # start() already stopped what it had started
     try:
         rows = stack.endpoints()
+        rows.insert(1, ("console", f"{stack.api_url}/ (log in with the token)"))
         if sink is not None:
             sink.start()
             rows.insert(5, ("webhook sink", f"http://{sink.address}/ (notify steps print here)"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -121,6 +122,12 @@ def run(
         run_id = str(started["run_id"])
         out.print(f"started run [bold]{escape(run_id)}[/bold]", highlight=False, soft_wrap=True)
         print_link(out, started.get("ui_url"))
+        out.print(
+            f"console: {client.base_url}/runs/{quote(run_id, safe='')}",
+            style="dim",
+            highlight=False,
+            soft_wrap=True,
+        )
         if follow:
             _follow(client, run_id)
 
@@ -292,6 +299,23 @@ def _started_recovery(client: ApiClient, started: dict[str, Any], what: str, fol
         _follow(client, run_id)
 
 
+def logs(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN", help="a run id, as `shipflow runs` shows"),
+    step: str | None = typer.Argument(None, metavar="[STEP]", help="one step (default: all)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines"),
+) -> None:
+    """Print a run's step logs (command output, rollout progress, probes, backups)."""
+    from shipflow.infra.cli.logs import show_run, show_step
+
+    state = cli_state(ctx)
+    with api_errors(state), state.client() as client:
+        if step is None:
+            show_run(client, run_id, follow=follow)
+        else:
+            show_step(client, run_id, step, follow=follow)
+
+
 def promote(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., metavar="RUN", help="the run whose canary waits"),
@@ -325,6 +349,11 @@ def register(app: typer.Typer) -> None:
             ("shipflow runs", "shipflow runs --flow demo --status failed", "shipflow runs --json"),
         ),
         ("status", status, ("shipflow status demo-1a2b3c4d", "shipflow status demo-1a2b3c4d --json")),
+        (
+            "logs",
+            logs,
+            ("shipflow logs demo-1a2b3c4d", "shipflow logs demo-1a2b3c4d migrate --follow"),
+        ),
         ("cancel", cancel, ("shipflow cancel demo-1a2b3c4d",)),
         ("terminate", terminate, ("shipflow terminate demo-1a2b3c4d --reason 'stuck'",)),
         ("approve", approve, ("shipflow approve demo-1a2b3c4d go-live -m 'looks good'",)),

@@ -72,6 +72,11 @@ async def test_every_route_for_every_role(settings: Settings) -> None:
             ("POST", "/runs/no-such-run/retry", None, "operator", 404),
             # No local runtime runs here; the run is unknown to Temporal either way: 404.
             ("POST", "/runs/no-such-run/promote", {}, "operator", 404),
+            ("GET", f"/runs/{run_id}/steps/soak/logs", None, "viewer", 200),
+            ("GET", f"/runs/{run_id}/plan", None, "viewer", 200),
+            ("GET", "/stages", None, "viewer", 200),
+            ("GET", "/me", None, "viewer", 200),
+            ("GET", "/runs/no-such-run/steps/soak/logs/stream", None, "viewer", 404),
             # Webhooks authenticate by signature, not by token; no secret here: 503.
             ("POST", "/hooks/github", {}, None, 503),
             ("POST", "/hooks/gitlab", {}, None, 503),

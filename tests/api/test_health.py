@@ -40,9 +40,21 @@ async def test_served_by_uvicorn(settings: Settings) -> None:
             assert page.status_code == 200
             assert page.headers["content-type"].startswith("text/html")
             assert "<title>shipflow</title>" in page.text
-            assert "setInterval(refresh, 2000)" in page.text
-            for remote in ('src="http', "src='http", 'href="http', "@import", "<link"):
-                assert remote not in page.text  # self-contained: the machine has no internet
+            assert 'src="/console/app.js"' in page.text
+            # Offline: every script and style sheet is served by the API itself.
+            for asset in ("app.js", "api.js", "run.js", "graph.js", "stages.js", "style.css"):
+                served = await http.get(f"/console/{asset}")
+                assert served.status_code == 200, asset
+                for remote in ('src="http', "src='http", 'href="http', "@import", "from \"http", "//cdn"):
+                    assert remote not in served.text, (asset, remote)
+            for remote in ('src="http', "src='http", 'href="http', "@import"):
+                assert remote not in page.text
+            # A browser opening a run's address (as the CLI prints it) gets the console;
+            # API clients get JSON.
+            browser = await http.get("/runs/nope", headers={"Accept": "text/html,*/*"})
+            assert browser.status_code == 200 and "<title>shipflow</title>" in browser.text
+            listing = await http.get("/runs", headers={"Accept": "text/html"})
+            assert listing.headers["content-type"].startswith("text/html")
 
             assert (await http.get("/flows")).status_code == 200
             assert (await http.get("/runs/nope")).status_code == 404

@@ -148,6 +148,7 @@ def test_run_follow_succeeds_and_status_and_runs_show_it(
     run_id = run_id_of(result)
     text = result.output
     assert f"{stack.ui_url}/namespaces/default/workflows/{run_id}" in text
+    assert f"console: {stack.api_url}/runs/{run_id}\n" in text  # opens the run page
     for step in ("greet", "pause", "side"):
         assert re.search(rf"✔ {step} \w+  succeeded", text), text
     assert "parallel" in text

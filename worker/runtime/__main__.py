@@ -18,6 +18,7 @@ from types import FrameType
 
 import uvicorn
 
+from shipflow.activities.core.logs import configure_logging
 from shipflow.activities.targets.local.runtime_key import KEY_ENV, RuntimeKeyError, ensure_key
 from shipflow.worker.runtime.app import create_app
 from shipflow.worker.runtime.services import Runtime
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7300)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(logging.INFO)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         key = ensure_key(args.data_dir.resolve(), os.environ.get(KEY_ENV) or None)

@@ -282,15 +282,47 @@ class JobStore:
 # ---------------------------------------------------------------- following a job
 
 
+#: At most this much new output is read per poll (a command printing faster is cut in logs).
+STREAM_CHUNK = 256 * 1024
+
+
+def _stream_output(job: Job, offset: int, emit: Any, *, final: bool) -> int:
+    """Hand `emit` the complete lines printed since `offset` (all of it when `final`);
+    returns the new offset."""
+    try:
+        with open(job.dir / "output.log", "rb") as f:
+            f.seek(offset)
+            chunk = f.read(STREAM_CHUNK)
+    except OSError:
+        return offset
+    if not final:
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return offset
+        chunk = chunk[: end + 1]
+    if chunk:
+        emit(chunk.decode("utf-8", errors="replace"))
+    return offset + len(chunk)
+
+
 def _follow(job: Job, request: JobRequest, progress: Progress) -> JobResult:
     """Wait for the job to end (heartbeating), then turn its record into a result."""
     program = request.command[0] if request.command else "command"
     started = job.started_at()
     outcome = "ended"
     interrupted: BaseException | None = None
+    # A Progress that keeps step logs gets the command's output as it is printed.
+    # The heartbeat carries how far the output was streamed, so an execution that
+    # re-attaches after a lost worker does not log the same lines twice.
+    emit = getattr(progress, "output", None)
+    resume = progress.resume or {}
+    same_job = resume.get("job_key") == job.key and resume.get("job") == job.seq
+    offset = int(resume.get("log_offset") or 0) if emit is not None and same_job else 0
     try:
         while job.state() == "running":
-            progress.beat(job.details())
+            progress.beat({**job.details(), "log_offset": offset} if emit else job.details())
+            if emit is not None:
+                offset = _stream_output(job, offset, emit, final=False)
             if progress.cancelled():
                 outcome = "cancelled"
                 break
@@ -305,6 +337,8 @@ def _follow(job: Job, request: JobRequest, progress: Progress) -> JobResult:
         outcome = "cancelled" if progress.cancelled() else "abandoned"
     if outcome in ("cancelled", "timeout"):
         _stop(job)
+    if emit is not None and interrupted is None:
+        _stream_output(job, offset, emit, final=True)
     if interrupted is not None:
         raise interrupted
     record = job.read("exit.json")
