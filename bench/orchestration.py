@@ -598,7 +598,7 @@ class _Bench:
         self,
         client: Client,
         task_queue: str,
-        worker: WorkerProcess,
+        worker: WorkerProcess | None = None,
         *,
         search_attributes: bool,
         run_timeout: float,
@@ -648,6 +648,8 @@ class _Bench:
 
     async def _timed(self, work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
         """Wall time, and the worker process's CPU time meanwhile."""
+        if self.worker is None:
+            raise RuntimeError("timing needs the worker process (the bench runs without one)")
         cpu = await self.worker.cpu()
         started = time.perf_counter()
         await work()

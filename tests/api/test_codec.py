@@ -101,10 +101,12 @@ def walk(value: Any) -> list[Any]:
 
 
 def payloads_in(value: Any, *, clear_ok: bool = False) -> list[dict[str, Any]]:
-    """Every payload (`{"metadata": ..., "data": ...}`) in the history, except the two
-    kinds that are clear by design: search attributes (indexed by the server: flow, stage,
-    commit) and a local activity marker's `data` detail (the SDK's bookkeeping: sequence
-    number, attempt, activity type, times; its result is a separate, encrypted detail)."""
+    """Every payload (`{"metadata": ..., "data": ...}`) in the history, except the kinds
+    that are clear by design: search attributes (indexed by the server: flow, stage,
+    commit), a local activity marker's `data` detail (the SDK's bookkeeping: sequence
+    number, attempt, activity type, times; its result is a separate, encrypted detail) and a
+    patch marker's `patch_data` (the patch id written by the SDK's core, e.g.
+    `index-run-states`: our own constant, never run data)."""
     if isinstance(value, dict):
         if "metadata" in value and "data" in value:
             return [] if clear_ok else [value]
@@ -112,7 +114,11 @@ def payloads_in(value: Any, *, clear_ok: bool = False) -> list[dict[str, Any]]:
         for key, item in value.items():
             if key == "searchAttributes":
                 continue
-            bookkeeping = key == "data" and "payloads" in item if isinstance(item, dict) else False
+            bookkeeping = (
+                key in ("data", "patch-data") and "payloads" in item
+                if isinstance(item, dict)
+                else False
+            )
             found += payloads_in(item, clear_ok=clear_ok or bookkeeping)
         return found
     if isinstance(value, list):

@@ -145,4 +145,4 @@ async def test_stuck_run_is_shown_and_terminated_from_api_and_cli(
         assert (shown["state"], shown["error"]) == ("failed", "terminated by admin-bot: stuck")
         over = await asyncio.to_thread(invoke, "terminate", second)
         assert over.exit_code == 2  # 409: the run is over
-        assert "already failed" in over.output
+        assert "already ended (failed)" in over.output
