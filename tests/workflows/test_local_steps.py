@@ -108,9 +108,9 @@ steps:
     }
     scheduled, local, patched = await _history(temporal_client, handle)
     # Only the long notify is a regular activity; the short notify, the short check and
-    # the run record (records.run) are local.
+    # the two run records (records.run: running, then final) are local.
     assert scheduled == Counter({"notify.send": 1}), scheduled
-    assert local == 3, local
+    assert local == 4, local
     assert patched, "the run must record the local-short-calls patch marker"
     assert [m["message"] for m in sink.received] == ["short", "long"]
     # The new history replays in the full sandbox (the interpreter re-imported, every
