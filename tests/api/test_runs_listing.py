@@ -21,7 +21,7 @@ from shipflow.api.runs_listing import LEGACY_REFRESH_LIMIT
 from shipflow.workflows.io.records import RunRecordInput
 from shipflow.workflows.status import RunState
 from tests.api.conftest import api_client
-from tests.api.test_runs import GATED, apply, run_state, start, step_waiting, unique
+from tests.api.test_runs import GATED, apply, start, step_waiting, unique
 from tests.helpers import new_worker, wait_until
 
 
@@ -176,8 +176,16 @@ async def test_rows_no_run_recorded_into_still_end(
     async with api_client(settings) as http, new_worker(temporal_client, settings):
         await apply(http, flow)
         runs = [await start(http, name) for _ in range(LEGACY_REFRESH_LIMIT + 2)]
-        for run_id in runs:
-            await run_state(http, run_id, "succeeded")
+
+        def recorded_final() -> bool:
+            with Session(engine) as session:
+                rows = [session.get(Run, run_id) for run_id in runs]
+                return all(row is not None and row.state == "succeeded" for row in rows)
+
+        # Wait on the index, which only the runs write here: an API read of a run would see
+        # it succeed (from Temporal) while its own final record is still in flight, and that
+        # record would then land after the rows were made to look old below.
+        await wait_until(recorded_final, timeout=40, interval=0.1)
         # Make their rows look like an older worker's: live, never recorded by the run.
         with Session(engine) as session:
             for run_id in runs:
