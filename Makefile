@@ -7,6 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs on this many pytest processes (pytest-xdist), each with its own Temporal dev
+# server; a test file stays on one process. Most of a test's time is waiting on servers, so two
+# processes on two cores take well under the time of one. TEST_PROCESSES=0 runs in this process.
+TEST_PROCESSES ?= 2
 
 .PHONY: venv test lint typecheck unit demo dev bench chaos services clean
 
@@ -34,7 +38,7 @@ typecheck: venv
 
 ## test: lint, type checks, then the whole suite on real Temporal and PostgreSQL.
 test: venv services lint typecheck
-	$(BIN)/python -m tests.run $(PYTEST_ARGS)
+	$(BIN)/python -m tests.run -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/shipflow demo

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -15,8 +18,17 @@ runner = CliRunner()
 
 
 def test_tree_shows_every_step_with_its_defaults() -> None:
-    result = runner.invoke(app, ["flow", "graph", str(FLOWS / "demo.yaml")], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
+    # A process of its own: the CLI's console takes COLUMNS when it is imported, and in this
+    # test process another test may have imported it at another width first.
+    shipflow = Path(sys.executable).parent / "shipflow"
+    result = subprocess.run(
+        [str(shipflow), "flow", "graph", str(FLOWS / "demo.yaml")],
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "demo → demo"
     text = result.stdout
