@@ -4,7 +4,7 @@ import {ApiError, get, post, stream} from "./api.js";
 import {compensations, draw, flatTree, paint} from "./graph.js";
 import {$, FINAL, badge, esc, fields, flash, took, when} from "./util.js";
 
-let run = null, plan = null, picked = null, logControl = null, session = null, canaries = [], history = null, historyKey = null;
+let run = null, plan = null, picked = null, logControl = null, session = null, canaries = [], stepHistory = null, historyKey = null;
 const POLL_MS = 1000;
 
 export async function show(runId, who) {
@@ -193,12 +193,12 @@ function renderDetail() {
     const c = s.compensation;
     parts.push(`<h3>Compensation</h3>${fields({kind: c.kind, attempts: c.attempts, error: c.error, output: c.output, took: took(c.started_at, c.ended_at)})}`);
   }
-  const events = (history && history.step === s.id) ? history.events.filter((e) => !e.undo) : [];
+  const events = (stepHistory && stepHistory.step === s.id) ? stepHistory.events.filter((e) => !e.undo) : [];
   const last = events[events.length - 1];
   parts.push(last
     ? `<p><a id="step-ui-link" href="${esc(last.ui_url)}" target="_blank" rel="noopener">This step in the Temporal Web UI</a>
       <span class="muted">(the ${last.local ? "local activity" : "activity"} of attempt ${esc(last.attempt)}: its event in the run's history, input and result decoded)</span></p>`
-    : `<p><a id="step-ui-link" href="${esc(history && history.step === s.id ? history.run_ui_url : run.ui_url)}" target="_blank" rel="noopener">This run in the Temporal Web UI</a>
+    : `<p><a id="step-ui-link" href="${esc(stepHistory && stepHistory.step === s.id ? stepHistory.run_ui_url : run.ui_url)}" target="_blank" rel="noopener">This run in the Temporal Web UI</a>
       <span class="muted">(${SILENT.has(s.kind) ? "this step runs in the workflow itself: see its timer or update in the history" : "no activity of this step in the history yet"})</span></p>`);
   $("#detail-info").innerHTML = parts.join("");
   loadHistory(s);
@@ -213,7 +213,7 @@ function renderDetail() {
 function attemptTable(s) {
   if (!s.attempt_log || !s.attempt_log.length) return "";
   const links = new Map();
-  if (history && history.step === s.id) for (const e of history.events) if (!e.undo && !links.has(e.attempt)) links.set(e.attempt, e.ui_url);
+  if (stepHistory && stepHistory.step === s.id) for (const e of stepHistory.events) if (!e.undo && !links.has(e.attempt)) links.set(e.attempt, e.ui_url);
   return `<table class="attempts"><thead><tr><th>#</th><th>outcome</th><th>started</th><th>took</th><th>error</th><th></th></tr></thead><tbody>${
     s.attempt_log.map((a) => `<tr data-attempt="${esc(a.number)}"><td>${esc(a.number)}</td><td>${badge(a.outcome)}${a.resumed ? ` <small class="muted">resumed ${esc(a.resumed)}× after a lost worker</small>` : ""}</td>
       <td>${when(a.started_at)}</td><td>${esc(took(a.started_at, a.ended_at))}</td><td class="attempt-error">${a.error ? `<span class="error">${esc(a.error)}</span>` : ""}</td>
@@ -226,7 +226,7 @@ async function loadHistory(s) {
   if (historyKey === key || SILENT.has(s.kind)) return;
   historyKey = key;
   try {
-    history = await get(`/runs/${encodeURIComponent(run.run_id)}/steps/${encodeURIComponent(s.id)}/history`);
+    stepHistory = await get(`/runs/${encodeURIComponent(run.run_id)}/steps/${encodeURIComponent(s.id)}/history`);
     if (picked === s.id) renderDetail();
   } catch { /* the run's link stays */ }
 }
