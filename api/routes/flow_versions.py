@@ -22,7 +22,9 @@ from shipflow.api.errors import error_responses
 from shipflow.workflows.flowdiff import diff_flows
 from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, redact_literal_secrets
 
-router = APIRouter(prefix="/flows", tags=["flows"], responses=error_responses(401, 403, 404, 422))
+router = APIRouter(
+    prefix="/flows", tags=["flows"], responses=error_responses(400, 401, 403, 404, 422)
+)
 
 
 class FlowVersionPublic(BaseModel):

@@ -38,7 +38,9 @@ from shipflow.workflows.status import RunStatus, StepState
 
 log = logging.getLogger("shipflow.api")
 
-router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(401, 403, 404, 503))
+router = APIRouter(
+    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 422, 503)
+)
 
 #: How often the stream reads the run's memo (a change shows within this).
 POLL_S = 0.5

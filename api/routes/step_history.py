@@ -29,7 +29,9 @@ from shipflow.activities.core.starter import read_status
 from shipflow.api.deps import SettingsDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
 
-router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(401, 403, 404, 503))
+router = APIRouter(
+    prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 422, 503)
+)
 
 #: The whole history is read at most this long (a run of thousands of events reads in well
 #: under a second on a local server).
