@@ -161,6 +161,8 @@ async def run_events(
                     canaries = text
                     yield _event("canary", json.loads(text))
             if found.state.is_final:
+                if canaries not in (None, "[]"):
+                    yield _event("canary", [])
                 yield _event("end", {"state": found.state.value})
                 return
             if now - alive >= KEEPALIVE_S:

@@ -336,13 +336,13 @@ stage: {stage}
 target:
   kind: local
   services:
-    web: {service}
+    shop: {service}
 args:
   version: {{default: v1}}
 steps:
   - deploy:
       id: web
-      service: web
+      service: shop
       image: "${{args.version}}"
       strategy: {{canary: {{steps: [{{set_weight: 25}}, {{pause: {{}}}}]}}}}
 """
@@ -351,6 +351,8 @@ steps:
 def test_a_waiting_canary_shows_its_weight_and_is_promoted_from_the_page(page: Page, stack: Stack) -> None:
     name, stage = f"canary-{uuid.uuid4().hex[:6]}", f"cn-{uuid.uuid4().hex[:4]}"
     service = json.dumps(demo_service(free_port(), period="0.1s"))
+    # Its own service: the runtime is shared, and a canary of the other flows' `web` would
+    # start at once, with nothing to wait for.
     stack.apply(CANARY_FLOW.format(name=name, stage=stage, service=service))
     first = stack.start_run(name, {"version": "v1"})  # a first deploy has nothing to compare: rolling
     until(lambda: stack.run(first)["state"] in ("succeeded", "failed", "rolled_back"), "the first deploy")
@@ -365,7 +367,7 @@ def test_a_waiting_canary_shows_its_weight_and_is_promoted_from_the_page(page: P
     page.wait("document.querySelector('.canary [data-act=promote]:not([disabled])')", timeout=60)
     shot(page, "canary-waiting")
     page.click(".canary [data-act=promote]")
-    page.wait("document.querySelector('#flash').innerText.includes('Promoted web')")
+    page.wait("document.querySelector('#flash').innerText.includes('Promoted shop (step web)')")
     page.wait("document.querySelector('.title .state').innerText === 'succeeded'", timeout=60)
     page.wait("!document.querySelector('.canary')")
     assert page.evaluate(node_state("web")) == "succeeded"

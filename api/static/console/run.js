@@ -47,6 +47,9 @@ function follow() {
       run = data;
       live.statusEvents = String(Number(live.statusEvents || 0) + 1);
       render();
+      // A rollout is over once its step is: its card goes with it.
+      const still = canaries.filter((c) => step(c.step) && ["running", "retrying"].includes(step(c.step).state));
+      if (still.length !== canaries.length) { canaries = still; renderCanaries(); }
     } else if (name === "canary") {
       canaries = data;
       renderCanaries();
@@ -116,7 +119,7 @@ function renderCanaries() {
     <div class="title"><h3>${esc(c.strategy === "blue_green" ? "Blue/green" : "Canary")} of <b>${esc(c.service)}</b> (step ${esc(c.step)})</h3>
       ${c.paused ? `<span class="state s-waiting">waiting for promotion</span>` : `<span class="state s-running">in progress</span>`}</div>
     <p class="facts">current weight: <b class="weight">${c.weight === null || c.weight === undefined ? "—" : esc(c.weight) + "%"}</b> of new requests to the new version
-      · next canary step ${esc(c.canary_step + 1)}</p>
+</p>
     ${c.paused ? `<div class="actions">${session.button("Promote", "operator", `data-act="promote" data-target="${esc(c.step)}"`, "primary")}</div>` : ""}
   </section>`).join("");
 }
