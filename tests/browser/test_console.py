@@ -315,10 +315,11 @@ def test_flows_page_shows_source_and_pauses_a_schedule(page: Page, stack: Stack)
     assert any(c.startswith("~ step pause") and "duration" in c for c in changes), changes
     assert any(c.startswith("~ schedule") and "0 4 * * 1-5" in c for c in changes), changes
     assert "v1 → v2" in page.text(f"{card} .diff")
+    page.evaluate(f"document.querySelector('{card} .versions').scrollIntoView()")
+    shot(page, "flows-versions-diff")
     page.evaluate(f"document.querySelector('{card} .diff-form [name=from]').value = '2'")
     page.click(f"{card} .diff-form button[type=submit]")
     page.wait(f"document.querySelector('{card} .diff').innerText.includes('No changes')")
-    shot(page, "flows-versions-diff")
     with stack.http("viewer") as http:
         assert [v["version"] for v in http.get(f"/flows/{name}/versions").json()] == [2, 1]
         bad = http.get(f"/flows/{name}/diff", params={"from": 9})
