@@ -229,6 +229,8 @@ def test_failure_compensates_and_shows_undo_nodes(page: Page, stack: Stack, flow
     assert step_link == rows[1]["link"]  # the step's link: its last attempt's event
     page.click("#undo-migrate")
     page.wait("document.querySelector('#log').innerText.includes('undoing the migration')")
+    page.wait("document.querySelector('.undo-events a')")  # the compensation's own event
+    assert "/history/events/" in page.evaluate("document.querySelector('.undo-events a').href")
     shot(page, "failure-compensated")
 
     # An operator retries it from the page: a new run, shown at once.

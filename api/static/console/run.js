@@ -194,7 +194,9 @@ function renderDetail() {
     (info.undo ? `<h3>Undo</h3>${fields(info.undo)}` : ""));
   if (s.compensation) {
     const c = s.compensation;
-    parts.push(`<h3>Compensation</h3>${fields({kind: c.kind, attempts: c.attempts, error: c.error, output: c.output, took: took(c.started_at, c.ended_at)})}`);
+    const undoEvents = (stepHistory && stepHistory.step === s.id) ? stepHistory.events.filter((e) => e.undo) : [];
+    parts.push(`<h3>Compensation</h3>${fields({kind: c.kind, attempts: c.attempts, error: c.error, output: c.output, took: took(c.started_at, c.ended_at)})}` +
+      (undoEvents.length ? `<p class="undo-events">In the Temporal Web UI: ${undoEvents.map((e) => `<a href="${esc(e.ui_url)}" target="_blank" rel="noopener">undo attempt ${esc(e.attempt)}</a>`).join(" · ")}</p>` : ""));
   }
   const events = (stepHistory && stepHistory.step === s.id) ? stepHistory.events.filter((e) => !e.undo) : [];
   const last = events[events.length - 1];
@@ -225,7 +227,7 @@ function attemptTable(s) {
 
 // The step's activities in the run's history (deep links); read again when attempts change.
 async function loadHistory(s) {
-  const key = `${s.id}#${(s.attempt_log || []).length}#${s.state}`;
+  const key = `${s.id}#${(s.attempt_log || []).length}#${s.state}#${s.compensation ? s.compensation.attempts : 0}`;
   if (historyKey === key || SILENT.has(s.kind)) return;
   historyKey = key;
   try {
