@@ -39,15 +39,18 @@ from shipflow.api.routes import (
     canary,
     codec,
     console,
+    flow_versions,
     flows,
     health,
     hooks,
     logs,
     plans,
     recovery,
+    run_events,
     runs,
     schedules,
     stages,
+    step_history,
 )
 
 log = logging.getLogger("shipflow.api")
@@ -187,10 +190,13 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     if tracer is not None:
         _trace_requests(app, tracer)
     app.include_router(flows.router)
+    app.include_router(flow_versions.router)
     app.include_router(backups.router)
     app.include_router(schedules.router)
     app.include_router(runs.router)
     app.include_router(canary.router)
+    app.include_router(run_events.router)
+    app.include_router(step_history.router)
     app.include_router(recovery.router)
     app.include_router(logs.router)
     app.include_router(plans.router)

@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         MEMO_KEY,
         STEP_MEMO_PREFIX,
         Approval,
+        AttemptRecord,
         Compensation,
         RunState,
         RunStatus,
@@ -85,6 +86,9 @@ WORKER_SHUTDOWN_IS_LOST = "worker-shutdown-is-lost"
 LOCAL_SHORT_CALLS = "local-short-calls"
 #: Patch id: the run records its live state changes in the runs index (`_index_states`).
 INDEX_RUN_STATES = "index-run-states"
+#: Patch id: each attempt of a step is recorded (`StepStatus.attempt_log`) and its activity
+#: is named `<step>:<activity>:<attempt>` so the API can find it in the history.
+STEP_ATTEMPT_LOG = "step-attempt-log"
 
 
 def _worker_shut_down(cause: BaseException | None) -> bool:
@@ -573,6 +577,8 @@ class ReleaseWorkflow:
         # the backstop for a worker that stops answering.
         step_timeout = action.timeout_s or 86400.0
         timeout = timedelta(seconds=step_timeout + (CLEANUP_MARGIN_S if long_running else 0))
+        logged = workflow.patched(STEP_ATTEMPT_LOG)
+        record: AttemptRecord | None = None
         while True:
             attempt += 1
             if undo is not None:
@@ -581,6 +587,16 @@ class ReleaseWorkflow:
                 step.attempts = attempt
                 step.state = StepState.RUNNING
                 step.next_attempt_at = None
+            activity_id: str | None = None
+            if logged:
+                role = "undo:" if undo is not None else ""
+                resumed = f"+{lost}" if lost else ""
+                activity_id = f"{action.id}:{role}{activity}:{attempt}{resumed}"
+                if undo is None and (record is None or record.number != attempt):
+                    record = AttemptRecord(number=attempt, started_at=workflow.now())
+                    step.attempt_log = [*(step.attempt_log or []), record]
+                if record is not None and undo is None:
+                    record.activity_id = activity_id
             self._touch(step)
             payload = request.model_copy(update={"resume": resume}) if resume else request
             try:
@@ -595,6 +611,7 @@ class ReleaseWorkflow:
                             workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
                         ),
                         summary=step.summary or literal(action.summary),
+                        activity_id=activity_id,
                     )
                 else:
                     result = await workflow.execute_activity(
@@ -612,13 +629,18 @@ class ReleaseWorkflow:
                             workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
                         ),
                         summary=step.summary or literal(action.summary),
+                        activity_id=activity_id,
                     )
+                if record is not None:
+                    record.ended_at, record.outcome = workflow.now(), "succeeded"
                 return result.model_dump(mode="json")
             except (ActivityError, ApplicationError, TimeoutError) as error:
                 # A regular activity's failure is an ActivityError around its cause; a local
                 # activity's arrives unwrapped (the SDK's core reports it as is).
                 cause = error.cause if isinstance(error, ActivityError) else error
                 if isinstance(cause, CancelledError):
+                    if record is not None:
+                        record.ended_at, record.outcome = workflow.now(), "cancelled"
                     raise
                 if (
                     isinstance(cause, TimeoutError)
@@ -627,6 +649,8 @@ class ReleaseWorkflow:
                 ):
                     lost += 1
                     attempt -= 1
+                    if record is not None:
+                        record.resumed += 1
                     details = list(cause.last_heartbeat_details or [])
                     if details and isinstance(details[0], dict):
                         resume = details[0]
@@ -643,9 +667,14 @@ class ReleaseWorkflow:
                     # (a command's job record, a rollout's derived id).
                     lost += 1
                     attempt -= 1
+                    if record is not None:
+                        record.resumed += 1
                     workflow.logger.warning("step %s: its worker shut down; resuming", action.id)
                     continue
                 message = _describe(error)
+                if record is not None:
+                    record.ended_at, record.outcome = workflow.now(), "failed"
+                    record.error = message
                 if undo is not None:
                     undo.error = message
                 else:

@@ -468,6 +468,12 @@ Step = Annotated[
 
 ParallelStep.model_rebuild()
 SequenceStep.model_rebuild()
+# The canary's analysis refers to HttpCheck, defined further down: complete these here, so
+# that a model built from another module (a deploy activity's input) never meets them half
+# defined ("`Strategy` is not fully defined").
+CanaryAnalysisSpec.model_rebuild()
+AnalysisStep.model_rebuild()
+Strategy.model_rebuild()
 
 
 # ---------------------------------------------------------------- flow

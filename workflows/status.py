@@ -74,6 +74,23 @@ class Compensation(BaseModel):
     ended_at: datetime | None = None
 
 
+class AttemptRecord(BaseModel):
+    """One attempt of a step: when it ran, how it ended and with which error.
+
+    `activity_id` names the Temporal activity of the attempt's call (`<step>:<activity>:<n>`),
+    so the API can find the attempt's events in the run's history (deep links to the Web
+    UI). Runs started before attempts were recorded have no records (`attempt_log` None).
+    """
+
+    number: int
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: str = Field("running", description="running | succeeded | failed | cancelled")
+    error: str | None = None
+    activity_id: str | None = None
+    resumed: int = Field(0, description="times the attempt was resumed after a lost worker")
+
+
 class StepStatus(BaseModel):
     id: str
     kind: str
@@ -90,6 +107,9 @@ class StepStatus(BaseModel):
     next_attempt_at: datetime | None = None
     approval: Approval | None = None
     compensation: Compensation | None = None
+    attempt_log: list[AttemptRecord] | None = Field(
+        None, description="every attempt with its times and error, oldest first"
+    )
 
 
 class RunSummary(BaseModel):

@@ -20,10 +20,10 @@ from shipflow.infra.cli.common import (
     out,
     read_file,
 )
-from shipflow.infra.cli.flowdiff import diff_flows
 from shipflow.infra.cli.graph import dot, mermaid, plan_tree
 from shipflow.infra.cli.render import fitting_columns, table_console
 from shipflow.infra.cli.runs import examples
+from shipflow.workflows.flowdiff import diff_flows
 from shipflow.workflows.spec import FlowError, FlowSpec, flow_json_schema, load_flow_text
 from shipflow.workflows.validation import Report, validate_text
 

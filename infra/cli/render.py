@@ -7,6 +7,7 @@ status having to carry the groups themselves.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -64,8 +65,18 @@ def duration_text(start: datetime | None, end: datetime | None, now: datetime | 
     return f"{hours}h{minutes:02d}m"
 
 
-def step_line(step: StepStatus, now: datetime | None = None) -> Text:
-    """One step: symbol, id, kind, state, attempts, duration, then error or what it waits for."""
+def step_line(
+    step: StepStatus,
+    now: datetime | None = None,
+    *,
+    run_id: str | None = None,
+    outputs: bool = False,
+) -> Text:
+    """One step: symbol, id, kind, state, attempts, duration, then error or what it waits for.
+
+    With `run_id`, a waiting approval shows the exact command to approve it; with
+    `outputs`, the step's output fields follow, one per line (long values cut).
+    """
     symbol, style = STEP_STYLE.get(step.state, ("?", ""))
     line = Text()
     line.append(f"{symbol} ", style=style)
@@ -80,7 +91,7 @@ def step_line(step: StepStatus, now: datetime | None = None) -> Text:
     if step.state == StepState.RETRYING and step.next_attempt_at is not None:
         line.append(f"  next attempt at {step.next_attempt_at:%H:%M:%S}", style="yellow")
     if step.state == StepState.WAITING:
-        line.append(f"  (shipflow approve RUN {step.id})", style="magenta")
+        line.append(f"  (shipflow approve {run_id or 'RUN'} {step.id})", style="magenta")
     if step.summary and step.summary != step.id:
         line.append(f"  {step.summary}", style="dim italic")
     if step.error:
@@ -89,6 +100,10 @@ def step_line(step: StepStatus, now: datetime | None = None) -> Text:
         by = f" by {step.approval.by}" if step.approval.by else ""
         comment = f": {step.approval.comment}" if step.approval.comment else ""
         line.append(f"\n  {step.approval.decision}{by}{comment}", style="magenta")
+    if outputs and step.output:
+        for key, value in step.output.items():
+            line.append(f"\n  {key}: ", style="dim")
+            line.append(output_text(value))
     comp = step.compensation
     if comp is not None:
         comp_style = "red" if comp.error else "blue"
@@ -101,6 +116,19 @@ def step_line(step: StepStatus, now: datetime | None = None) -> Text:
         if comp.error:
             line.append(f": {comp.error}", style="red")
     return line
+
+
+#: An output value longer than this is cut (`shipflow status --json` has it whole).
+OUTPUT_CHARS = 200
+
+
+def output_text(value: Any) -> str:
+    """One output value on one line: text as is, anything else as JSON; cut when long."""
+    if value == "":
+        return "(empty)"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if len(text) <= OUTPUT_CHARS else text[: OUTPUT_CHARS - 1] + "…"
 
 
 def _groups(path: str) -> list[tuple[str, str]]:
@@ -129,7 +157,7 @@ def run_title(status: RunStatus) -> Text:
     return title
 
 
-def step_tree(status: RunStatus, now: datetime | None = None) -> Tree:
+def step_tree(status: RunStatus, now: datetime | None = None, *, outputs: bool = False) -> Tree:
     """The run as a tree: groups as branches, steps as leaves, in flow order."""
     tree = Tree(run_title(status), guide_style="dim")
     branches: dict[str, Tree] = {}
@@ -141,13 +169,13 @@ def step_tree(status: RunStatus, now: datetime | None = None) -> Tree:
                 branch = parent.add(Text(kind, style="bold dim"))
                 branches[group_id] = branch
             parent = branch
-        parent.add(step_line(step, now))
+        parent.add(step_line(step, now, run_id=status.run_id, outputs=outputs))
     return tree
 
 
-def run_view(status: RunStatus) -> RenderableType:
+def run_view(status: RunStatus, *, outputs: bool = False) -> RenderableType:
     """The tree plus the run's arguments and error: what `status` prints above the link."""
-    parts: list[RenderableType] = [step_tree(status)]
+    parts: list[RenderableType] = [step_tree(status, outputs=outputs)]
     if status.args:
         args = ", ".join(f"{k}={v}" for k, v in sorted(status.args.items()))
         parts.append(Text(f"args: {args}", style="dim"))

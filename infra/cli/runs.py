@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
-from shipflow.infra.cli.client import ApiClient, ApiUnreachable
+from shipflow.infra.cli.client import ApiClient, ApiError, ApiUnreachable
 from shipflow.infra.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -24,7 +25,8 @@ from shipflow.infra.cli.common import (
     out,
 )
 from shipflow.infra.cli.render import print_link, run_view, runs_table, table_console
-from shipflow.workflows.status import RunState, RunStatus
+from shipflow.infra.cli.status_view import approval_lines, queued_lines
+from shipflow.workflows.status import RunState, RunStatus, StepState
 
 
 def examples(*lines: str) -> str:
@@ -175,15 +177,28 @@ def status(
     run_id: str = typer.Argument(..., metavar="RUN", help="a run id, as `shipflow runs` shows"),
     as_json: bool = typer.Option(False, "--json", help="print the API's JSON"),
 ) -> None:
-    """Show a run: every step's state, attempts, duration and error, and the Web UI link."""
+    """Show a run: every step's state, attempts, duration, error and outputs; for a queued
+    run its queue position and the run it waits for; for a waiting approval its deadline
+    and the exact command to approve it; and the Web UI link."""
     state = cli_state(ctx)
+    plan_steps: dict[str, Any] = {}
+    stage_runs: list[dict[str, Any]] = []
     with api_errors(state), state.client() as client:
         raw = client.run_json(run_id)
-    if as_json:
-        typer.echo(json.dumps(raw, indent=2))
-        return
-    run_status, ui_url = RunStatus.model_validate(raw), raw.get("ui_url")
-    out.print(run_view(run_status))
+        if as_json:
+            typer.echo(json.dumps(raw, indent=2))
+            return
+        run_status = RunStatus.model_validate(raw)
+        if any(s.kind == "approve" and s.state == StepState.WAITING for s in run_status.steps):
+            with contextlib.suppress(ApiError):
+                plan_steps = client.request("GET", f"/runs/{run_id}/plan").get("steps") or {}
+        if run_status.state == RunState.QUEUED:
+            with contextlib.suppress(ApiError):
+                stage_runs = client.list_runs(stage=run_status.stage, limit=50)
+    ui_url = raw.get("ui_url")
+    out.print(run_view(run_status, outputs=True))
+    for line in queued_lines(run_status, stage_runs) + approval_lines(run_status, plan_steps):
+        out.print(line, highlight=False, soft_wrap=True)
     stuck = raw.get("stuck")
     if isinstance(stuck, dict):
         out.print(

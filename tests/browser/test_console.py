@@ -47,7 +47,7 @@ steps:
           - wait: {{id: soak, duration: 300ms}}
           - check: {{id: api-up, http: {{url: "{api}/healthz"}}, period: 100ms, success_threshold: 2}}
   - approve: {{id: go-live, timeout: 1h}}
-  - migrate: {{id: verify, command: [sh, -c, "echo verifying ${{args.version}}; test ${{args.outcome}} = pass"]}}
+  - migrate: {{id: verify, retries: 1, command: [sh, -c, "echo verifying ${{args.version}}; test ${{args.outcome}} = pass"]}}
 """
 
 
@@ -84,6 +84,14 @@ def release(stack: Stack, flow: dict[str, Any], version: str, outcome: str = "pa
 
 
 LOG_LINES = "[...document.querySelectorAll('#log .line')].map(l => l.textContent)"
+
+
+def run_reads(run_id: str) -> str:
+    """How many times the page fetched `GET /runs/{id}` itself (polling would add one a second)."""
+    return (
+        "performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === "
+        f"{json.dumps('/runs/' + run_id)}).length"
+    )
 
 
 def node_state(step: str) -> str:
@@ -160,6 +168,12 @@ def test_run_from_the_form_streams_logs_is_approved_on_the_page_and_succeeds(
     page.wait("document.querySelector('.title .state').innerText === 'succeeded'", timeout=60)
     for step in ("migrate", "web", "soak", "api-up", "go-live", "verify"):
         assert page.evaluate(node_state(step)) == "succeeded", step
+    # Every change above came through the one event stream: the page read the run itself
+    # only when it opened and after the approval (polling would read it once a second), so
+    # the states it showed before the approval came from the stream's events.
+    assert page.evaluate("document.documentElement.dataset.updates") == "stream"
+    assert int(page.evaluate("document.documentElement.dataset.statusEvents")) >= 2
+    assert page.evaluate(run_reads(run_id)) <= 3
     page.wait("document.querySelector('#detail-info').innerText.includes('looks good')")
     assert "operator-bot" in page.text("#detail-info")
 
@@ -199,8 +213,24 @@ def test_failure_compensates_and_shows_undo_nodes(page: Page, stack: Stack, flow
     page.click("#node-verify")
     page.wait("document.querySelector('.step-error')")
     page.wait("document.querySelector('#log').innerText.includes('verifying v8')")
+    # Both attempts, each with its error and times, each linked to its activity's event.
+    page.wait("document.querySelectorAll('table.attempts tbody tr a').length === 2")
+    rows = page.evaluate(
+        "[...document.querySelectorAll('table.attempts tbody tr')].map(r => ({n: r.dataset.attempt,"
+        " state: r.querySelector('.state').innerText, error: r.querySelector('.attempt-error').innerText,"
+        " link: r.querySelector('a').href}))"
+    )
+    assert [r["n"] for r in rows] == ["1", "2"]
+    for row in rows:
+        assert row["state"] == "failed" and "exit" in row["error"].lower(), row
+        assert "/history/events/" in row["link"] and row["link"].startswith(stack.settings.ui_url.rstrip("/"))
+    assert rows[0]["link"] != rows[1]["link"]
+    step_link = page.evaluate("document.querySelector('#step-ui-link').href")
+    assert step_link == rows[1]["link"]  # the step's link: its last attempt's event
     page.click("#undo-migrate")
     page.wait("document.querySelector('#log').innerText.includes('undoing the migration')")
+    page.wait("document.querySelector('.undo-events a')")  # the compensation's own event
+    assert "/history/events/" in page.evaluate("document.querySelector('.undo-events a').href")
     shot(page, "failure-compensated")
 
     # An operator retries it from the page: a new run, shown at once.
@@ -273,6 +303,74 @@ def test_flows_page_shows_source_and_pauses_a_schedule(page: Page, stack: Stack)
     page.click(f"{card} [data-sched=pause]")
     page.wait(f"document.querySelector('{card} tr[data-schedule]').innerText.includes('paused')")
     shot(page, "flows-page")
+
+    # A second version: its diff against the first, as `shipflow flow diff` shows it.
+    stack.apply(
+        f"apiVersion: shipflow/v1\nname: {name}\nstage: nightly\n"
+        "triggers:\n  - cron: '0 4 * * 1-5'\n"
+        "steps:\n  - wait: {id: pause, duration: 2s}\n  - wait: {id: settle, duration: 1s}\n"
+    )
+    page.goto(stack.url + "/flows")
+    page.wait(f"document.querySelector('{card} .diff .changes')")
+    changes = page.evaluate(f"[...document.querySelectorAll('{card} .diff li')].map(l => l.innerText)")
+    assert "+ step settle" in "\n".join(changes), changes
+    assert any(c.startswith("~ step pause") and "duration" in c for c in changes), changes
+    assert any(c.startswith("~ schedule") and "0 4 * * 1-5" in c for c in changes), changes
+    assert "v1 → v2" in page.text(f"{card} .diff")
+    page.evaluate(f"document.querySelector('{card} .versions').scrollIntoView()")
+    shot(page, "flows-versions-diff")
+    page.evaluate(f"document.querySelector('{card} .diff-form [name=from]').value = '2'")
+    page.click(f"{card} .diff-form button[type=submit]")
+    page.wait(f"document.querySelector('{card} .diff').innerText.includes('No changes')")
+    with stack.http("viewer") as http:
+        assert [v["version"] for v in http.get(f"/flows/{name}/versions").json()] == [2, 1]
+        bad = http.get(f"/flows/{name}/diff", params={"from": 9})
+        assert bad.status_code == 404 and "no version 9" in bad.text
+        assert http.get(f"/flows/{name}/diff", params={"from": "x"}).status_code == 422
     with stack.http("viewer") as http:
         (schedule,) = http.get(f"/flows/{name}/schedules").json()
         assert schedule["paused"] is True
+
+
+CANARY_FLOW = """
+apiVersion: shipflow/v1
+name: {name}
+stage: {stage}
+target:
+  kind: local
+  services:
+    shop: {service}
+args:
+  version: {{default: v1}}
+steps:
+  - deploy:
+      id: web
+      service: shop
+      image: "${{args.version}}"
+      strategy: {{canary: {{steps: [{{set_weight: 25}}, {{pause: {{}}}}]}}}}
+"""
+
+
+def test_a_waiting_canary_shows_its_weight_and_is_promoted_from_the_page(page: Page, stack: Stack) -> None:
+    name, stage = f"canary-{uuid.uuid4().hex[:6]}", f"cn-{uuid.uuid4().hex[:4]}"
+    service = json.dumps(demo_service(free_port(), period="0.1s"))
+    # Its own service: the runtime is shared, and a canary of the other flows' `web` would
+    # start at once, with nothing to wait for.
+    stack.apply(CANARY_FLOW.format(name=name, stage=stage, service=service))
+    first = stack.start_run(name, {"version": "v1"})  # a first deploy has nothing to compare: rolling
+    until(lambda: stack.run(first)["state"] in ("succeeded", "failed", "rolled_back"), "the first deploy")
+    assert stack.run(first)["state"] == "succeeded", json.dumps(stack.run(first), indent=1)
+    run_id = stack.start_run(name, {"version": "v2"})
+    login(page, stack, "viewer", f"/runs/{run_id}")
+    page.wait("document.querySelector('.canary [data-act=promote]')", timeout=60)
+    canary = page.text(".canary")
+    assert "current weight: 25%" in canary and "waiting for promotion" in canary
+    assert page.evaluate("document.querySelector('.canary [data-act=promote]').disabled") is True
+    login(page, stack, "operator", f"/runs/{run_id}")
+    page.wait("document.querySelector('.canary [data-act=promote]:not([disabled])')", timeout=60)
+    shot(page, "canary-waiting")
+    page.click(".canary [data-act=promote]")
+    page.wait("document.querySelector('#flash').innerText.includes('Promoted shop (step web)')")
+    page.wait("document.querySelector('.title .state').innerText === 'succeeded'", timeout=60)
+    page.wait("!document.querySelector('.canary')")
+    assert page.evaluate(node_state("web")) == "succeeded"

@@ -187,9 +187,26 @@ def test_cancel_a_waiting_run(stack: EmbeddedStack, tmp_path: Path) -> None:
     assert started.exit_code == 0, started.output
     run_id = run_id_of(started)
     wait_state(stack, run_id, "waiting")
+    # A second run of the stage queues behind it.
+    second = run_id_of(cli(stack, "run", flow))
+    wait_state(stack, second, "queued")
     shown = cli(stack, "status", run_id)
-    assert "go-live approve  waiting" in shown.output
-    assert "shipflow approve RUN go-live" in shown.output
+    assert shown.exit_code == 0, shown.output
+    text = shown.output
+    assert "go-live approve  waiting" in text
+    assert f"(shipflow approve {run_id} go-live)" in " ".join(text.replace("│", "").split())
+    assert "approve RUN" not in text  # the real id, not a placeholder
+    assert "waiting for approval: go-live" in text
+    assert re.search(r"deadline: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in (9m\d\ds|10m00s)\)", text), text
+    assert f"approve: shipflow approve {run_id} go-live -m 'why'" in text
+    assert f"reject:  shipflow reject {run_id} go-live -m 'why'" in text
+    assert re.search(r"prepare migrate  succeeded.*\n.*exit_code: 0", text), text  # outputs
+    queued = cli(stack, "status", second)
+    assert queued.exit_code == 0, queued.output
+    assert "queued: position 1 in the queue of stage cli-test" in queued.output
+    assert f"waits for: run {run_id} (waiting, flow {flow}) to end" in queued.output
+    assert cli(stack, "cancel", second).exit_code == 0
+    wait_state(stack, second, "cancelled")
 
     result = cli(stack, "cancel", run_id)
     assert result.exit_code == 0, result.output

@@ -61,6 +61,17 @@ steps:
   - approve: {{id: go}}
   - migrate: {{id: m, command: ["true"]}}
 """,
+    # Per-attempt records and named activities (patch `step-attempt-log`): a short check
+    # (a local activity) and a command that fails both of its attempts, then compensation.
+    "attempts": """
+apiVersion: shipflow/v1
+name: attempts
+stage: test
+steps:
+  - check: {{id: c, tcp: {{port: {port}}}, period: 100ms, timeout: 5s}}
+  - migrate: {{id: undone, command: ["true"], undo: {{command: ["true"]}}}}
+  - migrate: {{id: flaky, command: [sh, -c, "exit 3"], retries: 1}}
+""",
 }
 
 

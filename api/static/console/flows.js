@@ -16,9 +16,42 @@ export async function show(who) {
       <h3>Args</h3>${fields(f.args)}
       <h3>Triggers</h3>${f.triggers.length ? fields(f.triggers) : `<p class="muted">none: runs start from the API, CLI or console</p>`}
       <h3>Schedules</h3><div class="schedules muted">…</div>
+      <h3>Versions</h3><div class="versions muted">…</div>
       <details><summary>Source</summary><pre class="source"></pre></details></section>`).join("")
     : `<p class="muted">No flows yet: <code>shipflow flow apply FILE</code>.</p>`;
-  for (const f of flows) fill(f.name);
+  for (const f of flows) { fill(f.name); versions(f.name); }
+}
+
+// The flow's versions, and what changed between two of them (the `shipflow flow diff` view).
+async function versions(name) {
+  const card = document.querySelector(`.flow[data-flow="${CSS.escape(name)}"]`);
+  const box = card.querySelector(".versions");
+  let list;
+  try { list = await get(`/flows/${encodeURIComponent(name)}/versions`); }
+  catch (e) { box.textContent = `Could not read the versions: ${e.message}`; return; }
+  box.classList.remove("muted");
+  const options = (chosen) => list.map((v) => `<option value="${esc(v.version)}" ${v.version === chosen ? "selected" : ""}>v${esc(v.version)}${v.current ? " (current)" : ""} · ${esc(new Date(v.created_at).toLocaleString())}</option>`).join("");
+  if (list.length < 2) {
+    box.innerHTML = `<p class="muted">Only version ${esc(list.length ? list[0].version : "?")} so far: nothing to compare.</p>`;
+    return;
+  }
+  box.innerHTML = `<form class="diff-form"><label>from <select name="from">${options(list[1].version)}</select></label>
+      <label>to <select name="to">${options(list[0].version)}</select></label>
+      <button type="submit">Show the diff</button></form><div class="diff" aria-live="polite"></div>`;
+  const form = box.querySelector(".diff-form");
+  form.addEventListener("submit", (event) => { event.preventDefault(); showDiff(name, form); });
+  showDiff(name, form);
+}
+
+async function showDiff(name, form) {
+  const out = form.parentElement.querySelector(".diff");
+  const from = form.elements.from.value, to = form.elements.to.value;
+  try {
+    const diff = await get(`/flows/${encodeURIComponent(name)}/diff`, {from, to});
+    const lines = diff.changes.map((c) => `<li class="change c-${c.change === "+" ? "add" : c.change === "-" ? "del" : "mod"}"><code>${esc(c.change)}</code> ${esc(c.what)} <b>${esc(c.name)}</b>${c.detail ? `: ${esc(c.detail)}` : ""}</li>`);
+    out.innerHTML = `<p class="muted">v${esc(diff.from_version)} &rarr; v${esc(diff.to_version)}${diff.note ? ` · ${esc(diff.note)}` : ""}</p>` +
+      (lines.length ? `<ul class="changes">${lines.join("")}</ul>` : `<p class="muted">No changes.</p>`);
+  } catch (e) { out.innerHTML = `<p class="error">${esc(e.message)}</p>`; }
 }
 
 async function fill(name) {

@@ -44,8 +44,12 @@ export function paint(root, run) {
 
 // Compensations, in the order they ran, as nodes of their own after the failure.
 export function compensations(run) {
+  // Started in the same instant (an undo with nothing to do takes no time): the undo stack
+  // runs the later step's first.
+  const order = new Map(run.steps.map((s, i) => [s.id, i]));
   const undone = run.steps.filter((s) => s.compensation)
-    .sort((a, b) => String(a.compensation.started_at || "~").localeCompare(String(b.compensation.started_at || "~")));
+    .sort((a, b) => String(a.compensation.started_at || "~").localeCompare(String(b.compensation.started_at || "~"))
+      || order.get(b.id) - order.get(a.id));
   if (!undone.length) return "";
   const cause = run.failed_step ? `after <b>${esc(run.failed_step)}</b> failed` : "after the run stopped";
   const nodes = undone.map((s) => {

@@ -4,13 +4,13 @@ import {ApiError, get, post, stream} from "./api.js";
 import {compensations, draw, flatTree, paint} from "./graph.js";
 import {$, FINAL, badge, esc, fields, flash, took, when} from "./util.js";
 
-let run = null, plan = null, picked = null, logControl = null, session = null;
+let run = null, plan = null, picked = null, logControl = null, session = null, canaries = [], stepHistory = null, historyKey = null;
 const POLL_MS = 1000;
 
 export async function show(runId, who) {
   session = who;
   const app = $("#app");
-  app.innerHTML = `<section id="run-head" class="card"></section><div id="run-confirm"></div>
+  app.innerHTML = `<section id="run-head" class="card"></section><div id="canary"></div><div id="run-confirm"></div>
     <div class="run-body"><section class="card graph-card"><div id="graph"></div><div id="comp"></div></section>
     <aside class="card detail" id="detail"><p class="muted">Pick a step to see its inputs, outputs, attempts and logs.</p></aside></div>`;
   try {
@@ -27,10 +27,50 @@ export async function show(runId, who) {
   if (wanted) pick(wanted);
   // When the first complete picture was on screen (ms since navigation): for bench/.
   document.documentElement.dataset.rendered = String(Math.round(performance.now()));
-  poll();
+  follow();
 }
 
+// Live updates: one server-sent-event stream per page (`GET /runs/{id}/events`), which
+// pushes the run when it changes and ends when the run is final. A lost stream reconnects;
+// after RECONNECTS failures in a row the page falls back to polling.
+const RECONNECTS = 3;
+let failures = 0;
+
+function follow() {
+  if (FINAL.has(run.state) && !hasLiveStep()) return;
+  const live = document.documentElement.dataset;
+  live.updates = "stream";
+  let ended = false;
+  stream(`/runs/${encodeURIComponent(run.run_id)}/events`, (name, data) => {
+    failures = 0;
+    if (name === "status") {
+      run = data;
+      live.statusEvents = String(Number(live.statusEvents || 0) + 1);
+      render();
+      // A rollout is over once its step is: its card goes with it.
+      const still = canaries.filter((c) => step(c.step) && ["running", "retrying"].includes(step(c.step).state));
+      if (still.length !== canaries.length) { canaries = still; renderCanaries(); }
+    } else if (name === "canary") {
+      canaries = data;
+      renderCanaries();
+    } else if (name === "end") {
+      ended = true;
+    }
+  }, (error) => {
+    if (ended || (FINAL.has(run.state) && !hasLiveStep())) return;
+    failures += 1;
+    if (failures > RECONNECTS) {
+      flash(`The live stream of this run failed (${error ? error.message : "closed"}); refreshing every ${POLL_MS / 1000}s instead.`);
+      poll();
+      return;
+    }
+    setTimeout(follow, 1000 * failures);
+  });
+}
+
+// The fallback when the stream cannot be kept open.
 async function poll() {
+  document.documentElement.dataset.updates = "polling";
   while (!FINAL.has(run.state) || hasLiveStep()) {
     await new Promise((r) => setTimeout(r, POLL_MS));
     try { run = await get(`/runs/${encodeURIComponent(run.run_id)}`); render(); }
@@ -69,6 +109,19 @@ function renderHead() {
     ${run.error ? `<p class="error" id="run-error">${esc(run.error)}</p>` : ""}
     ${run.stuck ? `<p class="error">stuck: ${esc(run.stuck.reason)} (${esc(run.stuck.attempts)} attempts)</p>` : ""}
     <div class="actions">${actions.join(" ")}</div>`;
+}
+
+// A canary rollout of this run in progress: its weight, and Promote while it waits in a pause.
+function renderCanaries() {
+  const box = $("#canary");
+  if (!canaries.length) { box.innerHTML = ""; return; }
+  box.innerHTML = canaries.map((c) => `<section class="card canary" data-canary="${esc(c.step)}">
+    <div class="title"><h3>${esc(c.strategy === "blue_green" ? "Blue/green" : "Canary")} of <b>${esc(c.service)}</b> (step ${esc(c.step)})</h3>
+      ${c.paused ? `<span class="state s-waiting">waiting for promotion</span>` : `<span class="state s-running">in progress</span>`}</div>
+    <p class="facts">current weight: <b class="weight">${c.weight === null || c.weight === undefined ? "—" : esc(c.weight) + "%"}</b> of new requests to the new version
+</p>
+    ${c.paused ? `<div class="actions">${session.button("Promote", "operator", `data-act="promote" data-target="${esc(c.step)}"`, "primary")}</div>` : ""}
+  </section>`).join("");
 }
 
 function step(id) { return run.steps.find((s) => s.id === id); }
@@ -134,22 +187,53 @@ function renderDetail() {
   parts.push(`<h3>Attempts</h3><dl class="fields"><dt>attempts</dt><dd>${esc(s.attempts)} of at most ${esc(s.max_attempts)}</dd>
     <dt>started</dt><dd>${when(s.started_at) || "not yet"}</dd><dt>ended</dt><dd>${when(s.ended_at) || "—"}</dd>
     <dt>took</dt><dd>${esc(took(s.started_at, s.ended_at))}</dd>
-    ${s.next_attempt_at ? `<dt>next attempt</dt><dd>${when(s.next_attempt_at)}</dd>` : ""}</dl>`);
+    ${s.next_attempt_at ? `<dt>next attempt</dt><dd>${when(s.next_attempt_at)}</dd>` : ""}</dl>${attemptTable(s)}`);
   if (s.approval) parts.push(`<h3>Decision</h3>${fields({decision: s.approval.decision, by: s.approval.by, comment: s.approval.comment, at: new Date(s.approval.at).toLocaleString()})}`);
   parts.push(`<h3>Output</h3><div class="output">${fields(s.output)}</div>`);
   if (info) parts.push(`<h3>Inputs</h3><div class="inputs">${fields(info.inputs)}</div>` +
     (info.undo ? `<h3>Undo</h3>${fields(info.undo)}` : ""));
   if (s.compensation) {
     const c = s.compensation;
-    parts.push(`<h3>Compensation</h3>${fields({kind: c.kind, attempts: c.attempts, error: c.error, output: c.output, took: took(c.started_at, c.ended_at)})}`);
+    const undoEvents = (stepHistory && stepHistory.step === s.id) ? stepHistory.events.filter((e) => e.undo) : [];
+    parts.push(`<h3>Compensation</h3>${fields({kind: c.kind, attempts: c.attempts, error: c.error, output: c.output, took: took(c.started_at, c.ended_at)})}` +
+      (undoEvents.length ? `<p class="undo-events">In the Temporal Web UI: ${undoEvents.map((e) => `<a href="${esc(e.ui_url)}" target="_blank" rel="noopener">undo attempt ${esc(e.attempt)}</a>`).join(" · ")}</p>` : ""));
   }
-  parts.push(`<p><a href="${esc(run.ui_url)}" target="_blank" rel="noopener">This step in the Temporal Web UI</a>
-      <span class="muted">(the run's history: every attempt of <code>${esc(s.id)}</code>, inputs and results, decoded)</span></p>`);
+  const events = (stepHistory && stepHistory.step === s.id) ? stepHistory.events.filter((e) => !e.undo) : [];
+  const last = events[events.length - 1];
+  parts.push(last
+    ? `<p><a id="step-ui-link" href="${esc(last.ui_url)}" target="_blank" rel="noopener">This step in the Temporal Web UI</a>
+      <span class="muted">(the ${last.local ? "local activity" : "activity"} of attempt ${esc(last.attempt)}: its event in the run's history, input and result decoded)</span></p>`
+    : `<p><a id="step-ui-link" href="${esc(stepHistory && stepHistory.step === s.id ? stepHistory.run_ui_url : run.ui_url)}" target="_blank" rel="noopener">This run in the Temporal Web UI</a>
+      <span class="muted">(${SILENT.has(s.kind) ? "this step runs in the workflow itself: see its timer or update in the history" : "no activity of this step in the history yet"})</span></p>`);
   $("#detail-info").innerHTML = parts.join("");
+  loadHistory(s);
   const box = $("#detail-top");
   const typing = box.querySelector("textarea");
   if (typing && document.activeElement === typing && s.state === "waiting") return;  // keep what is being typed
   box.innerHTML = top.join("");
+}
+
+// Every attempt with its times and error (from the workflow's records), each linked to
+// its activity's event in the Temporal Web UI (from the run's history, read on demand).
+function attemptTable(s) {
+  if (!s.attempt_log || !s.attempt_log.length) return "";
+  const links = new Map();
+  if (stepHistory && stepHistory.step === s.id) for (const e of stepHistory.events) if (!e.undo && !links.has(e.attempt)) links.set(e.attempt, e.ui_url);
+  return `<table class="attempts"><thead><tr><th>#</th><th>outcome</th><th>started</th><th>took</th><th>error</th><th></th></tr></thead><tbody>${
+    s.attempt_log.map((a) => `<tr data-attempt="${esc(a.number)}"><td>${esc(a.number)}</td><td>${badge(a.outcome)}${a.resumed ? ` <small class="muted">resumed ${esc(a.resumed)}× after a lost worker</small>` : ""}</td>
+      <td>${when(a.started_at)}</td><td>${esc(took(a.started_at, a.ended_at))}</td><td class="attempt-error">${a.error ? `<span class="error">${esc(a.error)}</span>` : ""}</td>
+      <td>${links.has(a.number) ? `<a href="${esc(links.get(a.number))}" target="_blank" rel="noopener">event</a>` : ""}</td></tr>`).join("")}</tbody></table>`;
+}
+
+// The step's activities in the run's history (deep links); read again when attempts change.
+async function loadHistory(s) {
+  const key = `${s.id}#${(s.attempt_log || []).length}#${s.state}#${s.compensation ? s.compensation.attempts : 0}`;
+  if (historyKey === key || SILENT.has(s.kind)) return;
+  historyKey = key;
+  try {
+    stepHistory = await get(`/runs/${encodeURIComponent(run.run_id)}/steps/${encodeURIComponent(s.id)}/history`);
+    if (picked === s.id) renderDetail();
+  } catch { /* the run's link stays */ }
 }
 
 function approvalBox(s, info) {
@@ -176,6 +260,11 @@ async function onClick(event) {
       button.disabled = true;
       await post(`/runs/${id}/${act}`, {step: button.dataset.target, comment: $("#approve-comment").value || null});
       flash(`${act === "approve" ? "Approved" : "Rejected"} ${button.dataset.target}.`, "ok");
+    } else if (act === "promote") {
+      button.disabled = true;
+      const done = await post(`/runs/${id}/promote`, {step: button.dataset.target});
+      flash(`Promoted ${done.service} (step ${done.step}): the canary goes on${done.weight !== null ? ` from weight ${done.weight}%` : ""}.`, "ok");
+      return;
     } else if (act === "cancel") {
       confirmBox("Cancel this run? What it did is undone (compensation).", "Cancel the run", async () => {
         await post(`/runs/${id}/cancel`);
