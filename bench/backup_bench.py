@@ -73,7 +73,7 @@ def _child(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     from pydantic import BaseModel
     from temporalio.testing import ActivityEnvironment
 
-    from shipflow.activities.backup import BackupActivities
+    from shipflow.activities.backup.activity import BackupActivities
     from shipflow.activities.core.settings import Settings
     from shipflow.activities.s3 import S3Factory
     from shipflow.workflows.io.backup import BackupInput, RestoreInput

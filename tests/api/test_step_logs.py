@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 from temporalio.client import Client
 
-from shipflow.activities.backup import _BackupLog
+from shipflow.activities.backup.activity import _BackupLog
 from shipflow.activities.core import steplogs
 from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.settings import Settings

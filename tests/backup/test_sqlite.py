@@ -9,7 +9,7 @@ from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.backup import BackupActivities
+from shipflow.activities.backup.activity import BackupActivities
 from shipflow.activities.s3 import S3Client
 from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from tests.backup.conftest import TEST_PART_SIZE, run_activity, run_failing
