@@ -57,7 +57,7 @@ from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
 from shipflow.activities.core.tables import Run
 from shipflow.api.app import create_app
-from shipflow.infra.stack import temporal_binary
+from shipflow.infra.stack.components import temporal_binary
 from shipflow.workflows.spec import parse_flow
 from shipflow.workflows.status import RunState
 

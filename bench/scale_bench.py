@@ -56,7 +56,7 @@ from shipflow.activities.core.client import (
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import RunLook, plan_for, read_status, start_release
 from shipflow.api.app import create_app
-from shipflow.infra.stack import temporal_binary
+from shipflow.infra.stack.components import temporal_binary
 from shipflow.worker.main import build_worker
 from shipflow.workflows.plan import MAX_PLAN_BYTES, compile
 from shipflow.workflows.spec import MAX_STEPS, load_flow_text, parse_flow

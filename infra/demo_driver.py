@@ -29,7 +29,8 @@ from rich.text import Text
 from shipflow.infra.cli.client import ApiClient, ApiClientError
 from shipflow.infra.cli.processes import endpoints_table
 from shipflow.infra.cli.runs import follow_run
-from shipflow.infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
+from shipflow.infra.stack.ports import free_ports
 from shipflow.workflows.status import RunState, RunStatus, StepState
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows"

@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
 from shipflow.activities.targets.local.process import free_port
-from shipflow.infra.stack import temporal_binary
+from shipflow.infra.stack.components import temporal_binary
 from shipflow.worker.main import build_worker
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.spec import FlowSpec, load_flow_text

@@ -42,7 +42,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shipflow.infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
+from shipflow.infra.stack.ports import free_ports
 from tests.cli.test_stack import _alive, _processes_in_groups
 from tests.helpers import wait_until_sync
 

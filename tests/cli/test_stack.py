@@ -29,7 +29,9 @@ from shipflow.infra.demo_driver import (
     apply_flows,
     run_scenarios,
 )
-from shipflow.infra.stack import Child, EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
+from shipflow.infra.stack.ports import free_ports
+from shipflow.infra.stack.processes import Child
 from shipflow.workflows.status import RunState
 from tests.helpers import wait_until_sync
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shipflow.infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
+from shipflow.infra.stack.ports import free_ports
 from tests.cli.test_stack import _alive, apply, cli, run_id_of, wait_state
 from tests.helpers import wait_until_sync
 
@@ -130,7 +131,7 @@ def test_shipflow_dev_restarts_a_killed_worker_and_still_stops_on_ctrl_c(tmp_pat
     import subprocess
     import sys
 
-    from shipflow.infra.stack import REPO_ROOT
+    from shipflow.infra.stack.processes import REPO_ROOT
     from tests.cli.test_dev import _children, _stat
 
     api, temporal, ui, runtime, s3 = free_ports(5)
