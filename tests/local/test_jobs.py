@@ -20,13 +20,8 @@ from pathlib import Path
 import pytest
 
 from shipflow.activities.targets.base import JobFailed, JobRequest, TargetError
-from shipflow.activities.targets.local.jobs import (
-    KEEP_JOBS_S,
-    Job,
-    JobStore,
-    _checked,
-    run_local_job,
-)
+from shipflow.activities.targets.local.jobdirs import KEEP_JOBS_S, Job, JobStore
+from shipflow.activities.targets.local.jobs import _checked, run_local_job
 from shipflow.activities.targets.local.process import pid_alive
 from tests.helpers import wait_until_sync
 from tests.local.support import Beats
