@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
-from shipflow.activities.targets.local.process import free_port
+from shipflow.activities.targets.local.process import free_port, free_ports
 from shipflow.infra.stack.components import temporal_binary
 from shipflow.worker.main import build_worker
 from shipflow.workflows.release import ReleaseWorkflow
@@ -24,8 +24,10 @@ from shipflow.workflows.status import RunStatus
 
 T = TypeVar("T")
 
-#: One port picker and one Temporal CLI lookup for tests, the same ones production uses.
-__all__ = ["free_port", "temporal_binary", "wait_until", "wait_until_sync"]
+#: One port picker and one Temporal CLI lookup for tests and benchmarks, the same ones
+#: production uses; one condition wait (`wait_until`, and `wait_until_sync` for code that is
+#: not async). Tests and `bench/` import these from here, nowhere else.
+__all__ = ["free_port", "free_ports", "temporal_binary", "wait_until", "wait_until_sync"]
 
 
 @asynccontextmanager

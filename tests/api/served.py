@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_sync
 
 
 def api_env(settings_env: dict[str, str], data_dir: Path) -> tuple[dict[str, str], str]:
@@ -45,17 +44,16 @@ class ApiProcess:
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"the API exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
+                return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
-        raise AssertionError(f"the API did not answer within {timeout}s")
+                return False
+
+        # Polling a port that is not open yet: there is no event to wait on.
+        wait_until_sync(answers, timeout=timeout, interval=0.1, what="the API answers /healthz")
 
     def _status_kb(self, field: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

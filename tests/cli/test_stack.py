@@ -30,10 +30,9 @@ from shipflow.infra.demo_driver import (
     run_scenarios,
 )
 from shipflow.infra.stack.embedded import EmbeddedStack
-from shipflow.infra.stack.ports import free_ports
 from shipflow.infra.stack.processes import Child
 from shipflow.workflows.status import RunState
-from tests.helpers import wait_until_sync
+from tests.helpers import free_ports, wait_until_sync
 
 runner = CliRunner()
 

@@ -15,11 +15,9 @@ import httpx
 import pytest
 
 from shipflow.activities.core.codec import KEY_FILE_NAME
-from shipflow.infra.stack.components import temporal_binary
 from shipflow.infra.stack.embedded import EmbeddedStack
-from shipflow.infra.stack.ports import free_ports
 from tests.api.test_codec import all_text, payloads_in
-from tests.helpers import wait_until_sync
+from tests.helpers import free_ports, temporal_binary, wait_until_sync
 
 FLOW = """\
 apiVersion: shipflow/v1

@@ -18,9 +18,8 @@ import httpx
 import pytest
 
 from shipflow.infra.stack.embedded import EmbeddedStack
-from shipflow.infra.stack.ports import free_ports
 from tests.cli.test_stack import _alive, apply, cli, run_id_of, wait_state
-from tests.helpers import wait_until_sync
+from tests.helpers import free_ports, wait_until_sync
 
 SAID: list[str] = []
 
