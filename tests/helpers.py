@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -17,6 +18,7 @@ from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
 from shipflow.activities.targets.local.process import free_port, free_ports
 from shipflow.infra.stack.components import temporal_binary
+from shipflow.infra.stack.embedded import EmbeddedStack
 from shipflow.worker.main import build_worker
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.spec import FlowSpec, load_flow_text
@@ -28,6 +30,22 @@ T = TypeVar("T")
 #: production uses; one condition wait (`wait_until`, and `wait_until_sync` for code that is
 #: not async). Tests and `bench/` import these from here, nowhere else.
 __all__ = ["free_port", "free_ports", "temporal_binary", "wait_until", "wait_until_sync"]
+
+
+def stack_on_free_ports(data_dir: Path, *, queue: str, **options: Any) -> EmbeddedStack:
+    """An embedded stack on five free loopback ports and a task queue of its own
+    (`<queue>-<random>`); `options` are `EmbeddedStack`'s. Not started."""
+    api, temporal, ui, runtime, s3 = free_ports(5)
+    return EmbeddedStack(
+        data_dir,
+        api_port=api,
+        temporal_port=temporal,
+        ui_port=ui,
+        runtime_port=runtime,
+        s3_port=s3,
+        task_queue=f"{queue}-{uuid.uuid4().hex[:8]}",
+        **options,
+    )
 
 
 @asynccontextmanager

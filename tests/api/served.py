@@ -1,19 +1,27 @@
-"""The API as its own process (`python -m shipflow.api.app`), as a deployment runs it.
+"""The API on a real socket: as its own process (`python -m shipflow.api.app`), as a
+deployment runs it, or served by uvicorn inside the test's process.
 
-Used where the process itself is what a test looks at: whether it starts at all, and
-how much memory it holds (read from /proc) while it is being sent a hostile request.
+The process is for where the process itself is what a test looks at: whether it starts at
+all, and how much memory it holds (read from /proc) while it is being sent a hostile
+request. `served_in_process` is for what needs a socket but not a process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
 
-from tests.helpers import free_port, wait_until_sync
+from shipflow.activities.core.settings import Settings
+from shipflow.api.app import create_app
+from tests.helpers import free_port, wait_until, wait_until_sync
 
 
 def api_env(settings_env: dict[str, str], data_dir: Path) -> tuple[dict[str, str], str]:
@@ -29,6 +37,28 @@ def api_env(settings_env: dict[str, str], data_dir: Path) -> tuple[dict[str, str
     )
     env.update(settings_env)
     return env, f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def served_in_process(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app served by uvicorn in this process on a free loopback port, behind an httpx
+    client: for what needs a real socket (a stream, which httpx's ASGI transport buffers
+    whole; the CLI; the server's own headers)."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started or task.done(), timeout=20)
+        assert not task.done(), "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
 
 
 class ApiProcess:

@@ -30,7 +30,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import pytest
 
 from shipflow.infra.stack.embedded import EmbeddedStack
 from tests.cli.test_stack import _alive, _processes_in_groups
-from tests.helpers import free_ports, wait_until_sync
+from tests.helpers import free_ports, stack_on_free_ports, wait_until_sync
 
 SEED = int(os.environ.get("SHIPFLOW_CHAOS_SEED", "1010"))
 RUNS = int(os.environ.get("SHIPFLOW_CHAOS_RUNS", "6"))
@@ -262,15 +261,9 @@ class Chaos:
 @pytest.fixture
 def chaos_stack(tmp_path: Path, pg_url: str) -> Iterator[tuple[EmbeddedStack, list[str]]]:
     said: list[str] = []
-    ports = free_ports(5)
-    stack = EmbeddedStack(
+    stack = stack_on_free_ports(
         tmp_path / "stack",
-        api_port=ports[0],
-        temporal_port=ports[1],
-        ui_port=ports[2],
-        runtime_port=ports[3],
-        s3_port=ports[4],
-        task_queue=f"chaos-{uuid.uuid4().hex[:8]}",
+        queue="chaos",
         say=said.append,
         extra_env={
             "SHIPFLOW_DATABASE_URL": pg_url,

@@ -17,7 +17,7 @@ import pytest
 from shipflow.activities.core.codec import KEY_FILE_NAME
 from shipflow.infra.stack.embedded import EmbeddedStack
 from tests.api.test_codec import all_text, payloads_in
-from tests.helpers import free_ports, temporal_binary, wait_until_sync
+from tests.helpers import stack_on_free_ports, temporal_binary, wait_until_sync
 
 FLOW = """\
 apiVersion: shipflow/v1
@@ -31,15 +31,9 @@ steps:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    ports = free_ports(5)
-    stack = EmbeddedStack(
+    stack = stack_on_free_ports(
         tmp_path_factory.mktemp("codec-stack"),
-        api_port=ports[0],
-        temporal_port=ports[1],
-        ui_port=ports[2],
-        runtime_port=ports[3],
-        s3_port=ports[4],
-        task_queue=f"codec-{uuid.uuid4().hex[:8]}",
+        queue="codec",
         say=lambda _line: None,
     )
     stack.start()
