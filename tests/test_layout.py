@@ -146,7 +146,11 @@ def test_the_wheel_installs_only_shipflow_and_moto_only_with_the_extra(tmp_path:
     assert on_disk - in_wheel == set()  # every module is shipped
     assert in_wheel - on_disk - {"__init__.py"} == set()  # and nothing stale
     # the example flows name their schema beside them (`$schema=./flow.schema.json`)
-    for data in ("api/static/console/index.html", "infra/flows/demo.yaml", "infra/flows/flow.schema.json"):
+    for data in (
+        "api/static/console/index.html",
+        "infra/flows/demo.yaml",
+        "infra/flows/flow.schema.json",
+    ):
         assert f"shipflow/{data}" in names
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     moto = [line for line in requires if line.split()[1].lower().startswith("moto")]
