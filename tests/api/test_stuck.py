@@ -45,7 +45,6 @@ steps:
 """
 
 
-
 async def start_stuck_run(http: httpx.AsyncClient, name: str) -> str:
     started = await http.post(f"/flows/{name}/runs", json={}, headers=bearer("operator"))
     assert started.status_code == 202, started.text
