@@ -39,6 +39,7 @@ steps:
 """
 
 
+
 async def sse_events(
     http: httpx.AsyncClient, path: str, into: list[tuple[str, Any, float]]
 ) -> None:
@@ -72,19 +73,13 @@ async def test_logs_of_commands_and_checks(
 
         # The slow step's first line is readable while the step still runs...
         events: list[tuple[str, Any, float]] = []
-        reader = asyncio.create_task(
-            sse_events(http, f"/runs/{run_id}/steps/slow/logs/stream", events)
-        )
-        await wait_until(
-            lambda: any(e == "line" and "first" in d["text"] for e, d, _ in events), timeout=30
-        )
+        reader = asyncio.create_task(sse_events(http, f"/runs/{run_id}/steps/slow/logs/stream", events))
+        await wait_until(lambda: any(e == "line" and "first" in d["text"] for e, d, _ in events), timeout=30)
         assert not any(e == "line" and d["text"] == "second" for e, d, _ in events)
         # ...and a line printed now reaches the open stream quickly.
         printed = time.monotonic()
         gate.touch()
-        await wait_until(
-            lambda: any(e == "line" and d["text"] == "second" for e, d, _ in events), timeout=10
-        )
+        await wait_until(lambda: any(e == "line" and d["text"] == "second" for e, d, _ in events), timeout=10)
         arrived = next(t for e, d, t in events if e == "line" and d["text"] == "second")
         assert arrived - printed < 2.0  # loaded box; the benchmark measures the real latency
         await asyncio.wait_for(reader, 30)  # the stream ends once the step is over
@@ -109,10 +104,7 @@ async def test_logs_of_commands_and_checks(
         assert probes[0]["text"] == "check (attempt 1): tcp 127.0.0.1:5432"
         assert any(p["text"].startswith("probe 1: pass tcp 127.0.0.1:5432") for p in probes)
 
-        backup = [
-            line["text"]
-            for line in (await http.get(f"/runs/{run_id}/steps/db-backup/logs")).json()["lines"]
-        ]
+        backup = [line["text"] for line in (await http.get(f"/runs/{run_id}/steps/db-backup/logs")).json()["lines"]]
         assert backup[0].startswith("backing up ") and "(attempt 1)" in backup[0]
         assert backup[-1].startswith("backup done: file://")
 
@@ -122,9 +114,7 @@ async def test_logs_of_commands_and_checks(
 
         # A finished step's stream replays the log and ends.
         replay: list[tuple[str, Any, float]] = []
-        await asyncio.wait_for(
-            sse_events(http, f"/runs/{run_id}/steps/migrate/logs/stream?after=1", replay), 30
-        )
+        await asyncio.wait_for(sse_events(http, f"/runs/{run_id}/steps/migrate/logs/stream?after=1", replay), 30)
         assert next(d["seq"] for e, d, _ in replay if e == "line") == 2
 
         # The CLI shows the same lines (three commands at once: each is a process to start).
