@@ -32,6 +32,22 @@ T = TypeVar("T")
 __all__ = ["free_port", "free_ports", "temporal_binary", "wait_until", "wait_until_sync"]
 
 
+def cli_history(address: str, run_id: str, *options: str) -> dict[str, Any]:
+    """The run's history as `temporal workflow show -o json` prints it: what a user of the
+    temporal CLI sees (with no codec unless `options` name one)."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [temporal_binary(), "workflow", "show", "-w", run_id, "--address", address,
+         "--namespace", "default", "-o", "json", *options],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    history: dict[str, Any] = json.loads(done.stdout)
+    return history
+
+
 def stack_on_free_ports(data_dir: Path, *, queue: str, **options: Any) -> EmbeddedStack:
     """An embedded stack on five free loopback ports and a task queue of its own
     (`<queue>-<random>`); `options` are `EmbeddedStack`'s. Not started."""
