@@ -1,4 +1,11 @@
-"""Test helpers: workers on their own task queue, flows run end to end, condition waits."""
+"""Test helpers: workers on their own task queue, flows run end to end, condition waits.
+
+The one place for what every test folder and `bench/` needs: `wait_until` (async) and
+`wait_until_sync`, `free_port`/`free_ports`, `temporal_binary`, an embedded stack on free
+ports (`stack_on_free_ports`), a run's history as the temporal CLI shows it
+(`cli_history`). A polling loop, a port picker or a binary lookup written anywhere else is
+a copy of one of these.
+"""
 
 from __future__ import annotations
 
