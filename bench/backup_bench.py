@@ -73,7 +73,7 @@ def _child(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     from pydantic import BaseModel
     from temporalio.testing import ActivityEnvironment
 
-    from shipflow.activities.backup import BackupActivities
+    from shipflow.activities.backup.activity import BackupActivities
     from shipflow.activities.core.settings import Settings
     from shipflow.activities.s3 import S3Factory
     from shipflow.workflows.io.backup import BackupInput, RestoreInput
@@ -168,12 +168,9 @@ def main(scale: int = 70, *, payload_mb: int = 256, rounds: int = 2, keep_db: bo
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
             results["db_bytes"] = int(row[0]) if row else 0
 
-        import socket
+        from tests.helpers import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        s3_proc, endpoint = start_local_s3(port, work / "moto")
+        s3_proc, endpoint = start_local_s3(free_port(), work / "moto")
         ensure_bucket(make_s3_client(endpoint), "bench")
 
         spec = {"endpoint": endpoint, "run_id": f"bench-{tag}", "db": src_url, "to": "s3://bench/b/"}

@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from tests.helpers import wait_until_sync
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -194,11 +196,12 @@ def main(steps_groups: int = 20, width: int = 10, past_runs: int = 10_000, log_l
             big = f"big-{uuid.uuid4().hex[:6]}"
             stack.apply(_flow(big, steps_groups, width))
             run_id = stack.start_run(big, {}, role="operator")
-            deadline = time.monotonic() + 600
-            while stack.run(run_id)["state"] not in ("succeeded", "failed"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the 200-step run did not end within 10 minutes")
-                time.sleep(0.5)
+            wait_until_sync(
+                lambda: stack.run(run_id)["state"] in ("succeeded", "failed"),
+                timeout=600,
+                interval=0.5,
+                what="the 200-step run ends",
+            )
             steps = steps_groups * width
             with stack.http("viewer") as http:
                 status_s = _timed(http, f"/runs/{run_id}")

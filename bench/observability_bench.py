@@ -50,9 +50,9 @@ from bench.orchestration import (
     start_dev_server,
 )
 from shipflow.activities.core.logs import StepContextInterceptor, configure_logging
-from shipflow.activities.targets.local.process import free_port
 from shipflow.worker.telemetry import metrics_runtime
 from shipflow.workflows.release import ReleaseWorkflow
+from tests.helpers import free_port
 
 #: The issue's target: on / off, medians.
 TARGET = 1.03

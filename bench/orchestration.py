@@ -64,7 +64,7 @@ from typing import Any
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from shipflow.infra.stack import temporal_binary
+from tests.helpers import temporal_binary
 
 # The baseline workflows below run in the workflow sandbox. The bench worker passes this
 # module through (see `bench_worker`), and its imports are passed through too, so that a

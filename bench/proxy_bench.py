@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import wait_until_sync
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -88,7 +90,7 @@ def _wrk_load(url: str, seconds: float, concurrency: int) -> dict[str, float]:
 def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
     import httpx
 
-    from shipflow.activities.targets.local.process import free_port
+    from tests.helpers import free_port
 
     tool = "wrk" if shutil.which("wrk") else "httpx"
     front = free_port()
@@ -106,11 +108,12 @@ def main(seconds: float = 3.0, concurrency: int = 16) -> dict[str, Any]:
                       "rollout_id": "b"}),
         ):
             httpx.put(f"{url}/services/{name}/rollout", json=body, headers=auth)
-            deadline = time.monotonic() + 15
-            while httpx.get(f"{url}/services/{name}/rollouts/b", headers=auth).json()["state"] == "running":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("demo instance did not get ready")
-                time.sleep(0.05)
+            wait_until_sync(
+                lambda name=name: httpx.get(f"{url}/services/{name}/rollouts/b", headers=auth).json()["state"]
+                != "running",
+                timeout=15,
+                what=f"demo instance {name} gets ready",
+            )
         (instance,) = httpx.get(f"{url}/services/web", headers=auth).json()["instances"]
 
         def load(port: int) -> dict[str, float]:

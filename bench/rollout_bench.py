@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import wait_until_sync
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -43,7 +45,7 @@ def local_runtime(data_dir: Path) -> Iterator[str]:
     """A runtime process on a free port; every service removed and the runtime stopped after."""
     import httpx
 
-    from shipflow.activities.targets.local.process import free_port
+    from tests.helpers import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -55,14 +57,18 @@ def local_runtime(data_dir: Path) -> Iterator[str]:
     )
     log.close()
     try:
-        deadline = time.monotonic() + 15
-        while True:
+
+        def answers() -> bool:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
+                    return True
+            if proc.poll() is not None:
                 raise RuntimeError("the runtime did not start; see " + str(data_dir / "runtime.log"))
-            time.sleep(0.02)
+            return False
+
+        wait_until_sync(
+            answers, timeout=15, interval=0.02, what=f"the runtime starts (see {data_dir / 'runtime.log'})"
+        )
         yield url
     finally:
         with contextlib.suppress(Exception):
@@ -98,8 +104,8 @@ class _Quiet:
 def main(replicas: int = 3, startup: float = 0.5, period: float = 0.2, reps: int = 3) -> dict[str, Any]:
     from shipflow.activities.core.settings import Settings
     from shipflow.activities.targets.base import RolloutRequest
-    from shipflow.activities.targets.local.process import free_port
     from shipflow.activities.targets.local.target import LocalTarget
+    from tests.helpers import free_port
 
     with tempfile.TemporaryDirectory(prefix="sf-rollout-bench-") as tmp, local_runtime(Path(tmp)) as url:
         spec = {"kind": "local", "services": {"web": demo_service(free_port(), replicas, startup, period)}}

@@ -43,21 +43,13 @@ from sqlalchemy import Engine, insert
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
-from shipflow.activities.core.client import (
-    COMMIT_KEY,
-    FLOW_KEY,
-    STAGE_KEY,
-    dev_server_args,
-    make_data_converter,
-)
+from bench.common import print_report, run_as_script, start_dev_server
 from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
 from shipflow.activities.core.tables import Run
 from shipflow.api.app import create_app
-from shipflow.infra.stack import temporal_binary
 from shipflow.workflows.spec import parse_flow
 from shipflow.workflows.status import RunState
 
@@ -313,12 +305,7 @@ def _pg_database() -> tuple[str, Callable[[], None]] | None:
 async def run_bench(
     *, runs: int = 10_000, active: int = 500, requests: int = 200, postgres: bool = True
 ) -> dict[str, Any]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=make_data_converter(None),
-        search_attributes=[FLOW_KEY, STAGE_KEY, COMMIT_KEY],
-        dev_server_extra_args=dev_server_args(),
-    )
+    env = await start_dev_server()
     results = []
     try:
         address = env.client.service_client.config.target_host
@@ -395,14 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             postgres=not args.no_postgres,
         )
     )
-    print(result["markdown"])
-    return result
+    return print_report(result)
 
 
 if __name__ == "__main__":
-    import os
-    import sys
-
-    main(sys.argv[1:])
-    sys.stdout.flush()
-    os._exit(0)
+    run_as_script(main)

@@ -44,19 +44,11 @@ from typing import Any
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.testing import WorkflowEnvironment
 
-from shipflow.activities.core.client import (
-    COMMIT_KEY,
-    FLOW_KEY,
-    STAGE_KEY,
-    dev_server_args,
-    make_data_converter,
-)
+from bench.common import print_report, run_as_script, start_dev_server
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import RunLook, plan_for, read_status, start_release
 from shipflow.api.app import create_app
-from shipflow.infra.stack import temporal_binary
 from shipflow.worker.main import build_worker
 from shipflow.workflows.plan import MAX_PLAN_BYTES, compile
 from shipflow.workflows.spec import MAX_STEPS, load_flow_text, parse_flow
@@ -284,12 +276,8 @@ def plan_sizes() -> dict[str, Any]:
 
 
 async def run_bench(*, runs: int, stages: int, large_steps: int) -> dict[str, Any]:
-    args = [*dev_server_args(), "--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_CAN_EVENTS}"]
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=make_data_converter(None),
-        search_attributes=[FLOW_KEY, STAGE_KEY, COMMIT_KEY],
-        dev_server_extra_args=args,
+    env = await start_dev_server(
+        "--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_CAN_EVENTS}"
     )
     try:
         with tempfile.TemporaryDirectory(prefix="shipflow-scale-bench-") as tmp:
@@ -395,14 +383,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = asyncio.run(
         run_bench(runs=args.runs, stages=args.stages, large_steps=args.large_steps)
     )
-    print(result["markdown"])
-    return result
+    return print_report(result)
 
 
 if __name__ == "__main__":
-    import os
-    import sys
-
-    main(sys.argv[1:])
-    sys.stdout.flush()
-    os._exit(0)
+    run_as_script(main)

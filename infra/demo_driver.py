@@ -26,10 +26,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from shipflow.activities.targets.local.process import free_ports
 from shipflow.infra.cli.client import ApiClient, ApiClientError
 from shipflow.infra.cli.processes import endpoints_table
 from shipflow.infra.cli.runs import follow_run
-from shipflow.infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
 from shipflow.workflows.status import RunState, RunStatus, StepState
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows"

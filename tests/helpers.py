@@ -1,4 +1,11 @@
-"""Test helpers: workers on their own task queue, flows run end to end, condition waits."""
+"""Test helpers: workers on their own task queue, flows run end to end, condition waits.
+
+The one place for what every test folder and `bench/` needs: `wait_until` (async) and
+`wait_until_sync`, `free_port`/`free_ports`, `temporal_binary`, an embedded stack on free
+ports (`stack_on_free_ports`), a run's history as the temporal CLI shows it
+(`cli_history`). A polling loop, a port picker or a binary lookup written anywhere else is
+a copy of one of these.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -15,8 +23,9 @@ from temporalio.worker import Worker
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import plan_for, read_status, start_release
-from shipflow.activities.targets.local.process import free_port
-from shipflow.infra.stack import temporal_binary
+from shipflow.activities.targets.local.process import free_port, free_ports
+from shipflow.infra.stack.components import temporal_binary
+from shipflow.infra.stack.embedded import EmbeddedStack
 from shipflow.worker.main import build_worker
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.spec import FlowSpec, load_flow_text
@@ -24,8 +33,42 @@ from shipflow.workflows.status import RunStatus
 
 T = TypeVar("T")
 
-#: One port picker and one Temporal CLI lookup for tests, the same ones production uses.
-__all__ = ["free_port", "temporal_binary", "wait_until", "wait_until_sync"]
+#: One port picker and one Temporal CLI lookup for tests and benchmarks, the same ones
+#: production uses; one condition wait (`wait_until`, and `wait_until_sync` for code that is
+#: not async). Tests and `bench/` import these from here, nowhere else.
+__all__ = ["free_port", "free_ports", "temporal_binary", "wait_until", "wait_until_sync"]
+
+
+def cli_history(address: str, run_id: str, *options: str) -> dict[str, Any]:
+    """The run's history as `temporal workflow show -o json` prints it: what a user of the
+    temporal CLI sees (with no codec unless `options` name one)."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [temporal_binary(), "workflow", "show", "-w", run_id, "--address", address,
+         "--namespace", "default", "-o", "json", *options],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    history: dict[str, Any] = json.loads(done.stdout)
+    return history
+
+
+def stack_on_free_ports(data_dir: Path, *, queue: str, **options: Any) -> EmbeddedStack:
+    """An embedded stack on five free loopback ports and a task queue of its own
+    (`<queue>-<random>`); `options` are `EmbeddedStack`'s. Not started."""
+    api, temporal, ui, runtime, s3 = free_ports(5)
+    return EmbeddedStack(
+        data_dir,
+        api_port=api,
+        temporal_port=temporal,
+        ui_port=ui,
+        runtime_port=runtime,
+        s3_port=s3,
+        task_queue=f"{queue}-{uuid.uuid4().hex[:8]}",
+        **options,
+    )
 
 
 @asynccontextmanager

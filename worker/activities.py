@@ -52,7 +52,7 @@ def _optional(
     deploy = DeployActivities(targets, engine)
     out += [deploy.rollout, deploy.resolve_promotion]
     # backup activities
-    from shipflow.activities.backup import BackupActivities
+    from shipflow.activities.backup.activity import BackupActivities
     from shipflow.activities.s3 import S3Factory
 
     backups = BackupActivities(S3Factory(settings), settings, logs=engine)

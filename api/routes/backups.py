@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, status
 from starlette.concurrency import run_in_threadpool
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.backup import BackupManifest, list_backups, open_store
+from shipflow.activities.backup.catalog import BackupManifest, list_backups, open_store
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.tables import Flow
 from shipflow.activities.envrefs import resolve_env

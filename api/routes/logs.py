@@ -22,12 +22,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from shipflow.activities.core.starter import read_status
 from shipflow.activities.core.steplogs import MAX_BYTES, MAX_LINES, read_lines
 from shipflow.api.deps import EngineDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
+from shipflow.api.temporal_errors import ask_temporal
 from shipflow.workflows.status import RunStatus, StepState
 
 router = APIRouter(
@@ -78,20 +79,9 @@ def cut_note(dropped: int) -> str | None:
 
 
 async def _run_status(client: Client, run_id: str) -> RunStatus:
-    try:
-        return await asyncio.wait_for(read_status(client, run_id), 5.0)
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}") from None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
-        ) from None
-    except TimeoutError:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "Temporal did not answer within 5s"
-        ) from None
-    except LookupError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}") from None
+    return await ask_temporal(
+        read_status(client, run_id), missing=f"no run {run_id!r}", within_s=5.0
+    )
 
 
 def _check_step(found: RunStatus, step: str) -> None:

@@ -9,16 +9,15 @@ nested groups) and shows a step's `inputs`. Every string goes through
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from temporalio.service import RPCError, RPCStatusCode
 
 from shipflow.api.deps import TemporalDep, Viewer
 from shipflow.api.errors import error_responses
 from shipflow.api.recovery import RecoveryError, load_run_input
+from shipflow.api.temporal_errors import ask_temporal
 from shipflow.workflows.redaction import redact
 
 router = APIRouter(
@@ -70,20 +69,13 @@ def _walk(node: Any, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
 @router.get("/{run_id}/plan", response_model=PlanView)
 async def run_plan(run_id: str, _caller: Viewer, client: TemporalDep) -> PlanView:
     """The run's flow as a tree of groups and steps, with each step's (redacted) inputs."""
-    try:
-        started = await asyncio.wait_for(load_run_input(client, run_id), 10.0)
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}") from None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
-        ) from None
-    except TimeoutError:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "Temporal did not answer within 10s"
-        ) from None
-    except (LookupError, RecoveryError, ValueError):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipflow run {run_id!r}") from None
+    started = await ask_temporal(
+        load_run_input(client, run_id),
+        missing=f"no run {run_id!r}",
+        within_s=10.0,
+        unknown=(LookupError, RecoveryError, ValueError),
+        unknown_detail=f"no shipflow run {run_id!r}",
+    )
     plan = started.plan
     steps: dict[str, dict[str, Any]] = {}
     tree = _walk(plan.root, steps)

@@ -10,7 +10,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import read_status, start_release, ui_link
@@ -27,6 +26,7 @@ from shipflow.api.recovery import (
     services_to_roll_back,
 )
 from shipflow.api.runs_index import insert_run, mark_start_failed
+from shipflow.api.temporal_errors import ask_temporal
 from shipflow.workflows.plan import Plan
 from shipflow.workflows.release import ReleaseInput
 from shipflow.workflows.spec import load_flow_text
@@ -55,16 +55,15 @@ class RecoveryAccepted(BaseModel):
 
 
 async def _prior(client: Client, run_id: str) -> tuple[ReleaseInput, RunStatus]:
-    try:
+    async def read() -> tuple[ReleaseInput, RunStatus]:
         return await load_run_input(client, run_id), await read_status(client, run_id)
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}") from None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
-        ) from None
-    except (LookupError, RecoveryError):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no shipflow run {run_id!r}") from None
+
+    return await ask_temporal(
+        read(),
+        missing=f"no run {run_id!r}",
+        unknown=(LookupError, RecoveryError),
+        unknown_detail=f"no shipflow run {run_id!r}",
+    )
 
 
 def _stage_records(

@@ -19,9 +19,10 @@ from rich.table import Table
 from rich.text import Text
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.backup import list_backups, open_store, restore_backup
+from shipflow.activities.backup.catalog import list_backups, open_store
+from shipflow.activities.backup.restore import restore_backup
 from shipflow.activities.core.settings import get_settings
-from shipflow.activities.dbdump import DumpError, parse_database
+from shipflow.activities.dbdump.database import DumpError, parse_database
 from shipflow.activities.envrefs import resolve_env
 from shipflow.activities.s3 import S3Factory
 from shipflow.infra.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, api_errors, cli_state, fail

@@ -28,7 +28,7 @@ from shipflow.infra.cli.common import (
 
 if TYPE_CHECKING:
     from shipflow.infra.demo_driver import NotifySink
-    from shipflow.infra.stack import EmbeddedStack
+    from shipflow.infra.stack.embedded import EmbeddedStack
 
 def worker() -> None:
     """Run the worker (ReleaseWorkflow and every activity) until SIGINT/SIGTERM."""
@@ -133,7 +133,7 @@ def dev(
     It also listens for webhooks on 127.0.0.1:SINK_PORT and prints every message a
     `notify` step sends there (the demo flow's default), so flows can be tried offline.
     """
-    from shipflow.infra.stack import EmbeddedStack
+    from shipflow.infra.stack.embedded import EmbeddedStack
 
     stack = EmbeddedStack(
         data_dir,
@@ -184,7 +184,8 @@ def _serve_stack(stack: EmbeddedStack, sink_port: int) -> int:
 
 
 def _keep_up(stack: EmbeddedStack, sink: NotifySink | None) -> int:
-    from shipflow.infra.stack import PortInUse, StackError
+    from shipflow.infra.stack.ports import PortInUse
+    from shipflow.infra.stack.processes import StackError
 
     try:
         stack.start()
@@ -238,7 +239,8 @@ def demo(
 ) -> None:
     """Start the stack, run the example release end to end, stop; exit 0 if all went as expected."""
     from shipflow.infra.demo_driver import run_demo
-    from shipflow.infra.stack import PortInUse, StackError
+    from shipflow.infra.stack.ports import PortInUse
+    from shipflow.infra.stack.processes import StackError
 
     try:
         with _sigterm_as_interrupt():

@@ -1,20 +1,27 @@
-"""The API as its own process (`python -m shipflow.api.app`), as a deployment runs it.
+"""The API on a real socket: as its own process (`python -m shipflow.api.app`), as a
+deployment runs it, or served by uvicorn inside the test's process.
 
-Used where the process itself is what a test looks at: whether it starts at all, and
-how much memory it holds (read from /proc) while it is being sent a hostile request.
+The process is for where the process itself is what a test looks at: whether it starts at
+all, and how much memory it holds (read from /proc) while it is being sent a hostile
+request. `served_in_process` is for what needs a socket but not a process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
 
-from tests.helpers import free_port
+from shipflow.activities.core.settings import Settings
+from shipflow.api.app import create_app
+from tests.helpers import free_port, wait_until, wait_until_sync
 
 
 def api_env(settings_env: dict[str, str], data_dir: Path) -> tuple[dict[str, str], str]:
@@ -32,6 +39,28 @@ def api_env(settings_env: dict[str, str], data_dir: Path) -> tuple[dict[str, str
     return env, f"http://127.0.0.1:{port}"
 
 
+@asynccontextmanager
+async def served_in_process(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app served by uvicorn in this process on a free loopback port, behind an httpx
+    client: for what needs a real socket (a stream, which httpx's ASGI transport buffers
+    whole; the CLI; the server's own headers)."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started or task.done(), timeout=20)
+        assert not task.done(), "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
 class ApiProcess:
     """`python -m shipflow.api.app` in a subprocess; `rss_kb()` / `peak_rss_kb()` read /proc."""
 
@@ -45,17 +74,16 @@ class ApiProcess:
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"the API exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
+                return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
-        raise AssertionError(f"the API did not answer within {timeout}s")
+                return False
+
+        # Polling a port that is not open yet: there is no event to wait on.
+        wait_until_sync(answers, timeout=timeout, interval=0.1, what="the API answers /healthz")
 
     def _status_kb(self, field: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import binascii
 import json
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,14 @@ from shipflow.api.app import create_app
 from shipflow.workflows.status import RunState
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.conftest import TEST_PAYLOAD_KEYS
-from tests.helpers import finish, new_worker, run_flow, start_flow, temporal_binary, wait_until
+from tests.helpers import (
+    cli_history,
+    finish,
+    new_worker,
+    run_flow,
+    start_flow,
+    wait_until,
+)
 
 UI_ORIGIN = "http://127.0.0.1:8233"  # the Settings default SHIPFLOW_UI_URL's origin
 
@@ -64,28 +70,7 @@ def secrets_of(tag: str) -> dict[str, str]:
 
 async def raw_history(address: str, run_id: str) -> dict[str, Any]:
     """The run's history as the `temporal` CLI prints it with no codec configured."""
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [
-            temporal_binary(),
-            "workflow",
-            "show",
-            "-w",
-            run_id,
-            "--address",
-            address,
-            "--namespace",
-            "default",
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    history: dict[str, Any] = json.loads(done.stdout)
-    return history
+    return await asyncio.to_thread(cli_history, address, run_id)
 
 
 def walk(value: Any) -> list[Any]:

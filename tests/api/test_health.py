@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from shipflow.activities.core.settings import Settings
-from shipflow.api.app import create_app
 from shipflow.api.routes import runs as runs_routes
 from tests.api.conftest import api_client
+from tests.api.served import served_in_process
 from tests.backup.proxy import TcpProxy
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import wait_until
@@ -22,62 +20,50 @@ from tests.helpers import wait_until
 
 async def test_served_by_uvicorn(settings: Settings) -> None:
     """Health, metrics and dashboard over a real socket, as `shipflow api` serves them."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_until(lambda: server.started or task.done(), timeout=20)
-        assert not task.done(), "uvicorn did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            health = await http.get("/healthz")
-            assert health.status_code == 200
-            assert health.json() == {"status": "ok", "checks": {"database": "ok", "temporal": "ok"}}
+    async with served_in_process(settings) as http:
+        health = await http.get("/healthz")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "checks": {"database": "ok", "temporal": "ok"}}
 
-            page = await http.get("/")
-            assert page.status_code == 200
-            assert page.headers["content-type"].startswith("text/html")
-            assert "<title>shipflow</title>" in page.text
-            assert 'src="/console/app.js"' in page.text
-            # Offline: every script and style sheet is served by the API itself.
-            for asset in ("app.js", "api.js", "run.js", "graph.js", "stages.js", "style.css"):
-                served = await http.get(f"/console/{asset}")
-                assert served.status_code == 200, asset
-                for remote in ('src="http', "src='http", 'href="http', "@import", "from \"http", "//cdn"):
-                    assert remote not in served.text, (asset, remote)
-            for remote in ('src="http', "src='http", 'href="http', "@import"):
-                assert remote not in page.text
-            # A browser opening a run's address (as the CLI prints it) gets the console;
-            # API clients get JSON.
-            browser = await http.get("/runs/nope", headers={"Accept": "text/html,*/*"})
-            assert browser.status_code == 200 and "<title>shipflow</title>" in browser.text
-            listing = await http.get("/runs", headers={"Accept": "text/html"})
-            assert listing.headers["content-type"].startswith("text/html")
+        page = await http.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "<title>shipflow</title>" in page.text
+        assert 'src="/console/app.js"' in page.text
+        # Offline: every script and style sheet is served by the API itself.
+        for asset in ("app.js", "api.js", "run.js", "graph.js", "stages.js", "style.css"):
+            served = await http.get(f"/console/{asset}")
+            assert served.status_code == 200, asset
+            for remote in ('src="http', "src='http", 'href="http', "@import", "from \"http", "//cdn"):
+                assert remote not in served.text, (asset, remote)
+        for remote in ('src="http', "src='http", 'href="http', "@import"):
+            assert remote not in page.text
+        # A browser opening a run's address (as the CLI prints it) gets the console;
+        # API clients get JSON.
+        browser = await http.get("/runs/nope", headers={"Accept": "text/html,*/*"})
+        assert browser.status_code == 200 and "<title>shipflow</title>" in browser.text
+        listing = await http.get("/runs", headers={"Accept": "text/html"})
+        assert listing.headers["content-type"].startswith("text/html")
 
-            assert (await http.get("/flows")).status_code == 200
-            assert (await http.get("/runs/nope")).status_code == 404
-            assert (await http.get("/no/such/route")).json() == {"detail": "Not Found"}
-            metrics = await http.get("/metrics")
-            assert metrics.status_code == 200
-            text = metrics.text
-            assert (
-                'shipflow_http_requests_total{method="GET",route="/healthz",status="200"} 1.0'
-                in text
-            )
-            assert (
-                'shipflow_http_requests_total{method="GET",route="/runs/{run_id}",status="404"} 1.0'
-                in text
-            )
-            assert 'route="unmatched",status="404"' in text
-            assert (
-                'shipflow_http_request_duration_seconds_count{method="GET",route="/flows"} 1.0'
-                in text
-            )
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
+        assert (await http.get("/flows")).status_code == 200
+        assert (await http.get("/runs/nope")).status_code == 404
+        assert (await http.get("/no/such/route")).json() == {"detail": "Not Found"}
+        metrics = await http.get("/metrics")
+        assert metrics.status_code == 200
+        text = metrics.text
+        assert (
+            'shipflow_http_requests_total{method="GET",route="/healthz",status="200"} 1.0'
+            in text
+        )
+        assert (
+            'shipflow_http_requests_total{method="GET",route="/runs/{run_id}",status="404"} 1.0'
+            in text
+        )
+        assert 'route="unmatched",status="404"' in text
+        assert (
+            'shipflow_http_request_duration_seconds_count{method="GET",route="/flows"} 1.0'
+            in text
+        )
 
 
 async def test_metrics_count_runs_started(settings: Settings) -> None:

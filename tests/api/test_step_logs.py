@@ -11,21 +11,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from temporalio.client import Client
 
-from shipflow.activities.backup import _BackupLog
+from shipflow.activities.backup.activity import _BackupLog
 from shipflow.activities.core import steplogs
 from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.settings import Settings
-from shipflow.api.app import create_app
+from tests.api.served import served_in_process
 from tests.api.test_runs import apply, run_state, start
 from tests.helpers import new_worker, wait_until
 
@@ -41,25 +38,6 @@ steps:
   - migrate: {{id: boom, command: [sh, -c, "echo about to fail; exit 3"]}}
 """
 
-
-@asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app served by uvicorn on a free port (httpx's ASGI transport buffers whole
-    responses, so a stream must go over a real socket)."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_until(lambda: server.started or task.done(), timeout=20)
-        assert not task.done(), "uvicorn did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 async def sse_events(
@@ -87,7 +65,7 @@ async def test_logs_of_commands_and_checks(
 ) -> None:
     name = f"logs-{uuid.uuid4().hex[:6]}"
     gate = tmp_path / "gate"
-    async with served(settings) as http, new_worker(temporal_client, settings):
+    async with served_in_process(settings) as http, new_worker(temporal_client, settings):
         db = tmp_path / "app.db"
         sqlite3.connect(db).executescript("create table t (x); insert into t values (1);")
         await apply(http, FLOW.format(name=name, gate=gate, db=db, store=tmp_path / "backups"))

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import uvicorn
 from temporalio import workflow
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 from typer.testing import CliRunner
 
 from shipflow.activities.core.settings import Settings
-from shipflow.api.app import create_app
 from shipflow.infra.cli.main import app as cli
 from tests.api.conftest import TOKENS, bearer, token_settings
+from tests.api.served import served_in_process
 from tests.helpers import wait_until
 
 BUG = "interpreter bug: cannot read the plan"
@@ -46,24 +43,6 @@ concurrency: allow
 steps:
   - wait: {{id: soak, duration: 1s}}
 """
-
-
-@asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on a real loopback port (the CLI needs one), behind an httpx client."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_until(lambda: server.started or task.done(), timeout=20)
-        assert not task.done(), "uvicorn did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def start_stuck_run(http: httpx.AsyncClient, name: str) -> str:
@@ -89,7 +68,7 @@ async def test_stuck_run_is_shown_and_terminated_from_api_and_cli(
     secured = token_settings(settings)
     name = f"stuck-{uuid.uuid4().hex[:6]}"
     worker = Worker(temporal_client, task_queue=settings.task_queue, workflows=[BrokenRelease])
-    async with worker, served(secured) as http:
+    async with worker, served_in_process(secured) as http:
         applied = await http.post(
             "/flows",
             content=flow_text(name),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from shipflow.activities.backup import BackupActivities
+from shipflow.activities.backup.activity import BackupActivities
 from shipflow.activities.s3 import S3Factory
 from shipflow.workflows.io.backup import BackupInput
 from shipflow.workflows.io.common import StepContext

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from shipflow.activities.backup import BackupActivities
+from shipflow.activities.backup.activity import BackupActivities
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.s3 import (
     S3Client,

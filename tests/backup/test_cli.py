@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from shipflow.activities.backup import BackupActivities
+from shipflow.activities.backup.activity import BackupActivities
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.s3 import S3Client
 from shipflow.infra.cli.backup import app

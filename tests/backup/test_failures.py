@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.backup import BackupActivities
+from shipflow.activities.backup.activity import BackupActivities
 from shipflow.activities.core.settings import Settings
-from shipflow.activities.dbdump import redact_url
+from shipflow.activities.dbdump.database import redact_url
 from shipflow.activities.s3 import S3Client, S3Factory
 from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from tests.backup.conftest import (
@@ -158,7 +158,8 @@ def test_wrong_password_is_permanent_and_never_shown(
 
 
 def test_password_is_not_on_the_command_line(scram_pg: ScramPg) -> None:
-    from shipflow.activities.dbdump import PgDump, parse_database
+    from shipflow.activities.dbdump.database import parse_database
+    from shipflow.activities.dbdump.pg_dump import PgDump
 
     dump = PgDump(parse_database(scram_pg.url(scram_pg.password)))
     try:

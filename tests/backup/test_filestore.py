@@ -17,7 +17,9 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from typer.testing import CliRunner
 
-from shipflow.activities.backup import BackupActivities, FileStore, list_backups
+from shipflow.activities.backup.activity import BackupActivities
+from shipflow.activities.backup.catalog import list_backups
+from shipflow.activities.backup.stores import FileStore
 from shipflow.infra.cli.backup import app
 from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from tests.backup.conftest import pg_rows, pg_schema, psql, run_activity, run_failing

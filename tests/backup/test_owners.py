@@ -21,7 +21,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.backup import BackupActivities
+from shipflow.activities.backup.activity import BackupActivities
 from shipflow.activities.core.settings import Settings
 from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from shipflow.workflows.plan import compile

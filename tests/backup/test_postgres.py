@@ -11,8 +11,12 @@ import psycopg
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.backup import BackupActivities, S3Store, list_backups
-from shipflow.activities.dbdump import DumpError, PgDump, parse_database, pg_restore, redact_url
+from shipflow.activities.backup.activity import BackupActivities
+from shipflow.activities.backup.catalog import list_backups
+from shipflow.activities.backup.s3store import S3Store
+from shipflow.activities.dbdump.database import DumpError, parse_database, redact_url
+from shipflow.activities.dbdump.pg_dump import PgDump
+from shipflow.activities.dbdump.pg_restore import pg_restore
 from shipflow.activities.s3 import S3Client
 from shipflow.workflows.io.backup import BackupInput, BackupOutput, RestoreInput
 from shipflow.workflows.io.common import StepContext

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.backup import BackupActivities
+from shipflow.activities.backup.activity import BackupActivities
 from shipflow.activities.s3 import S3Client
 from shipflow.workflows.io.backup import BackupInput, RestoreInput
 from tests.backup.conftest import TEST_PART_SIZE, run_activity, run_failing
@@ -66,10 +65,6 @@ def make_db(path: Path) -> None:
     conn.close()
 
 
-def wait_for(check: Callable[[], object], timeout: float = 10.0) -> None:
-    wait_until_sync(check, timeout=timeout, interval=0.02)
-
-
 def test_sqlite_backup_during_writes_then_restore(
     backups: BackupActivities, s3: S3Client, bucket: str, tmp_path: Path
 ) -> None:
@@ -80,13 +75,13 @@ def test_sqlite_backup_during_writes_then_restore(
     writer = Writer(live)
     writer.start()
     try:
-        wait_for(lambda: writer.inserted >= 50)
+        wait_until_sync(lambda: writer.inserted >= 50)
         before = writer.inserted
         ctx = context(step="sqlite-backup")
         out = run_activity(
             backups.create, BackupInput(context=ctx, database=url, to=f"s3://{bucket}/s/")
         ).result
-        wait_for(lambda: writer.inserted >= before + 50)  # it kept writing throughout
+        wait_until_sync(lambda: writer.inserted >= before + 50)  # it kept writing throughout
     finally:
         writer.stop.set()
         writer.join(timeout=10)

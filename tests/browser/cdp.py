@@ -15,11 +15,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
+
+from tests.helpers import wait_until_sync
 
 
 class BrowserError(AssertionError):
@@ -59,12 +60,17 @@ class Browser:
             stderr=subprocess.DEVNULL,
         )
         port_file = Path(self._profile) / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not port_file.exists() or len(port_file.read_text().splitlines()) < 2:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError("chromium did not open its DevTools port")
-            time.sleep(0.05)  # the file appears once chromium listens: nothing to wait on
+
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError("chromium exited before it opened its DevTools port")
+            return port_file.exists() and len(port_file.read_text().splitlines()) >= 2
+
+        try:  # the file appears once chromium listens: nothing else to wait on
+            wait_until_sync(listening, timeout=30, what="chromium opens its DevTools port")
+        except BaseException:
+            self.close()
+            raise
         port, path = port_file.read_text().splitlines()[:2]
         self._ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=64 * 1024 * 1024)
         self._ids = itertools.count(1)
@@ -149,20 +155,21 @@ class Page:
     def wait(self, expression: str, *, timeout: float = 30.0, interval: float = 0.1) -> Any:
         """Poll a JavaScript expression until it is truthy; fail (with the page's text)
         after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def truthy() -> tuple[Any] | None:
             try:
                 value = self.evaluate(expression)
             except BrowserError:
-                value = None  # e.g. the element is not rendered yet
-            if value or isinstance(value, dict):  # an element comes back as {}
-                return value
-            if time.monotonic() > deadline:
-                shown = self.evaluate("document.body ? document.body.innerText : ''") or ""
-                raise BrowserError(
-                    f"not true within {timeout}s: {expression}\n--- page shows:\n{shown[:3000]}"
-                )
-            time.sleep(interval)
+                return None  # e.g. the element is not rendered yet
+            # An element comes back as {}: truthy here, so the result is wrapped.
+            return (value,) if value or isinstance(value, dict) else None
+
+        def page_shows() -> str:
+            shown = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            return f"{expression}\n--- page shows:\n{shown[:3000]}"
+
+        (value,) = wait_until_sync(truthy, timeout=timeout, interval=interval, what=page_shows)
+        return value
 
     def text(self, selector: str = "body") -> str:
         value = self.evaluate(

@@ -28,7 +28,7 @@ from shipflow.api.app import create_app
 from tests.api.conftest import TOKENS, token_settings
 from tests.browser.cdp import Browser, Page, chromium_binary, output_dir
 from tests.conftest import TEST_PAYLOAD_KEYS
-from tests.helpers import new_worker
+from tests.helpers import new_worker, wait_until
 from tests.local.support import RuntimeProcess
 
 
@@ -66,10 +66,13 @@ class Stack:
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
         async with new_worker(client, self.settings):
-            while not server.started:
+
+            def started() -> bool:
                 if serving.done():
                     raise RuntimeError("uvicorn stopped")
-                await asyncio.sleep(0.02)
+                return bool(server.started)
+
+            await wait_until(started, interval=0.02)
             port = server.servers[0].sockets[0].getsockname()[1]
             self.url = f"http://127.0.0.1:{port}"
             self._ready.set()

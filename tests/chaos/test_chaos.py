@@ -30,9 +30,8 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,9 +41,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shipflow.infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
 from tests.cli.test_stack import _alive, _processes_in_groups
-from tests.helpers import wait_until_sync
+from tests.helpers import free_ports, stack_on_free_ports, wait_until_sync
 
 SEED = int(os.environ.get("SHIPFLOW_CHAOS_SEED", "1010"))
 RUNS = int(os.environ.get("SHIPFLOW_CHAOS_RUNS", "6"))
@@ -214,12 +213,9 @@ class Chaos:
                 event = Event(time.monotonic() - self.started, what, sig.name, old)
                 os.kill(old, sig)
                 self.events.append(event)
-                deadline = time.monotonic() + 90
-                while not self._back(piece, old):
-                    if time.monotonic() > deadline or self.stop.is_set():
-                        self.error = f"{piece} not back 90s after {sig.name}: {self.said[-5:]}"
-                        return
-                    time.sleep(0.1)
+                if not self._until(lambda piece=piece, old=old: self._back(piece, old), 90, 0.1):
+                    self.error = f"{piece} not back 90s after {sig.name}: {self.said[-5:]}"
+                    return
                 event.new_pid = self.stack.pids()[piece]
                 event.back_after_s = time.monotonic() - self.started - event.at
         except Exception as e:  # reported by the test, never swallowed
@@ -227,13 +223,30 @@ class Chaos:
 
     def _command_running(self) -> bool:
         """Wait until a run's command has started and not yet finished."""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self.stop.is_set():
-            for started in self.counts.glob("started-*"):
-                if not (self.counts / started.name.replace("started-", "run-")).exists():
-                    return True
-            time.sleep(0.02)
-        return False
+        return self._until(
+            lambda: any(
+                not (self.counts / started.name.replace("started-", "run-")).exists()
+                for started in self.counts.glob("started-*")
+            ),
+            60,
+            0.02,
+        )
+
+    def _until(self, check: Callable[[], bool], timeout: float, interval: float) -> bool:
+        """`wait_until_sync` that ends early when the test stops: whether `check` came true."""
+        met: list[bool] = []
+
+        def met_or_stopped() -> bool:
+            if check():
+                met.append(True)
+                return True
+            return self.stop.is_set()
+
+        try:
+            wait_until_sync(met_or_stopped, timeout=timeout, interval=interval)
+        except AssertionError:
+            pass
+        return bool(met)
 
     def _back(self, piece: str, old: int) -> bool:
         pid = self.stack.pids().get(piece)
@@ -248,15 +261,9 @@ class Chaos:
 @pytest.fixture
 def chaos_stack(tmp_path: Path, pg_url: str) -> Iterator[tuple[EmbeddedStack, list[str]]]:
     said: list[str] = []
-    ports = free_ports(5)
-    stack = EmbeddedStack(
+    stack = stack_on_free_ports(
         tmp_path / "stack",
-        api_port=ports[0],
-        temporal_port=ports[1],
-        ui_port=ports[2],
-        runtime_port=ports[3],
-        s3_port=ports[4],
-        task_queue=f"chaos-{uuid.uuid4().hex[:8]}",
+        queue="chaos",
         say=said.append,
         extra_env={
             "SHIPFLOW_DATABASE_URL": pg_url,
@@ -279,19 +286,21 @@ def chaos_stack(tmp_path: Path, pg_url: str) -> Iterator[tuple[EmbeddedStack, li
 
 def _api(stack: EmbeddedStack, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One API call, retried while the API restarts (connection refused, 5xx)."""
-    deadline = time.monotonic() + 60
     headers = {"Authorization": f"Bearer {stack.token}"}
-    while True:
+
+    def answered() -> tuple[httpx.Response] | None:
         try:
             answer = httpx.request(
                 method, stack.api_url + path, headers=headers, timeout=10, **kwargs
             )
-            if answer.status_code < 500:
-                return answer
         except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{method} {path}: the API did not answer in 60s"
-        time.sleep(0.2)
+            return None
+        return (answer,) if answer.status_code < 500 else None
+
+    (answer,) = wait_until_sync(
+        answered, timeout=60, interval=0.2, what=f"{method} {path}: the API answers"
+    )
+    return answer
 
 
 
@@ -352,6 +361,8 @@ def test_releases_survive_chaos(
     states: dict[str, dict[str, Any]] = {}
     service_pids: set[int] = set()
     deadline = started + DEADLINE_S
+    # Not a wait_until: each pass also collects the runs' final states and the instances'
+    # pids, and a run still going at the deadline is reported below, not failed here.
     while True:
         for run_id in run_ids:
             if run_id in states:

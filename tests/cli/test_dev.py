@@ -19,15 +19,10 @@ from typer.testing import CliRunner
 
 from shipflow.infra.cli.main import app
 from shipflow.infra.demo_driver import SCENARIOS
-from shipflow.infra.stack import (
-    REPO_ROOT,
-    Child,
-    EmbeddedStack,
-    StackError,
-    free_ports,
-    port_is_free,
-)
-from tests.helpers import wait_until_sync
+from shipflow.infra.stack.embedded import EmbeddedStack
+from shipflow.infra.stack.ports import port_is_free
+from shipflow.infra.stack.processes import REPO_ROOT, Child, StackError
+from tests.helpers import free_ports, wait_until_sync
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from shipflow.activities.s3 import missing_embedded_s3
-from shipflow.infra.stack import free_ports
+from tests.helpers import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WITHOUT_MOTO = (

@@ -15,8 +15,11 @@ from typer.testing import CliRunner
 
 from shipflow.infra.cli.client import ApiError, detail_problems
 from shipflow.infra.cli.main import app
-from shipflow.infra.stack import EmbeddedStack, PortInUse, StackError, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
+from shipflow.infra.stack.ports import PortInUse
+from shipflow.infra.stack.processes import StackError
 from shipflow.workflows.spec import flow_json_schema
+from tests.helpers import free_ports
 
 runner = CliRunner()
 FLOWS = Path(__file__).resolve().parents[2] / "infra" / "flows"

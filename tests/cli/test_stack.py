@@ -29,24 +29,19 @@ from shipflow.infra.demo_driver import (
     apply_flows,
     run_scenarios,
 )
-from shipflow.infra.stack import Child, EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
+from shipflow.infra.stack.processes import Child
 from shipflow.workflows.status import RunState
-from tests.helpers import wait_until_sync
+from tests.helpers import free_ports, stack_on_free_ports, wait_until_sync
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    ports = free_ports(5)
-    stack = EmbeddedStack(
+    stack = stack_on_free_ports(
         tmp_path_factory.mktemp("stack"),
-        api_port=ports[0],
-        temporal_port=ports[1],
-        ui_port=ports[2],
-        runtime_port=ports[3],
-        s3_port=ports[4],
-        task_queue=f"cli-{uuid.uuid4().hex[:8]}",
+        queue="cli",
         say=lambda _line: None,
     )
     stack.start()

@@ -5,9 +5,7 @@ API's codec endpoint, which decodes for the UI's origin on loopback without a to
 from __future__ import annotations
 
 import base64
-import json
 import stat
-import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -15,9 +13,9 @@ import httpx
 import pytest
 
 from shipflow.activities.core.codec import KEY_FILE_NAME
-from shipflow.infra.stack import EmbeddedStack, free_ports, temporal_binary
+from shipflow.infra.stack.embedded import EmbeddedStack
 from tests.api.test_codec import all_text, payloads_in
-from tests.helpers import wait_until_sync
+from tests.helpers import cli_history, stack_on_free_ports, wait_until_sync
 
 FLOW = """\
 apiVersion: shipflow/v1
@@ -31,15 +29,9 @@ steps:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    ports = free_ports(5)
-    stack = EmbeddedStack(
+    stack = stack_on_free_ports(
         tmp_path_factory.mktemp("codec-stack"),
-        api_port=ports[0],
-        temporal_port=ports[1],
-        ui_port=ports[2],
-        runtime_port=ports[3],
-        s3_port=ports[4],
-        task_queue=f"codec-{uuid.uuid4().hex[:8]}",
+        queue="codec",
         say=lambda _line: None,
     )
     stack.start()
@@ -82,52 +74,22 @@ def test_stack_encrypts_and_the_web_ui_decodes_through_the_api(stack: EmbeddedSt
         wait_until_sync(succeeded, timeout=60, interval=0.2, what=f"run {run_id} to succeed")
         assert f"OUT-42 {marker}" in api.get(f"/runs/{run_id}").text
 
-    shown = subprocess.run(
-        [
-            temporal_binary(),
-            "workflow",
-            "show",
-            "-w",
-            run_id,
-            "--address",
-            stack.temporal_address,
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    history = json.loads(shown.stdout)
+    history = cli_history(stack.temporal_address, run_id)
     raw = all_text(history)
     assert marker not in raw and "OUT-42" not in raw and "OUT-$((6*7))" not in raw
     payloads = payloads_in(history)
     assert payloads
 
     # The temporal CLI with our codec endpoint and a shipflow token shows the run in clear.
-    decoded_cli = subprocess.run(
-        [
-            temporal_binary(),
-            "workflow",
-            "show",
-            "-w",
-            run_id,
-            "--address",
-            stack.temporal_address,
-            "-o",
-            "json",
-            "--codec-endpoint",
-            f"{stack.api_url}/codec",
-            "--codec-auth",
-            f"Bearer {stack.token}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    in_clear = cli_history(
+        stack.temporal_address,
+        run_id,
+        "--codec-endpoint",
+        f"{stack.api_url}/codec",
+        "--codec-auth",
+        f"Bearer {stack.token}",
     )
-    assert decoded_cli.returncode == 0, decoded_cli.stderr
-    assert marker in all_text(json.loads(decoded_cli.stdout))
+    assert marker in all_text(in_clear)
 
     # The browser on the UI's page: loopback, the UI's Origin, no shipflow token.
     with httpx.Client(base_url=stack.api_url, timeout=30) as browser:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shipflow.infra.stack import EmbeddedStack, free_ports
+from shipflow.infra.stack.embedded import EmbeddedStack
 from tests.cli.test_stack import _alive, apply, cli, run_id_of, wait_state
-from tests.helpers import wait_until_sync
+from tests.helpers import free_ports, stack_on_free_ports, wait_until_sync
 
 SAID: list[str] = []
 
@@ -36,15 +35,9 @@ steps:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
-    ports = free_ports(5)
-    stack = EmbeddedStack(
+    stack = stack_on_free_ports(
         tmp_path_factory.mktemp("supervised"),
-        api_port=ports[0],
-        temporal_port=ports[1],
-        ui_port=ports[2],
-        runtime_port=ports[3],
-        s3_port=ports[4],
-        task_queue=f"sup-{uuid.uuid4().hex[:8]}",
+        queue="sup",
         say=SAID.append,
         max_restarts=3,
         restart_window_s=300,
@@ -130,7 +123,7 @@ def test_shipflow_dev_restarts_a_killed_worker_and_still_stops_on_ctrl_c(tmp_pat
     import subprocess
     import sys
 
-    from shipflow.infra.stack import REPO_ROOT
+    from shipflow.infra.stack.processes import REPO_ROOT
     from tests.cli.test_dev import _children, _stat
 
     api, temporal, ui, runtime, s3 = free_ports(5)

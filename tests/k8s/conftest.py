@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, cast
 import pytest
 from kubernetes import client, config
 
+from tests.helpers import wait_until_sync
 from tests.k8s.emulator import KubeEmulator
 
 #: The user's kubeconfig, captured before any test points KUBECONFIG at an emulator.
@@ -134,16 +134,18 @@ class Cluster:
         apps = client.AppsV1Api(self.api)
         apps.create_namespaced_deployment(self.namespace, cast(Any, body))
         self.created.append(("deployments", name))
-        deadline = time.monotonic() + (10 if self.kind == "emulator" else 180)
-        while time.monotonic() < deadline:
-            dep = apps.read_namespaced_deployment(name, self.namespace)
-            status = dep.status
-            if status and (status.available_replicas or 0) == replicas and (
+
+        def available() -> bool:
+            status = apps.read_namespaced_deployment(name, self.namespace).status
+            return bool(status) and (status.available_replicas or 0) == replicas and (
                 status.updated_replicas or 0
-            ) == replicas and (status.replicas or 0) == replicas:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"deployment {name} did not become available")
+            ) == replicas and (status.replicas or 0) == replicas
+
+        wait_until_sync(
+            available,
+            timeout=10 if self.kind == "emulator" else 180,
+            what=f"deployment {name} becomes available",
+        )
 
     def deployment(self, name: str) -> Any:
         return client.AppsV1Api(self.api).read_namespaced_deployment(name, self.namespace)

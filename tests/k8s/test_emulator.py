@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
+from tests.helpers import wait_until_sync
 from tests.k8s.emulator import KubeEmulator, merge_patch, strategic_merge_patch
 
 NS = "emu"
@@ -137,10 +138,11 @@ def test_job_runs_a_pod_with_a_log_and_is_deleted_with_its_pods(emulator: KubeEm
     with pytest.raises(client.ApiException) as info:
         batch.create_namespaced_job(NS, body)
     assert info.value.status == 409 and json.loads(info.value.body or "{}")["reason"] == "AlreadyExists"
-    deadline = time.monotonic() + 5
-    while not any(c.type == "Complete" for c in batch.read_namespaced_job("mig", NS).status.conditions or []):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until_sync(
+        lambda: any(c.type == "Complete" for c in batch.read_namespaced_job("mig", NS).status.conditions or []),
+        timeout=5,
+        what="job mig completes",
+    )
     (pod,) = core.list_namespaced_pod(NS, label_selector="job-name=mig").items
     assert pod.status.container_statuses[0].state.terminated.exit_code == 0
     log = core.read_namespaced_pod_log(pod.metadata.name, NS, tail_lines=2, _preload_content=False)

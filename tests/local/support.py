@@ -18,8 +18,9 @@ import httpx
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import RolloutRequest
-from shipflow.activities.targets.local.process import free_port, kill_now, pid_alive
+from shipflow.activities.targets.local.process import kill_now, pid_alive
 from shipflow.activities.targets.local.target import LocalTarget
+from tests.helpers import free_port, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_APP = str(ROOT / "infra" / "demo" / "app.py")
@@ -83,16 +84,24 @@ class RuntimeProcess:
             stderr=subprocess.STDOUT,
         )
         out.close()
-        deadline = time.monotonic() + 15
-        while True:
+        proc = self.proc
+
+        def answers() -> bool:
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
+                    return True
             except httpx.TransportError:
                 pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None:
                 raise RuntimeError(f"runtime did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)
+            return False
+
+        wait_until_sync(
+            answers,
+            timeout=15,
+            interval=0.02,
+            what=lambda: f"runtime did not start: {self.log.read_text()[-2000:]}",
+        )
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -9,10 +9,9 @@ from typing import Any
 import httpx
 
 from shipflow.activities.targets.base import RolloutRequest
-from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.target import RolloutCancelled, rollout_key
 from shipflow.workflows.spec import Strategy
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.local.support import Beats, RuntimeProcess, demo_service, make_target
 from tests.local.test_canary import KeepAlive, client_of, paused
 

@@ -16,14 +16,13 @@ from typer.testing import CliRunner
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import NotFound, RolloutFailed, RolloutRequest, RolloutResult
-from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.runtime_client import RuntimeClient
 from shipflow.activities.targets.local.target import LocalTarget, RolloutCancelled, rollout_key
 from shipflow.api.app import create_app
 from shipflow.infra.cli.main import app as cli
 from shipflow.workflows.spec import Strategy
 from tests.api.conftest import TOKENS, api_client, bearer, token_settings
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.local.support import Beats, RuntimeProcess, demo_service, make_target
 
 

@@ -14,9 +14,9 @@ from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.tables import ReleaseRecord
 from shipflow.activities.deploy import DeployActivities
 from shipflow.activities.targets import make_target
-from shipflow.activities.targets.local.process import free_port
 from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.io.deploy import PromotionInput, RolloutInput
+from tests.helpers import free_port
 from tests.local.support import RuntimeProcess, demo_service
 
 pytestmark = pytest.mark.postgres

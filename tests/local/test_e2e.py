@@ -16,8 +16,8 @@ from temporalio.client import Client
 from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.tables import ReleaseRecord
-from shipflow.activities.targets.local.process import free_port, pid_alive
-from tests.helpers import finish, new_worker, run_flow, start_flow, wait_until
+from shipflow.activities.targets.local.process import pid_alive
+from tests.helpers import finish, free_port, new_worker, run_flow, start_flow, wait_until
 from tests.local.support import ROOT, Load, RuntimeProcess, demo_service
 
 

@@ -14,19 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shipflow.activities.targets.base import JobFailed, JobRequest, TargetError
-from shipflow.activities.targets.local.jobs import (
-    KEEP_JOBS_S,
-    Job,
-    JobStore,
-    _checked,
-    run_local_job,
-)
+from shipflow.activities.targets.local.jobdirs import KEEP_JOBS_S, Job, JobStore
+from shipflow.activities.targets.local.jobs import _checked, run_local_job
 from shipflow.activities.targets.local.process import pid_alive
 from tests.helpers import wait_until_sync
 from tests.local.support import Beats
@@ -48,10 +42,6 @@ def started_and_abandoned(jobs: Path, request: JobRequest) -> Job:
     return JobStore(jobs).start(request, _checked(request))
 
 
-def wait_for(check: Callable[[], object], timeout: float = 15.0) -> None:
-    wait_until_sync(check, timeout=timeout, interval=0.02)
-
-
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -64,7 +54,7 @@ def test_a_job_that_ended_unfollowed_is_taken_not_run_again(tmp_path: Path) -> N
     counter, jobs = tmp_path / "counter", tmp_path / "jobs"
     request = req(counting(counter, "echo migrated"))
     job = started_and_abandoned(jobs, request)
-    wait_for(lambda: job.state() == "ended")
+    wait_until_sync(lambda: job.state() == "ended")
     # No heartbeat made it out: the newest job of this step is found all the same.
     result = run_local_job(request, Beats(), jobs)
     assert result.exit_code == 0 and result.output == "migrated\n"
@@ -75,7 +65,7 @@ def test_a_resumed_execution_takes_the_recorded_failure(tmp_path: Path) -> None:
     counter, jobs = tmp_path / "counter", tmp_path / "jobs"
     request = req(counting(counter, "echo 'ERROR: column exists'; exit 3"))
     job = started_and_abandoned(jobs, request)
-    wait_for(lambda: job.state() == "ended")
+    wait_until_sync(lambda: job.state() == "ended")
     with pytest.raises(JobFailed) as failed:
         run_local_job(request, Beats(resume=job.details()), jobs)
     assert failed.value.exit_code == 3
@@ -110,12 +100,12 @@ def test_a_command_that_still_runs_is_waited_for(tmp_path: Path) -> None:
     counter, jobs, go = tmp_path / "counter", tmp_path / "jobs", tmp_path / "go"
     request = req(counting(counter, f"while [ ! -e {go} ]; do sleep 0.05; done; echo finished"))
     job = started_and_abandoned(jobs, request)
-    wait_for(lambda: job.pid() is not None)
+    wait_until_sync(lambda: job.pid() is not None)
     beats = Beats(resume=job.details())
     result: list[object] = []
     follower = threading.Thread(target=lambda: result.append(run_local_job(request, beats, jobs)))
     follower.start()
-    wait_for(lambda: len(beats.beats) >= 2)
+    wait_until_sync(lambda: len(beats.beats) >= 2)
     assert beats.beats[-1]["job"] == job.seq and beats.beats[-1]["pgid"] == job.pid()[0]  # type: ignore[index]
     go.touch()
     follower.join(15)
@@ -152,7 +142,7 @@ def test_a_lost_supervisor_is_an_unknown_outcome_and_its_command_is_killed(tmp_p
     counter, jobs = tmp_path / "counter", tmp_path / "jobs"
     request = req(counting(counter, "sleep 60"))
     job = started_and_abandoned(jobs, request)
-    wait_for(lambda: job.pid() is not None)
+    wait_until_sync(lambda: job.pid() is not None)
     assert job.supervisor is not None
     job.supervisor.send_signal(signal.SIGKILL)
     job.supervisor.wait(5)
@@ -199,7 +189,7 @@ def test_pruning_removes_steps_that_ended_long_ago_and_only_those(tmp_path: Path
     old = time.time() - KEEP_JOBS_S - 3600
     for name, ended in [("expired", old), ("recent", time.time())]:
         job = started_and_abandoned(jobs, req(["true"]).model_copy(update={"execution": name}))
-        wait_for(lambda job=job: job.state() == "ended")  # type: ignore[misc]
+        wait_until_sync(lambda job=job: job.state() == "ended")  # type: ignore[misc]
         os.utime(job.dir / "exit.json", (ended, ended))
         os.utime(job.dir.parent, (ended, ended))
     run_local_job(req(["true"]).model_copy(update={"execution": "another"}), Beats(), jobs)
@@ -235,7 +225,7 @@ def test_pruning_survives_key_directories_removed_under_it(tmp_path: Path) -> No
         ]
     )
     try:
-        wait_for(lambda: (jobs / "churning").exists())
+        wait_until_sync(lambda: (jobs / "churning").exists())
         store = JobStore(jobs)
         for _ in range(3000):
             store._prune(keep="this-step")

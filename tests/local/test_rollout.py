@@ -18,9 +18,9 @@ import pytest
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import Invalid, RolloutFailed, Transient
-from shipflow.activities.targets.local.process import free_port, pid_alive
+from shipflow.activities.targets.local.process import pid_alive
 from shipflow.activities.targets.local.target import LocalTarget, RolloutCancelled
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.local.support import Beats, Load, RuntimeProcess, demo_service, make_target, request
 
 STARTUP = {"DEMO_STARTUP_DELAY": "0.3"}

@@ -22,9 +22,9 @@ from pydantic import SecretStr
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import TargetError
-from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.runtime_key import ensure_key, read_key_file
 from shipflow.activities.targets.local.target import LocalTarget
+from tests.helpers import free_port
 from tests.local.support import ROOT, Load, RuntimeProcess, demo_service, make_target, request
 
 WRONG = "not-the-key-" + "x" * 20

@@ -14,10 +14,9 @@ import httpx
 import pytest
 
 from shipflow.activities.targets.base import RolloutFailed, RolloutRequest, RolloutResult
-from shipflow.activities.targets.local.process import free_port
 from shipflow.activities.targets.local.target import LocalTarget
 from shipflow.workflows.spec import Strategy
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.local.support import Beats, Load, RuntimeProcess, demo_service, make_target
 
 STARTUP = {"DEMO_STARTUP_DELAY": "0.3"}

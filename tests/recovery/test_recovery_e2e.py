@@ -12,9 +12,8 @@ import httpx
 from temporalio.client import Client
 
 from shipflow.activities.core.settings import Settings
-from shipflow.activities.targets.local.process import free_port
 from tests.api.conftest import api_client
-from tests.helpers import new_worker, wait_until
+from tests.helpers import free_port, new_worker, wait_until
 from tests.local.support import ROOT, RuntimeProcess, demo_service
 
 MIGRATE = str(ROOT / "infra" / "demo" / "migrate.py")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shipflow.api.routes.hooks import MAX_PAYLOAD_BYTES
+from shipflow.api.hook_requests import MAX_PAYLOAD_BYTES
 from tests.api.served import ApiProcess
 from tests.triggers.test_hooks import SECRET
 

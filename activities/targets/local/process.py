@@ -20,9 +20,25 @@ from pathlib import Path
 
 def free_port() -> int:
     """An ephemeral loopback port that is free right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (all held open while picking).
+
+    The one port picker of shipflow: the runtime's instances, the embedded stack's
+    components and the tests all use it.
+    """
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def find_command(argv0: str, *, cwd: str | None, env: dict[str, str]) -> str | None:

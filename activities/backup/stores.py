@@ -3,7 +3,7 @@
 A backup store holds dump objects under keys, each with a JSON manifest beside it
 (`<key>.json`, written last, so it marks the backup complete). Two implementations:
 
-- S3 (`shipflow.activities.backup.S3Store`): a streamed multipart upload, for everything beyond
+- S3 (`shipflow.activities.backup.s3store.S3Store`): a streamed multipart upload, for everything beyond
   one machine;
 - the filesystem (`FileStore`, `file:///abs/dir/`): the embedded stack's default, so
   backups survive a restart of `shipflow dev` (moto keeps objects in memory only).
@@ -32,7 +32,7 @@ from typing import IO, Any, Literal, Protocol
 from pydantic import BaseModel
 from temporalio.exceptions import ApplicationError
 
-from shipflow.activities.dbdump import DumpError
+from shipflow.activities.dbdump.database import DumpError
 from shipflow.workflows.redaction import redact
 
 MANIFEST_SUFFIX = ".json"
