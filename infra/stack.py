@@ -44,6 +44,8 @@ import httpx
 
 from shipflow.activities.core.client import SEARCH_ATTRIBUTES, dev_server_args
 from shipflow.activities.core.codec import KEY_FILE_NAME, ensure_key_file
+from shipflow.activities.core.group_crypto import KEY_FILE_NAME as GROUPS_KEY_FILE_NAME
+from shipflow.activities.core.group_crypto import ensure_groups_key
 from shipflow.activities.targets.local.runtime_key import KEY_FILE as RUNTIME_KEY_FILE
 from shipflow.activities.targets.local.runtime_key import (
     RuntimeKeyError,
@@ -268,6 +270,11 @@ class EmbeddedStack:
         """The payload encryption keys (mode 0600), generated on the first start."""
         return self.data_dir / KEY_FILE_NAME
 
+    @property
+    def groups_key_file(self) -> Path:
+        """The key sealing secret group values (mode 0600), generated on the first start."""
+        return self.data_dir / GROUPS_KEY_FILE_NAME
+
     def endpoints(self, *, show_token: bool = True) -> list[tuple[str, str]]:
         """(component, where) for the summary table; the token is the last row.
 
@@ -324,6 +331,7 @@ class EmbeddedStack:
                 # Temporal gets only ciphertext; the Web UI decodes through the API's
                 # /codec, open to it on loopback (the UI cannot send a shipflow token).
                 "SHIPFLOW_PAYLOAD_KEY_FILE": str(self.payload_key_file),
+                "SHIPFLOW_GROUPS_KEY_FILE": str(self.groups_key_file),
                 "SHIPFLOW_CODEC_LOOPBACK_OPEN": "true",
             }
         )
@@ -380,6 +388,8 @@ class EmbeddedStack:
         self._lock_data_dir()
         if ensure_key_file(self.payload_key_file):
             self._say(f"payload keys: generated {self.payload_key_file}")
+        if ensure_groups_key(self.groups_key_file):
+            self._say(f"groups keys: generated {self.groups_key_file}")
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True

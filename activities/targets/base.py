@@ -88,6 +88,15 @@ class RolloutRequest(BaseModel):
     probes: Probes | None = None
     progress_deadline_s: float | None = None
     strategy: Strategy | None = None
+    env: dict[str, str] = Field(
+        default_factory=dict, description="from secret/config groups, resolved on the worker"
+    )
+    groups: dict[str, int] = Field(default_factory=dict, description="the group versions in env")
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # Group values never show in a repr (logs, tracebacks): only their keys.
+        for name, value in super().__repr_args__():
+            yield name, (sorted(value) if name == "env" else value)
 
 
 class RolloutResult(BaseModel):

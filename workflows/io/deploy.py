@@ -26,6 +26,12 @@ class RolloutInput(BaseModel):
     resume: dict[str, Any] | None = Field(
         None, description="progress the previous execution heartbeated before its worker was lost"
     )
+    flow_tags: list[str] = Field([], description="the flow's tags: select groups")
+    env_order: list[str] = Field([], description="the flow's group precedence")
+    groups: dict[str, int] | None = Field(
+        None, description="exact group versions to use ({name: version}, in order; a rollback "
+        "or an undo); None: select the groups as the flow says, newest versions"
+    )
 
 
 class RolloutOutput(BaseModel):
@@ -39,6 +45,10 @@ class RolloutOutput(BaseModel):
     downtime_s: float | None = Field(
         None, description="recreate: seconds with no instance serving, from the last old one "
         "leaving the front port to the first new one ready"
+    )
+    groups: dict[str, int] = Field({}, description="the group versions the service got")
+    previous_groups: dict[str, int] | None = Field(
+        None, description="the group versions it had before (None: not recorded)"
     )
 
 

@@ -25,9 +25,13 @@ class JobInput(BaseModel):
     resume: dict[str, Any] | None = Field(
         None, description="progress the previous execution heartbeated before its worker was lost"
     )
+    env_from: list[str] = Field([], description="groups named by the step")
+    tags: list[str] = Field([], description="the step's and the flow's tags: select groups")
+    env_order: list[str] = Field([], description="the flow's group precedence")
 
 
 class JobOutput(BaseModel):
     exit_code: int
     output: str
     duration_s: float
+    groups: dict[str, int] = Field({}, description="the group versions the command got")
