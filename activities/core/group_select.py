@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shipflow.activities.core.groups import GroupStore, GroupView
+from shipflow.workflows.spec import FlowSpec, walk_steps
+from shipflow.workflows.spec import LocalTarget as LocalTargetSpec
 
 
 @dataclass
@@ -140,3 +142,56 @@ def resolve(
         if group.kind == "secret":
             secrets += [v for v in values.values() if v]
     return Resolved(env=env, versions=versions, secrets=secrets)
+
+
+def flow_problems(groups: Sequence[GroupView], spec: FlowSpec) -> list[tuple[str, str]]:
+    """What in `spec` selects groups wrongly, as apply reports it (the current groups).
+
+    Checks every service of a local target and every migrate step; a kubernetes target
+    that would get groups is refused (they are not materialised there yet).
+    """
+    problems: list[tuple[str, str]] = []
+    consumers: list[Consumer] = []
+    if isinstance(spec.target, LocalTargetSpec):
+        for name, service in spec.target.services.items():
+            consumers.append(
+                Consumer(
+                    stage=spec.stage,
+                    service=name,
+                    env_from=list(service.env_from),
+                    tags=[*spec.tags, *service.tags],
+                    order=list(spec.env_order),
+                    where=f"target.services.{name}",
+                )
+            )
+    for here, kind, body in walk_steps(spec.steps, "steps"):
+        if kind == "migrate":
+            consumers.append(
+                Consumer(
+                    stage=spec.stage,
+                    service=None,
+                    env_from=list(body.env_from),
+                    tags=[*spec.tags, *body.tags],
+                    order=list(spec.env_order),
+                    where=here,
+                )
+            )
+    known = {g.name for g in groups if not g.deleted}
+    for i, name in enumerate(spec.env_order):
+        if name not in known:
+            problems.append((f"env_order[{i}]", f"no group {name!r}"))
+    for consumer in consumers:
+        try:
+            chosen = select(groups, consumer)
+        except SelectionError as e:
+            problems += e.problems
+            continue
+        if chosen and not isinstance(spec.target, LocalTargetSpec):
+            problems.append(
+                (
+                    consumer.where,
+                    "secret/config groups are not materialised on the kubernetes target yet "
+                    f"(selected: {', '.join(g.name for g in chosen)})",
+                )
+            )
+    return problems
