@@ -300,8 +300,16 @@ class EnvSealer:
         out = {k: v for k, v in spec.items() if k != "env_sealed"}
         if self._aead is None:
             raise ValueError("state.json holds sealed env and the runtime has no key")
+        from cryptography.exceptions import InvalidTag
+
         raw = base64.b64decode(spec["env_sealed"])
-        plain = self._aead.decrypt(raw[: self._NONCE], raw[self._NONCE :], b"env")
+        try:
+            plain = self._aead.decrypt(raw[: self._NONCE], raw[self._NONCE :], b"env")
+        except InvalidTag:
+            raise ValueError(
+                "state.json holds service env sealed with another runtime key: start the "
+                "runtime with the key it had (runtime.key / SHIPFLOW_RUNTIME_KEY)"
+            ) from None
         out["env"] = json.loads(plain)
         return out
 
