@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
 from shipflow.activities.group_env import NONE, GroupEnv
@@ -51,10 +52,16 @@ class _JobProgress(ActivityProgress):
 class JobActivities:
     """Given a way to build targets (and the database, for step logs), runs one-off commands."""
 
-    def __init__(self, targets: Callable[[dict[str, Any]], Target], logs: Engine | None = None):
+    def __init__(
+        self,
+        targets: Callable[[dict[str, Any]], Target],
+        logs: Engine | None = None,
+        settings: Settings | None = None,
+    ):
         self._targets = targets
         self._logs = logs
-        self._groups = GroupEnv(logs) if logs is not None else None
+        # Groups are read through the same database (none without one: plain commands).
+        self._groups = GroupEnv(logs, settings) if logs is not None else None
 
     @activity.defn(name=RUN_JOB)
     def run_job(self, input: JobInput) -> JobOutput:

@@ -23,7 +23,7 @@ def build_activities(
 ) -> list[Callable[..., Any]]:
     """Every activity callable the worker registers."""
     targets = partial(make_target, settings=settings)
-    jobs = JobActivities(targets, logs=engine)  # reads groups through the same engine
+    jobs = JobActivities(targets, logs=engine, settings=settings)
     checks = CheckActivities(logs=engine)
     notify = NotifyActivities(api_url=settings.api_url, ui_url=settings.ui_url)
     records = RecordActivities(engine)
