@@ -79,6 +79,13 @@ class Progress(Protocol):
         ...
 
 
+def _env_keys_only(args: Any) -> Any:
+    """repr/str of a request shows the keys of its `env`, never the values (group secrets,
+    resolved `${env.X}`): a request printed in a log or a traceback leaks nothing."""
+    for name, value in args:
+        yield name, (sorted(value) if name == "env" else value)
+
+
 class RolloutRequest(BaseModel):
     run_id: str
     step_id: str
@@ -94,9 +101,7 @@ class RolloutRequest(BaseModel):
     groups: dict[str, int] = Field(default_factory=dict, description="the group versions in env")
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
-        # Group values never show in a repr (logs, tracebacks): only their keys.
-        for name, value in super().__repr_args__():
-            yield name, (sorted(value) if name == "env" else value)
+        return _env_keys_only(super().__repr_args__())
 
 
 class RolloutResult(BaseModel):
@@ -125,6 +130,9 @@ class JobRequest(BaseModel):
         "", description="Temporal's id of the workflow execution: tells apart two runs "
         "that reuse a run id, so a job record of one is never taken for the other's"
     )
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        return _env_keys_only(super().__repr_args__())
 
 
 class JobResult(BaseModel):

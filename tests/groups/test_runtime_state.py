@@ -23,3 +23,13 @@ def test_env_is_sealed_on_disk_and_opened_on_read(tmp_path: Path) -> None:
     assert state.read()["web"]["spec"]["env"] == {"DB_PASSWORD": SECRET, "MODE": "a"}
     with pytest.raises(ValueError, match="another runtime key"):
         StateFile(tmp_path / "state.json", "other-key").read()
+
+
+def test_requests_print_env_keys_never_values() -> None:
+    from shipflow.activities.targets.base import JobRequest, RolloutRequest
+
+    rollout = RolloutRequest(run_id="r", step_id="s", service="w", image="i", env={"P": SECRET})
+    job = JobRequest(run_id="r", step_id="s", name="n", command=["x"], env={"P": SECRET})
+    for request in (rollout, job):
+        assert SECRET not in repr(request) and SECRET not in str(request)
+        assert "'P'" in repr(request)
