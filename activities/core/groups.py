@@ -192,12 +192,18 @@ class GroupStore:
     def all(self, *, include_deleted: bool = False) -> list[GroupView]:
         """The newest version of every group (by name)."""
         with Session(self.engine) as session:
-            heads = session.exec(select(ConfigGroup).order_by(col(ConfigGroup.name))).all()
-            return [
-                self._view(self._row(session, h.name, h.version))
-                for h in heads
-                if include_deleted or not h.deleted
-            ]
+            query = (
+                select(GroupVersion)
+                .join(
+                    ConfigGroup,
+                    (col(ConfigGroup.name) == col(GroupVersion.group_name))
+                    & (col(ConfigGroup.version) == col(GroupVersion.version)),
+                )
+                .order_by(col(GroupVersion.group_name))
+            )
+            if not include_deleted:
+                query = query.where(col(ConfigGroup.deleted).is_(False))
+            return [self._view(row) for row in session.exec(query).all()]
 
     def versions(self, name: str) -> list[GroupView]:
         with Session(self.engine) as session:

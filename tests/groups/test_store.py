@@ -167,3 +167,38 @@ def test_postgres_store(pg_url: str, tmp_path: Path) -> None:
     assert store.values("db", 2) == {"P": SECRET, "Q": "2"}
     store.delete("db", actor="x")
     assert store.all() == [] and store.get("db", 1).keys == ["P"]
+
+
+def test_worker_side_problems_fail_the_step_without_retry(store: GroupStore) -> None:
+    """Groups changed after apply: the step fails, non-retryable, with a clear message."""
+    from temporalio.exceptions import ApplicationError
+
+    from shipflow.activities.group_env import GroupEnv
+    from shipflow.workflows.io.common import StepContext
+    from shipflow.workflows.io.deploy import RolloutInput
+
+    store.change("db", GroupChange(kind="secret", set_values={"P": SECRET}), actor="x")
+    env = GroupEnv(store.engine, store.settings)
+    target = {"kind": "local", "services": {"web": {"env_from": ["db"]}}}
+    context = StepContext(run_id="r", flow="f", stage="staging", step_id="web")
+    made = env.for_rollout(RolloutInput(context=context, target=target, service="web", image="i"))
+    assert (made.env, made.versions, made.secrets) == ({"P": SECRET}, {"db": 1}, [SECRET])
+    store.delete("db", actor="x")
+    with pytest.raises(ApplicationError) as e:
+        env.for_rollout(RolloutInput(context=context, target=target, service="web", image="i"))
+    assert e.value.non_retryable and e.value.type == "GroupSelection"
+    assert "no group 'db'" in str(e.value) and SECRET not in str(e.value)
+    # A pinned version (rollback) still works after the delete.
+    pinned = RolloutInput(
+        context=context, target=target, service="web", image="i", groups={"db": 1}
+    )
+    assert env.for_rollout(pinned).env == {"P": SECRET}
+    k8s = RolloutInput(
+        context=context,
+        target={"kind": "kubernetes"},
+        service="web",
+        image="i",
+        groups={"db": 1},
+    )
+    with pytest.raises(ApplicationError, match="not materialised on the kubernetes target"):
+        env.for_rollout(k8s)
