@@ -60,3 +60,28 @@ def test_group_commands(settings: Settings, tmp_path: Path) -> None:
         assert bad.exit_code == 2 and "broken.env:2: expected KEY=VALUE" in bad.stderr
         assert run("get", "ghost").exit_code == 2
         assert json.loads(run("list", "--json").stdout)[0]["version"] == 2
+
+
+def test_a_configured_but_missing_key_stops_api_and_worker_at_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPFLOW_")}
+    env.update(
+        {
+            "SHIPFLOW_GROUPS_KEY_FILE": str(tmp_path / "missing-keys"),
+            "SHIPFLOW_DATA_DIR": str(tmp_path),
+            "SHIPFLOW_OPEN_DEV_INSTANCE": "true",
+        }
+    )
+    for command in ("api", "worker"):
+        done = subprocess.run(
+            [sys.executable, "-m", "shipflow.infra.cli.main", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        assert "missing-keys does not exist" in done.stderr and "Traceback" not in done.stderr

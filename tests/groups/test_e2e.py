@@ -74,6 +74,7 @@ async def test_groups_roll_out_roll_back_and_never_leak(tmp_path: Path) -> None:
     answers: list[str] = []
     await asyncio.to_thread(stack.start)
     try:
+        assert stack.groups_key_file.stat().st_mode & 0o077 == 0  # generated, 0600
         async with httpx.AsyncClient(
             base_url=stack.api_url,
             headers={"Authorization": f"Bearer {stack.token}"},
