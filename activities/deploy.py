@@ -145,6 +145,7 @@ class DeployActivities:
                     strategy=input.strategy,
                     env=groups.env,
                     groups=groups.versions,
+                    group_sources=groups.sources,
                 ),
                 progress,
             )

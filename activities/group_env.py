@@ -51,15 +51,7 @@ class GroupEnv:
             order=list(input.env_order),
             where=f"target.services.{input.service}",
         )
-        resolved = self._resolve(consumer, input.groups)
-        if resolved.versions and input.target.get("kind") == "kubernetes":
-            raise ApplicationError(
-                "secret/config groups are not materialised on the kubernetes target yet "
-                f"(selected: {', '.join(resolved.versions)}); remove the tags or env_from",
-                type="GroupsUnsupported",
-                non_retryable=True,
-            )
-        return resolved
+        return _for_target(self._resolve(consumer, input.groups), input.target)
 
     def for_job(self, input: JobInput) -> Resolved:
         if input.purpose != "migrate":
@@ -72,14 +64,19 @@ class GroupEnv:
             order=list(input.env_order),
             where=f"steps.{input.context.step_id}",
         )
-        resolved = self._resolve(consumer, None)
-        if resolved.versions and input.target.get("kind") == "kubernetes":
-            raise ApplicationError(
-                "secret/config groups are not materialised on the kubernetes target yet",
-                type="GroupsUnsupported",
-                non_retryable=True,
-            )
-        return resolved
+        return _for_target(self._resolve(consumer, None), input.target)
+
+
+def _for_target(resolved: Resolved, target: dict[str, Any]) -> Resolved:
+    """Kubernetes references each group version (a Secret or ConfigMap) from the pod
+    template: the values must not be copied into the Deployment or Job as plain `env`."""
+    if target.get("kind") == "kubernetes":
+        return Resolved(
+            env={}, versions=resolved.versions, secrets=resolved.secrets, sources=resolved.sources
+        )
+    return Resolved(
+        env=resolved.env, versions=resolved.versions, secrets=resolved.secrets, sources=[]
+    )
 
 
 def _local_service(target: dict[str, Any], service: str) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class JobActivities:
             timeout_s=input.timeout_s,
             retries=input.retries,
             execution=activity.info().workflow_run_id or "",
+            group_sources=groups.sources,
         )
         target = self._targets(input.target)
         log = StepLogWriter(self._logs, input.context.run_id, input.context.step_id, secrets)

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, Field
+
 from shipflow.activities.core.groups import GroupStore, GroupView
 from shipflow.workflows.spec import FlowSpec, walk_steps
 from shipflow.workflows.spec import LocalTarget as LocalTargetSpec
@@ -109,13 +111,32 @@ def select(groups: Sequence[GroupView], consumer: Consumer) -> list[GroupView]:
     return sorted(chosen.values(), key=lambda g: (rank.get(g.name, -1), g.name))
 
 
+class GroupSource(BaseModel):
+    """One group version with its values, for a target that materialises groups itself
+    (kubernetes: a Secret or ConfigMap per version). Its repr shows keys, never values."""
+
+    name: str
+    version: int
+    kind: str
+    values: dict[str, str] = Field(default_factory=dict)
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for name, value in super().__repr_args__():
+            yield name, (sorted(value) if name == "values" else value)
+
+
 @dataclass
 class Resolved:
-    """A consumer's environment from groups: values (worker memory only) and versions."""
+    """A consumer's environment from groups: values (worker memory only) and versions.
+
+    `env` is the merged environment (later group wins); `sources` the same groups one by
+    one, in order, for targets that reference each group version instead of copying it.
+    """
 
     env: dict[str, str]
     versions: dict[str, int]
     secrets: list[str]
+    sources: list[GroupSource] = field(default_factory=list)
 
 
 def resolve(
@@ -135,20 +156,24 @@ def resolve(
     env: dict[str, str] = {}
     versions: dict[str, int] = {}
     secrets: list[str] = []
+    sources: list[GroupSource] = []
     for group in chosen:
         values = store.values(group.name, group.version)
         env.update(values)
         versions[group.name] = group.version
+        sources.append(
+            GroupSource(name=group.name, version=group.version, kind=group.kind, values=values)
+        )
         if group.kind == "secret":
             secrets += [v for v in values.values() if v]
-    return Resolved(env=env, versions=versions, secrets=secrets)
+    return Resolved(env=env, versions=versions, secrets=secrets, sources=sources)
 
 
 def flow_problems(groups: Sequence[GroupView], spec: FlowSpec) -> list[tuple[str, str]]:
     """What in `spec` selects groups wrongly, as apply reports it (the current groups).
 
-    Checks every service of a local target and every migrate step; a kubernetes target
-    that would get groups is refused (they are not materialised there yet).
+    Checks every service of a local target (every deployed service of a kubernetes one,
+    which the flow's tags select for) and every migrate step.
     """
     problems: list[tuple[str, str]] = []
     consumers: list[Consumer] = []
@@ -162,6 +187,23 @@ def flow_problems(groups: Sequence[GroupView], spec: FlowSpec) -> list[tuple[str
                     tags=[*spec.tags, *service.tags],
                     order=list(spec.env_order),
                     where=f"target.services.{name}",
+                )
+            )
+    else:
+        # Kubernetes declares no services in the flow: its deploys get the flow's tags.
+        services = {
+            body.service: here
+            for here, kind, body in walk_steps(spec.steps, "steps")
+            if kind in ("deploy", "promote")
+        }
+        for name, here in services.items():
+            consumers.append(
+                Consumer(
+                    stage=spec.stage,
+                    service=name,
+                    tags=list(spec.tags),
+                    order=list(spec.env_order),
+                    where=here,
                 )
             )
     for here, kind, body in walk_steps(spec.steps, "steps"):
@@ -182,16 +224,7 @@ def flow_problems(groups: Sequence[GroupView], spec: FlowSpec) -> list[tuple[str
             problems.append((f"env_order[{i}]", f"no group {name!r}"))
     for consumer in consumers:
         try:
-            chosen = select(groups, consumer)
+            select(groups, consumer)
         except SelectionError as e:
             problems += e.problems
-            continue
-        if chosen and not isinstance(spec.target, LocalTargetSpec):
-            problems.append(
-                (
-                    consumer.where,
-                    "secret/config groups are not materialised on the kubernetes target yet "
-                    f"(selected: {', '.join(g.name for g in chosen)})",
-                )
-            )
     return problems

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from shipflow.activities.core.group_select import GroupSource
 from shipflow.workflows.spec import Probes, Strategy
 
 
@@ -99,6 +100,10 @@ class RolloutRequest(BaseModel):
         default_factory=dict, description="from secret/config groups, resolved on the worker"
     )
     groups: dict[str, int] = Field(default_factory=dict, description="the group versions in env")
+    group_sources: list[GroupSource] = Field(
+        default_factory=list,
+        description="kubernetes: each group version to reference (a Secret or ConfigMap)",
+    )
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         return _env_keys_only(super().__repr_args__())
@@ -129,6 +134,10 @@ class JobRequest(BaseModel):
     execution: str = Field(
         "", description="Temporal's id of the workflow execution: tells apart two runs "
         "that reuse a run id, so a job record of one is never taken for the other's"
+    )
+    group_sources: list[GroupSource] = Field(
+        default_factory=list,
+        description="kubernetes: each group version to reference (a Secret or ConfigMap)",
     )
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]

@@ -157,6 +157,20 @@ async def test_apply_checks_group_selection(settings: Settings) -> None:
             assert answer.status_code == 422, answer.text
             problems = answer.json()["detail"]
             assert any(p["loc"].startswith(loc) and msg in p["msg"] for p in problems), problems
+        k8s = """
+apiVersion: shipflow/v1
+name: f6
+stage: staging
+tags: [t]
+target: {kind: kubernetes, namespace: web}
+steps:
+  - deploy: {id: api, service: api, image: "app:1"}
+"""
+        answer = await http.post("/flows", content=k8s, headers=yaml)
+        assert answer.status_code == 422 and "key X is in both" in answer.text
+        assert answer.json()["detail"][0]["loc"].startswith("steps[0].deploy")
+        fixed = k8s.replace("tags: [t]", "tags: [t]\nenv_order: [a, b]")
+        assert (await http.post("/flows", content=fixed, headers=yaml)).status_code == 201
         ok = await http.post(
             "/flows", content=_flow("f5", "tags: [t]\nenv_order: [a, b]"), headers=yaml
         )

@@ -200,5 +200,7 @@ def test_worker_side_problems_fail_the_step_without_retry(store: GroupStore) -> 
         image="i",
         groups={"db": 1},
     )
-    with pytest.raises(ApplicationError, match="not materialised on the kubernetes target"):
-        env.for_rollout(k8s)
+    # Kubernetes references the group version (a Secret): no values copied into `env`.
+    for_k8s = env.for_rollout(k8s)
+    assert for_k8s.env == {} and [(s.name, s.version) for s in for_k8s.sources] == [("db", 1)]
+    assert SECRET not in repr(for_k8s.sources)
