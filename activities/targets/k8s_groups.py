@@ -23,7 +23,7 @@ from typing import Any
 from kubernetes import client
 
 from shipflow.activities.core.group_select import GroupSource
-from shipflow.activities.targets.base import Conflict
+from shipflow.activities.targets.base import Conflict, TargetError
 from shipflow.activities.targets.k8s_errors import call
 
 log = logging.getLogger("shipflow.kubernetes")
@@ -123,7 +123,18 @@ class GroupObjects:
                 pass  # made by an earlier attempt or another service: same version, same data
 
     def collect(self) -> list[str]:
-        """Delete the group objects nothing refers to; returns their names."""
+        """Delete the group objects nothing refers to; returns their names.
+
+        Best effort: a rollout that succeeded never fails because of it (a Role without the
+        list/delete verbs, an API blip); what is left is collected after a later rollout.
+        """
+        try:
+            return self._collect()
+        except TargetError as e:
+            log.warning("could not collect group objects in %s: %s", self.namespace, e)
+            return []
+
+    def _collect(self) -> list[str]:
         referenced: set[str] = set()
         templates: list[Any] = []
         listers: list[tuple[Any, str]] = [
@@ -181,6 +192,6 @@ class GroupObjects:
                         namespace=self.namespace,
                     )
                     deleted.append(name)
-                except Exception as e:  # collection is best effort: never fail a rollout
+                except TargetError as e:  # already gone, or not allowed: try again next time
                     log.info("could not collect %s/%s: %s", kind, name, e)
         return deleted

@@ -312,9 +312,12 @@ class KubernetesTarget:
         # changes the template, a real rollout.
         env_from = k8s_groups.wanted_env_from(current.env_from, request.group_sources)
         if env_from is not None:
-            restore["envFrom"] = k8s_groups.plain(current.env_from)
+            running = k8s_groups.plain(current.env_from)
+            restore["envFrom"] = details["previous_env_from"] = (
+                resume.get("previous_env_from", running) if resume else running
+            )
         if current.image != request.image or (request.probes is not None and not resume) or (
-            env_from is not None and env_from != restore["envFrom"]
+            env_from is not None and env_from != k8s_groups.plain(current.env_from)
         ):
             progress.beat(details)
             self._groups().materialise(request.group_sources)
@@ -335,7 +338,8 @@ class KubernetesTarget:
                 self._restore(name, restore)
                 raise type(e)(f"{e}; deployments/{name} was set back to {previous}") from None
             raise
-        self._groups().collect()
+        if env_from is not None:
+            self._groups().collect()
         status = final.status or client.V1DeploymentStatus()
         return RolloutResult(
             service=name,

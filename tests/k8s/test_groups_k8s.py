@@ -93,3 +93,29 @@ def test_groups_become_objects_referenced_rolled_out_and_collected(
     container = created["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "shipflow-db-1"}}]
     assert SECRET not in json.dumps(created)
+
+
+def test_a_failed_group_rollout_puts_the_previous_env_from_back(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old)
+    target = KubernetesTarget(cluster.spec, Settings(heartbeat_timeout_s=4))
+    first = RolloutRequest(
+        run_id="r", step_id="a", service="api", image=old, group_sources=_sources(1)
+    )
+    target.rollout(first, RecordingProgress())
+    before = _env_from(cluster)
+    emulator.never_ready = lambda image: image == new
+    broken = RolloutRequest(
+        run_id="r",
+        step_id="b",
+        service="api",
+        image=new,
+        group_sources=_sources(2),
+        progress_deadline_s=1,
+    )
+    with pytest.raises(Exception, match="set back to"):
+        target.rollout(broken, RecordingProgress())
+    assert _env_from(cluster) == before
+    assert cluster.deployment("api").spec.template.spec.containers[0].image == old
