@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.spec import Probes, Strategy
@@ -50,6 +50,17 @@ class RolloutOutput(BaseModel):
     previous_groups: dict[str, int] | None = Field(
         None, description="the group versions it had before (None: not recorded)"
     )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A service that got no groups shows none in its output (as before groups);
+        # `previous_groups` is kept when known, even empty: the undo restores exactly it.
+        data: dict[str, Any] = handler(self)
+        if not data.get("groups"):
+            data.pop("groups", None)
+        if data.get("previous_groups") is None:
+            data.pop("previous_groups", None)
+        return data
 
 
 class PromotionInput(BaseModel):

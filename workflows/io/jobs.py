@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from shipflow.workflows.io.common import StepContext
 
@@ -35,3 +35,12 @@ class JobOutput(BaseModel):
     output: str
     duration_s: float
     groups: dict[str, int] = Field({}, description="the group versions the command got")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_empty_groups(handler(self))
+
+
+def _drop_empty_groups(data: dict[str, Any]) -> dict[str, Any]:
+    """A step that got no groups shows no `groups` in its output (as before groups)."""
+    return {k: v for k, v in data.items() if not (k.endswith("groups") and not v)}
