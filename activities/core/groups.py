@@ -11,7 +11,7 @@ them) or by an audited admin reveal. The audit trail names keys, never values.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -411,8 +411,3 @@ class GroupStore:
                 )
             )
             session.commit()
-
-
-def heads(engine: Engine) -> Mapping[str, ConfigGroup]:
-    with Session(engine) as session:
-        return {g.name: g for g in session.exec(select(ConfigGroup)).all()}
