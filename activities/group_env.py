@@ -54,7 +54,8 @@ class GroupEnv:
         return _for_target(self._resolve(consumer, input.groups), input.target)
 
     def for_job(self, input: JobInput) -> Resolved:
-        if input.purpose != "migrate":
+        """A migrate step's groups; its undo command gets the versions the step got."""
+        if input.purpose not in ("migrate", "undo"):
             return NONE
         consumer = Consumer(
             stage=input.context.stage,
@@ -64,7 +65,7 @@ class GroupEnv:
             order=list(input.env_order),
             where=f"steps.{input.context.step_id}",
         )
-        return _for_target(self._resolve(consumer, None), input.target)
+        return _for_target(self._resolve(consumer, input.groups), input.target)
 
 
 def _for_target(resolved: Resolved, target: dict[str, Any]) -> Resolved:

@@ -330,7 +330,21 @@ def _undo_command(req: StepRequest) -> BaseModel:
         cwd=plain(undo.cwd),
         timeout_s=req.action.timeout_s,
         purpose="undo",
+        **_undo_groups(req),
     )
+
+
+def _undo_groups(req: StepRequest) -> dict[str, Any]:
+    """A migrate step's undo command gets the group versions the step itself got (or, if
+    it recorded none, the groups the step selects); other undo commands get none."""
+    if req.action.kind != "migrate":
+        return {}
+    return {
+        "env_from": list(req.action.params.get("env_from") or []),
+        "tags": [*req.plan.tags, *(req.action.params.get("tags") or [])],
+        "env_order": list(req.plan.env_order),
+        "groups": req.step_output.get("groups"),
+    }
 
 
 def _undo_restore(req: StepRequest) -> BaseModel:

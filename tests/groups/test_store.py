@@ -204,3 +204,36 @@ def test_worker_side_problems_fail_the_step_without_retry(store: GroupStore) -> 
     for_k8s = env.for_rollout(k8s)
     assert for_k8s.env == {} and [(s.name, s.version) for s in for_k8s.sources] == [("db", 1)]
     assert SECRET not in repr(for_k8s.sources)
+
+
+def test_a_migrate_undo_command_gets_the_versions_its_step_got() -> None:
+    from shipflow.workflows.io.common import StepContext
+    from shipflow.workflows.plan import compile
+    from shipflow.workflows.spec import load_flow_text
+    from shipflow.workflows.step_kinds import UNDO_KINDS, StepRequest
+
+    flow = load_flow_text(
+        """
+apiVersion: shipflow/v1
+name: f
+stage: staging
+tags: [web]
+steps:
+  - migrate: {id: m, command: [up], env_from: [db], undo: {command: [down]}}
+"""
+    )
+    plan = compile(flow, {})
+    (action,) = plan.actions()
+    assert action.undo is not None
+    context = StepContext(run_id="r", flow="f", stage="staging", step_id="m")
+    request = StepRequest(
+        plan=plan,
+        action=action,
+        params=action.params,
+        context=context,
+        run_state="failed",
+        undo=action.undo,
+        step_output={"exit_code": 0, "groups": {"db": 4}},
+    )
+    undo = UNDO_KINDS["command"].call.build(request)
+    assert (undo.env_from, undo.tags, undo.groups) == (["db"], ["web"], {"db": 4})

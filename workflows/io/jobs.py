@@ -28,6 +28,9 @@ class JobInput(BaseModel):
     env_from: list[str] = Field([], description="groups named by the step")
     tags: list[str] = Field([], description="the step's and the flow's tags: select groups")
     env_order: list[str] = Field([], description="the flow's group precedence")
+    groups: dict[str, int] | None = Field(
+        None, description="exact group versions to use (an undo command: those its step got)"
+    )
 
 
 class JobOutput(BaseModel):
