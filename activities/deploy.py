@@ -15,8 +15,10 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.core.tables import ReleaseRecord
+from shipflow.activities.group_env import GroupEnv
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.records import last_release, write_release
 from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
@@ -85,9 +87,15 @@ def rollout_line(service: str, details: dict[str, Any]) -> str:
 class DeployActivities:
     """Given a way to build targets and the database engine, rolls services out."""
 
-    def __init__(self, targets: Callable[[dict[str, Any]], Target], engine: Engine):
+    def __init__(
+        self,
+        targets: Callable[[dict[str, Any]], Target],
+        engine: Engine,
+        settings: Settings | None = None,
+    ):
         self._targets = targets
         self._engine = engine
+        self._groups = GroupEnv(engine, settings)
 
     @activity.defn(name=ROLLOUT, no_thread_cancel_exception=True)
     def rollout(self, input: RolloutInput) -> RolloutOutput:
@@ -100,18 +108,30 @@ class DeployActivities:
         target = self._targets(input.target)
         inner = ActivityProgress(input.resume)
         resume = inner.resume or {}
-        log = StepLogWriter(self._engine, ctx.run_id, ctx.step_id)
+        groups = self._groups.for_rollout(input)
+        log = StepLogWriter(self._engine, ctx.run_id, ctx.step_id, groups.secrets)
         try:
             if "previous_image" in resume:
                 previous = resume["previous_image"]
+                previous_groups = resume.get("previous_groups")
             else:
                 previous = target.current_image(input.service, container=input.container)
+                before = last_release(self._engine, ctx.stage, input.service)
+                previous_groups = before.groups if before is not None else None
+            if groups.versions:
+                log.write(
+                    f"{input.service}: groups "
+                    + ", ".join(f"{n} v{v}" for n, v in groups.versions.items())
+                )
             log.write(
                 f"{input.service}: rolling out {input.image} (running before: {previous or 'none'}"
                 f"; attempt {activity.info().attempt}{', resumed' if resume else ''})"
             )
             progress: Progress = _DeployProgress(
-                inner, {"previous_image": previous}, log, input.service
+                inner,
+                {"previous_image": previous, "previous_groups": previous_groups},
+                log,
+                input.service,
             )
             result = target.rollout(
                 RolloutRequest(
@@ -123,6 +143,9 @@ class DeployActivities:
                     probes=input.probes,
                     progress_deadline_s=input.progress_deadline_s,
                     strategy=input.strategy,
+                    env=groups.env,
+                    groups=groups.versions,
+                    group_sources=groups.sources,
                 ),
                 progress,
             )
@@ -133,7 +156,7 @@ class DeployActivities:
             raise ApplicationError(
                 str(e), type=type(e).__name__, non_retryable=not e.retryable
             ) from None
-        self._record(input, previous)
+        self._record(input, previous, groups.versions)
         log.write(
             f"{input.service}: {result.image} rolled out in {result.duration_s:.1f}s, "
             f"{len(result.instances)} instance(s): "
@@ -148,9 +171,13 @@ class DeployActivities:
             strategy=result.strategy,
             rounds=result.rounds,
             downtime_s=result.downtime_s,
+            groups=groups.versions,
+            previous_groups=previous_groups,
         )
 
-    def _record(self, input: RolloutInput, previous: str | None) -> None:
+    def _record(
+        self, input: RolloutInput, previous: str | None, groups: dict[str, int]
+    ) -> None:
         """Write the release record once, even when the activity runs again after a crash."""
         ctx = input.context
         with Session(self._engine) as session:
@@ -177,6 +204,7 @@ class DeployActivities:
                 flow=ctx.flow,
                 step_id=ctx.step_id,
                 kind=input.purpose,
+                groups=groups,
             ),
         )
 

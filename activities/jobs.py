@@ -10,8 +10,10 @@ from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
+from shipflow.activities.group_env import NONE, GroupEnv
 from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.targets.base import JobFailed, JobRequest, Target, TargetError
 from shipflow.workflows.io.jobs import RUN_JOB, JobInput, JobOutput
@@ -50,25 +52,35 @@ class _JobProgress(ActivityProgress):
 class JobActivities:
     """Given a way to build targets (and the database, for step logs), runs one-off commands."""
 
-    def __init__(self, targets: Callable[[dict[str, Any]], Target], logs: Engine | None = None):
+    def __init__(
+        self,
+        targets: Callable[[dict[str, Any]], Target],
+        logs: Engine | None = None,
+        settings: Settings | None = None,
+    ):
         self._targets = targets
         self._logs = logs
+        # Groups are read through the same database (none without one: plain commands).
+        self._groups = GroupEnv(logs, settings) if logs is not None else None
 
     @activity.defn(name=RUN_JOB)
     def run_job(self, input: JobInput) -> JobOutput:
-        secrets = secret_values([input.command, input.env])
+        groups = self._groups.for_job(input) if self._groups is not None else NONE
+        secrets = secret_values([input.command, input.env]) + groups.secrets
         request = JobRequest(
             run_id=input.context.run_id,
             step_id=input.context.step_id,
             name=job_name(input.context.run_id, input.context.step_id, input.purpose),
             command=[resolve_env(part) for part in input.command],
             image=input.image,
-            env=resolve_env_in(input.env),
+            # Group values under the step's own `env:` (the author's explicit word wins).
+            env={**groups.env, **resolve_env_in(input.env)},
             cwd=input.cwd,
             service_account=input.service_account,
             timeout_s=input.timeout_s,
             retries=input.retries,
             execution=activity.info().workflow_run_id or "",
+            group_sources=groups.sources,
         )
         target = self._targets(input.target)
         log = StepLogWriter(self._logs, input.context.run_id, input.context.step_id, secrets)
@@ -97,4 +109,5 @@ class JobActivities:
             exit_code=result.exit_code,
             output=redact(result.output, secrets),
             duration_s=result.duration_s,
+            groups=groups.versions,
         )

@@ -28,6 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from shipflow.activities.core.client import connect
 from shipflow.activities.core.codec import PayloadKeyError
 from shipflow.activities.core.db import make_engine
+from shipflow.activities.core.group_crypto import GroupKeyError
+from shipflow.activities.core.group_crypto import check_key as check_groups_key
 from shipflow.activities.core.logs import configure_logging
 from shipflow.activities.core.settings import Settings, get_settings
 from shipflow.activities.core.tracing import setup_tracing, temporal_interceptors
@@ -41,6 +43,7 @@ from shipflow.api.routes import (
     console,
     flow_versions,
     flows,
+    groups,
     health,
     hooks,
     logs,
@@ -109,6 +112,7 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
 
     Raises:
         ValueError: `SHIPFLOW_TOKENS` is malformed (better at start than at first request),
+            or the groups key file is configured but unreadable,
             or no tokens are configured and `open_dev_instance` does not say that an open
             API is meant (a deployment must never be open by accident).
     """
@@ -120,6 +124,10 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
             "may use as admin. Configure tokens, or set SHIPFLOW_OPEN_DEV_INSTANCE=true for a "
             "development instance that is open on purpose."
         )
+    try:
+        check_groups_key(settings)
+    except GroupKeyError as e:
+        raise ValueError(str(e)) from None
     metrics = health.Metrics()
     tracer = tracer or setup_tracing("shipflow-api")
 
@@ -201,6 +209,7 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     app.include_router(logs.router)
     app.include_router(plans.router)
     app.include_router(stages.router)
+    app.include_router(groups.router)
     app.include_router(hooks.router)
     app.include_router(health.router)
     app.include_router(console.router)

@@ -30,6 +30,10 @@ class ServiceRollback(BaseModel):
     current_image: str | None
     from_run: str | None
     target: dict[str, Any]
+    #: The group versions the service had right after that run ({name: version}, in the
+    #: order they applied); None: that record predates groups (select them as the flow says).
+    groups: dict[str, int] | None = None
+    current_groups: dict[str, int] | None = None
 
 
 class DataRestore(BaseModel):
@@ -117,7 +121,7 @@ def services_to_roll_back(
         if not then:
             continue  # first deployed after that run: there is no earlier image to return to
         wanted = then[-1]
-        if wanted.image == now.image:
+        if wanted.image == now.image and (wanted.groups or {}) == (now.groups or {}):
             continue
         target = targets.get(now.flow) or targets.get(wanted.flow)
         if target is None:
@@ -131,6 +135,8 @@ def services_to_roll_back(
                 current_image=now.image,
                 from_run=wanted.run_id,
                 target=target,
+                groups=wanted.groups,
+                current_groups=now.groups,
             )
         )
     return plan
@@ -158,6 +164,12 @@ def restores_of(prior: ReleaseInput, status: RunStatus) -> list[DataRestore]:
     return list(reversed(out))
 
 
+def _groups_text(groups: dict[str, int] | None) -> str:
+    if not groups:
+        return ""
+    return " with groups " + ", ".join(f"{name} v{version}" for name, version in groups.items())
+
+
 def rollback_plan(
     prior: ReleaseInput,
     services: list[ServiceRollback],
@@ -177,8 +189,13 @@ def rollback_plan(
             id=f"rollback-{svc.service}",
             kind="deploy",
             path=f"rollback.parallel[{i}].deploy",
-            summary=f"roll {svc.service} back to {svc.image}",
-            params={"service": svc.service, "image": svc.image, "target": svc.target},
+            summary=f"roll {svc.service} back to {svc.image}" + _groups_text(svc.groups),
+            params={
+                "service": svc.service,
+                "image": svc.image,
+                "target": svc.target,
+                **({"groups": svc.groups} if svc.groups is not None else {}),
+            },
             retry=RetryPlan(max_attempts=2),
             timeout_s=900.0,
             undo=UndoPlan(kind="previous_image"),

@@ -23,7 +23,7 @@ def build_activities(
 ) -> list[Callable[..., Any]]:
     """Every activity callable the worker registers."""
     targets = partial(make_target, settings=settings)
-    jobs = JobActivities(targets, logs=engine)
+    jobs = JobActivities(targets, logs=engine, settings=settings)
     checks = CheckActivities(logs=engine)
     notify = NotifyActivities(api_url=settings.api_url, ui_url=settings.ui_url)
     records = RecordActivities(engine)
@@ -49,7 +49,7 @@ def _optional(
     # deploy activities
     from shipflow.activities.deploy import DeployActivities
 
-    deploy = DeployActivities(targets, engine)
+    deploy = DeployActivities(targets, engine, settings)
     out += [deploy.rollout, deploy.resolve_promotion]
     # backup activities
     from shipflow.activities.backup.activity import BackupActivities

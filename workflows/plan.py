@@ -125,6 +125,9 @@ class Plan(BaseModel):
     heartbeat_timeout_s: float = 20.0
     worker_lost_retries: int = 10
     notifications: list[NotificationPlan] = []
+    #: The flow's `tags` and `env_order`: which secret/config groups apply (names only).
+    tags: list[str] = []
+    env_order: list[str] = []
 
     def actions(self) -> Iterator[ActionPlan]:
         """Every action in plan order (depth first, as written)."""
@@ -251,6 +254,8 @@ class _Compiler:
             heartbeat_timeout_s=self.options.heartbeat_timeout_s,
             worker_lost_retries=self.options.worker_lost_retries,
             notifications=notifications,
+            tags=list(self.flow.tags),
+            env_order=list(self.flow.env_order),
         )
         size = len(plan.model_dump_json())
         if size > MAX_PLAN_BYTES:

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StringConstraints,
     Tag,
     ValidationError,
     field_validator,
@@ -29,6 +30,8 @@ from shipflow.workflows.globs import check_glob
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 STEP_ID_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?$"
+#: A secret/config group's name, or a tag: the flow's name rule.
+GroupName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 
 
 class StrictModel(BaseModel):
@@ -244,6 +247,12 @@ class LocalService(StrictModel):
     termination_grace: Duration = Field(default="10s", validate_default=True)  # type: ignore[assignment]
     progress_deadline: Duration = Field(default="10m", validate_default=True)  # type: ignore[assignment]
     strategy: Strategy | None = Field(None, description="rollout strategy; default rolling 1/0")
+    env_from: list[GroupName] = Field(
+        [], max_length=50, description="secret/config groups whose keys become its environment"
+    )
+    tags: list[GroupName] = Field(
+        [], max_length=50, description="groups sharing a tag with these (or the flow's) apply too"
+    )
 
 
 class LocalTarget(StrictModel):
@@ -313,6 +322,12 @@ class MigrateSpec(StepBase):
     env: dict[str, str] = {}
     cwd: str | None = None
     service_account: str | None = None
+    env_from: list[GroupName] = Field(
+        [], max_length=50, description="secret/config groups whose keys become its environment"
+    )
+    tags: list[GroupName] = Field(
+        [], max_length=50, description="groups sharing a tag with these (or the flow's) apply too"
+    )
 
 
 class DeploySpec(StepBase):
@@ -624,6 +639,14 @@ class FlowSpec(StrictModel):
     triggers: list[Trigger] = []
     steps: list[Step] = Field(min_length=1)
     notifications: list[NotificationSpec] = Field(default=[], max_length=20)
+    tags: list[GroupName] = Field(
+        [], max_length=50, description="groups sharing a tag with these apply to every service "
+        "and migrate step of the flow (the stage's tags)",
+    )
+    env_order: list[GroupName] = Field(
+        [], max_length=50, description="groups that share keys, in order of precedence: a later "
+        "one wins; without it a key in two selected groups is an error",
+    )
 
     @field_validator("args", mode="before")
     @classmethod

@@ -169,6 +169,9 @@ def rollout_input(
         progress_deadline_s=parse_duration(deadline).total_seconds() if deadline else None,
         strategy=Strategy.model_validate(params["strategy"]) if params.get("strategy") else None,
         purpose=purpose,
+        flow_tags=list(req.plan.tags),
+        env_order=list(req.plan.env_order),
+        groups=params.get("groups"),
     )
 
 
@@ -184,6 +187,9 @@ def _migrate(req: StepRequest) -> BaseModel:
         service_account=plain(p.get("service_account")),
         timeout_s=req.action.timeout_s,
         retries=req.action.retry.max_attempts - 1,
+        env_from=list(p.get("env_from") or []),
+        tags=[*req.plan.tags, *(p.get("tags") or [])],
+        env_order=list(req.plan.env_order),
     )
 
 
@@ -307,7 +313,9 @@ def _no_previous_image(req: StepRequest) -> dict[str, Any] | None:
 
 def _undo_rollout(req: StepRequest) -> BaseModel:
     previous = req.step_output.get("previous_image")
-    return rollout_input(req, req.params, previous, purpose="undo")
+    pinned = req.step_output.get("previous_groups")
+    params = {**req.params, "groups": pinned} if pinned is not None else req.params
+    return rollout_input(req, params, previous, purpose="undo")
 
 
 def _undo_command(req: StepRequest) -> BaseModel:
@@ -322,7 +330,21 @@ def _undo_command(req: StepRequest) -> BaseModel:
         cwd=plain(undo.cwd),
         timeout_s=req.action.timeout_s,
         purpose="undo",
+        **_undo_groups(req),
     )
+
+
+def _undo_groups(req: StepRequest) -> dict[str, Any]:
+    """A migrate step's undo command gets the group versions the step itself got (or, if
+    it recorded none, the groups the step selects); other undo commands get none."""
+    if req.action.kind != "migrate":
+        return {}
+    return {
+        "env_from": list(req.action.params.get("env_from") or []),
+        "tags": [*req.plan.tags, *(req.action.params.get("tags") or [])],
+        "env_order": list(req.plan.env_order),
+        "groups": req.step_output.get("groups"),
+    }
 
 
 def _undo_restore(req: StepRequest) -> BaseModel:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
 
-from shipflow.activities.core import steplogs, tables  # noqa: F401  (registers the tables)
+from shipflow.activities.core import group_tables, steplogs, tables  # noqa: F401  (registers the tables)
 
 
 def make_engine(url: str) -> Engine:

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         None,
         description="file of 'id:base64key' lines; default <data_dir>/payload-keys if it exists",
     )
+    groups_key_file: Path | None = Field(
+        None,
+        description="key file ('id:base64key' lines) sealing secret group values; default "
+        "<data_dir>/groups-keys (the embedded stack generates it); the first key seals, all open",
+    )
     codec_loopback_open: bool = Field(
         False,
         description="serve /codec/* without a token to loopback callers from the Web UI origin "

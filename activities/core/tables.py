@@ -92,6 +92,9 @@ class ReleaseRecord(SQLModel, table=True):
     flow: str = Field(max_length=63)
     step_id: str = Field(max_length=63)
     kind: str = Field(default="deploy", max_length=16)
+    #: The version of each secret/config group the service got ({name: version}); None: a
+    #: record from before groups (or a target that takes none).
+    groups: dict[str, int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

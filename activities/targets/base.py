@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from shipflow.activities.core.group_select import GroupSource
 from shipflow.workflows.spec import Probes, Strategy
 
 
@@ -79,6 +80,13 @@ class Progress(Protocol):
         ...
 
 
+def _env_keys_only(args: Any) -> Any:
+    """repr/str of a request shows the keys of its `env`, never the values (group secrets,
+    resolved `${env.X}`): a request printed in a log or a traceback leaks nothing."""
+    for name, value in args:
+        yield name, (sorted(value) if name == "env" else value)
+
+
 class RolloutRequest(BaseModel):
     run_id: str
     step_id: str
@@ -88,6 +96,17 @@ class RolloutRequest(BaseModel):
     probes: Probes | None = None
     progress_deadline_s: float | None = None
     strategy: Strategy | None = None
+    env: dict[str, str] = Field(
+        default_factory=dict, description="from secret/config groups, resolved on the worker"
+    )
+    groups: dict[str, int] = Field(default_factory=dict, description="the group versions in env")
+    group_sources: list[GroupSource] = Field(
+        default_factory=list,
+        description="kubernetes: each group version to reference (a Secret or ConfigMap)",
+    )
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        return _env_keys_only(super().__repr_args__())
 
 
 class RolloutResult(BaseModel):
@@ -116,6 +135,13 @@ class JobRequest(BaseModel):
         "", description="Temporal's id of the workflow execution: tells apart two runs "
         "that reuse a run id, so a job record of one is never taken for the other's"
     )
+    group_sources: list[GroupSource] = Field(
+        default_factory=list,
+        description="kubernetes: each group version to reference (a Secret or ConfigMap)",
+    )
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        return _env_keys_only(super().__repr_args__())
 
 
 class JobResult(BaseModel):

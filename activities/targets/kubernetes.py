@@ -28,6 +28,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.targets import k8s_groups
 from shipflow.activities.targets.base import (
     Conflict,
     Invalid,
@@ -307,9 +308,20 @@ class KubernetesTarget:
             "previous_image": previous,
         }
         restore: dict[str, Any] = {"name": container, "image": previous}
-        if current.image != request.image or (request.probes is not None and not resume):
+        # Secret/config groups: referenced with envFrom (`k8s_groups`); a new version alone
+        # changes the template, a real rollout.
+        env_from = k8s_groups.wanted_env_from(current.env_from, request.group_sources)
+        if env_from is not None:
+            running = k8s_groups.plain(current.env_from)
+            restore["envFrom"] = details["previous_env_from"] = (
+                resume.get("previous_env_from", running) if resume else running
+            )
+        if current.image != request.image or (request.probes is not None and not resume) or (
+            env_from is not None and env_from != k8s_groups.plain(current.env_from)
+        ):
             progress.beat(details)
-            self._patch(dep, container, request)
+            self._groups().materialise(request.group_sources)
+            self._patch(dep, container, request, env_from)
             if request.probes is not None:
                 restore.update(self._probes_before(current, request.probes))
         elif resume:
@@ -326,6 +338,8 @@ class KubernetesTarget:
                 self._restore(name, restore)
                 raise type(e)(f"{e}; deployments/{name} was set back to {previous}") from None
             raise
+        if env_from is not None:
+            self._groups().collect()
         status = final.status or client.V1DeploymentStatus()
         return RolloutResult(
             service=name,
@@ -360,6 +374,7 @@ class KubernetesTarget:
         name = request.name
         run_label = label_value(request.run_id)
         body = self._job_body(request, run_label)
+        self._groups().materialise(request.group_sources)
         try:
             call(
                 self.batch.create_namespaced_job,
@@ -421,9 +436,20 @@ class KubernetesTarget:
 
     # ------------------------------------------------------------ rollout internals
 
-    def _patch(self, dep: client.V1Deployment, container: str, request: RolloutRequest) -> None:
+    def _groups(self) -> k8s_groups.GroupObjects:
+        return k8s_groups.GroupObjects(self.api, self.namespace)
+
+    def _patch(
+        self,
+        dep: client.V1Deployment,
+        container: str,
+        request: RolloutRequest,
+        env_from: list[dict[str, Any]] | None = None,
+    ) -> None:
         """One strategic merge patch: the container's image, its probes, the deadline."""
         entry: dict[str, Any] = {"name": container, "image": request.image}
+        if env_from is not None:
+            entry["envFrom"] = env_from
         if request.probes is not None:
             ports = _container(dep, container).ports or []
             default_port = ports[0].container_port if ports else None
@@ -584,6 +610,8 @@ class KubernetesTarget:
         }
         if request.env:
             container["env"] = [{"name": k, "value": v} for k, v in request.env.items()]
+        if request.group_sources:
+            container["envFrom"] = k8s_groups.env_from(request.group_sources)
         if request.cwd:
             container["workingDir"] = request.cwd
         pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}

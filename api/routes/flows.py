@@ -18,6 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from shipflow.activities.core.group_select import flow_problems
+from shipflow.activities.core.groups import GroupStore
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import (
     compile_options,
@@ -48,7 +50,13 @@ from shipflow.api.schemas import (
     RunCreate,
     flow_summary,
 )
-from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, redact_literal_secrets
+from shipflow.workflows.spec import (
+    FlowError,
+    FlowSpec,
+    load_flow_text,
+    redact_literal_secrets,
+    walk_steps,
+)
 from shipflow.workflows.validation import validate_text
 
 router = APIRouter(
@@ -93,6 +101,29 @@ def checked_flow(content_type: str, raw: bytes, settings: Settings) -> tuple[Flo
     if report.spec is None:
         raise _invalid([problem.as_detail() for problem in report.problems])
     return report.spec, text
+
+
+def check_flow_groups(engine: Engine, settings: Settings, spec: FlowSpec) -> None:
+    """The flow's `env_from`, `tags` and `env_order` against the groups there are now.
+
+    Raises:
+        HTTPException: 422 naming each field (unknown or restricted group, conflicting keys).
+    """
+    if not (spec.tags or spec.env_order or _selects_groups(spec)):
+        return
+    problems = flow_problems(GroupStore(engine, settings).all(), spec)
+    if problems:
+        raise _invalid([{"loc": loc, "msg": msg} for loc, msg in problems])
+
+
+def _selects_groups(spec: FlowSpec) -> bool:
+    services = getattr(spec.target, "services", None) or {}
+    if any(s.env_from or s.tags for s in services.values()):
+        return True
+    return any(
+        kind == "migrate" and (body.env_from or body.tags)
+        for _, kind, body in walk_steps(spec.steps, "steps")
+    )
 
 
 class Applied(NamedTuple):
@@ -212,6 +243,7 @@ async def apply(
     spec, source = await run_in_threadpool(
         checked_flow, request.headers.get("content-type", ""), raw, settings
     )
+    await run_in_threadpool(check_flow_groups, engine, settings, spec)
     applied = await run_in_threadpool(apply_flow, engine, spec, source)
     await sync_flow_schedules(client, settings, spec, applied.row.version, applied.previous_source)
     if not applied.created:

@@ -116,7 +116,7 @@ def _describe(plan: Plan) -> list[dict[str, Any]]:
             "step": a.id,
             "kind": a.kind,
             "summary": a.summary,
-            **{k: a.params[k] for k in ("service", "image") if k in a.params},
+            **{k: a.params[k] for k in ("service", "image", "groups") if k in a.params},
         }
         for a in plan.actions()
     ]

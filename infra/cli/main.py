@@ -17,6 +17,7 @@ from shipflow.activities.core.settings import get_settings
 from shipflow.infra.cli import flows, helpfmt, processes, runs
 from shipflow.infra.cli.backup import app as backup_app
 from shipflow.infra.cli.common import CliState
+from shipflow.infra.cli.groups import app as group_app
 from shipflow.infra.cli.processes import endpoints_table
 from shipflow.infra.cli.runs import follow_run, parse_args
 
@@ -68,6 +69,7 @@ def _global(
 app.add_typer(flows.app, name="flow")
 runs.register(app)
 app.add_typer(backup_app, name="backup")
+app.add_typer(group_app, name="group")
 processes.register(app)
 
 

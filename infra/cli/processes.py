@@ -42,10 +42,12 @@ def _check_payload_keys() -> None:
     """Malformed payload keys: exit 2 naming the setting, before connecting to anything."""
     from shipflow.activities.core.client import payload_keys
     from shipflow.activities.core.codec import PayloadKeyError
+    from shipflow.activities.core.group_crypto import GroupKeyError, check_key
 
     try:
         payload_keys(get_settings())
-    except PayloadKeyError as e:
+        check_key(get_settings())
+    except (PayloadKeyError, GroupKeyError) as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None
 
 

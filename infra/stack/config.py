@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from shipflow.activities.core.codec import KEY_FILE_NAME
+from shipflow.activities.core.group_crypto import KEY_FILE_NAME as GROUPS_KEY_FILE_NAME
 
 if TYPE_CHECKING:
     from shipflow.infra.stack.processes import Child
@@ -114,6 +115,11 @@ class StackConfig:
         """The payload encryption keys (mode 0600), generated on the first start."""
         return self.data_dir / KEY_FILE_NAME
 
+    @property
+    def groups_key_file(self) -> Path:
+        """The key sealing secret group values (mode 0600), generated on the first start."""
+        return self.data_dir / GROUPS_KEY_FILE_NAME
+
     def endpoints(self, *, show_token: bool = True) -> list[tuple[str, str]]:
         """(component, where) for the summary table; the token is the last row.
 
@@ -170,6 +176,7 @@ class StackConfig:
                 # Temporal gets only ciphertext; the Web UI decodes through the API's
                 # /codec, open to it on loopback (the UI cannot send a shipflow token).
                 "SHIPFLOW_PAYLOAD_KEY_FILE": str(self.payload_key_file),
+                "SHIPFLOW_GROUPS_KEY_FILE": str(self.groups_key_file),
                 "SHIPFLOW_CODEC_LOOPBACK_OPEN": "true",
             }
         )

@@ -16,6 +16,7 @@ from typing import Self
 import httpx
 
 from shipflow.activities.core.codec import ensure_key_file
+from shipflow.activities.core.group_crypto import ensure_groups_key
 from shipflow.activities.targets.local.runtime_key import KEY_FILE as RUNTIME_KEY_FILE
 from shipflow.activities.targets.local.runtime_key import (
     RuntimeKeyError,
@@ -74,6 +75,8 @@ class StackLifecycle(Components):
         self._lock_data_dir()
         if ensure_key_file(self.payload_key_file):
             self._say(f"payload keys: generated {self.payload_key_file}")
+        if ensure_groups_key(self.groups_key_file):
+            self._say(f"groups keys: generated {self.groups_key_file}")
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True

@@ -51,6 +51,10 @@ async def test_every_route_for_every_role(settings: Settings) -> None:
         started = await http.post(f"/flows/{name}/runs", json={}, headers=bearer("admin"))
         assert started.status_code == 202, started.text
         run_id = started.json()["run_id"]
+        made = await http.put(
+            "/groups/cfg", json={"kind": "config", "values": {"A": "1"}}, headers=bearer("admin")
+        )
+        assert made.status_code == 201, made.text
 
         # (method, path, body, least role or None when open, status when allowed)
         routes: list[tuple[str, str, Any, str | None, int]] = [
@@ -76,6 +80,15 @@ async def test_every_route_for_every_role(settings: Settings) -> None:
             ("GET", f"/runs/{run_id}/plan", None, "viewer", 200),
             ("GET", "/stages", None, "viewer", 200),
             ("GET", "/me", None, "viewer", 200),
+            ("GET", "/groups", None, "viewer", 200),
+            ("GET", "/groups/cfg", None, "viewer", 200),
+            ("GET", "/groups/cfg/versions", None, "viewer", 200),
+            ("GET", "/groups/cfg/audit", None, "operator", 200),
+            ("PUT", "/groups/cfg", {"values": {"A": "2"}}, "admin", 200),
+            ("DELETE", "/groups/no-such-group", None, "admin", 404),
+            ("POST", "/groups/cfg/reveal", {"key": "A"}, "admin", 200),
+            # No groups key in this data dir: 409 naming the setting.
+            ("POST", "/groups/reseal", None, "admin", 409),
             ("GET", "/runs/no-such-run/steps/soak/logs/stream", None, "viewer", 404),
             # Webhooks authenticate by signature, not by token; no secret here: 503.
             ("POST", "/hooks/github", {}, None, 503),

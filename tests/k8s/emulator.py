@@ -16,6 +16,10 @@ Jobs forward one tick at a time:
   which after a delay succeeds or fails (`job_outcome`), with a log; failed pods are
   retried up to `backoffLimit`; `activeDeadlineSeconds` is enforced.
 - Pods (v1): GET, LIST, WATCH, and `pods/{name}/log` (tailLines).
+- Secrets and ConfigMaps (v1): POST, GET, LIST (labelSelector), DELETE; a Secret's
+  `stringData` is stored base64 in `data`, as the API server does.
+- ReplicaSets (apps/v1): GET, LIST. The controller makes one per Deployment template and
+  deletes the oldest beyond `revisionHistoryLimit` (default 10).
 
 Test knobs: `fail(verb, path, status, times)` makes the next requests matching a verb
 and a path pattern fail with a `Status` body; `patches` records every PATCH; `deletes`
@@ -48,11 +52,14 @@ RESOURCES = {
     "deployments": ("/apis/apps/v1", "apps", "Deployment"),
     "jobs": ("/apis/batch/v1", "batch", "Job"),
     "pods": ("/api/v1", "", "Pod"),
+    "secrets": ("/api/v1", "", "Secret"),
+    "configmaps": ("/api/v1", "", "ConfigMap"),
+    "replicasets": ("/apis/apps/v1", "apps", "ReplicaSet"),
 }
 
 _PATH = re.compile(
     r"^(?P<prefix>/api/v1|/apis/apps/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<resource>deployments|jobs|pods)(?:/(?P<name>[^/]+)(?:/(?P<sub>status|log))?)?$"
+    r"(?P<resource>deployments|jobs|pods|secrets|configmaps|replicasets)(?:/(?P<name>[^/]+)(?:/(?P<sub>status|log))?)?$"
 )
 
 _REASONS = {
@@ -464,7 +471,14 @@ class KubeEmulator:
         elif resource == "jobs":
             self._default_job(obj)
             self._jobs[(namespace, name)] = _JobSim()
-        obj.setdefault("status", {})
+        elif resource == "secrets":
+            import base64
+
+            # As the API server does: stringData is written into data (base64) and dropped.
+            for key, value in (obj.pop("stringData", None) or {}).items():
+                obj.setdefault("data", {})[key] = base64.b64encode(str(value).encode()).decode()
+        if resource in ("deployments", "jobs", "pods", "replicasets"):
+            obj.setdefault("status", {})
         self._validate(resource, obj)
         self.objects[resource][(namespace, name)] = obj
         self._emit(resource, "ADDED", obj)
@@ -583,6 +597,7 @@ class KubeEmulator:
         template = json.dumps(spec["template"], sort_keys=True)
         status["observedGeneration"] = dep["metadata"]["generation"]
         if template != sim.template:
+            self._new_replica_set(dep, template)
             sim.old += sim.new_ready
             sim.new = sim.new_ready = 0
             sim.template = template
@@ -622,6 +637,32 @@ class KubeEmulator:
         if not done and now - sim.last_progress > spec.get("progressDeadlineSeconds", 600):
             sim.exceeded = True
         dep["status"] = self._deployment_status(dep, sim, previous=status)
+
+    def _new_replica_set(self, dep: dict, template: str) -> None:
+        """The Deployment's ReplicaSet for a new template; the oldest beyond
+        `revisionHistoryLimit` (default 10) old ones are deleted, as the controller does."""
+        ns, name = dep["metadata"]["namespace"], dep["metadata"]["name"]
+        rs_name = f"{name}-{abs(hash(template)) % 10**10:010d}"[:63]
+        if (ns, rs_name) not in self.objects["replicasets"]:
+            rs = {
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": rs_name, "namespace": ns, "uid": str(uuid.uuid4()),
+                             "creationTimestamp": now_rfc3339(), "labels": {"shipflow-emulator/deployment": name},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                                                  "uid": dep["metadata"]["uid"]}]},
+                "spec": {"replicas": dep["spec"].get("replicas", 1),
+                         "selector": copy.deepcopy(dep["spec"].get("selector") or {}),
+                         "template": copy.deepcopy(dep["spec"]["template"])},
+                "status": {"replicas": 0},
+            }
+            self.objects["replicasets"][(ns, rs_name)] = rs
+            self._emit("replicasets", "ADDED", rs)
+        owned = [k for k, r in self.objects["replicasets"].items()
+                 if k[0] == ns and r["metadata"]["labels"].get("shipflow-emulator/deployment") == name]
+        keep = dep["spec"].get("revisionHistoryLimit", 10) + 1
+        for key in owned[: max(0, len(owned) - keep)]:
+            gone = self.objects["replicasets"].pop(key)
+            self._emit("replicasets", "DELETED", gone)
 
     def _deployment_status(self, dep: dict, sim: _RolloutSim, previous: dict | None = None) -> dict:
         previous = previous or {}

@@ -28,6 +28,11 @@ NEEDED = {
     ("batch", "jobs"): {"create", "get", "list", "delete"},
     ("", "pods"): {"get", "list"},
     ("", "pods/log"): {"get"},
+    # secret/config groups: one immutable object per group version, collected when no
+    # ReplicaSet, Deployment or Job refers to it (never read back: `get` is not needed)
+    ("", "secrets"): {"create", "list", "delete"},
+    ("", "configmaps"): {"create", "list", "delete"},
+    ("apps", "replicasets"): {"list"},
 }
 
 
@@ -69,7 +74,10 @@ def test_rbac_is_least_privilege() -> None:
         assert "resourceNames" not in rule or rule["resourceNames"]
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                assert "secrets" not in resource
+                # Secrets: only the objects of groups; never `get`/`watch` (no reading of
+                # other secrets one by one), and no update (a group version is immutable).
+                if resource == "secrets":
+                    assert set(rule["verbs"]) <= {"create", "list", "delete"}
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     assert granted == NEEDED
     (binding,) = of_kind("RoleBinding")

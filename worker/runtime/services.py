@@ -35,7 +35,7 @@ class Runtime:
     def __init__(self, data_dir: Path, key: str):
         self.data_dir = data_dir
         self.key = key
-        self.state = StateFile(data_dir / "state.json")
+        self.state = StateFile(data_dir / "state.json", key)
         self.services: dict[str, Service] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.supervisor = Supervisor(data_dir, self.save)

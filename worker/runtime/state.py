@@ -10,6 +10,7 @@ what `saved()` writes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -270,14 +271,75 @@ class Service:
         }
 
 
+class EnvSealer:
+    """Service env in `state.json` is sealed (AES-256-GCM, a key derived from the runtime's
+    key): it holds values of secret groups and `${env.X}` references, and the file, even
+    at mode 0600, is copied into backups and bug reports. Everything else stays readable.
+    """
+
+    _NONCE = 12
+
+    def __init__(self, key: str | None):
+        self._aead: Any = None
+        if key:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            digest = hashlib.sha256(b"shipflow runtime state env\0" + key.encode()).digest()
+            self._aead = AESGCM(digest)
+
+    def seal(self, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        if self._aead is None or not spec or not spec.get("env"):
+            return spec
+        nonce = os.urandom(self._NONCE)
+        sealed = self._aead.encrypt(nonce, json.dumps(spec["env"]).encode(), b"env")
+        return {**spec, "env": {}, "env_sealed": base64.b64encode(nonce + sealed).decode()}
+
+    def open(self, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not spec or "env_sealed" not in spec:
+            return spec
+        out = {k: v for k, v in spec.items() if k != "env_sealed"}
+        if self._aead is None:
+            raise ValueError("state.json holds sealed env and the runtime has no key")
+        from cryptography.exceptions import InvalidTag
+
+        raw = base64.b64decode(spec["env_sealed"])
+        try:
+            plain = self._aead.decrypt(raw[: self._NONCE], raw[self._NONCE :], b"env")
+        except InvalidTag:
+            raise ValueError(
+                "state.json holds service env sealed with another runtime key: start the "
+                "runtime with the key it had (runtime.key / SHIPFLOW_RUNTIME_KEY)"
+            ) from None
+        out["env"] = json.loads(plain)
+        return out
+
+    def walk(self, data: dict[str, Any], change: Any) -> dict[str, Any]:
+        """`data` (state.json's services) with `change` applied to every saved spec."""
+        out: dict[str, Any] = {}
+        for name, svc in data.items():
+            svc = {**svc, "spec": change(svc.get("spec"))}
+            svc["instances"] = [
+                {**i, "spec": change(i.get("spec"))} if "spec" in i else i
+                for i in svc.get("instances", [])
+            ]
+            svc["rollouts"] = [
+                {**r, "spec": change(r.get("spec")), "previous_spec": change(r.get("previous_spec"))}
+                for r in svc.get("rollouts", [])
+            ]
+            out[name] = svc
+        return out
+
+
 class StateFile:
     """`state.json`: written whole after every change, read once at start."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key: str | None = None):
         self.path = path
+        self.sealer = EnvSealer(key)
 
     def write(self, services: dict[str, Service]) -> None:
-        data = {"services": {s.name: s.saved() for s in services.values()}}
+        saved = {s.name: s.saved() for s in services.values()}
+        data = {"services": self.sealer.walk(saved, self.sealer.seal)}
         tmp = self.path.with_suffix(".json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -289,4 +351,4 @@ class StateFile:
         if not self.path.exists():
             return {}
         services: dict[str, Any] = json.loads(self.path.read_text()).get("services", {})
-        return services
+        return self.sealer.walk(services, self.sealer.open)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.spec import Probes, Strategy
@@ -26,6 +26,12 @@ class RolloutInput(BaseModel):
     resume: dict[str, Any] | None = Field(
         None, description="progress the previous execution heartbeated before its worker was lost"
     )
+    flow_tags: list[str] = Field([], description="the flow's tags: select groups")
+    env_order: list[str] = Field([], description="the flow's group precedence")
+    groups: dict[str, int] | None = Field(
+        None, description="exact group versions to use ({name: version}, in order; a rollback "
+        "or an undo); None: select the groups as the flow says, newest versions"
+    )
 
 
 class RolloutOutput(BaseModel):
@@ -40,6 +46,21 @@ class RolloutOutput(BaseModel):
         None, description="recreate: seconds with no instance serving, from the last old one "
         "leaving the front port to the first new one ready"
     )
+    groups: dict[str, int] = Field({}, description="the group versions the service got")
+    previous_groups: dict[str, int] | None = Field(
+        None, description="the group versions it had before (None: not recorded)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A service that got no groups shows none in its output (as before groups);
+        # `previous_groups` is kept when known, even empty: the undo restores exactly it.
+        data: dict[str, Any] = handler(self)
+        if not data.get("groups"):
+            data.pop("groups", None)
+        if data.get("previous_groups") is None:
+            data.pop("previous_groups", None)
+        return data
 
 
 class PromotionInput(BaseModel):

@@ -141,6 +141,9 @@ class LocalTarget:
             # here, on the worker, and only travels to the runtime over loopback.
             update["env"] = {k: resolve_env(v) for k, v in declared.env.items()}
             update["command"] = [resolve_env(part) for part in declared.command]
+        if request.env:
+            # Group values under the flow's own `env:` (the author's explicit word wins).
+            update["env"] = {**request.env, **update.get("env", declared.env)}
         if request.probes is not None:
             update["probes"] = merge_probes(declared.probes, request.probes)
         if request.progress_deadline_s is not None:
