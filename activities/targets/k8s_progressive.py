@@ -39,6 +39,7 @@ from typing import Any
 
 from kubernetes import client
 
+from shipflow.activities.analysis.envrefs import resolve_analysis_env
 from shipflow.activities.analysis.measure import measure, verdict
 from shipflow.activities.targets.base import (
     Conflict,
@@ -109,9 +110,11 @@ def progressive_rollout(
     """Run the request's canary or blue-green strategy to its end (or abort it)."""
     assert request.strategy is not None
     refuse_unsupported(request.strategy)
+    strategy = resolve_analysis_env(request.strategy)
+    request = request.model_copy(update={"strategy": strategy})
     runner: _Progressive = (
         _Canary(target, request, progress)
-        if request.strategy.canary is not None
+        if strategy.canary is not None
         else _BlueGreen(target, request, progress)
     )
     return runner.run()
