@@ -491,6 +491,9 @@ Step = Annotated[
 
 ParallelStep.model_rebuild()
 SequenceStep.model_rebuild()
+# Built here, once HttpCheck exists: the workflow sandbox cannot resolve it on first use.
+CanaryAnalysisSpec.model_rebuild()
+Strategy.model_rebuild()
 
 
 # ---------------------------------------------------------------- flow
