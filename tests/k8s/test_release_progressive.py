@@ -1,0 +1,90 @@
+"""A canary release on a `kubernetes` target through ReleaseWorkflow, with the worker that
+runs it SIGKILLed in a pause: the next worker goes on at the durable step (the canary
+Deployment's annotation), analysis not run again, the canary created once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from kubernetes import client, config
+from temporalio.client import Client
+
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.targets.k8s_progressive import PAUSED, PROMOTE, STATE
+from tests.analysis.prometheus_stub import PrometheusStub, vector
+from tests.helpers import finish, new_worker, start_flow, wait_until
+from tests.k8s.emulator import KubeEmulator
+from tests.k8s.test_release_k8s import REPO, k8s_flow, ns
+
+
+async def test_worker_killed_in_a_canary_pause_resumes_there(
+    temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str, tmp_path: Path
+) -> None:
+    space = ns()
+    emulator.add_deployment(space, "api", "api:1", replicas=3)
+    with PrometheusStub(lambda q: vector("0.999")) as prom:
+        strategy = {"canary": {"steps": [
+            {"set_weight": 25},
+            {"analysis": {"prometheus": {"url": prom.url, "query": "ok", "success_condition": "result[0] > 0.99"},
+                          "interval": "50ms", "count": 2}},
+            {"pause": {}},
+            {"set_weight": 50},
+        ]}}
+        text = k8s_flow("k8s-canary", "production", space, kubeconfig,
+                        f"  - deploy: {{id: api, service: api, image: 'api:2', strategy: {json.dumps(strategy)}}}\n")
+        env = {
+            **os.environ,
+            "KUBECONFIG": os.environ["KUBECONFIG"],
+            "SHIPFLOW_TEMPORAL_ADDRESS": settings.temporal_address,
+            "SHIPFLOW_TASK_QUEUE": settings.task_queue,
+            "SHIPFLOW_DATA_DIR": str(settings.data_dir),
+            "SHIPFLOW_HEARTBEAT_TIMEOUT_S": str(settings.heartbeat_timeout_s),
+            "PYTHONPATH": str(REPO),
+        }
+        log = (tmp_path / "worker.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "shipflow.worker.main"], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+        def paused() -> bool:
+            canary = emulator.get("deployments", space, "api-canary")
+            return bool(canary and canary["metadata"].get("annotations", {}).get(PAUSED) == "2")
+
+        try:
+            handle = await start_flow(temporal_client, settings, text)
+            await wait_until(paused, timeout=60)
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait, 10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            log.close()
+        canary = emulator.get("deployments", space, "api-canary")
+        state = json.loads(canary["metadata"]["annotations"][STATE])
+        assert (state["index"], state["weight"], canary["spec"]["replicas"]) == (2, 25, 1)
+        assert len(prom.queries) == 2
+        async with new_worker(temporal_client, settings):
+            # What `kubectl annotate deployment api-canary shipflow/promote=2` sends.
+            api = config.new_client_from_config(os.environ["KUBECONFIG"], context=kubeconfig, persist_config=False)
+            client.AppsV1Api(api).patch_namespaced_deployment(
+                "api-canary", space, {"metadata": {"annotations": {PROMOTE: "2"}}}
+            )
+            api.close()
+            status = await asyncio.wait_for(finish(handle), timeout=60)
+        assert len(prom.queries) == 2  # the finished analysis did not run again
+    assert status.state == "succeeded", (status, (tmp_path / "worker.log").read_text()[-3000:])
+    step = status.step("api")
+    assert step.attempts == 1 and step.output is not None
+    assert (step.output["strategy"], step.output["previous_image"], step.output["image"]) == ("canary", "api:1", "api:2")
+    creates = [r for r in emulator.requests if r == ("create", f"/apis/apps/v1/namespaces/{space}/deployments")]
+    assert len(creates) == 1  # the canary, once across both workers
+    assert emulator.image_patches(space, "api") == ["api:2"]  # the stable, at promotion only
+    assert emulator.get("deployments", space, "api-canary") is None
+    stable = emulator.get("deployments", space, "api")
+    assert stable["spec"]["replicas"] == 3 and stable["status"]["updatedReplicas"] == 3
