@@ -68,8 +68,10 @@ PAUSED = "shipflow/paused"
 PROMOTE = "shipflow/promote"
 #: The label that tells the canary's and the green pods from the stable ones.
 TRACK = "shipflow/track"
-#: How often a wait looks at the cluster, the clock and a cancellation.
+#: How often a wait looks at the clock and a cancellation, and at a rollout's progress.
 TICK_S = 0.2
+#: How often a pause reads the Deployment for an operator's promotion (pauses can be long).
+PROMOTE_POLL_S = 1.0
 MERGE = "application/merge-patch+json"
 
 
@@ -324,11 +326,13 @@ class _Progressive:
 
         Returns `time` or `promoted`. With neither, waits for the promotion only.
         """
+        looked = 0.0
         while True:
             self._interrupted()
             if until is not None and time.time() >= until:
                 return "time"
-            if token is not None:
+            if token is not None and time.monotonic() - looked >= PROMOTE_POLL_S:
+                looked = time.monotonic()
                 extra: Any = self.t._read_deployment(self.extra)
                 annotations = extra.metadata.annotations or {}
                 if annotations.get(PROMOTE) == token:

@@ -118,4 +118,8 @@ async def promote_canary(
     if unreachable is not None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"local runtime: {unreachable}")
     which = f"step {step!r} of run {run_id!r}" if step else f"run {run_id!r}"
-    raise HTTPException(status.HTTP_409_CONFLICT, f"{which} has no canary waiting in a pause")
+    raise HTTPException(
+        status.HTTP_409_CONFLICT,
+        f"{which} has no canary waiting in a pause on the local runtime (a kubernetes canary is "
+        "promoted with its Deployment's shipflow/promote annotation)",
+    )

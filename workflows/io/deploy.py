@@ -34,7 +34,7 @@ class RolloutOutput(BaseModel):
     previous_image: str | None
     instances: list[dict[str, Any]] = []
     duration_s: float
-    strategy: str | None = Field(None, description="rolling | recreate, as the target ran it")
+    strategy: str | None = Field(None, description="rolling | recreate | canary | blue_green, as the target ran it")
     rounds: int | None = Field(None, description="batches of new instances started (rolling)")
     downtime_s: float | None = Field(
         None, description="recreate: seconds with no instance serving, from the last old one "
