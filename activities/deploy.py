@@ -28,6 +28,7 @@ from shipflow.workflows.io.deploy import (
     RolloutInput,
     RolloutOutput,
 )
+from shipflow.workflows.spec import RollingStrategy, Strategy
 
 
 class _DeployProgress:
@@ -82,6 +83,27 @@ def rollout_line(service: str, details: dict[str, Any]) -> str:
     return line
 
 
+def back_strategy(input: RolloutInput) -> Strategy | None:
+    """The strategy to roll out with; for an undo or a rollback, never a canary or blue-green.
+
+    Going back to the version that served before is not a new release to try out: a canary's
+    pauses (`pause: {}` waits for an operator) and analysis would hold a compensation for
+    nothing. Such an undo is a plain rolling update (on Kubernetes the Deployment's own
+    strategy; on the local target the default, also over a service-level canary). Rolling and
+    recreate stay, as a single instance with a volume needs recreate both ways.
+    """
+    strategy = input.strategy
+    if input.purpose not in ("undo", "rollback"):
+        return strategy
+    local = input.target.get("kind", "local") == "local"
+    if strategy is None and local:
+        declared = (input.target.get("services") or {}).get(input.service) or {}
+        strategy = Strategy.model_validate(declared["strategy"]) if declared.get("strategy") else None
+    if strategy is None or strategy.kind not in ("canary", "blue_green"):
+        return input.strategy
+    return Strategy(rolling=RollingStrategy()) if local else None
+
+
 class DeployActivities:
     """Given a way to build targets and the database engine, rolls services out."""
 
@@ -122,7 +144,7 @@ class DeployActivities:
                     container=input.container,
                     probes=input.probes,
                     progress_deadline_s=input.progress_deadline_s,
-                    strategy=input.strategy,
+                    strategy=back_strategy(input),
                 ),
                 progress,
             )

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,28 @@ async def test_worker_killed_in_a_canary_pause_resumes_there(
     assert emulator.get("deployments", space, "api-canary") is None
     stable = emulator.get("deployments", space, "api")
     assert stable["spec"]["replicas"] == 3 and stable["status"]["updatedReplicas"] == 3
+
+
+async def test_a_later_failure_undoes_a_finished_canary_with_a_plain_rollout(
+    temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str
+) -> None:
+    """The undo of a canary deploy goes straight back to the previous image: no second
+    canary, no pause waiting for an operator in the middle of a compensation."""
+    space = ns()
+    emulator.add_deployment(space, "api", "api:1", replicas=2)
+    strategy = {"canary": {"steps": [{"set_weight": 50}, {"pause": {"duration": "100ms"}}]}}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    text = k8s_flow("k8s-canary-undo", "production", space, kubeconfig, (
+        f"  - deploy: {{id: api, service: api, image: 'api:2', strategy: {json.dumps(strategy)}}}\n"
+        f"  - check: {{id: smoke, tcp: {{port: {closed}}}, period: 100ms, failure_threshold: 1}}\n"
+    ))
+    async with new_worker(temporal_client, settings):
+        status = await asyncio.wait_for(finish(await start_flow(temporal_client, settings, text)), timeout=60)
+    assert status.state == "rolled_back", status
+    assert status.step("api").state == "compensated"
+    assert emulator.image_patches(space, "api") == ["api:2", "api:1"]
+    creates = [r for r in emulator.requests if r == ("create", f"/apis/apps/v1/namespaces/{space}/deployments")]
+    assert len(creates) == 1  # the deploy's canary; the undo made none
+    assert emulator.get("deployments", space, "api-canary") is None
