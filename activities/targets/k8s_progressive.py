@@ -50,6 +50,7 @@ from shipflow.activities.targets.base import (
     RolloutRequest,
     RolloutResult,
     TargetError,
+    Transient,
 )
 from shipflow.activities.targets.k8s_errors import Cancelled, call
 from shipflow.activities.targets.kubernetes import (
@@ -160,9 +161,9 @@ class _Progressive:
                 self.state = loaded
                 log.info("%s/%s: resuming at %s", self.kind, self.extra, self._where())
             result = self.steps()
-        except TargetError as e:
-            if e.retryable and not isinstance(e, Cancelled):
-                raise  # the next attempt resumes from the durable state
+        except Conflict as e:
+            if not e.retryable:  # someone else's Deployment or Service: never delete it
+                raise
             self._abort_and_raise(e)
         except Exception as e:
             self._abort_and_raise(e)
@@ -170,15 +171,25 @@ class _Progressive:
         return result
 
     def _abort_and_raise(self, error: Exception) -> None:
+        """Abort, then raise what ended the strategy, saying that it was aborted.
+
+        Every failure aborts, a retryable one too: the step may have no attempt left, and a
+        canary must not keep its share of the traffic behind a failed step. A retryable
+        error stays retryable; the next attempt then starts the strategy over. Only a lost
+        worker (no exception at all) leaves the state for the next attempt to resume.
+        """
         try:
             self.abort()
-        except TargetError as cleanup_error:
-            raise type(error)(f"{error}; the abort failed too: {cleanup_error}") from error
+        except TargetError as failed:
+            raise RolloutFailed(
+                f"{error}; the abort failed too ({failed}): deployments/{self.extra} may still "
+                "serve a share of the traffic"
+            ) from error
         said = f"{error}; {self.kind} aborted: all traffic is on the stable version ({self.previous})"
         if isinstance(error, Cancelled):
             raise Cancelled(said) from None
         if isinstance(error, TargetError):
-            raise RolloutFailed(said) from None
+            raise (Transient(said) if error.retryable else RolloutFailed(said)) from None
         raise error
 
     def initial_state(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from shipflow.activities.targets.base import (
     RolloutFailed,
     RolloutRequest,
     RolloutResult,
+    Transient,
 )
 from shipflow.activities.targets.k8s_errors import Cancelled
 from shipflow.activities.targets.k8s_progressive import PAUSED, PROMOTE, STATE, canary_replicas
@@ -233,3 +234,15 @@ def test_what_kubernetes_cannot_do_is_refused_before_any_change(cluster: Cluster
         roll(cluster, request({"blue_green": {}}, new), RecordingProgress())
     assert "blue_green switches services/api, the Service in front of deployments/api" in str(no_service.value)
     assert emulator.patches == [] and not exists(cluster, "deployments", "api-canary")
+
+
+def test_an_api_outage_mid_canary_aborts_and_stays_retryable(cluster: Cluster, emulator: KubeEmulator) -> None:
+    """The step may have no attempt left: a canary never keeps its share behind a failed step."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.fail("patch", r"/deployments/api-canary$", 503, times=50)
+    with pytest.raises(Transient) as failed:
+        roll(cluster, request({"canary": {"steps": [{"set_weight": 50}]}}, new), RecordingProgress())
+    assert failed.value.retryable and "canary aborted: all traffic is on the stable version" in str(failed.value)
+    assert not exists(cluster, "deployments", "api-canary")
+    assert emulator.patches_of(cluster.namespace, "api") == []
