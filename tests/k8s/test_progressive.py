@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from temporalio.exceptions import ApplicationError
 
 from shipflow.activities.targets.base import (
     Invalid,
@@ -246,3 +247,25 @@ def test_an_api_outage_mid_canary_aborts_and_stays_retryable(cluster: Cluster, e
     assert failed.value.retryable and "canary aborted: all traffic is on the stable version" in str(failed.value)
     assert not exists(cluster, "deployments", "api-canary")
     assert emulator.patches_of(cluster.namespace, "api") == []
+
+
+def test_env_in_an_analysis_url_is_resolved_on_the_worker(
+    cluster: Cluster, emulator: KubeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=1)
+
+    def strategy(url: str) -> dict[str, Any]:
+        prometheus = {"url": url, "query": "up", "success_condition": "result[0] == 1"}
+        return {"canary": {"steps": [{"set_weight": 10}, {"analysis": {"prometheus": prometheus, "interval": "10ms",
+                                                                        "count": 1}}]}}
+
+    monkeypatch.delenv("SF_TEST_NOPE", raising=False)
+    with pytest.raises(ApplicationError) as missing:
+        roll(cluster, request(strategy("http://${env.SF_TEST_NOPE}:9090"), new), RecordingProgress())
+    assert "SF_TEST_NOPE is not set on the worker" in str(missing.value) and missing.value.non_retryable
+    assert emulator.patches == [] and not exists(cluster, "deployments", "api-canary")
+    with PrometheusStub(lambda q: vector("1")) as prom:
+        monkeypatch.setenv("SF_TEST_PROM_PORT", prom.url.rsplit(":", 1)[1])
+        result = roll(cluster, request(strategy("http://127.0.0.1:${env.SF_TEST_PROM_PORT}"), new), RecordingProgress())
+        assert prom.queries == ["up"] and result.image == new
