@@ -71,7 +71,13 @@ def rollout_line(service: str, details: dict[str, Any]) -> str:
     """One log line for a rollout's progress (local runtime or Kubernetes Deployment)."""
     total = details.get("total")
     if total is None:
-        return f"{service}: {details.get('phase', 'rolling out')}"
+        line = f"{service}: {details.get('phase', 'rolling out')}"
+        if details.get("strategy") in ("canary", "blue_green"):  # kubernetes' extra Deployment
+            weight = f", weight {details['weight']}%" if details.get("weight") is not None else ""
+            line = f"{service}: {details['strategy']} {details.get('phase')}{weight}"
+            if details.get("message"):
+                line += f" ({details['message']})"
+        return line
     line = (
         f"{service}: {details.get('ready', 0)}/{total} ready, "
         f"{details.get('updated', 0)}/{total} updated"
