@@ -269,3 +269,27 @@ def test_env_in_an_analysis_url_is_resolved_on_the_worker(
         monkeypatch.setenv("SF_TEST_PROM_PORT", prom.url.rsplit(":", 1)[1])
         result = roll(cluster, request(strategy("http://127.0.0.1:${env.SF_TEST_PROM_PORT}"), new), RecordingProgress())
         assert prom.queries == ["up"] and result.image == new
+
+
+def test_a_lost_worker_after_the_blue_green_switch_resumes_without_a_second_green(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
+    req = request({"blue_green": {"auto_promote_after": "0s", "scale_down_delay": "300ms"}}, new)
+    switched = lambda d: "switched to the green" in str(d.get("message"))  # noqa: E731
+    first = RecordingProgress(crash_when=switched)
+    with pytest.raises(SimulatedCrash):
+        roll(cluster, req, first)
+    core = client.CoreV1Api(cluster.api)
+    assert core.read_namespaced_service("api", cluster.namespace).spec.selector == {"app": "api-green"}
+    state = json.loads(cluster.deployment("api-green").metadata.annotations[STATE])
+    assert state["phase"] == "switched"
+    result = roll(cluster, req, RecordingProgress(resume=first.beats[-1]))
+    assert result.strategy == "blue_green" and result.previous_image == old
+    creates = [r for r in emulator.requests if r[0] == "create"]
+    assert len(creates) == 3  # the stable (by the test), the green and the preview: once each
+    assert core.read_namespaced_service("api", cluster.namespace).spec.selector == {"app": "api"}
+    assert cluster.deployment("api").spec.template.spec.containers[0].image == new
+    assert not exists(cluster, "deployments", "api-green") and not exists(cluster, "services", "api-preview")
