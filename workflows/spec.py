@@ -207,15 +207,17 @@ CanaryStep = SetWeightStep | PauseStep | AnalysisStep
 
 
 class CanaryStrategy(StrictModel):
-    """Argo Rollouts' canary on the local target: the front port sends `set_weight` percent
-    of new HTTP requests to the new version; at the end, full promotion."""
+    """Argo Rollouts' canary. Local target: the front port sends `set_weight` percent of new
+    HTTP requests to the new version. Kubernetes: a `<name>-canary` Deployment whose share
+    of the pods behind the Service is nearest `set_weight`. At the end, full promotion."""
 
     steps: list[CanaryStep] = Field(min_length=1, max_length=100)
 
 
 class BlueGreenStrategy(StrictModel):
-    """The new version runs in full beside the old one, reachable on `preview_port`;
-    promotion switches every new request at once; the old version stays for
+    """The new version runs in full beside the old one, reachable on `preview_port` (local)
+    or the Service `<name>-preview` (Kubernetes); promotion switches every new request (the
+    Service's selector) at once; the old version stays for
     `scale_down_delay`, so that an abort in that time switches back at once."""
 
     preview_port: int | None = Field(None, ge=1, le=65535, description="the new version before the switch")
