@@ -21,8 +21,11 @@ from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.records import last_release, write_release
 from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
 from shipflow.workflows.io.deploy import (
+    PROMOTE_PAUSE,
     RESOLVE_PROMOTION,
     ROLLOUT,
+    PromotePauseInput,
+    PromotePauseOutput,
     PromotionInput,
     PromotionOutput,
     RolloutInput,
@@ -207,6 +210,26 @@ class DeployActivities:
                 kind=input.purpose,
             ),
         )
+
+    @activity.defn(name=PROMOTE_PAUSE)
+    def promote_pause(self, input: PromotePauseInput) -> PromotePauseOutput:
+        """Set the promotion annotation of a Kubernetes canary/green waiting in a pause."""
+        from shipflow.activities.targets.k8s_progressive import promote_paused
+        from shipflow.activities.targets.kubernetes import KubernetesTarget
+
+        target = self._targets(input.target)
+        if not isinstance(target, KubernetesTarget):
+            raise ApplicationError("only a kubernetes step is promoted this way", type="Invalid",
+                                   non_retryable=True)
+        ctx = input.context
+        try:
+            deployment, pause = promote_paused(target, input.service, ctx.run_id, ctx.step_id)
+        except TargetError as e:
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=not e.retryable) from None
+        StepLogWriter(self._engine, ctx.run_id, ctx.step_id).write(
+            f"{input.service}: pause {pause} promoted (deployments/{deployment})"
+        )
+        return PromotePauseOutput(step=ctx.step_id, service=input.service, deployment=deployment, pause=pause)
 
     @activity.defn(name=RESOLVE_PROMOTION)
     def resolve_promotion(self, input: PromotionInput) -> PromotionOutput:

@@ -538,3 +538,30 @@ class _BlueGreen(_Progressive):
     def cleanup(self) -> None:
         self._delete("deployments", self.extra)
         self._delete("services", self.preview)
+
+
+def promote_paused(target: KubernetesTarget, service: str, run_id: str, step_id: str) -> tuple[str, str]:
+    """Promote the pause the rollout of `run_id`/`step_id` waits in: (Deployment, pause).
+
+    Sets `shipflow/promote` to the value of `shipflow/paused` on the canary or green
+    Deployment of that rollout; the rollout notices within a second.
+
+    Raises:
+        NotFound: (not retryable) no Deployment of that rollout waits in a pause.
+    """
+    for suffix in ("canary", "green"):
+        name = f"{service}-{suffix}"
+        try:
+            dep: Any = target._read_deployment(name)
+        except NotFound:
+            continue
+        annotations = dep.metadata.annotations or {}
+        state = json.loads(annotations.get(STATE) or "{}")
+        pause = annotations.get(PAUSED)
+        if (state.get("run"), state.get("step")) != (run_id, step_id) or not pause:
+            continue
+        call(target.apps.patch_namespaced_deployment, name, target.namespace,
+             {"metadata": {"annotations": {PROMOTE: pause}}}, _content_type=MERGE, verb="patch",
+             kind="deployments", name=name, namespace=target.namespace)
+        return name, pause
+    raise NotFound(f"step {step_id!r} of run {run_id!r} has no canary or green Deployment waiting in a pause")

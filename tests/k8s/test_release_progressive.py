@@ -19,6 +19,7 @@ from temporalio.client import Client
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.k8s_progressive import PAUSED, PROMOTE, STATE
 from tests.analysis.prometheus_stub import PrometheusStub, vector
+from tests.api.conftest import api_client, bearer, token_settings
 from tests.helpers import finish, new_worker, start_flow, wait_until
 from tests.k8s.emulator import KubeEmulator
 from tests.k8s.test_release_k8s import REPO, k8s_flow, ns
@@ -113,4 +114,36 @@ async def test_a_later_failure_undoes_a_finished_canary_with_a_plain_rollout(
     assert emulator.image_patches(space, "api") == ["api:2", "api:1"]
     creates = [r for r in emulator.requests if r == ("create", f"/apis/apps/v1/namespaces/{space}/deployments")]
     assert len(creates) == 1  # the deploy's canary; the undo made none
+    assert emulator.get("deployments", space, "api-canary") is None
+
+
+async def test_promote_through_the_api_reaches_a_kubernetes_canary_through_the_run(
+    temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str
+) -> None:
+    """The API has no cluster credentials: it asks the run, whose worker sets the annotation."""
+    space = ns()
+    emulator.add_deployment(space, "api", "api:1", replicas=2)
+    strategy = {"canary": {"steps": [{"set_weight": 50}, {"pause": {}}]}}
+    text = k8s_flow("k8s-canary-promote", "production", space, kubeconfig,
+                    f"  - deploy: {{id: api, service: api, image: 'api:2', strategy: {json.dumps(strategy)}}}\n")
+    api_settings = token_settings(settings.model_copy(update={"runtime_url": "http://127.0.0.1:9"}))
+    async with new_worker(temporal_client, settings), api_client(api_settings) as http:
+        handle = await start_flow(temporal_client, settings, text)
+
+        def paused() -> bool:
+            canary = emulator.get("deployments", space, "api-canary")
+            return bool(canary and canary["metadata"].get("annotations", {}).get(PAUSED) == "1")
+
+        await wait_until(paused, timeout=30)
+        refused = await http.post(f"/runs/{handle.id}/promote", json={"step": "nope"}, headers=bearer("operator"))
+        assert refused.status_code == 503  # nothing of the run to promote there, and no local runtime to ask
+        done = await http.post(f"/runs/{handle.id}/promote", json={}, headers=bearer("operator"))
+        assert done.status_code == 200, done.text
+        assert done.json() | {"run_id": ""} == {"run_id": "", "step": "api", "service": "api",
+                                                 "rollout_id": "api-canary", "weight": None, "canary_step": 2}
+        status = await asyncio.wait_for(finish(handle), timeout=60)
+        again = await http.post(f"/runs/{handle.id}/promote", json={}, headers=bearer("operator"))
+        assert again.status_code == 503  # the run is over; the (absent) runtime is the only other place
+    assert status.state == "succeeded", status
+    assert emulator.image_patches(space, "api") == ["api:2"]
     assert emulator.get("deployments", space, "api-canary") is None

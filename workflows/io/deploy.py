@@ -50,3 +50,26 @@ class PromotionInput(BaseModel):
 class PromotionOutput(BaseModel):
     image: str
     from_run: str | None
+
+
+PROMOTE_PAUSE = "deploy.promote_pause"
+
+
+class PromoteInput(BaseModel):
+    """The `promote` update of a run: end the pause of its Kubernetes canary or blue-green."""
+
+    step: str | None = Field(None, description="default: the one such step that runs")
+    by: str | None = None
+
+
+class PromotePauseInput(BaseModel):
+    context: StepContext
+    target: dict[str, Any]
+    service: str
+
+
+class PromotePauseOutput(BaseModel):
+    step: str
+    service: str
+    deployment: str = Field(description="the canary or green Deployment that was promoted")
+    pause: str = Field(description="the pause it ended: a canary step's index, or `switch`")
