@@ -13,13 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import uvicorn
 from kubernetes import client, config
 from temporalio.client import Client
+from typer.testing import CliRunner
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.k8s_progressive import PAUSED, PROMOTE, STATE
+from shipflow.activities.targets.local.process import free_port
+from shipflow.api.app import create_app
+from shipflow.infra.cli.main import app as cli
 from tests.analysis.prometheus_stub import PrometheusStub, vector
-from tests.api.conftest import api_client, bearer, token_settings
+from tests.api.conftest import TOKENS, api_client, bearer, token_settings
 from tests.helpers import finish, new_worker, start_flow, wait_until
 from tests.k8s.emulator import KubeEmulator
 from tests.k8s.test_release_k8s import REPO, k8s_flow, ns
@@ -123,24 +128,38 @@ async def test_promote_through_the_api_reaches_a_kubernetes_canary_through_the_r
     """The API has no cluster credentials: it asks the run, whose worker sets the annotation."""
     space = ns()
     emulator.add_deployment(space, "api", "api:1", replicas=2)
-    strategy = {"canary": {"steps": [{"set_weight": 50}, {"pause": {}}]}}
+    strategy = {"canary": {"steps": [{"set_weight": 50}, {"pause": {}}, {"pause": {}}]}}
     text = k8s_flow("k8s-canary-promote", "production", space, kubeconfig,
                     f"  - deploy: {{id: api, service: api, image: 'api:2', strategy: {json.dumps(strategy)}}}\n")
     api_settings = token_settings(settings.model_copy(update={"runtime_url": "http://127.0.0.1:9"}))
     async with new_worker(temporal_client, settings), api_client(api_settings) as http:
         handle = await start_flow(temporal_client, settings, text)
 
-        def paused() -> bool:
+        def paused(at: str) -> bool:
             canary = emulator.get("deployments", space, "api-canary")
-            return bool(canary and canary["metadata"].get("annotations", {}).get(PAUSED) == "1")
+            return bool(canary and canary["metadata"].get("annotations", {}).get(PAUSED) == at)
 
-        await wait_until(paused, timeout=30)
+        await wait_until(lambda: paused("1"), timeout=30)
         refused = await http.post(f"/runs/{handle.id}/promote", json={"step": "nope"}, headers=bearer("operator"))
         assert refused.status_code == 503  # nothing of the run to promote there, and no local runtime to ask
         done = await http.post(f"/runs/{handle.id}/promote", json={}, headers=bearer("operator"))
         assert done.status_code == 200, done.text
         assert done.json() | {"run_id": ""} == {"run_id": "", "step": "api", "service": "api",
                                                  "rollout_id": "api-canary", "weight": None, "canary_step": 2}
+        await wait_until(lambda: paused("2"), timeout=30)
+        # The CLI, against the same API on a real port.
+        api_port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(api_settings), port=api_port, log_level="warning"))
+        serving = asyncio.create_task(server.serve())
+        try:
+            await wait_until(lambda: server.started, timeout=30)
+            argv = ["--api", f"http://127.0.0.1:{api_port}", "--token", TOKENS["operator"], "promote", handle.id]
+            said = await asyncio.to_thread(CliRunner().invoke, cli, argv)
+        finally:
+            server.should_exit = True
+            await serving
+        assert said.exit_code == 0, said.output
+        assert f"promoted api (api of {handle.id}): api-canary goes on" in said.output
         status = await asyncio.wait_for(finish(handle), timeout=60)
         again = await http.post(f"/runs/{handle.id}/promote", json={}, headers=bearer("operator"))
         assert again.status_code == 503  # the run is over; the (absent) runtime is the only other place
