@@ -22,7 +22,13 @@ from shipflow.activities.targets.base import (
     Transient,
 )
 from shipflow.activities.targets.k8s_errors import Cancelled
-from shipflow.activities.targets.k8s_progressive import PAUSED, PROMOTE, STATE, canary_replicas
+from shipflow.activities.targets.k8s_progressive import (
+    PAUSED,
+    PROMOTE,
+    STATE,
+    canary_replicas,
+    promote_paused,
+)
 from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import Strategy
 from tests.analysis.prometheus_stub import PrometheusStub, vector
@@ -184,7 +190,8 @@ def test_blue_green_previews_switches_the_selector_and_cleans_up(cluster: Cluste
     strategy = {"blue_green": {"scale_down_delay": "300ms"}}
     progress = RecordingProgress()
     outcome: list[Any] = []
-    worker = threading.Thread(target=lambda: outcome.append(roll(cluster, request(strategy, new), progress)))
+    req = request(strategy, new)
+    worker = threading.Thread(target=lambda: outcome.append(roll(cluster, req, progress)))
     worker.start()
     core = client.CoreV1Api(cluster.api)
     wait_until_sync(lambda: any(b.get("paused") for b in progress.beats), what="green ready, waiting")
@@ -194,9 +201,11 @@ def test_blue_green_previews_switches_the_selector_and_cleans_up(cluster: Cluste
     green = cluster.deployment("api-green")
     assert green.spec.replicas == 2 and green.status.ready_replicas == 2
     assert green.spec.template.spec.containers[0].image == new
-    client.AppsV1Api(cluster.api).patch_namespaced_deployment(
-        "api-green", cluster.namespace, {"metadata": {"annotations": {PROMOTE: "switch"}}}
-    )
+    target = KubernetesTarget(cluster.spec, SETTINGS)
+    with pytest.raises(NotFound):  # another run's step finds nothing of its own to promote
+        promote_paused(target, "api", "run-other", "deploy")
+    assert promote_paused(target, "api", req.run_id, "deploy") == ("api-green", "switch")  # as `shipflow promote`
+    assert cluster.deployment("api-green").metadata.annotations[PROMOTE] == "switch"
     worker.join(timeout=30)
     (result,) = outcome
     assert isinstance(result, RolloutResult) and result.strategy == "blue_green"
