@@ -23,13 +23,17 @@ from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.records import last_release, write_release
 from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
 from shipflow.workflows.io.deploy import (
+    PROMOTE_PAUSE,
     RESOLVE_PROMOTION,
     ROLLOUT,
+    PromotePauseInput,
+    PromotePauseOutput,
     PromotionInput,
     PromotionOutput,
     RolloutInput,
     RolloutOutput,
 )
+from shipflow.workflows.spec import RollingStrategy, Strategy
 
 
 class _DeployProgress:
@@ -72,7 +76,13 @@ def rollout_line(service: str, details: dict[str, Any]) -> str:
     """One log line for a rollout's progress (local runtime or Kubernetes Deployment)."""
     total = details.get("total")
     if total is None:
-        return f"{service}: {details.get('phase', 'rolling out')}"
+        line = f"{service}: {details.get('phase', 'rolling out')}"
+        if details.get("strategy") in ("canary", "blue_green"):  # kubernetes' extra Deployment
+            weight = f", weight {details['weight']}%" if details.get("weight") is not None else ""
+            line = f"{service}: {details['strategy']} {details.get('phase')}{weight}"
+            if details.get("message"):
+                line += f" ({details['message']})"
+        return line
     line = (
         f"{service}: {details.get('ready', 0)}/{total} ready, "
         f"{details.get('updated', 0)}/{total} updated"
@@ -82,6 +92,27 @@ def rollout_line(service: str, details: dict[str, Any]) -> str:
     if details.get("message"):
         line += f" ({details['message']})"
     return line
+
+
+def back_strategy(input: RolloutInput) -> Strategy | None:
+    """The strategy to roll out with; for an undo or a rollback, never a canary or blue-green.
+
+    Going back to the version that served before is not a new release to try out: a canary's
+    pauses (`pause: {}` waits for an operator) and analysis would hold a compensation for
+    nothing. Such an undo is a plain rolling update (on Kubernetes the Deployment's own
+    strategy; on the local target the default, also over a service-level canary). Rolling and
+    recreate stay, as a single instance with a volume needs recreate both ways.
+    """
+    strategy = input.strategy
+    if input.purpose not in ("undo", "rollback"):
+        return strategy
+    local = input.target.get("kind", "local") == "local"
+    if strategy is None and local:
+        declared = (input.target.get("services") or {}).get(input.service) or {}
+        strategy = Strategy.model_validate(declared["strategy"]) if declared.get("strategy") else None
+    if strategy is None or strategy.kind not in ("canary", "blue_green"):
+        return input.strategy
+    return Strategy(rolling=RollingStrategy()) if local else None
 
 
 class DeployActivities:
@@ -142,7 +173,7 @@ class DeployActivities:
                     container=input.container,
                     probes=input.probes,
                     progress_deadline_s=input.progress_deadline_s,
-                    strategy=input.strategy,
+                    strategy=back_strategy(input),
                     env=groups.env,
                     groups=groups.versions,
                     group_sources=groups.sources,
@@ -207,6 +238,26 @@ class DeployActivities:
                 groups=groups,
             ),
         )
+
+    @activity.defn(name=PROMOTE_PAUSE)
+    def promote_pause(self, input: PromotePauseInput) -> PromotePauseOutput:
+        """Set the promotion annotation of a Kubernetes canary/green waiting in a pause."""
+        from shipflow.activities.targets.k8s_progressive import promote_paused
+        from shipflow.activities.targets.kubernetes import KubernetesTarget
+
+        target = self._targets(input.target)
+        if not isinstance(target, KubernetesTarget):
+            raise ApplicationError("only a kubernetes step is promoted this way", type="Invalid",
+                                   non_retryable=True)
+        ctx = input.context
+        try:
+            deployment, pause = promote_paused(target, input.service, ctx.run_id, ctx.step_id)
+        except TargetError as e:
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=not e.retryable) from None
+        StepLogWriter(self._engine, ctx.run_id, ctx.step_id).write(
+            f"{input.service}: pause {pause} promoted (deployments/{deployment})"
+        )
+        return PromotePauseOutput(step=ctx.step_id, service=input.service, deployment=deployment, pause=pause)
 
     @activity.defn(name=RESOLVE_PROMOTION)
     def resolve_promotion(self, input: PromotionInput) -> PromotionOutput:

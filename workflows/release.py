@@ -42,7 +42,9 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.io import locks as lock_io
     from shipflow.workflows.io import records as record_io
     from shipflow.workflows.io.common import StepContext
+    from shipflow.workflows.io.deploy import PROMOTE_PAUSE, PromoteInput, PromotePauseOutput
     from shipflow.workflows.plan import ActionPlan, GroupPlan, UndoPlan, resolve_step_outputs
+    from shipflow.workflows.promotion import promotable_step
     from shipflow.workflows.release_io import ApproveInput, RejectInput, ReleaseInput, ReleaseResult
     from shipflow.workflows.run_observer import RunObserver
     from shipflow.workflows.stage_lock import (
@@ -780,6 +782,23 @@ class ReleaseWorkflow:
     @reject.validator
     def _validate_reject(self, decision: RejectInput) -> None:
         self._waiting_step(decision.step)
+
+    @workflow.update
+    async def promote(self, request: PromoteInput) -> PromotePauseOutput:
+        """End the pause of the run's Kubernetes canary/blue-green (the worker annotates it)."""
+        target = promotable_step(self._plan, self._status.steps, self._context(""), request.step)
+        return await workflow.execute_activity(
+            PROMOTE_PAUSE,
+            target,
+            result_type=PromotePauseOutput,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+            summary=f"promote {target.service}",
+        )
+
+    @promote.validator
+    def _validate_promote(self, request: PromoteInput) -> None:
+        promotable_step(self._plan, self._status.steps, self._context(""), request.step)
 
     # ------------------------------------------------------------------ compensation
 

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from shipflow.workflows.conditions import parse_condition
 from shipflow.workflows.durations import Duration
 from shipflow.workflows.globs import check_glob
 
@@ -149,6 +150,24 @@ class PauseSpec(StrictModel):
     )
 
 
+class PrometheusAnalysis(StrictModel):
+    """An instant query against Prometheus' HTTP API (`/api/v1/query`), judged by
+    `success_condition` on `result` (the sample values), as Argo's `successCondition`."""
+
+    url: str = Field(pattern=r"^https?://", description="Prometheus' base URL; ${env.X} allowed")
+    query: str = Field(min_length=1, max_length=4000, description="PromQL, an instant vector or scalar")
+    success_condition: str = Field(
+        min_length=1, description="e.g. `result[0] >= 0.95`: numbers, result, result[N], len(result), "
+        "==, !=, <, <=, >, >=, and, or, not, parentheses"
+    )
+
+    @field_validator("success_condition")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        parse_condition(value)  # a ConditionError is a ValueError: pydantic names the field
+        return value
+
+
 class CanaryAnalysisSpec(StrictModel):
     """Measurements taken `count` times, one per `interval`; more than `failure_limit`
     failed ones abort the canary. A measurement with fewer than `min_requests` canary
@@ -159,15 +178,19 @@ class CanaryAnalysisSpec(StrictModel):
         None, ge=0, le=1, description="least share of the canary's requests answered below 500"
     )
     max_p95: Duration | None = Field(None, description="largest p95 latency of the canary's requests")
+    prometheus: PrometheusAnalysis | None = Field(None, description="a query with a success condition")
     interval: Duration = Field(default="5s", validate_default=True)  # type: ignore[assignment]
     count: int = Field(3, ge=1, le=1000)
     failure_limit: int = Field(0, ge=0)
     min_requests: int = Field(10, ge=1)
+    inconclusive_limit: int | None = Field(
+        None, ge=0, description="more inconclusive measurements than this abort; none: they count neither way"
+    )
 
     @model_validator(mode="after")
     def _measures_something(self) -> CanaryAnalysisSpec:
-        if self.http is None and self.success_rate is None and self.max_p95 is None:
-            raise ValueError("an analysis needs at least one of http, success_rate or max_p95")
+        if self.http is None and self.success_rate is None and self.max_p95 is None and self.prometheus is None:
+            raise ValueError("an analysis needs at least one of http, success_rate, max_p95 or prometheus")
         return self
 
 
@@ -187,15 +210,17 @@ CanaryStep = SetWeightStep | PauseStep | AnalysisStep
 
 
 class CanaryStrategy(StrictModel):
-    """Argo Rollouts' canary on the local target: the front port sends `set_weight` percent
-    of new HTTP requests to the new version; at the end, full promotion."""
+    """Argo Rollouts' canary. Local target: the front port sends `set_weight` percent of new
+    HTTP requests to the new version. Kubernetes: a `<name>-canary` Deployment whose share
+    of the pods behind the Service is nearest `set_weight`. At the end, full promotion."""
 
     steps: list[CanaryStep] = Field(min_length=1, max_length=100)
 
 
 class BlueGreenStrategy(StrictModel):
-    """The new version runs in full beside the old one, reachable on `preview_port`;
-    promotion switches every new request at once; the old version stays for
+    """The new version runs in full beside the old one, reachable on `preview_port` (local)
+    or the Service `<name>-preview` (Kubernetes); promotion switches every new request (the
+    Service's selector) at once; the old version stays for
     `scale_down_delay`, so that an abort in that time switches back at once."""
 
     preview_port: int | None = Field(None, ge=1, le=65535, description="the new version before the switch")

@@ -288,6 +288,7 @@ class KubernetesTarget:
 
         On a later attempt of the same step (`progress.resume`) the Deployment usually
         has the new image already; it is then not patched again, the watch resumes.
+        Canary and blue-green are run by `k8s_progressive` (extra Deployment and Service).
 
         Raises:
             RolloutFailed: the Deployment reported ProgressDeadlineExceeded; its container
@@ -295,6 +296,10 @@ class KubernetesTarget:
             Cancelled: the run asked the step to stop; the container was set back too.
             TargetError: the API refused or failed (mapped in `k8s_errors`).
         """
+        if request.strategy is not None and request.strategy.kind in ("canary", "blue_green"):
+            from shipflow.activities.targets.k8s_progressive import progressive_rollout
+
+            return progressive_rollout(self, request, progress)
         started = time.monotonic()
         name = request.service
         dep = self._read_deployment(name)
@@ -720,10 +725,7 @@ def strategy_to_k8s(strategy: Strategy) -> dict[str, Any]:
     patch removes it.
     """
     if strategy.canary is not None or strategy.blue_green is not None:
-        raise Invalid(
-            f"strategy {strategy.kind} is supported on the local target only; on kubernetes use "
-            "rolling or recreate"
-        )
+        raise Invalid(f"strategy {strategy.kind} is not a Deployment strategy (k8s_progressive runs it)")
     if strategy.rolling is not None:
         return {
             "type": "RollingUpdate",

@@ -1,4 +1,4 @@
-"""`POST /runs/{run_id}/promote`: end the pause of a run's canary on the local target.
+"""`POST /runs/{run_id}/promote`: end the pause of a run's canary or blue-green.
 
 A canary's `pause: {}` waits for an operator. The rollout runs in the local runtime, not
 in the workflow, so promotion goes there: the API asks the runtime (at `SHIPFLOW_RUNTIME_URL`,
@@ -6,6 +6,10 @@ with its key) for the running canary rollouts of this run (each rollout carries 
 step that started it) and promotes the one that waits, or the step named. The next attempt
 of a step that was resumed after a lost worker follows the same rollout, so the promotion
 holds whatever happens to the worker.
+
+When the runtime has nothing waiting for the run, the run itself is asked (a `promote`
+update): a Kubernetes canary or blue-green waits for an annotation that only the worker,
+which holds the cluster's credentials, can set.
 """
 
 from __future__ import annotations
@@ -16,15 +20,18 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import read_status
 from shipflow.activities.targets.base import Conflict, Invalid, NotFound, TargetError
 from shipflow.activities.targets.local.runtime_client import RolloutView, RuntimeClient
+from shipflow.api.auth import Caller
 from shipflow.api.deps import Operator, SettingsDep, TemporalDep
 from shipflow.api.errors import error_responses
+from shipflow.workflows.io.deploy import PromoteInput, PromotePauseOutput
 
 router = APIRouter(
     prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 409, 422, 503)
@@ -32,6 +39,8 @@ router = APIRouter(
 
 #: The SDK retries an unreachable server for ~10 s; a request should fail sooner.
 STATUS_TIMEOUT_S = 5.0
+#: A promotion through the run: the workflow runs one short activity.
+UPDATE_TIMEOUT_S = 30.0
 
 
 class PromoteRequest(BaseModel):
@@ -115,7 +124,39 @@ async def promote_canary(
         return done
     if not await _run_exists(temporal, run_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+    on_kubernetes = await _promote_on_kubernetes(temporal, run_id, step, _caller)
+    if on_kubernetes is not None:
+        return on_kubernetes
     if unreachable is not None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"local runtime: {unreachable}")
     which = f"step {step!r} of run {run_id!r}" if step else f"run {run_id!r}"
     raise HTTPException(status.HTTP_409_CONFLICT, f"{which} has no canary waiting in a pause")
+
+
+async def _promote_on_kubernetes(client: Client, run_id: str, step: str | None, caller: Caller) -> Promoted | None:
+    """Ask the run to promote its Kubernetes canary/blue-green (the worker holds the
+    cluster's credentials, the API none); None when the run has no such step running."""
+    handle = client.get_workflow_handle(run_id)
+    try:
+        done = await asyncio.wait_for(
+            handle.execute_update(
+                "promote", PromoteInput(step=step, by=caller.name),
+                result_type=PromotePauseOutput,
+            ),
+            UPDATE_TIMEOUT_S,
+        )
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause.message if isinstance(e.cause, ApplicationError) else str(e.cause or e)
+        if "no kubernetes canary or blue-green step" in cause or "is not a running kubernetes" in cause:
+            return None  # not a kubernetes promotion: the caller answers as for the runtime
+        raise HTTPException(status.HTTP_409_CONFLICT, cause) from None
+    except RPCError as e:
+        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            return None  # the run has ended (or never took updates)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}") from None
+    except TimeoutError:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the run did not answer in time") from None
+    return Promoted(
+        run_id=run_id, step=done.step, service=done.service, rollout_id=done.deployment, weight=None,
+        canary_step=int(done.pause) + 1 if done.pause.isdigit() else 0,
+    )

@@ -342,7 +342,11 @@ def promote(
         done = client.promote(run_id, step)
     out.print(
         f"promoted {escape(done['service'])} ({escape(done['step'])} of {escape(run_id)}): "
-        f"weight {done['weight']}%, next canary step {done['canary_step']}",
+        + (
+            f"weight {done['weight']}%, next canary step {done['canary_step']}"
+            if done.get("weight") is not None
+            else f"{escape(done['rollout_id'])} goes on"  # kubernetes: the annotated Deployment
+        ),
         highlight=False,
     )
 

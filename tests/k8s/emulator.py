@@ -20,6 +20,10 @@ Jobs forward one tick at a time:
   `stringData` is stored base64 in `data`, as the API server does.
 - ReplicaSets (apps/v1): GET, LIST. The controller makes one per Deployment template and
   deletes the oldest beyond `revisionHistoryLimit` (default 10).
+- Services (v1): GET, LIST, POST, PATCH (a selector patch switches traffic), DELETE; the
+  API's validation of `spec.ports` and `spec.selector`. No endpoints are simulated.
+- Deployments are validated as the API does: `spec.selector` must match the template's
+  labels, and is immutable after creation.
 
 Test knobs: `fail(verb, path, status, times)` makes the next requests matching a verb
 and a path pattern fail with a `Status` body; `patches` records every PATCH; `deletes`
@@ -55,11 +59,12 @@ RESOURCES = {
     "secrets": ("/api/v1", "", "Secret"),
     "configmaps": ("/api/v1", "", "ConfigMap"),
     "replicasets": ("/apis/apps/v1", "apps", "ReplicaSet"),
+    "services": ("/api/v1", "", "Service"),
 }
 
 _PATH = re.compile(
     r"^(?P<prefix>/api/v1|/apis/apps/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<resource>deployments|jobs|pods|secrets|configmaps|replicasets)(?:/(?P<name>[^/]+)(?:/(?P<sub>status|log))?)?$"
+    r"(?P<resource>deployments|jobs|pods|secrets|configmaps|replicasets|services)(?:/(?P<name>[^/]+)(?:/(?P<sub>status|log))?)?$"
 )
 
 _REASONS = {
@@ -409,6 +414,17 @@ class KubeEmulator:
             self._emit("deployments", "MODIFIED", created)
             return copy.deepcopy(created)
 
+    def add_service(self, namespace: str, name: str, selector: dict[str, str], *, port: int = 80) -> dict:
+        """A ClusterIP Service in front of the pods `selector` picks."""
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+            "spec": {"selector": dict(selector), "ports": [{"name": "http", "port": port, "targetPort": port}]},
+        }
+        with self.cond:
+            return copy.deepcopy(self._create("services", namespace, obj))
+
     def get(self, resource: str, namespace: str, name: str) -> Any:
         """A copy of the stored object (as the API would return it), or None."""
         with self.cond:
@@ -477,7 +493,9 @@ class KubeEmulator:
             # As the API server does: stringData is written into data (base64) and dropped.
             for key, value in (obj.pop("stringData", None) or {}).items():
                 obj.setdefault("data", {})[key] = base64.b64encode(str(value).encode()).decode()
-        if resource in ("deployments", "jobs", "pods", "replicasets"):
+        elif resource == "services":
+            self._default_service(obj)
+        if resource in ("deployments", "jobs", "pods", "replicasets", "services"):
             obj.setdefault("status", {})
         self._validate(resource, obj)
         self.objects[resource][(namespace, name)] = obj
@@ -492,6 +510,16 @@ class KubeEmulator:
         spec.setdefault(
             "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
         )
+
+    def _default_service(self, obj: dict) -> None:
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        if spec["type"] != "ExternalName":
+            spec.setdefault("clusterIP", f"10.96.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}")
+        for port in spec.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
 
     def _default_job(self, obj: dict) -> None:
         spec = obj.setdefault("spec", {})
@@ -509,6 +537,19 @@ class KubeEmulator:
     def _validate(self, resource: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
         kind = RESOURCES[resource][2]
+        if resource == "services":
+            self._validate_service(name, obj.get("spec") or {})
+            return
+        if resource == "deployments":
+            spec = obj.get("spec", {})
+            selector = (spec.get("selector") or {}).get("matchLabels") or {}
+            labels = spec.get("template", {}).get("metadata", {}).get("labels") or {}
+            if not selector:
+                raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.selector: Invalid value: '
+                                    '"null": empty selector is invalid for deployment')
+            if any(labels.get(k) != v for k, v in selector.items()):
+                raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.template.metadata.labels: '
+                                    f"Invalid value: {_go_map(labels)}: `selector` does not match template `labels`")
         if resource in ("deployments", "jobs"):
             pod_spec = obj.get("spec", {}).get("template", {}).get("spec", {})
             containers = pod_spec.get("containers") or []
@@ -539,6 +580,27 @@ class KubeEmulator:
                     422, f'Job.batch "{name}" is invalid: spec.template.spec.restartPolicy: '
                     'Required value: valid values: "OnFailure", "Never"',
                 )
+
+    def _validate_service(self, name: str, spec: dict) -> None:
+        """v1 Service validation, for the fields a ClusterIP Service needs."""
+        prefix = f'Service "{name}" is invalid: spec'
+        kind = spec.get("type", "ClusterIP")
+        if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+            raise ApiError(422, f'{prefix}.type: Unsupported value: "{kind}"')
+        ports = spec.get("ports") or []
+        if kind != "ExternalName" and not ports:
+            raise ApiError(422, f"{prefix}.ports: Required value")
+        for i, port in enumerate(ports):
+            if not isinstance(port.get("port"), int) or not 1 <= port["port"] <= 65535:
+                raise ApiError(422, f"{prefix}.ports[{i}].port: Invalid value: {port.get('port')}: must be "
+                                    "between 1 and 65535, inclusive")
+            if len(ports) > 1 and not port.get("name"):
+                raise ApiError(422, f"{prefix}.ports[{i}].name: Required value")
+        for value in (spec.get("selector") or {}).values():
+            if not isinstance(value, str) or not re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", value) \
+                    or len(value) > 63:
+                raise ApiError(422, f'{prefix}.selector: Invalid value: "{value}": a valid label must be an '
+                                    "empty string or consist of alphanumeric characters, '-', '_' or '.'")
 
     def _validate_strategy(self, name: str, strategy: dict) -> None:
         """apps/v1 validation of `spec.strategy`, with the API server's messages."""
@@ -916,6 +978,8 @@ class KubeEmulator:
                             self._emit("pods", "DELETED", pod)
             if resource == "deployments":
                 self._rollouts.pop((ns, name), None)
+            if resource == "services":  # the API answers a Service's delete with the object
+                return 200, copy.deepcopy(obj)
             return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                          "details": {"name": name, "group": group, "kind": resource,
                                      "uid": obj["metadata"]["uid"]}}
@@ -947,6 +1011,12 @@ class KubeEmulator:
             new["metadata"]["uid"] = obj["metadata"]["uid"]
             new["status"] = obj.get("status", {})
             self._validate(resource, new)
+            if resource == "deployments" and new["spec"].get("selector") != obj["spec"].get("selector"):
+                raise ApiError(422, f'Deployment.apps "{name}" is invalid: spec.selector: Invalid value: '
+                                    f"{_go_map(new['spec'].get('selector') or {})}: field is immutable")
+            if resource == "services" and new["spec"].get("clusterIP") != obj["spec"].get("clusterIP"):
+                raise ApiError(422, f'Service "{name}" is invalid: spec.clusterIPs[0]: Invalid value: '
+                                    "field is immutable")
             if new.get("spec") != obj.get("spec"):
                 new["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         new["kind"] = kind
@@ -1096,6 +1166,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+def _go_map(labels: dict) -> str:
+    """A label map as the API's messages print it (Go's `%#v` of a map[string]string)."""
+    inner = ", ".join(f'"{k}":"{v}"' for k, v in sorted(labels.items()))
+    return "map[string]string{" + inner + "}"
 
 
 def _fault_error(fault: Fault, verb: str, path: str) -> ApiError:

@@ -149,3 +149,38 @@ def test_job_runs_a_pod_with_a_log_and_is_deleted_with_its_pods(emulator: KubeEm
     assert log.data.decode() == "two\nthree\n"
     batch.delete_namespaced_job("mig", NS, body=client.V1DeleteOptions(propagation_policy="Background"))
     assert core.list_namespaced_pod(NS, label_selector="job-name=mig").items == []
+
+
+def test_services_and_the_deployment_selector_rules_of_the_api(emulator: KubeEmulator, api: Any) -> None:
+    """What canary and blue-green rely on, as the real API behaves: a Service's selector is
+    patched in place (a map, merged key by key), its delete answers with the object, a
+    Deployment's selector must match its template's labels and never changes."""
+    core: Any = client.CoreV1Api(api)
+    apps: Any = client.AppsV1Api(api)
+    created = core.create_namespaced_service(NS, {"metadata": {"name": "web"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    assert created.spec.type == "ClusterIP" and created.spec.cluster_ip and created.spec.ports[0].protocol == "TCP"
+    patched = core.patch_namespaced_service("web", NS, {"spec": {"selector": {"app": "web-green"}}})
+    assert patched.spec.selector == {"app": "web-green"} and patched.spec.cluster_ip == created.spec.cluster_ip
+    with pytest.raises(client.ApiException) as no_ports:
+        core.create_namespaced_service(NS, {"metadata": {"name": "bad"}, "spec": {"selector": {"app": "x"}}})
+    assert no_ports.value.status == 422 and "spec.ports: Required value" in no_ports.value.body
+    gone = core.delete_namespaced_service("web", NS)
+    assert gone.metadata.name == "web"
+    with pytest.raises(client.ApiException) as missing:
+        core.read_namespaced_service("web", NS)
+    assert missing.value.status == 404
+
+    emulator.add_deployment(NS, "api", "app:1")
+    body = {"metadata": {"name": "api-canary"}, "spec": {
+        "replicas": 0, "selector": {"matchLabels": {"app": "api", "shipflow/track": "canary"}},
+        "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "a", "image": "app:2"}]}}}}
+    with pytest.raises(client.ApiException) as mismatch:
+        apps.create_namespaced_deployment(NS, body)
+    assert mismatch.value.status == 422 and "`selector` does not match template `labels`" in mismatch.value.body
+    body["spec"]["template"]["metadata"]["labels"]["shipflow/track"] = "canary"
+    apps.create_namespaced_deployment(NS, body)
+    with pytest.raises(client.ApiException) as immutable:
+        apps.patch_namespaced_deployment("api-canary", NS, {"spec": {"selector": {"matchLabels": {"app": "x"}},
+                                                                      "template": {"metadata": {"labels": {"app": "x"}}}}})
+    assert immutable.value.status == 422 and "field is immutable" in immutable.value.body

@@ -16,6 +16,7 @@ import yaml
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import JobRequest, RolloutRequest
 from shipflow.activities.targets.kubernetes import KubernetesTarget
+from shipflow.workflows.spec import Strategy
 from tests.k8s.conftest import Cluster, RecordingProgress
 from tests.k8s.emulator import KubeEmulator
 
@@ -24,7 +25,8 @@ K8S_VERSION = "1.34.0"
 
 #: What the kubernetes target needs, and so exactly what the worker's Role grants.
 NEEDED = {
-    ("apps", "deployments"): {"get", "list", "watch", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "patch", "create", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
     ("batch", "jobs"): {"create", "get", "list", "delete"},
     ("", "pods"): {"get", "list"},
     ("", "pods/log"): {"get"},
@@ -99,13 +101,20 @@ def _request_rule(verb: str, path: str) -> tuple[tuple[str, str], str]:
 
 
 def test_the_role_allows_every_call_the_target_makes(cluster: Cluster, emulator: KubeEmulator) -> None:
-    """Drive a rollout, a failed rollout and a job; every request must be in the Role."""
+    """Drive a rollout, a canary, a blue-green and a job; every request must be in the Role."""
     old, new = cluster.images
     cluster.create_deployment("api", old)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
     emulator.requests.clear()
     target = KubernetesTarget(cluster.spec, Settings(heartbeat_timeout_s=4))
     target.current_image("api")
     target.rollout(RolloutRequest(run_id="r", step_id="d", service="api", image=new), RecordingProgress())
+    for image, strategy in (
+        (old, {"canary": {"steps": [{"set_weight": 50}, {"pause": {"duration": "10ms"}}]}}),
+        (new, {"blue_green": {"auto_promote_after": "0s", "scale_down_delay": "0s"}}),
+    ):
+        target.rollout(RolloutRequest(run_id="r", step_id="s", service="api", image=image,
+                                      strategy=Strategy.model_validate(strategy)), RecordingProgress())
     target.run_job(JobRequest(run_id="r", step_id="m", name=f"m-{secrets.token_hex(3)}", command=["true"],
                               image="app:1"), RecordingProgress())
     used: dict[tuple[str, str], set[str]] = {}

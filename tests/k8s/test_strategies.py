@@ -1,5 +1,6 @@
 """Rollout strategies on the Kubernetes target: the Deployment's own strategy fields, set by
-one patch, and the emulator's controller honouring them (as the real one does)."""
+one patch, and the emulator's controller honouring them (as the real one does). Canary and
+blue-green, which need more than one Deployment, are in test_progressive.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from shipflow.activities.targets.base import Invalid, RolloutRequest
+from shipflow.activities.targets.base import RolloutRequest
 from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import Strategy
 from tests.k8s.conftest import Cluster, RecordingProgress
@@ -92,13 +93,3 @@ def test_the_api_refuses_both_zero_and_a_rolling_update_on_recreate(cluster: Clu
         with pytest.raises(client.ApiException) as caught:
             apps.patch_namespaced_deployment("api", cluster.namespace, {"spec": {"strategy": body}})
         assert caught.value.status == 422 and message in caught.value.body
-
-
-def test_canary_is_refused_clearly_on_kubernetes(cluster: Cluster, emulator: KubeEmulator) -> None:
-    old, new = cluster.images
-    cluster.create_deployment("api", old)
-    with pytest.raises(Invalid) as refused:
-        roll(cluster, new, {"canary": {"steps": [{"set_weight": 20}]}})
-    assert "local target only" in str(refused.value) and not refused.value.retryable
-    assert emulator.patches_of(cluster.namespace, "api") == []  # nothing was changed
-    assert cluster.deployment("api").spec.template.spec.containers[0].image == old

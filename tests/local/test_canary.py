@@ -21,6 +21,7 @@ from shipflow.activities.targets.local.target import LocalTarget, RolloutCancell
 from shipflow.api.app import create_app
 from shipflow.infra.cli.main import app as cli
 from shipflow.workflows.spec import Strategy
+from tests.analysis.prometheus_stub import PrometheusStub, vector
 from tests.api.conftest import TOKENS, api_client, bearer, token_settings
 from tests.helpers import free_port, wait_until
 from tests.local.support import Beats, RuntimeProcess, demo_service, make_target
@@ -292,3 +293,26 @@ async def test_hostile_requests_at_a_per_request_front_port_only_lose_their_own_
         writer.close()
     answers = await KeepAlive(port).count(16, connections=2)
     assert {(s, v) for _, s, v in answers} == {(200, "v1")}
+
+
+async def test_prometheus_analysis_with_an_env_url_aborts_a_canary_below_its_condition(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The analysis URL's `${env.X}` is resolved on the worker; the query's verdict aborts."""
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=1)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    with PrometheusStub(lambda q: vector("0.42")) as prom:
+        monkeypatch.setenv("SF_TEST_PROM_PORT", prom.url.rsplit(":", 1)[1])
+        prometheus = {"url": "http://127.0.0.1:${env.SF_TEST_PROM_PORT}", "query": 'sum(up{job="web"})',
+                      "success_condition": "result[0] >= 0.95"}
+        req = canary_request("v2", [{"set_weight": 50}, {"analysis": {"prometheus": prometheus, "interval": "100ms",
+                                                                       "count": 2}}])
+        with pytest.raises(RolloutFailed) as failed:
+            await asyncio.to_thread(target.rollout, req, Beats())
+        assert prom.queries == ['sum(up{job="web"})']
+    assert "result[0] >= 0.95 not met (result [0.42])" in str(failed.value)
+    view = client_of(runtime).rollout("web", rollout_key(req))
+    assert view.error_code == "analysis_failed" and view.analysis[-1]["value"] == [0.42]
+    assert runtime.pids("web", "v2") == set()
+    assert await asyncio.to_thread(target.current_image, "web") == "v1"

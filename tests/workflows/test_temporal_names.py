@@ -19,7 +19,7 @@ def test_activity_names_are_unchanged() -> None:
     registered = build_activities(Settings(), create_engine("sqlite://"), None, "queue")  # type: ignore[arg-type]
     names = sorted(activity._Definition.must_from_callable(fn).name for fn in registered)
     assert names == [
-        "backup.create", "backup.restore", "check.probe", "deploy.resolve_promotion",
+        "backup.create", "backup.restore", "check.probe", "deploy.promote_pause", "deploy.resolve_promotion",
         "deploy.rollout", "job.run", "lock.acquire", "lock.closed_runs", "notify.run_event",
         "notify.send",
         "records.run",
@@ -31,7 +31,7 @@ def test_workflow_names_and_handlers_are_unchanged() -> None:
     lock = workflow._Definition.must_from_class(StageLockWorkflow)
     assert (release.name, lock.name) == ("ReleaseWorkflow", "StageLockWorkflow")
     assert (sorted(release.queries), sorted(release.signals), sorted(release.updates)) == (
-        ["status"], ["lock_granted", "lock_position"], ["approve", "reject"]
+        ["status"], ["lock_granted", "lock_position"], ["approve", "promote", "reject"]
     )
     assert (sorted(lock.queries), sorted(lock.signals), sorted(lock.updates)) == (
         ["state"], ["release"], ["acquire"]

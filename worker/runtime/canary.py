@@ -5,7 +5,8 @@ port routes each HTTP request by the current weight (`Service.pick_request`). Th
 canary's steps run in order: `set_weight` changes the share, `pause` waits for its
 duration or, without one, for an operator's promotion, `analysis` measures (an http
 check, and the canary's success rate and p95 latency at the front port) and fails the
-rollout when more than `failure_limit` measurements fail. After the last step the new
+rollout when more than `failure_limit` measurements fail (or, when set, more than
+`inconclusive_limit` are inconclusive); a `prometheus` query runs on a thread. After the last step the new
 revision gets all new requests and replaces the stable instances one at a time.
 
 The weight, the index of the next step, the end of a timed pause and a promotion are
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from shipflow.activities.analysis.prometheus import query_prometheus, where
 from shipflow.worker.runtime.errors import RolloutAborted, RolloutError
 from shipflow.worker.runtime.state import Rollout, Service
 from shipflow.workflows.spec import (
@@ -104,7 +106,7 @@ async def _analyse(rollouts: Rollouts, svc: Service, ro: Rollout, spec: CanaryAn
     one. Too few of them (under `min_requests`) is inconclusive for the counters and
     counts neither way; the http check always decides.
     """
-    failures = 0
+    failures = unsure = 0
     interval = spec.interval.total_seconds()
     since = time.monotonic()
     for number in range(1, spec.count + 1):
@@ -125,10 +127,19 @@ async def _analyse(rollouts: Rollouts, svc: Service, ro: Rollout, spec: CanaryAn
                 f"{spec.failure_limit}): {result['message']}; all traffic is back on the stable version",
                 code="analysis_failed",
             )
+        if result["phase"] == "inconclusive":
+            unsure += 1
+        if spec.inconclusive_limit is not None and unsure > spec.inconclusive_limit:
+            raise RolloutError(
+                f"canary analysis was inconclusive {unsure} of {number} times (inconclusive_limit "
+                f"{spec.inconclusive_limit}): {result['message']}; all traffic is back on the stable version",
+                code="analysis_failed",
+            )
 
 
 async def _measure(svc: Service, ro: Rollout, spec: CanaryAnalysisSpec, since: float) -> dict[str, Any]:
     problems: list[str] = []
+    notes: list[str] = []
     inconclusive = False
     samples = [s for s in svc.samples.get(ro.revision, ()) if s[0] >= since]
     out: dict[str, Any] = {"at": time.time(), "requests": len(samples)}
@@ -148,24 +159,33 @@ async def _measure(svc: Service, ro: Rollout, spec: CanaryAnalysisSpec, since: f
         problem = await _http_check(spec)
         if problem:
             problems.append(problem)
+    if spec.prometheus is not None:
+        answer = await asyncio.to_thread(query_prometheus, spec.prometheus)
+        out["value"] = answer.value
+        if answer.phase in ("failed", "error"):  # a query that cannot run must not pass a canary
+            problems.append(answer.message)
+        elif answer.phase == "inconclusive":
+            inconclusive = True
+            notes.append(answer.message)
     out["phase"] = "failed" if problems else "inconclusive" if inconclusive else "successful"
-    out["message"] = "; ".join(problems) or (
-        f"only {len(samples)} canary requests (min_requests {spec.min_requests})" if inconclusive else "ok"
-    )
+    if inconclusive and (spec.success_rate is not None or spec.max_p95 is not None) and len(samples) < spec.min_requests:
+        notes.insert(0, f"only {len(samples)} canary requests (min_requests {spec.min_requests})")
+    out["message"] = "; ".join(problems) or "; ".join(notes) or "ok"
     return out
 
 
 async def _http_check(spec: CanaryAnalysisSpec) -> str | None:
     check = spec.http
     assert check is not None
+    name = f"http {where(check.url)}"  # scheme and host: the URL may hold a resolved ${env.X}
     try:
         async with httpx.AsyncClient(timeout=5.0) as client:
             answer = await client.request(check.method, check.url, headers=check.headers)
     except httpx.HTTPError as e:
-        return f"http {check.url}: {type(e).__name__}"
+        return f"{name}: {type(e).__name__}"
     ok = answer.status_code in check.status if check.status else 200 <= answer.status_code < 400
     if not ok:
-        return f"http {check.url}: HTTP {answer.status_code}"
+        return f"{name}: HTTP {answer.status_code}"
     if check.contains is not None and check.contains not in answer.text:
-        return f"http {check.url}: the body does not contain {check.contains!r}"
+        return f"{name}: the body does not contain {check.contains!r}"
     return None

@@ -40,7 +40,7 @@ class RolloutOutput(BaseModel):
     previous_image: str | None
     instances: list[dict[str, Any]] = []
     duration_s: float
-    strategy: str | None = Field(None, description="rolling | recreate, as the target ran it")
+    strategy: str | None = Field(None, description="rolling | recreate | canary | blue_green, as the target ran it")
     rounds: int | None = Field(None, description="batches of new instances started (rolling)")
     downtime_s: float | None = Field(
         None, description="recreate: seconds with no instance serving, from the last old one "
@@ -71,3 +71,26 @@ class PromotionInput(BaseModel):
 class PromotionOutput(BaseModel):
     image: str
     from_run: str | None
+
+
+PROMOTE_PAUSE = "deploy.promote_pause"
+
+
+class PromoteInput(BaseModel):
+    """The `promote` update of a run: end the pause of its Kubernetes canary or blue-green."""
+
+    step: str | None = Field(None, description="default: the one such step that runs")
+    by: str | None = None
+
+
+class PromotePauseInput(BaseModel):
+    context: StepContext
+    target: dict[str, Any]
+    service: str
+
+
+class PromotePauseOutput(BaseModel):
+    step: str
+    service: str
+    deployment: str = Field(description="the canary or green Deployment that was promoted")
+    pause: str = Field(description="the pause it ended: a canary step's index, or `switch`")

@@ -16,6 +16,7 @@ import re
 import time
 from typing import Any
 
+from shipflow.activities.analysis.envrefs import resolve_analysis_env
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.envrefs import resolve_env
 from shipflow.activities.targets.base import (
@@ -148,8 +149,9 @@ class LocalTarget:
             update["probes"] = merge_probes(declared.probes, request.probes)
         if request.progress_deadline_s is not None:
             update["progress_deadline"] = request.progress_deadline_s
-        if request.strategy is not None:
-            update["strategy"] = request.strategy
+        strategy = request.strategy or declared.strategy
+        if strategy is not None and (request.strategy is not None or "${" in strategy.model_dump_json()):
+            update["strategy"] = resolve_analysis_env(strategy)
         if not update:
             return declared
         return LocalService.model_validate({**declared.model_dump(), **update})

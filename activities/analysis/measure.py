@@ -1,0 +1,79 @@
+"""One analysis measurement on the worker, and the verdict over a run of them.
+
+The Kubernetes target measures here (the local runtime has its own front-port counters):
+the `http` check and the `prometheus` query of an analysis, each giving a phase. The
+front port's counters (`success_rate`, `max_p95`) exist only on the local target; a
+Kubernetes flow that asks for them is refused before anything is changed.
+
+Verdict, as Argo's AnalysisRun: more than `failure_limit` failed measurements (an
+`error` counts as failed: a query that cannot run must not pass a canary), or more than
+`inconclusive_limit` inconclusive ones when that is set, end the analysis as failed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from shipflow.activities.analysis.prometheus import QUERY_TIMEOUT_S, query_prometheus, where
+from shipflow.workflows.spec import CanaryAnalysisSpec, HttpCheck
+
+
+def measure(spec: CanaryAnalysisSpec) -> dict[str, Any]:
+    """One measurement: the http check and the Prometheus query that the analysis names."""
+    problems: list[str] = []
+    notes: list[str] = []
+    inconclusive = False
+    out: dict[str, Any] = {"at": time.time()}
+    if spec.http is not None:
+        problem = http_check(spec.http)
+        if problem:
+            problems.append(problem)
+    if spec.prometheus is not None:
+        result = query_prometheus(spec.prometheus)
+        out["value"] = result.value
+        if result.phase in ("failed", "error"):
+            problems.append(result.message)
+        elif result.phase == "inconclusive":
+            inconclusive = True
+            notes.append(result.message)
+        else:
+            notes.append(result.message)
+    out["phase"] = "failed" if problems else "inconclusive" if inconclusive else "successful"
+    out["message"] = "; ".join(problems or notes) or "ok"
+    return out
+
+
+def http_check(check: HttpCheck) -> str | None:
+    """None when the request succeeded as the check step would judge it, else why not."""
+    name = f"http {where(check.url)}"
+    try:
+        with httpx.Client(timeout=QUERY_TIMEOUT_S) as client:
+            answer = client.request(check.method, check.url, headers=check.headers)
+    except httpx.HTTPError as e:
+        return f"{name}: {type(e).__name__}"
+    ok = answer.status_code in check.status if check.status else 200 <= answer.status_code < 400
+    if not ok:
+        return f"{name}: HTTP {answer.status_code}"
+    if check.contains is not None and check.contains not in answer.text:
+        return f"{name}: the body does not contain {check.contains!r}"
+    return None
+
+
+def verdict(spec: CanaryAnalysisSpec, measurements: list[dict[str, Any]]) -> str | None:
+    """Why the analysis failed so far (a sentence), or None while it holds."""
+    failed = [m for m in measurements if m.get("phase") == "failed"]
+    if len(failed) > spec.failure_limit:
+        return (
+            f"canary analysis failed {len(failed)} of {len(measurements)} measurements "
+            f"(failure_limit {spec.failure_limit}): {failed[-1].get('message')}"
+        )
+    unsure = [m for m in measurements if m.get("phase") == "inconclusive"]
+    if spec.inconclusive_limit is not None and len(unsure) > spec.inconclusive_limit:
+        return (
+            f"canary analysis was inconclusive {len(unsure)} of {len(measurements)} times "
+            f"(inconclusive_limit {spec.inconclusive_limit}): {unsure[-1].get('message')}"
+        )
+    return None

@@ -1,0 +1,304 @@
+"""Canary and blue-green on the Kubernetes target, through the API emulator: the extra
+Deployment and Services they create, the durable phase a lost worker resumes from, the
+abort that leaves the stable version serving everything, and the cleanup at the end."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from typing import Any
+
+import pytest
+from kubernetes import client
+from temporalio.exceptions import ApplicationError
+
+from shipflow.activities.targets.base import (
+    Invalid,
+    NotFound,
+    RolloutFailed,
+    RolloutRequest,
+    RolloutResult,
+    Transient,
+)
+from shipflow.activities.targets.k8s_errors import Cancelled
+from shipflow.activities.targets.k8s_progressive import (
+    PAUSED,
+    PROMOTE,
+    STATE,
+    canary_replicas,
+    promote_paused,
+)
+from shipflow.activities.targets.kubernetes import KubernetesTarget
+from shipflow.workflows.spec import Strategy
+from tests.analysis.prometheus_stub import PrometheusStub, vector
+from tests.helpers import wait_until_sync
+from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
+from tests.k8s.emulator import KubeEmulator
+from tests.k8s.test_target import SETTINGS
+
+
+def request(strategy: dict[str, Any], image: str, run_id: str | None = None) -> RolloutRequest:
+    return RolloutRequest(
+        run_id=run_id or f"run-{secrets.token_hex(3)}", step_id="deploy", service="api", image=image,
+        strategy=Strategy.model_validate(strategy),
+    )
+
+
+def roll(cluster: Cluster, req: RolloutRequest, progress: RecordingProgress) -> RolloutResult:
+    return KubernetesTarget(cluster.spec, SETTINGS).rollout(req, progress)
+
+
+def exists(cluster: Cluster, kind: str, name: str) -> bool:
+    try:
+        if kind == "deployments":
+            client.AppsV1Api(cluster.api).read_namespaced_deployment(name, cluster.namespace)
+        else:
+            client.CoreV1Api(cluster.api).read_namespaced_service(name, cluster.namespace)
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
+
+
+def replicas_seen(emulator: KubeEmulator, namespace: str, name: str) -> list[int]:
+    """Every `spec.replicas` the Deployment had, in order, from the emulator's history."""
+    seen: list[int] = []
+    for _, resource, _, obj in emulator.events:
+        meta = obj["metadata"]
+        if resource == "deployments" and (meta["namespace"], meta["name"]) == (namespace, name):
+            value = obj["spec"]["replicas"]
+            if not seen or seen[-1] != value:
+                seen.append(value)
+    return seen
+
+
+def test_canary_sizes_by_weight_analyses_and_promotes(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=4)
+    with PrometheusStub(lambda q: vector("0.99")) as prom:
+        strategy = {"canary": {"steps": [
+            {"set_weight": 20},
+            {"analysis": {"prometheus": {"url": prom.url, "query": "ok_ratio", "success_condition": "result[0] >= 0.95"},
+                          "interval": "50ms", "count": 2}},
+            {"pause": {"duration": "100ms"}},
+            {"set_weight": 50},
+        ]}}
+        progress = RecordingProgress()
+        result = roll(cluster, request(strategy, new), progress)
+        assert prom.queries == ["ok_ratio", "ok_ratio"]
+    assert result.strategy == "canary" and result.image == new and result.previous_image == old
+    assert replicas_seen(emulator, cluster.namespace, "api-canary") == [0, 1, 4]  # 1 of 5 pods = 20%
+    assert not exists(cluster, "deployments", "api-canary")  # cleaned up
+    stable = cluster.deployment("api")
+    assert stable.spec.template.spec.containers[0].image == new and stable.spec.replicas == 4
+    assert replicas_seen(emulator, cluster.namespace, "api") == [4]  # never scaled: an abort is a delete
+    canary = next(o for _, r, k, o in emulator.events if r == "deployments" and o["metadata"]["name"] == "api-canary")
+    labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert labels == {"app": "api", "shipflow/track": "canary"}  # the Service's app=api selects them
+    weights = [b.get("weight") for b in progress.beats if b.get("canary_share")]
+    assert {b["canary_share"] for b in progress.beats if b.get("canary_share")} == {0.2, 0.5} and 50 in weights
+    assert [canary_replicas(4, w) for w in (0, 10, 20, 25, 49, 50, 100)] == [0, 1, 1, 1, 4, 4, 4]
+
+
+def test_failed_analysis_aborts_at_once_and_leaves_the_stable_untouched(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=3)
+    with PrometheusStub(lambda q: vector("0.80")) as prom:
+        strategy = {"canary": {"steps": [
+            {"set_weight": 25},
+            {"analysis": {"prometheus": {"url": prom.url, "query": "ok", "success_condition": "result[0] >= 0.95"},
+                          "interval": "50ms", "count": 3, "failure_limit": 1}},
+            {"set_weight": 50},
+        ]}}
+        with pytest.raises(RolloutFailed) as failed:
+            roll(cluster, request(strategy, new), RecordingProgress())
+        assert len(prom.queries) == 2  # the second failure ended it
+    message = str(failed.value)
+    assert "failed 2 of 2 measurements (failure_limit 1)" in message and "0.8" in message
+    assert "all traffic is on the stable version" in message and not failed.value.retryable
+    assert not exists(cluster, "deployments", "api-canary")
+    assert emulator.patches_of(cluster.namespace, "api") == []  # the stable was never touched
+    assert [d["name"] for d in emulator.deletes if d["resource"] == "deployments"] == ["api-canary"]
+
+
+def test_a_lost_worker_resumes_the_canary_at_its_durable_step(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    with PrometheusStub(lambda q: vector("1")) as prom:
+        strategy = {"canary": {"steps": [
+            {"set_weight": 30},
+            {"analysis": {"prometheus": {"url": prom.url, "query": "ok", "success_condition": "result >= 1"},
+                          "interval": "50ms", "count": 2}},
+            {"pause": {"duration": "400ms"}},
+            {"set_weight": 50},
+        ]}}
+        req = request(strategy, new)
+        first = RecordingProgress(crash_when=lambda d: d.get("paused"))  # killed in the pause
+        with pytest.raises(SimulatedCrash):
+            roll(cluster, req, first)
+        state = json.loads(cluster.deployment("api-canary").metadata.annotations[STATE])
+        assert (state["index"], state["weight"], "pause_until" in state) == (2, 30, True)
+        second = RecordingProgress(resume=first.beats[-1])
+        result = roll(cluster, req, second)
+        assert len(prom.queries) == 2  # the finished analysis did not run again
+    assert result.previous_image == old and cluster.deployment("api").spec.template.spec.containers[0].image == new
+    assert emulator.image_patches(cluster.namespace, "api") == [new]
+    creates = [r for r in emulator.requests if r == ("create", f"/apis/apps/v1/namespaces/{cluster.namespace}/deployments")]
+    assert len(creates) == 2  # the stable's own, and the canary once: adopted, not created again
+    assert not any(b.get("weight") == 0 for b in second.beats)  # never back to an earlier step
+    assert not exists(cluster, "deployments", "api-canary")
+
+
+def test_an_indefinite_pause_waits_for_promotion_and_a_cancel_aborts(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    strategy = {"canary": {"steps": [{"set_weight": 40}, {"pause": {}}, {"pause": {}}]}}
+    progress = RecordingProgress()
+    outcome: list[BaseException | RolloutResult] = []
+
+    def run() -> None:
+        try:
+            outcome.append(roll(cluster, request(strategy, new), progress))
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    apps = client.AppsV1Api(cluster.api)
+
+    def paused_at() -> str | None:
+        dep = cluster.deployment("api-canary") if exists(cluster, "deployments", "api-canary") else None
+        return (dep.metadata.annotations or {}).get(PAUSED) if dep else None
+
+    assert wait_until_sync(lambda: paused_at() == "1", what="the first pause")
+    apps.patch_namespaced_deployment("api-canary", cluster.namespace, {"metadata": {"annotations": {PROMOTE: "1"}}})
+    assert wait_until_sync(lambda: paused_at() == "2", what="the second pause")
+    progress.cancel_when = lambda d: True
+    worker.join(timeout=30)
+    (error,) = outcome
+    assert isinstance(error, Cancelled) and "all traffic is on the stable version" in str(error)
+    assert not exists(cluster, "deployments", "api-canary")
+    assert cluster.deployment("api").spec.template.spec.containers[0].image == old
+
+
+def test_blue_green_previews_switches_the_selector_and_cleans_up(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
+    strategy = {"blue_green": {"scale_down_delay": "300ms"}}
+    progress = RecordingProgress()
+    outcome: list[Any] = []
+    req = request(strategy, new)
+    worker = threading.Thread(target=lambda: outcome.append(roll(cluster, req, progress)))
+    worker.start()
+    core = client.CoreV1Api(cluster.api)
+    wait_until_sync(lambda: any(b.get("paused") for b in progress.beats), what="green ready, waiting")
+    preview = core.read_namespaced_service("api-preview", cluster.namespace)
+    assert preview.spec.selector == {"app": "api-green"} and preview.spec.ports[0].port == 80
+    assert core.read_namespaced_service("api", cluster.namespace).spec.selector == {"app": "api"}
+    green = cluster.deployment("api-green")
+    assert green.spec.replicas == 2 and green.status.ready_replicas == 2
+    assert green.spec.template.spec.containers[0].image == new
+    target = KubernetesTarget(cluster.spec, SETTINGS)
+    with pytest.raises(NotFound):  # another run's step finds nothing of its own to promote
+        promote_paused(target, "api", "run-other", "deploy")
+    assert promote_paused(target, "api", req.run_id, "deploy") == ("api-green", "switch")  # as `shipflow promote`
+    assert cluster.deployment("api-green").metadata.annotations[PROMOTE] == "switch"
+    worker.join(timeout=30)
+    (result,) = outcome
+    assert isinstance(result, RolloutResult) and result.strategy == "blue_green"
+    selectors = [p["body"]["spec"]["selector"] for p in emulator.patches_of(cluster.namespace, "api", "services")]
+    assert selectors == [{"app": "api-green"}, {"app": "api"}]  # one switch, then back to the updated stable
+    assert cluster.deployment("api").spec.template.spec.containers[0].image == new
+    assert not exists(cluster, "deployments", "api-green") and not exists(cluster, "services", "api-preview")
+
+
+def test_blue_green_abort_after_the_switch_switches_back(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
+    strategy = {"blue_green": {"auto_promote_after": "0s", "scale_down_delay": "1h"}}
+    switched = lambda d: d.get("phase") == "switched" and "switched to the green" in str(d.get("message"))  # noqa: E731
+    with pytest.raises(Cancelled) as cancelled:
+        roll(cluster, request(strategy, new), RecordingProgress(cancel_when=switched))
+    assert "all traffic is on the stable version" in str(cancelled.value)
+    selectors = [p["body"]["spec"]["selector"] for p in emulator.patches_of(cluster.namespace, "api", "services")]
+    assert selectors == [{"app": "api-green"}, {"app": "api"}]
+    assert emulator.patches_of(cluster.namespace, "api") == []  # the old version kept serving as it was
+    assert not exists(cluster, "deployments", "api-green") and not exists(cluster, "services", "api-preview")
+
+
+def test_what_kubernetes_cannot_do_is_refused_before_any_change(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old)
+    for strategy, field in (
+        ({"canary": {"steps": [{"set_weight": 10}, {"analysis": {"success_rate": 0.99}}]}}, "steps[1].analysis"),
+        ({"blue_green": {"preview_port": 9001}}, "preview_port"),
+    ):
+        with pytest.raises(Invalid) as refused:
+            roll(cluster, request(strategy, new), RecordingProgress())
+        assert field in str(refused.value) and not refused.value.retryable
+    with pytest.raises(NotFound) as no_service:
+        roll(cluster, request({"blue_green": {}}, new), RecordingProgress())
+    assert "blue_green switches services/api, the Service in front of deployments/api" in str(no_service.value)
+    assert emulator.patches == [] and not exists(cluster, "deployments", "api-canary")
+
+
+def test_an_api_outage_mid_canary_aborts_and_stays_retryable(cluster: Cluster, emulator: KubeEmulator) -> None:
+    """The step may have no attempt left: a canary never keeps its share behind a failed step."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.fail("patch", r"/deployments/api-canary$", 503, times=50)
+    with pytest.raises(Transient) as failed:
+        roll(cluster, request({"canary": {"steps": [{"set_weight": 50}]}}, new), RecordingProgress())
+    assert failed.value.retryable and "canary aborted: all traffic is on the stable version" in str(failed.value)
+    assert not exists(cluster, "deployments", "api-canary")
+    assert emulator.patches_of(cluster.namespace, "api") == []
+
+
+def test_env_in_an_analysis_url_is_resolved_on_the_worker(
+    cluster: Cluster, emulator: KubeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=1)
+
+    def strategy(url: str) -> dict[str, Any]:
+        prometheus = {"url": url, "query": "up", "success_condition": "result[0] == 1"}
+        return {"canary": {"steps": [{"set_weight": 10}, {"analysis": {"prometheus": prometheus, "interval": "10ms",
+                                                                        "count": 1}}]}}
+
+    monkeypatch.delenv("SF_TEST_NOPE", raising=False)
+    with pytest.raises(ApplicationError) as missing:
+        roll(cluster, request(strategy("http://${env.SF_TEST_NOPE}:9090"), new), RecordingProgress())
+    assert "SF_TEST_NOPE is not set on the worker" in str(missing.value) and missing.value.non_retryable
+    assert emulator.patches == [] and not exists(cluster, "deployments", "api-canary")
+    with PrometheusStub(lambda q: vector("1")) as prom:
+        monkeypatch.setenv("SF_TEST_PROM_PORT", prom.url.rsplit(":", 1)[1])
+        result = roll(cluster, request(strategy("http://127.0.0.1:${env.SF_TEST_PROM_PORT}"), new), RecordingProgress())
+        assert prom.queries == ["up"] and result.image == new
+
+
+def test_a_lost_worker_after_the_blue_green_switch_resumes_without_a_second_green(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
+    req = request({"blue_green": {"auto_promote_after": "0s", "scale_down_delay": "300ms"}}, new)
+    switched = lambda d: "switched to the green" in str(d.get("message"))  # noqa: E731
+    first = RecordingProgress(crash_when=switched)
+    with pytest.raises(SimulatedCrash):
+        roll(cluster, req, first)
+    core = client.CoreV1Api(cluster.api)
+    assert core.read_namespaced_service("api", cluster.namespace).spec.selector == {"app": "api-green"}
+    state = json.loads(cluster.deployment("api-green").metadata.annotations[STATE])
+    assert state["phase"] == "switched"
+    result = roll(cluster, req, RecordingProgress(resume=first.beats[-1]))
+    assert result.strategy == "blue_green" and result.previous_image == old
+    creates = [r for r in emulator.requests if r[0] == "create"]
+    assert len(creates) == 3  # the stable (by the test), the green and the preview: once each
+    assert core.read_namespaced_service("api", cluster.namespace).spec.selector == {"app": "api"}
+    assert cluster.deployment("api").spec.template.spec.containers[0].image == new
+    assert not exists(cluster, "deployments", "api-green") and not exists(cluster, "services", "api-preview")
