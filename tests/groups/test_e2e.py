@@ -21,8 +21,7 @@ import httpx
 
 from shipflow.activities.core.client import connect
 from shipflow.activities.core.settings import Settings
-from shipflow.infra.stack import EmbeddedStack, free_ports
-from tests.helpers import decoded_history_text, wait_until
+from tests.helpers import decoded_history_text, free_ports, stack_on_free_ports, wait_until
 from tests.local.support import Load
 
 SECRET_1 = "first-Secret-" + uuid.uuid4().hex
@@ -59,18 +58,8 @@ def sha(value: str) -> str:
 
 
 async def test_groups_roll_out_roll_back_and_never_leak(tmp_path: Path) -> None:
-    ports = free_ports(6)
-    stack = EmbeddedStack(
-        tmp_path / "stack",
-        api_port=ports[0],
-        temporal_port=ports[1],
-        ui_port=ports[2],
-        runtime_port=ports[3],
-        s3_port=ports[4],
-        task_queue=f"groups-{uuid.uuid4().hex[:8]}",
-        say=lambda _line: None,
-    )
-    front = ports[5]
+    stack = stack_on_free_ports(tmp_path / "stack", queue="groups", say=lambda _line: None)
+    [front] = free_ports(1)
     answers: list[str] = []
     await asyncio.to_thread(stack.start)
     try:
