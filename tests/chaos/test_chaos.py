@@ -355,6 +355,7 @@ def test_releases_survive_chaos(
     client_thread.start()
 
     chaos = Chaos(stack, said, rng, counts)
+    chaos_began = datetime.now(UTC)
     chaos_thread = threading.Thread(target=chaos.run, daemon=True)
     chaos_thread.start()
 
@@ -473,7 +474,12 @@ def test_releases_survive_chaos(
     expect(bool(client.versions), "the live client got no answer at all")
     expect(leftovers == [], f"processes left after stop: {leftovers}")
     expect(stack.failure is None, f"the stack gave up: {stack.failure}")
-    assert problems == [], "\n".join(problems)
+    # With the kills in wall-clock time, a failed request's time says what was down.
+    events = [f"{chaos_began:%H:%M:%S.%f} chaos began"] + [
+        f"+{e.at:.1f}s {e.piece} {e.signal} (pid {e.old_pid}), back after {e.back_after_s}s"
+        for e in chaos.events
+    ]
+    assert problems == [], "\n".join(problems + events)
 
 
 def every_child_pid(said: list[str], initial: dict[str, int]) -> list[int]:
