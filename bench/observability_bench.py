@@ -43,12 +43,12 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 
 from bench.orchestration import (
-    NoopActivities,
     _Bench,
     _use_bytecode_cache,
     notify_flow,
     start_dev_server,
 )
+from bench.orchestration_baseline import NoopActivities
 from shipflow.activities.core.logs import StepContextInterceptor, configure_logging
 from shipflow.worker.telemetry import metrics_runtime
 from shipflow.workflows.release import ReleaseWorkflow
