@@ -42,13 +42,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 
-from bench.orchestration import (
-    NoopActivities,
-    _Bench,
-    _use_bytecode_cache,
-    notify_flow,
-    start_dev_server,
-)
+from bench.orchestration import _use_bytecode_cache, start_dev_server
+from bench.orchestration_baseline import NoopActivities
+from bench.orchestration_runs import Bench, notify_flow
 from shipflow.activities.core.logs import StepContextInterceptor, configure_logging
 from shipflow.worker.telemetry import metrics_runtime
 from shipflow.workflows.release import ReleaseWorkflow
@@ -107,8 +103,8 @@ async def run_observability(
             target, data_converter=pydantic_data_converter, runtime=Runtime(telemetry=TelemetryConfig())
         )
         off_queue, on_queue = (f"bench-obs-{side}-{uuid.uuid4().hex[:6]}" for side in ("off", "on"))
-        off = _Bench(plain, off_queue, search_attributes=True, run_timeout=120)
-        on = _Bench(measured, on_queue, search_attributes=True, run_timeout=120)
+        off = Bench(plain, off_queue, search_attributes=True, run_timeout=120)
+        on = Bench(measured, on_queue, search_attributes=True, run_timeout=120)
         flow = notify_flow("bench-obs", steps, parallel=False)
         noop = NoopActivities()
         samples: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}

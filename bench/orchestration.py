@@ -33,9 +33,11 @@ well; and bytecode is cached (as for an installed worker) even where
 PYTHONDONTWRITEBYTECODE is set. Min and median over the repetitions are both reported, so
 that one lucky run does not decide.
 
-The module is longer than our ~400-line guide: it holds the baseline workflows (passed
-through the sandbox as this module), the worker process, the driver and the report, which
-share the case definitions; each part is short.
+Its parts: orchestration_baseline.py (the hand-written workflows and the no-op activities,
+the module the sandbox passes through), orchestration_runs.py (the interpreter's flows;
+starting, timing and reading runs of both sides), orchestration_worker.py (the worker
+process) and orchestration_report.py (measurements, targets, the report); this module
+holds the cases, the dev servers, the driver and the command line.
 
 `python -m bench.orchestration [--steps 50 --reps 11 --configs tuned ...]` runs it alone;
 `bench.run_all` runs it with the other benchmarks.
@@ -45,65 +47,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import builtins
 import contextlib
-import json
 import os
-import signal
-import statistics
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
+from bench.orchestration_report import (
+    SHORT_TARGET,
+    Comparison,
+    OrchestrationReport,
+)
+from bench.orchestration_runs import Bench, notify_flow
+from bench.orchestration_worker import WorkerProcess, serve_worker
+from shipflow.activities.core.client import (
+    COMMIT_KEY,
+    FLOW_KEY,
+    STAGE_KEY,
+    data_converter,
+    dev_server_args,
+)
+from shipflow.activities.core.settings import Settings
+from shipflow.workflows.io import notify as notify_io
+from shipflow.workflows.io import records as record_io
 from tests.helpers import temporal_binary
 
-# The baseline workflows below run in the workflow sandbox. The bench worker passes this
-# module through (see `bench_worker`), and its imports are passed through too, so that a
-# baseline run does not pay for re-executing the benchmark's driver code: a hand-written
-# workflow lives in a small module whose re-execution costs well under a millisecond.
-with workflow.unsafe.imports_passed_through():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from temporalio.api.enums.v1 import EventType
-    from temporalio.client import Client, WorkflowHandle
-    from temporalio.testing import WorkflowEnvironment
-    from temporalio.worker import Worker
-
-    from shipflow.activities.core.client import (
-        COMMIT_KEY,
-        FLOW_KEY,
-        STAGE_KEY,
-        data_converter,
-        dev_server_args,
-    )
-    from shipflow.activities.core.settings import Settings
-    from shipflow.activities.core.starter import plan_for, start_release
-    from shipflow.workflows.io import notify as notify_io
-    from shipflow.workflows.io import records as record_io
-    from shipflow.workflows.io.common import StepContext
-    from shipflow.workflows.release import ReleaseWorkflow
-    from shipflow.workflows.sandbox import workflow_runner
-    from shipflow.workflows.spec import FlowSpec, parse_flow
-
-#: The activity options the interpreter gives a notify step (its default timeout is 30 s).
-ACTIVITY_TIMEOUT = timedelta(seconds=30)
-NO_RETRY = RetryPolicy(maximum_attempts=1)
 #: A run records itself in the runs index when it starts running and when it ends.
 RECORDS_PER_RUN = 2
-#: Targets from issue 12: interpreter over baseline, medians of wall time and worker CPU.
-WALL_TARGET = 1.10
-CPU_TARGET = 1.10
-#: Short steps run as local activities must beat the hand-written regular-activity workflow.
-SHORT_TARGET = 1.0
 
 #: Dev server configs the comparison runs on, one fresh server each, in this order.
 CONFIGS: dict[str, list[str]] = {
@@ -117,586 +93,6 @@ CONFIGS: dict[str, list[str]] = {
 #: that no-op activities hit their 30 s timeout (measured 2026-12-03, load average ~15), and
 #: the per-step latency that config costs shows in the sequential cases already.
 DEFAULT_CONFIG_CASES = ("sequential", "parallel", "short")
-CONFIG_NOTES = {
-    "default": "Temporal's dynamic config defaults",
-    "tuned": "`history.transferProcessorMaxPollRPS=1000`, as `shipflow dev` starts it",
-}
-
-
-# ---------------------------------------------------------------------- the no-op activities
-
-
-class NoopActivities:
-    """Do-nothing stand-ins registered under the real activity names.
-
-    Both sides dispatch to these, so what differs between them is orchestration only.
-    They count their calls so that the benchmark can check that both sides really ran
-    the same number of activities.
-    """
-
-    def __init__(self) -> None:
-        self.sends = 0
-        self.records = 0
-
-    @activity.defn(name=notify_io.SEND)
-    async def send(self, input: notify_io.NotifyInput) -> notify_io.NotifyOutput:
-        self.sends += 1
-        return notify_io.NotifyOutput(status_code=204)
-
-    @activity.defn(name=record_io.RECORD_RUN)
-    async def record_run(self, input: record_io.RunRecordInput) -> record_io.RecordOutput:
-        self.records += 1
-        return record_io.RecordOutput()
-
-
-# ---------------------------------------------------------------------- the baseline workflows
-
-
-def _note(step: int) -> notify_io.NotifyInput:
-    return notify_io.NotifyInput(
-        context=StepContext(
-            run_id=workflow.info().workflow_id, flow="bench", stage="bench", step_id=f"n{step}"
-        ),
-        webhook="http://127.0.0.1:9/bench",
-        message=f"step {step}",
-        run_state="running",
-    )
-
-
-async def _send(step: int) -> notify_io.NotifyOutput:
-    return await workflow.execute_activity(
-        notify_io.SEND,
-        _note(step),
-        result_type=notify_io.NotifyOutput,
-        start_to_close_timeout=ACTIVITY_TIMEOUT,
-        retry_policy=NO_RETRY,
-        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        summary="notify",
-    )
-
-
-@workflow.defn(name="BenchBaselineSequential")
-class BaselineSequential:
-    """`steps` no-op activities one after the other, written by hand."""
-
-    @workflow.run
-    async def run(self, steps: int) -> int:
-        for step in range(steps):
-            await _send(step)
-        return steps
-
-
-@workflow.defn(name="BenchBaselineParallel")
-class BaselineParallel:
-    """`steps` no-op activities all at once, written by hand."""
-
-    @workflow.run
-    async def run(self, steps: int) -> int:
-        await asyncio.gather(*(_send(step) for step in range(steps)))
-        return steps
-
-
-# ---------------------------------------------------------------------- the interpreter's flows
-
-
-#: A notify step with this timeout is not short (`step_kinds.SHORT_STEP_S`): the interpreter
-#: runs it as a regular activity, like the baseline, so the two differ in orchestration only.
-REGULAR_TIMEOUT = "60s"
-
-
-def notify_flow(name: str, steps: int, *, parallel: bool, short: bool = False) -> FlowSpec:
-    """A flow of `steps` notify steps, in sequence or in one parallel group.
-
-    `concurrency: allow`, because the baseline takes no stage lock: with the default
-    `queue` the concurrent runs of one stage would wait for each other by design.
-    `short`: the steps keep notify's default timeout (30 s), so the interpreter runs them
-    as local activities; otherwise they get `REGULAR_TIMEOUT` and run as regular ones.
-    """
-    timeout = {} if short else {"timeout": REGULAR_TIMEOUT}
-    actions = [
-        {
-            "notify": {
-                "id": f"n{i}",
-                "webhook": "http://127.0.0.1:9/bench",
-                "message": f"step {i}",
-                **timeout,
-            }
-        }
-        for i in range(steps)
-    ]
-    return parse_flow(
-        {
-            "apiVersion": "shipflow/v1",
-            "name": name,
-            "stage": "bench",
-            "concurrency": "allow",
-            "steps": [{"parallel": actions}] if parallel else actions,
-        }
-    )
-
-
-# ---------------------------------------------------------------------- the worker process
-
-
-#: This module's name even when it runs as `python -m bench.orchestration`.
-MODULE = "bench.orchestration"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def bench_worker(client: Client, task_queue: str, noop: NoopActivities) -> Worker:
-    """One worker for both sides, configured like `shipflow.worker.main.build_worker`.
-
-    Both sides run in the production worker's sandbox (`shipflow.workflows.sandbox`), which
-    passes the interpreter's module through; this module (the baseline's) is passed
-    through too, so that neither side is re-imported per workflow instance.
-    """
-    return Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[ReleaseWorkflow, BaselineSequential, BaselineParallel],
-        activities=[noop.send, noop.record_run],
-        workflow_runner=workflow_runner(MODULE),
-        activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bench-activity"),
-        max_concurrent_activities=32,
-        graceful_shutdown_timeout=timedelta(seconds=10),
-    )
-
-
-async def serve_worker(address: str, namespace: str, task_queue: str) -> None:
-    """The worker process: runs `bench_worker` and answers its parent on stdin/stdout.
-
-    `cpu` -> this process's CPU seconds so far (all threads, the SDK's core included);
-    `stop` (or end of input) -> shut down and print the no-op call counts as JSON.
-    """
-    client = await Client.connect(
-        address, namespace=namespace, data_converter=data_converter(Settings())
-    )
-    noop = NoopActivities()
-    async with bench_worker(client, task_queue, noop):
-        print("ready", flush=True)
-        while True:
-            command = (await asyncio.to_thread(sys.stdin.readline)).strip()
-            if command == "cpu":
-                print(repr(time.process_time()), flush=True)
-            else:
-                break
-    print(json.dumps({"sends": noop.sends, "records": noop.records}), flush=True)
-
-
-class WorkerProcess:
-    """The benchmark's worker, in a process of its own.
-
-    So that its CPU time is the worker's alone (not the client's that starts the runs and
-    waits for them), and so that a profiler can attach to it (`--profile`: py-spy).
-    """
-
-    def __init__(self, proc: asyncio.subprocess.Process):
-        self.proc = proc
-        self.profiler: asyncio.subprocess.Process | None = None
-
-    @classmethod
-    async def start(cls, client: Client, task_queue: str) -> WorkerProcess:
-        config = client.service_client.config
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            MODULE,
-            "--serve-worker",
-            config.target_host,
-            client.namespace,
-            task_queue,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-        )
-        worker = cls(proc)
-        line = await worker._line(120.0)
-        if line != "ready":
-            proc.kill()
-            await proc.wait()
-            raise RuntimeError(f"the bench worker did not start (said {line!r})")
-        return worker
-
-    async def _line(self, timeout: float = 30.0) -> str:
-        assert self.proc.stdout is not None
-        return (await asyncio.wait_for(self.proc.stdout.readline(), timeout)).decode().strip()
-
-    async def cpu(self) -> float:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"cpu\n")
-        await self.proc.stdin.drain()
-        return float(await self._line())
-
-    async def profile(self, output: Path) -> None:
-        """Sample the worker with py-spy until `stop` (raw collapsed stacks in `output`)."""
-        output.parent.mkdir(parents=True, exist_ok=True)
-        self.profiler = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "py-spy"),
-            "record",
-            "--pid",
-            str(self.proc.pid),
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--rate",
-            "200",
-            "--output",
-            str(output),
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-
-    async def stop(self) -> dict[str, int]:
-        if self.profiler is not None:
-            self.profiler.send_signal(signal.SIGINT)
-            await self.profiler.wait()
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(b"stop\n")
-            await self.proc.stdin.drain()
-            line = await self._line(60.0)
-        except (OSError, builtins.TimeoutError):
-            line = ""
-        if self.proc.returncode is None and not line:
-            self.proc.kill()
-        await self.proc.wait()
-        try:
-            counts: dict[str, int] = json.loads(line)
-        except ValueError:
-            raise RuntimeError(
-                f"the bench worker ended without its counts (exit {self.proc.returncode})"
-            ) from None
-        return counts
-
-
-# ---------------------------------------------------------------------- measuring
-
-
-@dataclass
-class HistoryStats:
-    """One run's history: what the server stores, sends to workers and replays."""
-
-    events: int
-    bytes: int
-    #: Bytes of the WORKFLOW_PROPERTIES_MODIFIED events (memo upserts).
-    memo_bytes: int
-    #: Median time from WORKFLOW_TASK_SCHEDULED to STARTED: the server's dispatch latency.
-    task_dispatch_ms: float
-
-    def __str__(self) -> str:
-        return (
-            f"{self.events} events, {self.bytes / 1024:.1f} KiB "
-            f"({self.memo_bytes / 1024:.1f} KiB memo), "
-            f"workflow task dispatch {self.task_dispatch_ms:.1f} ms (median)"
-        )
-
-
-@dataclass
-class Comparison:
-    """Wall times (seconds) of the same work done by the baseline and by the interpreter."""
-
-    name: str
-    steps: int
-    config: str = "tuned"
-    baseline_s: list[float] = field(default_factory=list)
-    interpreter_s: list[float] = field(default_factory=list)
-    #: CPU time of the worker process (all threads) per measured run.
-    baseline_cpu_s: list[float] = field(default_factory=list)
-    interpreter_cpu_s: list[float] = field(default_factory=list)
-    target: float | None = WALL_TARGET
-    cpu_target: float | None = CPU_TARGET
-    runs: int = 1
-    #: History of the last run of each side.
-    baseline_history: HistoryStats | None = None
-    interpreter_history: HistoryStats | None = None
-
-    @property
-    def baseline_median(self) -> float:
-        return statistics.median(self.baseline_s)
-
-    @property
-    def interpreter_median(self) -> float:
-        return statistics.median(self.interpreter_s)
-
-    @property
-    def ratio(self) -> float:
-        """Interpreter over baseline, medians of wall time."""
-        return self.interpreter_median / self.baseline_median
-
-    @property
-    def min_ratio(self) -> float:
-        """Interpreter over baseline, best runs: what each side can do on a quiet machine."""
-        return min(self.interpreter_s) / min(self.baseline_s)
-
-    @property
-    def cpu_ratio(self) -> float:
-        return statistics.median(self.interpreter_cpu_s) / statistics.median(self.baseline_cpu_s)
-
-    def cpu_per_step_ms(self, samples: list[float]) -> float:
-        return statistics.median(samples) * 1000 / (self.steps * self.runs)
-
-    @property
-    def met(self) -> bool | None:
-        return None if self.target is None else self.ratio <= self.target
-
-    @property
-    def cpu_met(self) -> bool | None:
-        return None if self.cpu_target is None else self.cpu_ratio <= self.cpu_target
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "config": self.config,
-            "steps": self.steps,
-            "runs": self.runs,
-            "baseline_s": self.baseline_s,
-            "interpreter_s": self.interpreter_s,
-            "baseline_median_s": self.baseline_median,
-            "interpreter_median_s": self.interpreter_median,
-            "baseline_min_s": min(self.baseline_s),
-            "interpreter_min_s": min(self.interpreter_s),
-            "ratio": self.ratio,
-            "min_ratio": self.min_ratio,
-            "baseline_cpu_s": self.baseline_cpu_s,
-            "interpreter_cpu_s": self.interpreter_cpu_s,
-            "cpu_ratio": self.cpu_ratio,
-            "baseline_history": asdict(self.baseline_history) if self.baseline_history else None,
-            "interpreter_history": (
-                asdict(self.interpreter_history) if self.interpreter_history else None
-            ),
-            "target": self.target,
-            "met": self.met,
-            "cpu_target": self.cpu_target,
-            "cpu_met": self.cpu_met,
-        }
-
-
-def _yes(met: bool | None) -> str:
-    return {None: "-", True: "yes", False: "**no**"}[met]
-
-
-@dataclass
-class OrchestrationReport:
-    comparisons: list[Comparison]
-    reps: int
-    activity_calls: dict[str, int]
-
-    def ratios(self) -> dict[str, float]:
-        return {f"{c.config}: {c.name}": c.ratio for c in self.comparisons}
-
-    def configs(self) -> list[str]:
-        return list(dict.fromkeys(c.config for c in self.comparisons))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "reps": self.reps,
-            "ratios": self.ratios(),
-            "comparisons": [c.as_dict() for c in self.comparisons],
-            "activity_calls": self.activity_calls,
-            "markdown": self.markdown(),
-        }
-
-    def markdown(self) -> str:
-        lines = [
-            "## Orchestration overhead (ReleaseWorkflow vs hand-written workflow)",
-            "",
-            "Same no-op activity (`notify.send`), same count, one worker process for both "
-            "sides on one task queue of a fresh in-memory Temporal dev server per config; "
-            "baseline and interpreter runs interleaved (order alternating), "
-            f"{self.reps} measured repetitions after one warm-up of each (fewer for the "
-            "concurrent case, see the samples); wall time from `start_workflow` to the result. "
-            "The baseline calls the activity as a regular activity; the interpreter runs the "
-            "flow as a user would get it (local activities where it chooses them, its memo, "
-            "search attributes, status bookkeeping and its two `records.run` calls: running, then final). "
-            "CPU is the worker process's own (all threads, the SDK's native core included); "
-            "the client and the dev server run apart. On the `default` config only the "
-            "cases in `DEFAULT_CONFIG_CASES` run (see there why). Dev server configs: "
-            + "; ".join(f"`{name}`: {CONFIG_NOTES[name]}" for name in self.configs() if name in CONFIG_NOTES)
-            + ".",
-            "",
-        ]
-        if len(self.configs()) > 1:
-            lines += self._side_by_side()
-        for config in self.configs():
-            lines += self._config_table(config)
-        lines += [
-            "History of one run (the last of each side): events, size, of which memo "
-            "upserts, and the median wait of a workflow task between scheduled and started:",
-            "",
-        ]
-        for c in self.comparisons:
-            if c.baseline_history and c.interpreter_history:
-                lines.append(
-                    f"- {c.config}, {c.name}: baseline {c.baseline_history}; "
-                    f"interpreter {c.interpreter_history}"
-                )
-        calls = ", ".join(f"`{k}` {v}" for k, v in self.activity_calls.items())
-        lines += ["", f"No-op activity calls, warm-ups included: {calls}.", ""]
-        return "\n".join(lines)
-
-    def _side_by_side(self) -> list[str]:
-        configs = self.configs()
-        head = " | ".join(f"{c}: baseline | {c}: interpreter" for c in configs)
-        lines = [
-            "### Dev server config before/after (median wall time; per step for one run)",
-            "",
-            f"| case | {head} |",
-            "|---|" + "---:|" * (2 * len(configs)),
-        ]
-        names = list(dict.fromkeys(c.name for c in self.comparisons))
-        for name in names:
-            cells = []
-            for config in configs:
-                match = [c for c in self.comparisons if c.name == name and c.config == config]
-                if not match:
-                    cells += ["-", "-"]
-                    continue
-                c = match[0]
-                for median in (c.baseline_median, c.interpreter_median):
-                    per_step = median * 1000 / c.steps if c.runs == 1 else None
-                    each = f" ({per_step:.1f} ms/step)" if per_step is not None else ""
-                    cells.append(f"{median * 1000:.0f} ms{each}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return [*lines, ""]
-
-    def _config_table(self, config: str) -> list[str]:
-        lines = [
-            f"### Dev server `{config}`",
-            "",
-            "| case | baseline min / median | interpreter min / median | ratio (median) "
-            "| ratio (min) | target | met | worker CPU/step baseline | interpreter "
-            "| CPU ratio | target | met |",
-            "|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|:---:|",
-        ]
-        mine = [c for c in self.comparisons if c.config == config]
-        for c in mine:
-            target = f"<= {c.target:.2f}" if c.target is not None else "-"
-            cpu_target = f"<= {c.cpu_target:.2f}" if c.cpu_target is not None else "-"
-            lines.append(
-                f"| {c.name} | {min(c.baseline_s) * 1000:.0f} / {c.baseline_median * 1000:.0f} ms "
-                f"| {min(c.interpreter_s) * 1000:.0f} / {c.interpreter_median * 1000:.0f} ms "
-                f"| {c.ratio:.2f} | {c.min_ratio:.2f} | {target} | {_yes(c.met)} "
-                f"| {c.cpu_per_step_ms(c.baseline_cpu_s):.2f} ms "
-                f"| {c.cpu_per_step_ms(c.interpreter_cpu_s):.2f} ms "
-                f"| {c.cpu_ratio:.2f} | {cpu_target} | {_yes(c.cpu_met)} |"
-            )
-        lines += ["", f"Wall-time samples (ms, in run order), `{config}`:", ""]
-        for c in mine:
-            lines.append(
-                f"- {c.name}: baseline {_ms(c.baseline_s)}; interpreter {_ms(c.interpreter_s)}"
-            )
-        return [*lines, ""]
-
-
-def _ms(samples: list[float]) -> str:
-    return ", ".join(f"{s * 1000:.0f}" for s in samples)
-
-
-class _Bench:
-    """Starts runs of either side on one task queue and waits for their results."""
-
-    def __init__(
-        self,
-        client: Client,
-        task_queue: str,
-        worker: WorkerProcess | None = None,
-        *,
-        search_attributes: bool,
-        run_timeout: float,
-    ):
-        self.client = client
-        self.task_queue = task_queue
-        self.worker = worker
-        self.settings = Settings(task_queue=task_queue, search_attributes=search_attributes)
-        self.run_timeout = run_timeout
-        self.last_baseline = ""
-        self.last_interpreter = ""
-
-    async def baseline(self, steps: int, *, parallel: bool) -> None:
-        run = BaselineParallel.run if parallel else BaselineSequential.run
-        handle = await self.client.start_workflow(
-            run, steps, id=f"bench-base-{uuid.uuid4().hex[:10]}", task_queue=self.task_queue
-        )
-        self.last_baseline = handle.id
-        done = await self._result(handle)
-        if done != steps:
-            raise RuntimeError(f"baseline run {handle.id} did {done} steps, not {steps}")
-
-    async def interpreter(self, flow: FlowSpec) -> None:
-        plan = plan_for(flow, self.settings)
-        handle = await start_release(
-            self.client,
-            self.settings,
-            plan,
-            run_id=f"{flow.name}-{uuid.uuid4().hex[:10]}",
-            task_queue=self.task_queue,
-        )
-        self.last_interpreter = handle.id
-        result = await self._result(handle)
-        if result.status.state != "succeeded":
-            raise RuntimeError(f"interpreter run {handle.id} ended {result.status.state}")
-
-    async def _result(self, handle: WorkflowHandle[Any, Any]) -> Any:
-        """The run's result; a run that hangs (e.g. a failing workflow task) fails the bench."""
-        try:
-            return await asyncio.wait_for(handle.result(), self.run_timeout)
-        except builtins.TimeoutError:
-            await handle.terminate("benchmark run timed out")
-            raise RuntimeError(
-                f"run {handle.id} did not finish within {self.run_timeout:g}s "
-                "(see the worker's log for a failing workflow task)"
-            ) from None
-
-    async def _timed(self, work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
-        """Wall time, and the worker process's CPU time meanwhile."""
-        if self.worker is None:
-            raise RuntimeError("timing needs the worker process (the bench runs without one)")
-        cpu = await self.worker.cpu()
-        started = time.perf_counter()
-        await work()
-        wall = time.perf_counter() - started
-        return wall, await self.worker.cpu() - cpu
-
-    async def compare(
-        self,
-        comparison: Comparison,
-        baseline: Callable[[], Awaitable[Any]],
-        interpreter: Callable[[], Awaitable[Any]],
-        reps: int,
-    ) -> Comparison:
-        await baseline()  # warm-up: sandbox imports, caches, the server's first tasks
-        await interpreter()
-        for rep in range(reps):
-            order = ("b", "i") if rep % 2 == 0 else ("i", "b")
-            for side in order:
-                if side == "b":
-                    wall, cpu = await self._timed(baseline)
-                    comparison.baseline_s.append(wall)
-                    comparison.baseline_cpu_s.append(cpu)
-                else:
-                    wall, cpu = await self._timed(interpreter)
-                    comparison.interpreter_s.append(wall)
-                    comparison.interpreter_cpu_s.append(cpu)
-        comparison.baseline_history = await self.history_size(self.last_baseline)
-        comparison.interpreter_history = await self.history_size(self.last_interpreter)
-        return comparison
-
-    async def history_size(self, workflow_id: str) -> HistoryStats:
-        events = total = memo = 0
-        scheduled: float | None = None
-        waits: list[float] = []
-        async for event in self.client.get_workflow_handle(workflow_id).fetch_history_events():
-            events += 1
-            size = event.ByteSize()
-            total += size
-            at = event.event_time.ToMicroseconds() / 1000
-            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED:
-                memo += size
-            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
-                scheduled = at
-            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED and scheduled:
-                waits.append(at - scheduled)
-                scheduled = None
-        return HistoryStats(events, total, memo, statistics.median(waits) if waits else 0.0)
 
 
 CASES = ("sequential", "parallel", "concurrent", "short")
@@ -752,7 +148,7 @@ async def run_orchestration(
     try:
         if profile is not None:
             await worker.profile(profile)
-        bench = _Bench(
+        bench = Bench(
             client, queue, worker, search_attributes=search_attributes, run_timeout=run_timeout
         )
 
@@ -851,8 +247,11 @@ class _Expected:
             )
 
 
-async def start_dev_server(config: str) -> WorkflowEnvironment:
-    """A fresh in-memory Temporal dev server, like the tests' (search attributes registered)."""
+async def start_dev_server(config: str = "tuned") -> WorkflowEnvironment:
+    """A fresh in-memory Temporal dev server, like the tests' (search attributes registered).
+
+    `config`: one of `CONFIGS`; the tuned one by default, as the other benchmarks start it.
+    """
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         data_converter=data_converter(Settings()),
@@ -873,9 +272,7 @@ async def run_with_servers(
             out = profile / f"worker-{config}.txt" if profile is not None else None
             mine = tuple(c for c in cases if config != "default" or c in DEFAULT_CONFIG_CASES)
             reports.append(
-                await run_orchestration(
-                    env.client, config=config, profile=out, cases=mine, **sizes
-                )
+                await run_orchestration(env.client, config=config, profile=out, cases=mine, **sizes)
             )
         finally:
             await env.shutdown()
@@ -967,7 +364,7 @@ def _cli() -> None:
 
 
 if __name__ == "__main__":
-    # Import ourselves by name, so that the workflows are `bench.orchestration`'s, not `__main__`'s.
+    # Import ourselves by name, so that there is one copy of this module, not a `__main__` too.
     from bench.orchestration import _cli as cli
 
     cli()

@@ -29,6 +29,17 @@ Test knobs: `fail(verb, path, status, times)` makes the next requests matching a
 and a path pattern fail with a `Status` body; `patches` records every PATCH; `deletes`
 every DELETE; `requests` every request line. `kubeconfig()` writes a kubeconfig that
 points the real client here (a bearer token is required, as on a real cluster).
+
+Why one module, over our ~400-line guide: it is the test double of one process, an API
+server with its controllers, and every part of it reads and writes the same state under
+one condition (`KubeEmulator.cond`): the objects, the resourceVersion counter, the watch
+event history, the rollout and Job simulations, the injected faults. The HTTP face
+(`_Handler`, watches) and the controller thread both go through `KubeEmulator.handle` and
+`_tick`; split across modules they would share private attributes of one class. So a test
+imports one thing (`KubeEmulator`) and one file says what the fake does and does not do.
+Its order: the API's pure rules first (Status bodies, merge patches, selectors), then the
+store and validation, the controllers (`_tick`: Deployments, ReplicaSets, Jobs, pods), and
+the HTTP handler last.
 """
 
 from __future__ import annotations

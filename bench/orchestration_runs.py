@@ -1,0 +1,166 @@
+"""Both sides of the orchestration benchmark, run and timed: the interpreter's flows
+(`notify_flow`), and `Bench`, which starts runs of either side on one task queue, times
+them against the worker process's CPU and reads the history each left."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+
+from bench.orchestration_baseline import BaselineParallel, BaselineSequential
+from bench.orchestration_report import Comparison, HistoryStats
+from bench.orchestration_worker import WorkerProcess
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import plan_for, start_release
+from shipflow.workflows.spec import FlowSpec, parse_flow
+
+#: A notify step with this timeout is not short (`step_kinds.SHORT_STEP_S`): the interpreter
+#: runs it as a regular activity, like the baseline, so the two differ in orchestration only.
+REGULAR_TIMEOUT = "60s"
+
+
+def notify_flow(name: str, steps: int, *, parallel: bool, short: bool = False) -> FlowSpec:
+    """A flow of `steps` notify steps, in sequence or in one parallel group.
+
+    `concurrency: allow`, because the baseline takes no stage lock: with the default
+    `queue` the concurrent runs of one stage would wait for each other by design.
+    `short`: the steps keep notify's default timeout (30 s), so the interpreter runs them
+    as local activities; otherwise they get `REGULAR_TIMEOUT` and run as regular ones.
+    """
+    timeout = {} if short else {"timeout": REGULAR_TIMEOUT}
+    actions = [
+        {
+            "notify": {
+                "id": f"n{i}",
+                "webhook": "http://127.0.0.1:9/bench",
+                "message": f"step {i}",
+                **timeout,
+            }
+        }
+        for i in range(steps)
+    ]
+    return parse_flow(
+        {
+            "apiVersion": "shipflow/v1",
+            "name": name,
+            "stage": "bench",
+            "concurrency": "allow",
+            "steps": [{"parallel": actions}] if parallel else actions,
+        }
+    )
+
+
+class Bench:
+    """Starts runs of either side on one task queue and waits for their results."""
+
+    def __init__(
+        self,
+        client: Client,
+        task_queue: str,
+        worker: WorkerProcess | None = None,
+        *,
+        search_attributes: bool,
+        run_timeout: float,
+    ):
+        self.client = client
+        self.task_queue = task_queue
+        self.worker = worker
+        self.settings = Settings(task_queue=task_queue, search_attributes=search_attributes)
+        self.run_timeout = run_timeout
+        self.last_baseline = ""
+        self.last_interpreter = ""
+
+    async def baseline(self, steps: int, *, parallel: bool) -> None:
+        run = BaselineParallel.run if parallel else BaselineSequential.run
+        handle = await self.client.start_workflow(
+            run, steps, id=f"bench-base-{uuid.uuid4().hex[:10]}", task_queue=self.task_queue
+        )
+        self.last_baseline = handle.id
+        done = await self._result(handle)
+        if done != steps:
+            raise RuntimeError(f"baseline run {handle.id} did {done} steps, not {steps}")
+
+    async def interpreter(self, flow: FlowSpec) -> None:
+        plan = plan_for(flow, self.settings)
+        handle = await start_release(
+            self.client,
+            self.settings,
+            plan,
+            run_id=f"{flow.name}-{uuid.uuid4().hex[:10]}",
+            task_queue=self.task_queue,
+        )
+        self.last_interpreter = handle.id
+        result = await self._result(handle)
+        if result.status.state != "succeeded":
+            raise RuntimeError(f"interpreter run {handle.id} ended {result.status.state}")
+
+    async def _result(self, handle: WorkflowHandle[Any, Any]) -> Any:
+        """The run's result; a run that hangs (e.g. a failing workflow task) fails the bench."""
+        try:
+            return await asyncio.wait_for(handle.result(), self.run_timeout)
+        except builtins.TimeoutError:
+            await handle.terminate("benchmark run timed out")
+            raise RuntimeError(
+                f"run {handle.id} did not finish within {self.run_timeout:g}s "
+                "(see the worker's log for a failing workflow task)"
+            ) from None
+
+    async def _timed(self, work: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+        """Wall time, and the worker process's CPU time meanwhile."""
+        if self.worker is None:
+            raise RuntimeError("timing needs the worker process (the bench runs without one)")
+        cpu = await self.worker.cpu()
+        started = time.perf_counter()
+        await work()
+        wall = time.perf_counter() - started
+        return wall, await self.worker.cpu() - cpu
+
+    async def compare(
+        self,
+        comparison: Comparison,
+        baseline: Callable[[], Awaitable[Any]],
+        interpreter: Callable[[], Awaitable[Any]],
+        reps: int,
+    ) -> Comparison:
+        await baseline()  # warm-up: sandbox imports, caches, the server's first tasks
+        await interpreter()
+        for rep in range(reps):
+            order = ("b", "i") if rep % 2 == 0 else ("i", "b")
+            for side in order:
+                if side == "b":
+                    wall, cpu = await self._timed(baseline)
+                    comparison.baseline_s.append(wall)
+                    comparison.baseline_cpu_s.append(cpu)
+                else:
+                    wall, cpu = await self._timed(interpreter)
+                    comparison.interpreter_s.append(wall)
+                    comparison.interpreter_cpu_s.append(cpu)
+        comparison.baseline_history = await self.history_size(self.last_baseline)
+        comparison.interpreter_history = await self.history_size(self.last_interpreter)
+        return comparison
+
+    async def history_size(self, workflow_id: str) -> HistoryStats:
+        events = total = memo = 0
+        scheduled: float | None = None
+        waits: list[float] = []
+        async for event in self.client.get_workflow_handle(workflow_id).fetch_history_events():
+            events += 1
+            size = event.ByteSize()
+            total += size
+            at = event.event_time.ToMicroseconds() / 1000
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED:
+                memo += size
+            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+                scheduled = at
+            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED and scheduled:
+                waits.append(at - scheduled)
+                scheduled = None
+        return HistoryStats(events, total, memo, statistics.median(waits) if waits else 0.0)
