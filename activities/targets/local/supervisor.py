@@ -120,6 +120,14 @@ def _relay(read_fd: int, log_fd: int, masker: Masker, proc: subprocess.Popen[byt
     _write_all(log_fd, masker.end())
 
 
+def _encoded(value: str) -> bytes:
+    """The bytes the command would print for `value` (as the environment encodes it)."""
+    try:
+        return os.fsencode(value)
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data) :]
@@ -182,7 +190,7 @@ def supervise(job_dir: Path, argv: list[str], masked: list[str] | None = None) -
     )
     if relay:
         try:
-            _relay(relay[0], log_fd, Masker([os.fsencode(v) for v in masked or []]), proc)
+            _relay(relay[0], log_fd, Masker([_encoded(v) for v in masked or []]), proc)
         finally:
             os.close(relay[0])
             os.close(log_fd)
