@@ -81,6 +81,7 @@ class JobActivities:
             retries=input.retries,
             execution=activity.info().workflow_run_id or "",
             group_sources=groups.sources,
+            redact=secrets,
         )
         target = self._targets(input.target)
         log = StepLogWriter(self._logs, input.context.run_id, input.context.step_id, secrets)

@@ -34,6 +34,7 @@ from shipflow.activities.core.logs import configure_logging
 from shipflow.activities.core.settings import Settings, get_settings
 from shipflow.activities.core.tracing import setup_tracing, temporal_interceptors
 from shipflow.api.auth import Authenticator, load_tokens
+from shipflow.api.body_limit import BodyLimit
 from shipflow.api.hostile import RefuseUnstorableText, storage_error
 from shipflow.api.pending_runs import reconcile_forever
 from shipflow.api.routes import (
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     app.add_exception_handler(DataError, storage_error)
     app.add_exception_handler(UnicodeEncodeError, storage_error)
     app.add_middleware(RefuseUnstorableText)
+    app.add_middleware(BodyLimit)  # outside it: a capped body is refused before it is read
     app.middleware("http")(console.pages)
 
     @app.middleware("http")

@@ -84,7 +84,10 @@ def _env_keys_only(args: Any) -> Any:
     """repr/str of a request shows the keys of its `env`, never the values (group secrets,
     resolved `${env.X}`): a request printed in a log or a traceback leaks nothing."""
     for name, value in args:
-        yield name, (sorted(value) if name == "env" else value)
+        if name == "redact":
+            yield name, f"<{len(value)} values>"
+        else:
+            yield name, (sorted(value) if name == "env" else value)
 
 
 class RolloutRequest(BaseModel):
@@ -138,6 +141,11 @@ class JobRequest(BaseModel):
     group_sources: list[GroupSource] = Field(
         default_factory=list,
         description="kubernetes: each group version to reference (a Secret or ConfigMap)",
+    )
+    redact: list[str] = Field(
+        default_factory=list,
+        description="secret values the command was given (groups, `${env.X}`): a target "
+        "that keeps the command's output masks them before it is stored",
     )
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ router = APIRouter(tags=["console"])
 
 STATIC = Path(__file__).resolve().parent.parent / "static" / "console"
 #: Paths a browser may open directly: the shell answers them when HTML is wanted.
-_PAGES = re.compile(r"^/(?:runs(?:/[^/]+)?|flows|stages|login)/?$")
+_PAGES = re.compile(r"^/(?:runs(?:/[^/]+)?|groups(?:/[^/]+)?|flows|stages|login)/?$")
 
 
 @lru_cache(maxsize=1)

@@ -29,7 +29,7 @@ from shipflow.api.deps import Admin, EngineDep, Operator, SettingsDep, Viewer
 from shipflow.api.errors import error_responses
 
 router = APIRouter(
-    prefix="/groups", tags=["groups"], responses=error_responses(400, 401, 403, 404, 409, 422)
+    prefix="/groups", tags=["groups"], responses=error_responses(400, 401, 403, 404, 409, 413, 422)
 )
 
 

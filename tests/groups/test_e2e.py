@@ -48,7 +48,7 @@ steps:
   - migrate:
       id: check-env
       env_from: [app-secret]
-      command: [python, -c, "import os, hashlib; print('sha', hashlib.sha256(os.environ['DB_PASSWORD'].encode()).hexdigest()[:16], os.environ['MODE'])"]
+      command: [python, -c, "import os, hashlib; print('sha', hashlib.sha256(os.environ['DB_PASSWORD'].encode()).hexdigest()[:16], os.environ['MODE'], 'echo=' + os.environ['DB_PASSWORD'])"]
   - deploy: {id: web, service: web, image: "${args.image}"}
 """
 
@@ -125,7 +125,10 @@ async def test_groups_roll_out_roll_back_and_never_leak(tmp_path: Path) -> None:
             web = step(first, "web")["output"]
             assert web["groups"] == {"app-config": 1, "app-secret": 1}
             assert step(first, "check-env")["output"]["groups"] == web["groups"]
-            assert f"sha {sha(SECRET_1)} one" in step(first, "check-env")["output"]["output"]
+            printed = step(first, "check-env")["output"]["output"]
+            assert f"sha {sha(SECRET_1)} one echo=***" in printed  # it printed the secret
+            jobs = [p for p in (stack.data_dir / "jobs").rglob("output.log")]
+            assert jobs and all(b"echo=***" in p.read_bytes() for p in jobs)
             seen = await config()
             assert (seen["mode"], seen["secret_sha"], seen["prod_only"]) == (
                 "one",
@@ -189,6 +192,7 @@ async def test_groups_roll_out_roll_back_and_never_leak(tmp_path: Path) -> None:
         files = [
             *stack.logs_dir.rglob("*"),
             *(stack.data_dir / "runtime").rglob("*"),
+            *(stack.data_dir / "jobs").rglob("*"),  # the command printed it: masked on disk
             *stack.data_dir.glob("shipflow.db*"),
         ]
         on_disk = b"".join(p.read_bytes() for p in files if p.is_file())

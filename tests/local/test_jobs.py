@@ -245,3 +245,43 @@ def test_a_command_runs_with_sigint_at_its_default(tmp_path: Path) -> None:
     ignored, mask = result.output.splitlines()
     assert ignored == "False", "the command inherited an ignored SIGINT"
     assert int(mask.split()[1], 16) & (1 << (signal.SIGINT - 1)) == 0, mask
+
+
+class Streamed(Beats):
+    """A Progress that keeps step logs: gets the command's output as it is printed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def output(self, text: str) -> None:
+        self.text += text
+
+
+def test_secret_values_are_masked_before_the_output_reaches_disk(tmp_path: Path) -> None:
+    # The secret a command was given (a group value, an `${env.X}`) and prints itself,
+    # here cut in two writes with a pause between them: output.log never holds it.
+    secret, jobs, gate = "TOP-SECRET-VALUE-42", tmp_path / "jobs", tmp_path / "gate"
+    script = (
+        f"echo first line; printf 'key=TOP-SECR'; while [ ! -f {gate} ]; do sleep 0.02; done; "
+        "printf 'ET-VALUE-42 done\\n'; echo \"again $TOKEN\"; printf 'ends TOP'"
+    )
+    request = req(["sh", "-c", script], env={"TOKEN": secret}, redact=[secret, "ab"])
+    assert secret not in repr(request) and secret not in str(request)
+    progress, result = Streamed(), []
+    worker = threading.Thread(target=lambda: result.append(run_local_job(request, progress, jobs)))
+    worker.start()
+    # A line is not held back while the command waits: only a possible start of a value is.
+    wait_until_sync(lambda: "first line" in progress.text, what="the first line streamed")
+    (log,) = jobs.glob("*/*/output.log")
+    wait_until_sync(lambda: b"key=" in log.read_bytes(), what="the unmasked part written")
+    assert b"TOP-SECR" not in log.read_bytes()
+    gate.touch()
+    worker.join(30)
+    assert result and result[0].output == "first line\nkey=*** done\nagain ***\nends TOP"
+    assert log.read_bytes() == b"first line\nkey=*** done\nagain ***\nends TOP"
+    assert secret not in progress.text and "key=*** done" in progress.text
+    # Short values are not masked (as `redact` does), and a job with nothing to mask
+    # writes its output straight to the file, as before.
+    plain = run_local_job(req(["sh", "-c", "echo ab"], redact=["ab"]), Beats(), tmp_path / "p")
+    assert plain.output == "ab\n"

@@ -31,6 +31,18 @@ TAIL_BYTES = 8192
 KILL_GRACE_S = 5.0
 
 
+#: The supervisor's first argument when it reads values to mask from its stdin.
+REDACT_FLAG = "--redact-stdin"
+#: Shorter values are not masked (as `shipflow.workflows.redaction.redact` does: masking
+#: `a` everywhere would garble the output and show the secret by its holes).
+MIN_REDACTED = 4
+
+
+def redacted_values(values: list[str]) -> list[str]:
+    """The values the supervisor masks: distinct, long enough, longest first."""
+    return sorted({v for v in values if len(v) >= MIN_REDACTED}, key=len, reverse=True)
+
+
 #: Job directories of steps that ended longer ago than this are removed.
 KEEP_JOBS_S = 7 * 86400.0
 SUPERVISOR = Path(__file__).resolve().with_name("supervisor.py")
@@ -174,13 +186,17 @@ class JobStore:
         # The lock is taken here and handed to the supervisor, so that there is no moment
         # in which the job exists, unlocked, and could be taken for one that was lost.
         lock = os.open(job.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # Secret values the command was given are masked by the supervisor before its
+        # output reaches output.log; they go over its stdin, never its argv (`ps` shows it).
+        masked = redacted_values(request.redact)
+        flag = [REDACT_FLAG] if masked else []
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             job.supervisor = subprocess.Popen(
-                [sys.executable, "-I", str(SUPERVISOR), str(job.dir), *argv],
+                [sys.executable, "-I", str(SUPERVISOR), *flag, str(job.dir), *argv],
                 cwd=cwd,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if masked else subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # outlives the worker and its process group
@@ -192,6 +208,13 @@ class JobStore:
             ) from e
         finally:
             os.close(lock)
+        if masked and job.supervisor.stdin is not None:
+            # The supervisor reads this before it starts the command. A supervisor that
+            # died first never starts it: the job is then `unstarted`, or `lost`.
+            with contextlib.suppress(OSError):
+                job.supervisor.stdin.write(json.dumps(masked).encode())
+            with contextlib.suppress(OSError):
+                job.supervisor.stdin.close()
         return job
 
     def _seqs(self, key: str) -> list[int]:

@@ -17,6 +17,13 @@ Files in JOB_DIR (owner-only):
     pid.json     {"pid", "start_time", "started"}: the command leads its own process group
     exit.json    {"exit_code", "ended", "error"}: written once, atomically, at the end
 
+With `--redact-stdin` first, it reads a JSON list of secret values from its stdin (the
+values of the groups and `${env.X}` the command was given) and relays the command's
+output through a pipe, masking each value as `***` before a byte of it is written to
+output.log: the file on disk never holds them in clear. A value cut across two reads is
+held back only while the output ends with a beginning of one (so lines still stream as
+they are printed); what is left at the end is written as it is.
+
 Standard library only, and run with `-I`: it must start fast and never import the
 worker's code.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -52,13 +60,89 @@ def start_time_of(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+MASK = b"***"
+#: After the command ended, its output is read on for at most this long (a process it
+#: left in the background may hold the pipe open for ever).
+DRAIN_S = 1.0
+
+
+class Masker:
+    """Masks known values in a byte stream that arrives in pieces."""
+
+    def __init__(self, values: list[bytes]):
+        self.values = sorted({v for v in values if v}, key=len, reverse=True)
+        self.firsts = {v[0] for v in self.values}
+        self.longest = max((len(v) for v in self.values), default=0)
+        self.pending = b""
+
+    def _mask(self, data: bytes) -> bytes:
+        for value in self.values:
+            data = data.replace(value, MASK)
+        return data
+
+    def _held(self, data: bytes) -> int:
+        """How many bytes at the end of `data` are the beginning of a value (kept back)."""
+        for size in range(min(len(data), self.longest - 1), 0, -1):
+            if data[-size] in self.firsts:
+                tail = data[-size:]
+                if any(v.startswith(tail) for v in self.values):
+                    return size
+        return 0
+
+    def feed(self, data: bytes) -> bytes:
+        """What of the output so far can be written: every whole value in it masked."""
+        data = self._mask(self.pending + data)
+        held = self._held(data)
+        self.pending = data[len(data) - held :] if held else b""
+        return data[: len(data) - held] if held else data
+
+    def end(self) -> bytes:
+        rest, self.pending = self.pending, b""
+        return rest
+
+
+def _relay(read_fd: int, log_fd: int, masker: Masker, proc: subprocess.Popen[bytes]) -> None:
+    """Copy the command's output to the log, masked, until it ends (or DRAIN_S after its exit)."""
+    drain_until: float | None = None
+    while True:
+        timeout = 0.2 if drain_until is None else max(0.0, drain_until - time.monotonic())
+        ready, _, _ = select.select([read_fd], [], [], timeout)
+        if ready:
+            data = os.read(read_fd, 65536)
+            if not data:
+                break
+            _write_all(log_fd, masker.feed(data))
+            continue
+        if drain_until is not None and time.monotonic() >= drain_until:
+            break
+        if drain_until is None and proc.poll() is not None:
+            drain_until = time.monotonic() + DRAIN_S
+    _write_all(log_fd, masker.end())
+
+
+def _encoded(value: str) -> bytes:
+    """The bytes the command would print for `value` (as the environment encodes it)."""
+    try:
+        return os.fsencode(value)
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
 def _default_sigint() -> None:
     """In the command's process, before exec: SIGINT as any program expects it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def supervise(job_dir: Path, argv: list[str]) -> int:
-    """Run `argv` to its end and record the outcome in `job_dir`. Returns the exit code."""
+def supervise(job_dir: Path, argv: list[str], masked: list[str] | None = None) -> int:
+    """Run `argv` to its end and record the outcome in `job_dir`. Returns the exit code.
+
+    With `masked` values, the output goes through a pipe and is masked on its way to the log.
+    """
     # A SIGTERM for the supervisor (e.g. the whole host shutting down) is passed on to the
     # command, whose exit is then recorded as usual.
     child: list[int] = []
@@ -75,11 +159,12 @@ def supervise(job_dir: Path, argv: list[str]) -> int:
     # signal stays ignored across exec, so the child puts SIGINT back to its default.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_fd = os.open(job_dir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    relay: tuple[int, int] | None = os.pipe() if masked else None
     try:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=log_fd,
+            stdout=relay[1] if relay else log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: killing it never kills the supervisor
             preexec_fn=_default_sigint,  # single-threaded process: fork-safe
@@ -89,14 +174,26 @@ def supervise(job_dir: Path, argv: list[str]) -> int:
             job_dir / "exit.json",
             {"exit_code": None, "ended": time.time(), "error": f"cannot start: {e.strerror or e}"},
         )
+        if relay:
+            os.close(relay[0])
+            os.close(log_fd)
         return 127
     finally:
-        os.close(log_fd)
+        if relay:
+            os.close(relay[1])  # the command holds the write end now
+        else:
+            os.close(log_fd)
     child.append(proc.pid)
     write_json(
         job_dir / "pid.json",
         {"pid": proc.pid, "start_time": start_time_of(proc.pid), "started": time.time()},
     )
+    if relay:
+        try:
+            _relay(relay[0], log_fd, Masker([_encoded(v) for v in masked or []]), proc)
+        finally:
+            os.close(relay[0])
+            os.close(log_fd)
     while True:
         try:
             code = proc.wait()
@@ -108,10 +205,15 @@ def supervise(job_dir: Path, argv: list[str]) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) < 3:
-        print("usage: supervisor.py JOB_DIR ARGV...", file=sys.stderr)
+    args = sys.argv[1:]
+    masked: list[str] | None = None
+    if args[:1] == ["--redact-stdin"]:
+        args = args[1:]
+        masked = [v for v in json.loads(sys.stdin.buffer.read() or b"[]") if isinstance(v, str)]
+    if len(args) < 2:
+        print("usage: supervisor.py [--redact-stdin] JOB_DIR ARGV...", file=sys.stderr)
         return 2
-    return supervise(Path(sys.argv[1]), sys.argv[2:])
+    return supervise(Path(args[0]), args[1:], masked)
 
 
 if __name__ == "__main__":

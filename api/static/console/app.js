@@ -62,11 +62,13 @@ async function main() {
   out.addEventListener("click", () => { setToken(""); location.href = "/"; });
   const path = location.pathname.replace(/\/+$/, "") || "/";
   const run = path.match(/^\/runs\/([^/]+)$/);
+  const group = path.match(/^\/groups(?:\/([^/]+))?$/);
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("here",
-    (a.dataset.nav === "runs" && path.startsWith("/runs")) || (a.dataset.nav === "flows" && path === "/flows") || (a.dataset.nav === "stages" && (path === "/" || path === "/stages"))));
+    (a.dataset.nav === "runs" && path.startsWith("/runs")) || (a.dataset.nav === "flows" && path === "/flows") || (a.dataset.nav === "groups" && !!group) || (a.dataset.nav === "stages" && (path === "/" || path === "/stages"))));
   if (run) (await import("./run.js")).show(decodeURIComponent(run[1]), session);
   else if (path === "/runs") (await import("./runs.js")).show(session);
   else if (path === "/flows") (await import("./flows.js")).show(session);
+  else if (group) (await import("./groups.js")).show(session, group[1] ? decodeURIComponent(group[1]) : "");
   else (await import("./stages.js")).show(session);
 }
 

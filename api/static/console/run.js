@@ -189,6 +189,7 @@ function renderDetail() {
     <dt>took</dt><dd>${esc(took(s.started_at, s.ended_at))}</dd>
     ${s.next_attempt_at ? `<dt>next attempt</dt><dd>${when(s.next_attempt_at)}</dd>` : ""}</dl>${attemptTable(s)}`);
   if (s.approval) parts.push(`<h3>Decision</h3>${fields({decision: s.approval.decision, by: s.approval.by, comment: s.approval.comment, at: new Date(s.approval.at).toLocaleString()})}`);
+  if (s.output && s.output.groups) parts.push(groupsUsed(s.output));
   parts.push(`<h3>Output</h3><div class="output">${fields(s.output)}</div>`);
   if (info) parts.push(`<h3>Inputs</h3><div class="inputs">${fields(info.inputs)}</div>` +
     (info.undo ? `<h3>Undo</h3>${fields(info.undo)}` : ""));
@@ -211,6 +212,17 @@ function renderDetail() {
   const typing = box.querySelector("textarea");
   if (typing && document.activeElement === typing && s.state === "waiting") return;  // keep what is being typed
   box.innerHTML = top.join("");
+}
+
+// The group versions a deploy (or migrate) step used, each linked to that version's keys,
+// with the versions the service had before (what the step's undo puts back).
+function groupsUsed(output) {
+  const before = output.previous_groups || {};
+  const names = Object.keys(output.groups).sort();
+  const link = (name, v) => `<a href="/groups/${encodeURIComponent(name)}?version=${encodeURIComponent(v)}">${esc(name)} v${esc(v)}</a>`;
+  return `<h3>Groups</h3><ul class="groups-used">${names.map((name) => `<li data-group="${esc(name)}">${link(name, output.groups[name])}${
+    output.previous_groups ? (before[name] === undefined ? ` <span class="muted">(new for this service)</span>`
+      : before[name] !== output.groups[name] ? ` <span class="muted">(was ${link(name, before[name])})</span>` : ` <span class="muted">(unchanged)</span>`) : ""}</li>`).join("")}</ul>`;
 }
 
 // Every attempt with its times and error (from the workflow's records), each linked to

@@ -1,0 +1,122 @@
+"""Secret/config groups under a canary or blue-green rollout on the kubernetes target.
+
+What a canary (or the green side of a blue-green) must run is the new release: the new
+image *and* the new group versions, so that the canary tests the configuration that will
+be promoted. These tests record what `k8s_progressive` does today; the ones marked
+`xfail(strict=True)` are the known gaps (issue 16, phase 2 report): when the gap is
+closed they pass, and strict xfail makes that visible so the mark is removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from shipflow.activities.core.group_select import GroupSource
+from shipflow.activities.targets.base import RolloutRequest
+from shipflow.activities.targets.kubernetes import KubernetesTarget
+from shipflow.workflows.spec import Strategy
+from tests.k8s.conftest import Cluster, RecordingProgress
+from tests.k8s.emulator import KubeEmulator
+from tests.k8s.test_target import SETTINGS
+
+
+def _flags(version: int) -> list[GroupSource]:
+    return [
+        GroupSource(name="flags", version=version, kind="config", values={"MODE": f"m{version}"})
+    ]
+
+
+def _request(image: str, version: int, strategy: dict[str, Any] | None) -> RolloutRequest:
+    return RolloutRequest(
+        run_id=f"run-{version}",
+        step_id="deploy",
+        service="api",
+        image=image,
+        group_sources=_flags(version),
+        strategy=Strategy.model_validate(strategy) if strategy else None,
+    )
+
+
+def _extra_env_from(emulator: KubeEmulator, namespace: str, name: str) -> list[list[Any]]:
+    """Every envFrom the extra Deployment `name` was created or patched with, in order."""
+    seen: list[list[Any]] = []
+    for _, resource, _, obj in emulator.events:
+        meta = obj["metadata"]
+        if resource == "deployments" and (meta["namespace"], meta["name"]) == (namespace, name):
+            seen.append(obj["spec"]["template"]["spec"]["containers"][0].get("envFrom") or [])
+    return seen
+
+
+def _stable_env_from(cluster: Cluster) -> list[Any]:
+    dep = cluster.deployment("api")
+    entries = dep.spec.template.spec.containers[0].env_from or []
+    return [client.ApiClient().sanitize_for_serialization(e) for e in entries]
+
+
+def _started(cluster: Cluster) -> KubernetesTarget:
+    old, _ = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    target = KubernetesTarget(cluster.spec, SETTINGS)
+    target.rollout(_request(old, 1, None), RecordingProgress())  # flags v1, plain
+    assert _stable_env_from(cluster) == [{"configMapRef": {"name": "shipflow-flags-1"}}]
+    return target
+
+
+CANARY = {"canary": {"steps": [{"set_weight": 50}, {"pause": {"duration": "50ms"}}]}}
+
+
+def test_after_a_canary_the_stable_runs_the_new_group_versions(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    target = _started(cluster)
+    _, new = cluster.images
+    target.rollout(_request(new, 2, CANARY), RecordingProgress())
+    # The promotion is the plain rolling update, which materialises and references v2.
+    assert _stable_env_from(cluster) == [{"configMapRef": {"name": "shipflow-flags-2"}}]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="k8s_progressive copies the stable pod template: the canary pods get the old "
+    "group versions' envFrom (and v2's ConfigMap is only made at promotion)",
+)
+def test_canary_pods_run_the_new_group_versions(cluster: Cluster, emulator: KubeEmulator) -> None:
+    target = _started(cluster)
+    _, new = cluster.images
+    target.rollout(_request(new, 2, CANARY), RecordingProgress())
+    created = _extra_env_from(emulator, cluster.namespace, "api-canary")
+    assert created, "no canary Deployment was made"
+    assert created[0] == [{"configMapRef": {"name": "shipflow-flags-2"}}], created[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="k8s_progressive: an unchanged image skips the strategy (`_plain`), so a change "
+    "of group versions alone is rolled out to every pod at once, without a canary",
+)
+def test_a_group_change_alone_is_canaried(cluster: Cluster, emulator: KubeEmulator) -> None:
+    target = _started(cluster)
+    old, _ = cluster.images
+    target.rollout(_request(old, 2, CANARY), RecordingProgress())
+    assert _extra_env_from(emulator, cluster.namespace, "api-canary"), "no canary Deployment"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="k8s_progressive copies the stable pod template: the green pods (the preview) "
+    "get the old group versions' envFrom",
+)
+def test_blue_green_preview_runs_the_new_group_versions(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    target = _started(cluster)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
+    _, new = cluster.images
+    strategy = {"blue_green": {"auto_promote_after": "0s", "scale_down_delay": "50ms"}}
+    target.rollout(_request(new, 2, strategy), RecordingProgress())
+    assert _stable_env_from(cluster) == [{"configMapRef": {"name": "shipflow-flags-2"}}]
+    created = _extra_env_from(emulator, cluster.namespace, "api-green")
+    assert created and created[0] == [{"configMapRef": {"name": "shipflow-flags-2"}}], created
