@@ -1,4 +1,13 @@
-"""The Kubernetes canary: a `<name>-canary` Deployment sized by the weight (see `k8s_progressive`)."""
+"""The Kubernetes canary: a `<name>-canary` Deployment sized by the weight (see `k8s_progressive`).
+
+Without a mesh a weight is a share of the pods behind the Service, as in Argo Rollouts'
+canary without traffic routing: the canary scales up and the stable Deployment scales
+down so that canary / (canary + stable) is as near the weight as whole pods allow, with
+`N` (the stable's size before the rollout) or `N + 1` pods in all. Capacity never drops
+below `N` ready pods: at each weight the side that grows is scaled and awaited first, then
+the side that shrinks. The stable's original size is in the durable state; an abort and
+the promotion put it back.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +24,35 @@ from shipflow.workflows.spec import AnalysisStep, PauseStep, SetWeightStep
 log = logging.getLogger(__name__)
 
 
+def canary_split(total: int, weight: int) -> tuple[int, int]:
+    """(canary, stable) pods for `weight` percent, `total` being the stable's original size.
+
+    Of the splits with `total` or `total + 1` pods in all (neither side above `total`), the
+    one whose canary share is nearest the weight, fewer pods on a tie. A weight strictly
+    between 0 and 100 keeps at least one pod on each side (one replica: 1 and 1, a 50% share).
+    """
+    if total <= 0:
+        return 0, 0
+    if weight <= 0:
+        return 0, total
+    if weight >= 100:
+        return total, 0
+    best: tuple[float, int, int, int] | None = None
+    for pods in (total, total + 1):
+        for canary in range(1, min(total, pods - 1) + 1):
+            stable = pods - canary
+            if not 1 <= stable <= total:
+                continue
+            key = (abs(canary / pods - weight / 100), pods, canary, stable)
+            if best is None or key < best:
+                best = key
+    assert best is not None  # total >= 1 always allows 1 and 1
+    return best[2], best[3]
+
+
 def canary_replicas(stable: int, weight: int) -> int:
-    """Canary pods beside `stable` unchanged ones for a share nearest `weight` percent."""
-    if weight <= 0 or stable <= 0:
-        return 0
-    if weight >= 50:
-        return stable
-    return min(stable, max(1, round(stable * weight / (100 - weight))))
+    """The canary's pods for `weight` percent beside a stable Deployment of `stable` pods."""
+    return canary_split(stable, weight)[0]
 
 
 class Canary(Progressive):
@@ -29,7 +60,13 @@ class Canary(Progressive):
     kind = "canary"
 
     def initial_state(self) -> dict[str, Any]:
-        return {**super().initial_state(), "phase": "steps", "index": 0, "weight": 0}
+        return {
+            **super().initial_state(),
+            "phase": "steps",
+            "index": 0,
+            "weight": 0,
+            "stable_replicas": self.replicas,
+        }
 
     def _where(self) -> str:
         return f"canary step {self.state.get('index')} (weight {self.state.get('weight')}%)"
@@ -37,7 +74,9 @@ class Canary(Progressive):
     def create(self) -> None:
         labels = dict(self.stable.spec.template.metadata.labels or {})
         selector = dict(self.stable.spec.selector.match_labels or {})
-        body = self._body(replicas=0, labels={**labels, TRACK: "canary"}, selector={**selector, TRACK: "canary"})
+        body = self._body(
+            replicas=0, labels={**labels, TRACK: "canary"}, selector={**selector, TRACK: "canary"}
+        )
         self._create("deployments", body)
         self.details.update(phase="steps", stable_replicas=self.replicas)
         self.progress.beat(dict(self.details))
@@ -53,7 +92,8 @@ class Canary(Progressive):
             if isinstance(step, SetWeightStep):
                 self._set_weight(step.set_weight)
             elif isinstance(step, PauseStep):
-                self._pause(index, step.pause.duration.total_seconds() if step.pause.duration else None)
+                seconds = step.pause.duration.total_seconds() if step.pause.duration else None
+                self._pause(index, seconds)
             elif isinstance(step, AnalysisStep):
                 self._analyse(step)
             self.state.update(index=index + 1)
@@ -63,20 +103,59 @@ class Canary(Progressive):
         if self.state["phase"] == "steps":
             self.state["phase"] = "promoting"
             self._save()
+        # The stable takes the new image at the size it has now (none at weight 100, so no
+        # old pod comes back), then returns to its original size; the canary goes last.
         result = self._plain()
-        return result.model_copy(update={"instances": [*result.instances, {"canary_weight": self.state["weight"]}]})
+        self._scale(self.name, self.replicas)
+        self._wait_ready(self.name)
+        extra = {"canary_weight": self.state["weight"]}
+        return result.model_copy(update={"instances": [*result.instances, extra]})
 
     def _set_weight(self, weight: int) -> None:
-        count = canary_replicas(self.replicas, weight)
+        """Both Deployments to the split for `weight`: the growing side first, awaited."""
+        canary, stable = canary_split(self.replicas, weight)
         self.state["weight"] = weight
         self._save()
-        call(self.t.apps.patch_namespaced_deployment, self.extra, self.t.namespace,
-             {"spec": {"replicas": count}}, _content_type=MERGE, verb="patch", kind="deployments",
-             name=self.extra, namespace=self.t.namespace)
-        share = count / (count + self.replicas) if count else 0.0
-        self.details.update(weight=weight, canary_replicas=count, canary_share=round(share, 3))
-        log.info("deployments/%s: weight %s%%, %s canary pod(s) beside %s", self.extra, weight, count, self.replicas)
-        self._wait_ready(self.extra)
+        sizes = {self.extra: canary, self.name: stable}
+        now = {name: self._size(name) for name in sizes}
+        grow = [name for name in sizes if sizes[name] > now[name]]
+        shrink = [name for name in sizes if sizes[name] < now[name]]
+        for group in (grow, shrink):
+            for name in group:
+                self._scale(name, sizes[name])
+            for name in group:
+                self._wait_ready(name)
+        share = canary / (canary + stable) if canary else 0.0
+        self.details.update(
+            weight=weight,
+            canary_replicas=canary,
+            stable_replicas=stable,
+            canary_share=round(share, 3),
+        )
+        log.info(
+            "deployments/%s: weight %s%%, %s canary pod(s), %s stable",
+            self.extra, weight, canary, stable,
+        )
+        self.progress.beat(dict(self.details))
+
+    def _size(self, name: str) -> int:
+        dep: Any = self.t._read_deployment(name)
+        return int(dep.spec.replicas if dep.spec.replicas is not None else 1)
+
+    def _scale(self, name: str, replicas: int) -> None:
+        if self._size(name) == replicas:
+            return
+        call(
+            self.t.apps.patch_namespaced_deployment,
+            name,
+            self.t.namespace,
+            {"spec": {"replicas": replicas}},
+            _content_type=MERGE,
+            verb="patch",
+            kind="deployments",
+            name=name,
+            namespace=self.t.namespace,
+        )
 
     def _pause(self, index: int, seconds: float | None) -> None:
         token = str(index)
@@ -110,4 +189,10 @@ class Canary(Progressive):
                 raise RolloutFailed(failed)
 
     def abort(self) -> None:
+        """All traffic to the stable version at once: its original size back, the canary gone.
+
+        The canary is deleted without waiting for the stable's pods to come back: a canary
+        that failed must stop serving now; the stable's capacity returns as its pods start.
+        """
+        self._scale(self.name, self.replicas)
         self._delete("deployments", self.extra)

@@ -4,12 +4,11 @@ The way Argo Rollouts works without traffic routing, with plain Deployments and 
 
 - **canary**: a Deployment `<name>-canary` beside the stable one, its pods carrying the
   stable pods' labels (so the same Service sends them traffic) plus `shipflow/track:
-  canary`. `set_weight: N` sizes it so that its share of the pods is as close to N% as
-  replicas allow, with the stable Deployment left at full size (an abort is then only a
-  delete). A share above 50% would need more canary pods than stable ones: the canary
-  tops at as many pods as the stable Deployment. Pauses, analysis (http, Prometheus) run
-  in between; at the end the stable Deployment takes the new image by its own rolling
-  update, and the canary is deleted.
+  canary`. `set_weight: N` is a share of the pods: the canary scales up and the stable
+  Deployment down so that the canary's share is as near N% as whole pods allow
+  (`k8s_canary.canary_split`; 100% leaves the stable with none). Pauses, analysis (http,
+  Prometheus) run in between; at the end the stable Deployment takes the new image by its
+  own rolling update and its original size back, and the canary is deleted.
 - **blue-green**: a Deployment `<name>-green` at full size whose pods carry the Service's
   selector labels with `-green` appended, and a Service `<name>-preview` that selects
   them. Promotion patches the main Service's selector to the green labels (all traffic at
@@ -18,7 +17,7 @@ The way Argo Rollouts works without traffic routing, with plain Deployments and 
   the green Deployment and the preview Service are deleted.
 
 An abort (a failed analysis, a cancel, a failed promotion) sends all traffic back to the
-stable version at once and deletes what the strategy created; it is the step's own
+stable version at once (its original size back) and deletes what the strategy created; it is the step's own
 cleanup, so a later compensation finds nothing left to undo but the stable Deployment.
 
 Durable phase: the state of the strategy (phase, canary step, weight, the end of a timed
@@ -44,7 +43,7 @@ from shipflow.activities.targets.base import (
     RolloutResult,
 )
 from shipflow.activities.targets.k8s_bluegreen import BlueGreen
-from shipflow.activities.targets.k8s_canary import Canary, canary_replicas
+from shipflow.activities.targets.k8s_canary import Canary, canary_replicas, canary_split
 from shipflow.activities.targets.k8s_errors import call
 from shipflow.activities.targets.k8s_progressive_base import (
     MERGE,
@@ -58,7 +57,7 @@ from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import AnalysisStep, Strategy
 
 __all__ = [
-    "PAUSED", "PROMOTE", "STATE", "TRACK", "canary_replicas", "progressive_rollout", "promote_paused",
+    "PAUSED", "PROMOTE", "STATE", "TRACK", "canary_replicas", "canary_split", "progressive_rollout", "promote_paused",
     "refuse_unsupported",
 ]
 

@@ -86,6 +86,8 @@ class Progressive:
                 self.create()
             else:
                 self.state = loaded
+                # The stable's size before the strategy changed it (the canary scales it).
+                self.replicas = int(loaded.get("stable_replicas", self.replicas))
                 log.info("%s/%s: resuming at %s", self.kind, self.extra, self._where())
             result = self.steps()
         except Conflict as e:
