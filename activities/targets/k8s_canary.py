@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from shipflow.activities.analysis.measure import measure, verdict
+from shipflow.activities.analysis.measure import counted, measure, verdict
 from shipflow.activities.targets.base import RolloutFailed, RolloutResult
 from shipflow.activities.targets.k8s_errors import call
 from shipflow.activities.targets.k8s_progressive_base import MERGE, PAUSED, TRACK, Progressive
@@ -172,7 +172,7 @@ class Canary(Progressive):
     def _analyse(self, step: AnalysisStep) -> None:
         spec = step.analysis
         measurements: list[dict[str, Any]] = self.state.setdefault("measurements", [])
-        while len(measurements) < spec.count:
+        while counted(measurements) < spec.count:  # an error is measured again
             if "next_at" not in self.state:
                 self.state["next_at"] = time.time() + spec.interval.total_seconds()
                 self._save()
@@ -183,7 +183,8 @@ class Canary(Progressive):
             measurements.append(result)
             self.state.pop("next_at")
             self._save()
-            self.details.update(analysis=result, message=f"analysis {len(measurements)}/{spec.count}: {result['phase']}")
+            done = counted(measurements)
+            self.details.update(analysis=result, message=f"analysis {done}/{spec.count}: {result['phase']}")
             failed = verdict(spec, measurements)
             if failed is not None:
                 raise RolloutFailed(failed)

@@ -32,7 +32,7 @@ from shipflow.activities.targets.k8s_progressive import (
 )
 from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import Strategy
-from tests.analysis.prometheus_stub import PrometheusStub, vector
+from tests.analysis.prometheus_stub import PrometheusStub, error, vector
 from tests.helpers import wait_until_sync
 from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
 from tests.k8s.emulator import KubeEmulator
@@ -367,3 +367,33 @@ def test_a_lost_worker_after_the_blue_green_switch_resumes_without_a_second_gree
     assert core.read_namespaced_service("api", cluster.namespace).spec.selector == {"app": "api"}
     assert cluster.deployment("api").spec.template.spec.containers[0].image == new
     assert not exists(cluster, "deployments", "api-green") and not exists(cluster, "services", "api-preview")
+
+
+def test_a_broken_query_never_passes_a_canary_and_errors_are_measured_again(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """Errors count against consecutive_error_limit (default 4), not as failures, not toward count."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    query = {"query": "sum(rate(x[1m])", "success_condition": "result[0] >= 0.95"}
+    with PrometheusStub(lambda q: error(400, "bad_data", "1:16: parse error: unclosed left parenthesis")) as prom:
+        analysis = {"prometheus": {"url": prom.url, **query}, "interval": "10ms", "count": 1, "failure_limit": 9}
+        strategy = {"canary": {"steps": [{"set_weight": 50}, {"analysis": analysis}]}}
+        with pytest.raises(RolloutFailed) as failed:
+            roll(cluster, request(strategy, new), RecordingProgress())
+        assert len(prom.queries) == 5  # measured again after each error, until 5 in a row
+    message = str(failed.value)
+    assert "errored 5 times in a row (consecutive_error_limit 4)" in message and "bad_data" in message
+    assert "all traffic is on the stable version" in message and not exists(cluster, "deployments", "api-canary")
+    assert cluster.deployment("api").spec.template.spec.containers[0].image == old
+    flaky = iter([error(503, "unavailable", "TSDB not ready"), vector("0.99")] * 2)
+    with PrometheusStub(lambda q: next(flaky)) as prom:
+        analysis = {"prometheus": {"url": prom.url, **query}, "interval": "10ms", "count": 2,
+                    "consecutive_error_limit": 1}
+        progress = RecordingProgress()
+        result = roll(cluster, request({"canary": {"steps": [{"set_weight": 50}, {"analysis": analysis}]}}, new),
+                      progress)
+        assert len(prom.queries) == 4  # error, success, error, success: 2 that count
+    assert result.image == new
+    phases = [b["analysis"]["phase"] for b in progress.beats if "analysis" in b and "/2:" in str(b.get("message"))]
+    assert phases[-1] == "successful" and "error" in phases
