@@ -122,7 +122,7 @@ class Canary(Progressive):
         shrink = [name for name in sizes if sizes[name] < now[name]]
         for group in (grow, shrink):
             for name in group:
-                self._scale(name, sizes[name])
+                self._patch_replicas(name, sizes[name])
             for name in group:
                 self._wait_ready(name)
         share = canary / (canary + stable) if canary else 0.0
@@ -143,8 +143,11 @@ class Canary(Progressive):
         return int(dep.spec.replicas if dep.spec.replicas is not None else 1)
 
     def _scale(self, name: str, replicas: int) -> None:
-        if self._size(name) == replicas:
-            return
+        """The Deployment to `replicas`, unless it has that many already (no patch then)."""
+        if self._size(name) != replicas:
+            self._patch_replicas(name, replicas)
+
+    def _patch_replicas(self, name: str, replicas: int) -> None:
         call(
             self.t.apps.patch_namespaced_deployment,
             name,

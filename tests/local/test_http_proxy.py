@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from shipflow.worker.runtime import http_proxy
-from shipflow.worker.runtime.http_proxy import AnswerClock
+from shipflow.worker.runtime.http_proxy import AnswerClock, _request_head
 from shipflow.worker.runtime.proxy import FrontPort
 from shipflow.worker.runtime.state import Instance, Service
 from shipflow.workflows.spec import LocalService
@@ -123,3 +123,20 @@ async def test_the_answer_clock_tells_its_timeout_from_a_cancel(monkeypatch: pyt
     task.cancel()  # a cancel from outside stays a cancel
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_a_request_head_is_checked_whole_and_its_framing_read() -> None:
+    ok = _request_head(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: Keep-Alive\r\n\r\n")
+    assert ok == (b"POST", b"HTTP/1.1", b"keep-alive", {b"content-length": b"3"})
+    chunked = _request_head(b"PUT /y HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n")
+    assert chunked == (b"PUT", b"HTTP/1.0", b"", {b"transfer-encoding": b"chunked"})
+    assert _request_head(b"GET / HTTP/1.1\r\n\r\n") == (b"GET", b"HTTP/1.1", b"", {})
+    for bad in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length : 5\r\n\r\n",  # a space before the colon: RFC 9112 rejects it
+        b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",  # two framings
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\nContent-Length: 5\r\n\r\n",  # a bare LF hiding a field
+    ):
+        assert _request_head(bad) is None, bad

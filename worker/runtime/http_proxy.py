@@ -12,12 +12,20 @@ Only what HTTP/1.1 framing needs is parsed; anything else (an `Upgrade`, a malfo
 head) ends the connection. A request counts on its instance while it is in flight,
 so an instance drains when its in-flight requests end; idle upstream connections to an
 instance that left the rotation are closed and never reused.
+
+Cost: issue #17 asks that per-request routing cost under 10% of the front port's
+throughput against splicing (`bench/proxy_bench.py`, docs/benchmarks.md). What made it
+cost more was Python work per request, not syscalls (the same reads and writes as a
+splice): so the answer timeout keeps one timer per connection (`AnswerClock`), a small
+answer is read whole and written in one send, the answer's head is searched rather than
+split into a dict, and `drain()` is awaited only when data is left in the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -34,21 +42,37 @@ SMALL_ANSWER = 64 * 1024
 Upstream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-class BadMessage(Exception):
-    pass
+#: A request head as RFC 9112 has it: a request line, then `name: value` lines whose name is
+#: a token right before the colon (no space: a server must reject that), then an empty line.
+_REQUEST_HEAD = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) [^ \r\n]+ (HTTP/1\.[01])\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*\r\n\Z"
+)
 
 
-def _headers(head: bytes) -> tuple[list[bytes], dict[bytes, bytes]]:
-    lines = head.split(b"\r\n")
+def _request_head(head: bytes) -> tuple[bytes, bytes, bytes, dict[bytes, bytes]] | None:
+    """(method, version, Connection, body framing fields) of a client's request head, or
+    None for a head that is not well-formed HTTP/1.x (the connection is then closed).
+
+    One regular expression checks the whole head and lookups search its lower-cased copy,
+    instead of splitting every line in Python: this runs once per request. The framing
+    fields (Content-Length, Transfer-Encoding) are returned only when present; two
+    Content-Length fields are refused (a body that two parties could frame differently).
+    """
+    match = _REQUEST_HEAD.match(head)
+    if match is None:
+        return None
+    lower = head.lower()
     fields: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(b":")
-        if not sep:
-            raise BadMessage("header line without a colon")
-        fields[name.strip().lower()] = value.strip()
-    return lines[0].split(b" ", 2), fields
+    length = _field(lower, b"\r\ncontent-length:")
+    if length is not None:
+        if lower.count(b"\r\ncontent-length:") > 1:
+            return None
+        fields[b"content-length"] = length
+    encoding = _field(lower, b"\r\ntransfer-encoding:")
+    if encoding is not None:
+        fields[b"transfer-encoding"] = encoding
+    return match[1], match[2], _field(lower, b"\r\nconnection:") or b"", fields
 
 
 def _answer_head(head: bytes) -> tuple[int, bytes | None, bytes, bytes | None]:
@@ -132,19 +156,17 @@ async def serve_per_request(
                 await to_client(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
                                 b"Content-Length: 0\r\n\r\n")
                 return
-            try:
-                start, fields = _headers(head[:-4])
-            except BadMessage:
+            parsed = _request_head(head)
+            if parsed is None:
                 return
-            if len(start) != 3 or b"upgrade" in fields.get(b"connection", b"").lower():
+            method, version, connection, fields = parsed
+            if b"upgrade" in connection:
                 return
-            method, version = start[0], start[2]
             request = head
-            if b"content-length" in fields or b"transfer-encoding" in fields:
+            if fields:
                 body = bytearray()
                 await _relay_body(client_r, fields, _appender(body), until_eof=False)
                 request = head + bytes(body)
-            connection = fields.get(b"connection", b"").lower()
             keep = b"close" not in connection and (version == b"HTTP/1.1" or b"keep-alive" in connection)
             if not await _forward(request, method, router, pick, upstreams, client_w, to_client, clock):
                 return
@@ -289,8 +311,8 @@ async def _forward(
                     if encoding is not None:
                         fields[b"transfer-encoding"] = encoding
                     await _relay_body(up_r, fields, to_client, until_eof=close)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, BadMessage,
-                    ValueError, TimeoutError):
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                    TimeoutError):
                 upstreams.pop(backend.id)[1].close()
                 if not answered and reused:
                     continue  # the instance closed an idle connection: once more on a new one
