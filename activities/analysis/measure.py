@@ -69,6 +69,22 @@ def counted(measurements: list[dict[str, Any]]) -> int:
     return sum(1 for m in measurements if m.get("phase") != "error")
 
 
+#: Measurements that keep their message and values when a list of them is stored.
+KEEP_DETAILS = 10
+
+
+def compact(measurements: list[dict[str, Any]]) -> None:
+    """Drop the messages and values of all but the last `KEEP_DETAILS` measurements.
+
+    The Kubernetes canary stores its measurements in an annotation (at most 256 KiB with
+    all the others); phases are all a verdict needs, and the measurement that ends an
+    analysis is always the latest, so its message is kept.
+    """
+    for m in measurements[:-KEEP_DETAILS]:
+        m.pop("message", None)
+        m.pop("value", None)
+
+
 def errors_in_a_row(measurements: list[dict[str, Any]]) -> int:
     """Errors since the last measurement that was not one."""
     run = 0

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from shipflow.activities.analysis.measure import counted, measure, verdict
+from shipflow.activities.analysis.measure import compact, counted, measure, verdict
 from shipflow.activities.targets.base import RolloutFailed, RolloutResult
 from shipflow.activities.targets.k8s_errors import call
 from shipflow.activities.targets.k8s_progressive_base import MERGE, PAUSED, TRACK, Progressive
@@ -184,6 +184,7 @@ class Canary(Progressive):
             result["message"] = str(result["message"])[:300]
             result.pop("at", None)
             measurements.append(result)
+            compact(measurements)
             self.state.pop("next_at")
             self._save()
             done = counted(measurements)

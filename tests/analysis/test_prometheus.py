@@ -8,7 +8,14 @@ import socket
 import pytest
 from pydantic import ValidationError
 
-from shipflow.activities.analysis.measure import counted, measure, phase_of, verdict
+from shipflow.activities.analysis.measure import (
+    compact,
+    counted,
+    errors_in_a_row,
+    measure,
+    phase_of,
+    verdict,
+)
 from shipflow.activities.analysis.prometheus import query_prometheus
 from shipflow.workflows.conditions import ConditionError, Inconclusive, parse_condition
 from shipflow.workflows.spec import CanaryAnalysisSpec, PrometheusAnalysis, Strategy
@@ -95,6 +102,10 @@ def test_errors_are_measured_again_and_only_errors_in_a_row_fail_the_analysis() 
     with pytest.raises(ValidationError) as negative:
         CanaryAnalysisSpec(prometheus=spec("http://x"), consecutive_error_limit=-1)
     assert "consecutive_error_limit" in str(negative.value)
+    stored = [{"phase": "error", "message": f"m{i}", "value": [i]} for i in range(30)]
+    compact(stored)  # what the Kubernetes canary keeps in its annotation
+    assert [m.get("message") for m in stored[-10:]] == [f"m{i}" for i in range(20, 30)]
+    assert stored[0] == {"phase": "error"} and errors_in_a_row(stored) == 30
     # In one measurement a real failure outweighs an error, which outweighs inconclusive.
     assert phase_of(problems=["http 500"], errors=["prometheus down"], inconclusive=True) == "failed"
     assert phase_of(problems=[], errors=["prometheus down"], inconclusive=True) == "error"
