@@ -5,9 +5,14 @@ the `http` check and the `prometheus` query of an analysis, each giving a phase.
 front port's counters (`success_rate`, `max_p95`) exist only on the local target; a
 Kubernetes flow that asks for them is refused before anything is changed.
 
-Verdict, as Argo's AnalysisRun: more than `failure_limit` failed measurements (an
-`error` counts as failed: a query that cannot run must not pass a canary), or more than
-`inconclusive_limit` inconclusive ones when that is set, end the analysis as failed.
+Phases and verdict, as Argo's AnalysisRun: a measurement is `successful`, `failed` (a
+condition is false, the http check did not pass), `inconclusive` (no data, NaN) or `error`
+(Prometheus could not be asked: refused connection, an HTTP error, an `error` answer).
+More than `failure_limit` failed measurements, more than `consecutive_error_limit` errors
+in a row, or more than `inconclusive_limit` inconclusive ones when that is set, end the
+analysis as failed. An error does not count toward `count` (the measurement is taken
+again at the next interval), so a query that cannot run never completes an analysis: it
+errors in a row until it exceeds the limit, and a broken query cannot pass a canary.
 """
 
 from __future__ import annotations
@@ -31,19 +36,63 @@ def measure(spec: CanaryAnalysisSpec) -> dict[str, Any]:
         problem = http_check(spec.http)
         if problem:
             problems.append(problem)
+    errors: list[str] = []
     if spec.prometheus is not None:
         result = query_prometheus(spec.prometheus)
         out["value"] = result.value
-        if result.phase in ("failed", "error"):
+        if result.phase == "failed":
             problems.append(result.message)
+        elif result.phase == "error":
+            errors.append(result.message)
         elif result.phase == "inconclusive":
             inconclusive = True
             notes.append(result.message)
         else:
             notes.append(result.message)
-    out["phase"] = "failed" if problems else "inconclusive" if inconclusive else "successful"
-    out["message"] = "; ".join(problems or notes) or "ok"
+    out["phase"] = phase_of(problems=problems, errors=errors, inconclusive=inconclusive)
+    out["message"] = "; ".join(problems or errors or notes) or "ok"
     return out
+
+
+def phase_of(*, problems: list[str], errors: list[str], inconclusive: bool) -> str:
+    """One measurement's phase from what its parts found: a real failure outweighs an error
+    (the canary was seen failing), an error outweighs inconclusive (nothing was learnt)."""
+    if problems:
+        return "failed"
+    if errors:
+        return "error"
+    return "inconclusive" if inconclusive else "successful"
+
+
+def counted(measurements: list[dict[str, Any]]) -> int:
+    """The measurements that count toward `count`: all but the errors (taken again)."""
+    return sum(1 for m in measurements if m.get("phase") != "error")
+
+
+#: Measurements that keep their message and values when a list of them is stored.
+KEEP_DETAILS = 10
+
+
+def compact(measurements: list[dict[str, Any]]) -> None:
+    """Drop the messages and values of all but the last `KEEP_DETAILS` measurements.
+
+    The Kubernetes canary stores its measurements in an annotation (at most 256 KiB with
+    all the others); phases are all a verdict needs, and the measurement that ends an
+    analysis is always the latest, so its message is kept.
+    """
+    for m in measurements[:-KEEP_DETAILS]:
+        m.pop("message", None)
+        m.pop("value", None)
+
+
+def errors_in_a_row(measurements: list[dict[str, Any]]) -> int:
+    """Errors since the last measurement that was not one."""
+    run = 0
+    for m in reversed(measurements):
+        if m.get("phase") != "error":
+            break
+        run += 1
+    return run
 
 
 def http_check(check: HttpCheck) -> str | None:
@@ -69,6 +118,12 @@ def verdict(spec: CanaryAnalysisSpec, measurements: list[dict[str, Any]]) -> str
         return (
             f"canary analysis failed {len(failed)} of {len(measurements)} measurements "
             f"(failure_limit {spec.failure_limit}): {failed[-1].get('message')}"
+        )
+    in_a_row = errors_in_a_row(measurements)
+    if in_a_row > spec.consecutive_error_limit:
+        return (
+            f"canary analysis errored {in_a_row} times in a row (consecutive_error_limit "
+            f"{spec.consecutive_error_limit}): {measurements[-1].get('message')}"
         )
     unsure = [m for m in measurements if m.get("phase") == "inconclusive"]
     if spec.inconclusive_limit is not None and len(unsure) > spec.inconclusive_limit:

@@ -8,8 +8,9 @@ the flow was validated, never `eval`ed) reads them as `result`.
 
 A measurement is `successful`, `failed` (the condition is false), `inconclusive` (no
 series, NaN, a value the condition reads is missing) or `error` (Prometheus could not be
-asked or refused the query). An error is not a pass: the caller counts it as a failed
-measurement, so that a broken query cannot let a bad canary through.
+asked or refused the query). An error is not a pass: the caller measures again and
+counts errors in a row against `consecutive_error_limit` (`measure.verdict`), so a broken
+query cannot let a bad canary through.
 
 Messages name Prometheus by scheme and host only: the URL may carry a credential taken
 from the worker's environment (`${env.X}`), which must not reach a step's output.

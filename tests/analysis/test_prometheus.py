@@ -8,7 +8,14 @@ import socket
 import pytest
 from pydantic import ValidationError
 
-from shipflow.activities.analysis.measure import measure, verdict
+from shipflow.activities.analysis.measure import (
+    compact,
+    counted,
+    errors_in_a_row,
+    measure,
+    phase_of,
+    verdict,
+)
 from shipflow.activities.analysis.prometheus import query_prometheus
 from shipflow.workflows.conditions import ConditionError, Inconclusive, parse_condition
 from shipflow.workflows.spec import CanaryAnalysisSpec, PrometheusAnalysis, Strategy
@@ -73,8 +80,35 @@ def test_a_measurement_and_the_verdict_follow_failure_and_inconclusive_limits() 
         assert [m["phase"] for m in seen] == ["inconclusive", "inconclusive"]
         assert "inconclusive 2 of 2 times (inconclusive_limit 1)" in str(verdict(unsure, seen))
         assert verdict(unsure.model_copy(update={"inconclusive_limit": None}), seen) is None
-    error_counts = [{"phase": "failed", "message": "prometheus at x: HTTP 503"}]
-    assert verdict(CanaryAnalysisSpec(prometheus=spec("http://x")), error_counts) is not None
+
+
+def test_errors_are_measured_again_and_only_errors_in_a_row_fail_the_analysis() -> None:
+    """Argo's consecutiveErrorLimit (default 4): an error is neither a pass nor a failure."""
+    answers = iter([error(400, "bad_data", "parse error"), vector("0.99")])
+    with PrometheusStub(lambda q: next(answers)) as prom:
+        analysis = CanaryAnalysisSpec(prometheus=spec(prom.url), failure_limit=0)
+        assert analysis.consecutive_error_limit == 4
+        broken, fine = measure(analysis), measure(analysis)
+    assert broken["phase"] == "error" and "HTTP 400: bad_data: parse error" in broken["message"]
+    assert fine["phase"] == "successful"
+    assert verdict(analysis, [broken]) is None  # not a failure, even with failure_limit 0
+    assert counted([broken, fine]) == 1  # and not a measurement toward count: taken again
+    five = [broken] * 5
+    assert verdict(analysis, five[:4]) is None
+    assert "errored 5 times in a row (consecutive_error_limit 4): prometheus at" in str(verdict(analysis, five))
+    assert verdict(analysis, [broken, broken, fine, broken, broken, broken]) is None  # a success resets
+    strict = analysis.model_copy(update={"consecutive_error_limit": 0})
+    assert "errored 1 times in a row" in str(verdict(strict, [broken]))
+    with pytest.raises(ValidationError) as negative:
+        CanaryAnalysisSpec(prometheus=spec("http://x"), consecutive_error_limit=-1)
+    assert "consecutive_error_limit" in str(negative.value)
+    stored = [{"phase": "error", "message": f"m{i}", "value": [i]} for i in range(30)]
+    compact(stored)  # what the Kubernetes canary keeps in its annotation
+    assert [m.get("message") for m in stored[-10:]] == [f"m{i}" for i in range(20, 30)]
+    assert stored[0] == {"phase": "error"} and errors_in_a_row(stored) == 30
+    # In one measurement a real failure outweighs an error, which outweighs inconclusive.
+    assert phase_of(problems=["http 500"], errors=["prometheus down"], inconclusive=True) == "failed"
+    assert phase_of(problems=[], errors=["prometheus down"], inconclusive=True) == "error"
 
 
 @pytest.mark.parametrize(

@@ -27,11 +27,12 @@ from shipflow.activities.targets.k8s_progressive import (
     PROMOTE,
     STATE,
     canary_replicas,
+    canary_split,
     promote_paused,
 )
 from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import Strategy
-from tests.analysis.prometheus_stub import PrometheusStub, vector
+from tests.analysis.prometheus_stub import PrometheusStub, error, vector
 from tests.helpers import wait_until_sync
 from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
 from tests.k8s.emulator import KubeEmulator
@@ -89,17 +90,81 @@ def test_canary_sizes_by_weight_analyses_and_promotes(cluster: Cluster, emulator
         result = roll(cluster, request(strategy, new), progress)
         assert prom.queries == ["ok_ratio", "ok_ratio"]
     assert result.strategy == "canary" and result.image == new and result.previous_image == old
-    assert replicas_seen(emulator, cluster.namespace, "api-canary") == [0, 1, 4]  # 1 of 5 pods = 20%
+    assert replicas_seen(emulator, cluster.namespace, "api-canary") == [0, 1, 2]  # 1 of 5 pods, then 2 of 4
     assert not exists(cluster, "deployments", "api-canary")  # cleaned up
     stable = cluster.deployment("api")
     assert stable.spec.template.spec.containers[0].image == new and stable.spec.replicas == 4
-    assert replicas_seen(emulator, cluster.namespace, "api") == [4]  # never scaled: an abort is a delete
+    assert replicas_seen(emulator, cluster.namespace, "api") == [4, 2, 4]  # 50%: 2 and 2; promoted: 4
     canary = next(o for _, r, k, o in emulator.events if r == "deployments" and o["metadata"]["name"] == "api-canary")
     labels = canary["spec"]["template"]["metadata"]["labels"]
     assert labels == {"app": "api", "shipflow/track": "canary"}  # the Service's app=api selects them
     weights = [b.get("weight") for b in progress.beats if b.get("canary_share")]
     assert {b["canary_share"] for b in progress.beats if b.get("canary_share")} == {0.2, 0.5} and 50 in weights
-    assert [canary_replicas(4, w) for w in (0, 10, 20, 25, 49, 50, 100)] == [0, 1, 1, 1, 4, 4, 4]
+    assert [canary_replicas(4, w) for w in (0, 10, 20, 25, 49, 50, 100)] == [0, 1, 1, 1, 2, 2, 4]
+    splits = [canary_split(4, w) for w in (0, 20, 50, 75, 80, 100)]
+    assert splits == [(0, 4), (1, 4), (2, 2), (3, 1), (4, 1), (4, 0)]
+    assert canary_split(1, 20) == canary_split(1, 90) == (1, 1)  # one replica: a pod on each side
+    assert canary_split(10, 25) == (3, 8) and canary_split(0, 50) == (0, 0)
+
+
+def ready_of(emulator: KubeEmulator, namespace: str, names: tuple[str, ...]) -> list[dict[str, int]]:
+    """The ready pods of each Deployment after every event, until one of them is deleted."""
+    ready = {name: 0 for name in names}
+    seen: list[dict[str, int]] = []
+    for _, resource, kind, obj in emulator.events:
+        meta = obj["metadata"]
+        if resource != "deployments" or meta["namespace"] != namespace or meta["name"] not in names:
+            continue
+        if kind == "DELETED":
+            break
+        ready[meta["name"]] = (obj.get("status") or {}).get("readyReplicas") or 0
+        seen.append(dict(ready))
+    return seen
+
+
+def test_canary_above_half_scales_the_stable_down_and_a_lost_worker_resumes(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """Argo's canary without traffic routing: above 50% the stable shrinks as the canary grows."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=4)
+    strategy = {"canary": {"steps": [{"set_weight": 75}, {"pause": {"duration": "300ms"}}, {"set_weight": 100}]}}
+    req = request(strategy, new)
+    first = RecordingProgress(crash_when=lambda d: d.get("paused"))  # killed in the pause, at 75%
+    with pytest.raises(SimulatedCrash):
+        roll(cluster, req, first)
+    assert (cluster.deployment("api-canary").spec.replicas, cluster.deployment("api").spec.replicas) == (3, 1)
+    state = json.loads(cluster.deployment("api-canary").metadata.annotations[STATE])
+    assert (state["weight"], state["stable_replicas"]) == (75, 4)  # the original size is durable
+    assert any(b.get("canary_share") == 0.75 for b in first.beats)
+    second = RecordingProgress(resume=first.beats[-1])
+    result = roll(cluster, req, second)  # a new worker: the stable now has 1 pod, the state says 4
+    assert result.image == new and result.previous_image == old
+    assert replicas_seen(emulator, cluster.namespace, "api-canary") == [0, 3, 4]
+    assert replicas_seen(emulator, cluster.namespace, "api") == [4, 1, 0, 4]  # 100%: none, then promoted
+    assert any(b.get("canary_share") == 1.0 for b in second.beats)
+    stable = cluster.deployment("api")
+    assert stable.spec.replicas == 4 and stable.spec.template.spec.containers[0].image == new
+    assert stable.status.ready_replicas == 4 and not exists(cluster, "deployments", "api-canary")
+    counts = ready_of(emulator, cluster.namespace, ("api", "api-canary"))
+    first_full = next(i for i, c in enumerate(counts) if c["api"] == 4)
+    assert min(sum(c.values()) for c in counts[first_full:]) >= 4  # never below the original capacity
+
+
+def test_an_abort_above_half_gives_the_stable_its_size_back(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=4)
+    with PrometheusStub(lambda q: vector("0.5")) as prom:
+        analysis = {"prometheus": {"url": prom.url, "query": "ok", "success_condition": "result[0] >= 0.95"},
+                    "interval": "50ms", "count": 2}
+        strategy = {"canary": {"steps": [{"set_weight": 80}, {"analysis": analysis}, {"set_weight": 100}]}}
+        with pytest.raises(RolloutFailed) as failed:
+            roll(cluster, request(strategy, new), RecordingProgress())
+    assert "all traffic is on the stable version" in str(failed.value)
+    assert replicas_seen(emulator, cluster.namespace, "api") == [4, 1, 4]  # 80%: 4 and 1; abort: 4 again
+    stable = cluster.deployment("api")
+    assert stable.spec.replicas == 4 and stable.spec.template.spec.containers[0].image == old
+    assert not exists(cluster, "deployments", "api-canary")
 
 
 def test_failed_analysis_aborts_at_once_and_leaves_the_stable_untouched(cluster: Cluster, emulator: KubeEmulator) -> None:
@@ -302,3 +367,33 @@ def test_a_lost_worker_after_the_blue_green_switch_resumes_without_a_second_gree
     assert core.read_namespaced_service("api", cluster.namespace).spec.selector == {"app": "api"}
     assert cluster.deployment("api").spec.template.spec.containers[0].image == new
     assert not exists(cluster, "deployments", "api-green") and not exists(cluster, "services", "api-preview")
+
+
+def test_a_broken_query_never_passes_a_canary_and_errors_are_measured_again(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """Errors count against consecutive_error_limit (default 4), not as failures, not toward count."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    query = {"query": "sum(rate(x[1m])", "success_condition": "result[0] >= 0.95"}
+    with PrometheusStub(lambda q: error(400, "bad_data", "1:16: parse error: unclosed left parenthesis")) as prom:
+        analysis = {"prometheus": {"url": prom.url, **query}, "interval": "10ms", "count": 1, "failure_limit": 9}
+        strategy = {"canary": {"steps": [{"set_weight": 50}, {"analysis": analysis}]}}
+        with pytest.raises(RolloutFailed) as failed:
+            roll(cluster, request(strategy, new), RecordingProgress())
+        assert len(prom.queries) == 5  # measured again after each error, until 5 in a row
+    message = str(failed.value)
+    assert "errored 5 times in a row (consecutive_error_limit 4)" in message and "bad_data" in message
+    assert "all traffic is on the stable version" in message and not exists(cluster, "deployments", "api-canary")
+    assert cluster.deployment("api").spec.template.spec.containers[0].image == old
+    flaky = iter([error(503, "unavailable", "TSDB not ready"), vector("0.99")] * 2)
+    with PrometheusStub(lambda q: next(flaky)) as prom:
+        analysis = {"prometheus": {"url": prom.url, **query}, "interval": "10ms", "count": 2,
+                    "consecutive_error_limit": 1}
+        progress = RecordingProgress()
+        result = roll(cluster, request({"canary": {"steps": [{"set_weight": 50}, {"analysis": analysis}]}}, new),
+                      progress)
+        assert len(prom.queries) == 4  # error, success, error, success: 2 that count
+    assert result.image == new
+    phases = [b["analysis"]["phase"] for b in progress.beats if "analysis" in b and "/2:" in str(b.get("message"))]
+    assert phases[-1] == "successful" and "error" in phases

@@ -21,7 +21,7 @@ from shipflow.activities.targets.local.target import LocalTarget, RolloutCancell
 from shipflow.api.app import create_app
 from shipflow.infra.cli.main import app as cli
 from shipflow.workflows.spec import Strategy
-from tests.analysis.prometheus_stub import PrometheusStub, vector
+from tests.analysis.prometheus_stub import PrometheusStub, error, vector
 from tests.api.conftest import TOKENS, api_client, bearer, token_settings
 from tests.helpers import free_port, wait_until
 from tests.local.support import Beats, RuntimeProcess, demo_service, make_target
@@ -314,5 +314,27 @@ async def test_prometheus_analysis_with_an_env_url_aborts_a_canary_below_its_con
     assert "result[0] >= 0.95 not met (result [0.42])" in str(failed.value)
     view = client_of(runtime).rollout("web", rollout_key(req))
     assert view.error_code == "analysis_failed" and view.analysis[-1]["value"] == [0.42]
+    assert runtime.pids("web", "v2") == set()
+    assert await asyncio.to_thread(target.current_image, "web") == "v1"
+
+
+async def test_a_prometheus_that_cannot_answer_aborts_after_errors_in_a_row_never_passes(
+    runtime: RuntimeProcess,
+) -> None:
+    """An error is measured again (not a failure, not toward count); too many in a row abort."""
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=1)})
+    await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
+    with PrometheusStub(lambda q: error(503, "unavailable", "TSDB not ready")) as prom:
+        prometheus = {"url": prom.url, "query": "up", "success_condition": "result[0] == 1"}
+        analysis = {"prometheus": prometheus, "interval": "50ms", "count": 1, "failure_limit": 5,
+                    "consecutive_error_limit": 2}
+        req = canary_request("v2", [{"set_weight": 50}, {"analysis": analysis}])
+        with pytest.raises(RolloutFailed) as failed:
+            await asyncio.to_thread(target.rollout, req, Beats())
+        assert prom.queries == ["up"] * 3
+    assert "errored 3 times in a row (consecutive_error_limit 2)" in str(failed.value)
+    view = client_of(runtime).rollout("web", rollout_key(req))
+    assert view.error_code == "analysis_failed" and [m["phase"] for m in view.analysis] == ["error"] * 3
     assert runtime.pids("web", "v2") == set()
     assert await asyncio.to_thread(target.current_image, "web") == "v1"

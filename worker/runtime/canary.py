@@ -4,9 +4,11 @@ One instance of the new revision starts beside the stable ones; from then on the
 port routes each HTTP request by the current weight (`Service.pick_request`). The
 canary's steps run in order: `set_weight` changes the share, `pause` waits for its
 duration or, without one, for an operator's promotion, `analysis` measures (an http
-check, and the canary's success rate and p95 latency at the front port) and fails the
-rollout when more than `failure_limit` measurements fail (or, when set, more than
-`inconclusive_limit` are inconclusive); a `prometheus` query runs on a thread. After the last step the new
+check, the canary's success rate and p95 latency at the front port, a `prometheus` query on
+a thread) and fails the rollout by Argo's rules (`measure.verdict`): more than
+`failure_limit` failed measurements, more than `consecutive_error_limit` errors in a row
+(a query that cannot run; an error is measured again, not counted), or, when set, more
+than `inconclusive_limit` inconclusive ones. After the last step the new
 revision gets all new requests and replaces the stable instances one at a time.
 
 The weight, the index of the next step, the end of a timed pause and a promotion are
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from shipflow.activities.analysis.measure import counted, phase_of, verdict
 from shipflow.activities.analysis.prometheus import query_prometheus, where
 from shipflow.worker.runtime.errors import RolloutAborted, RolloutError
 from shipflow.worker.runtime.state import Rollout, Service
@@ -100,41 +103,30 @@ async def _pause(rollouts: Rollouts, ro: Rollout, seconds: float | None) -> None
 
 
 async def _analyse(rollouts: Rollouts, svc: Service, ro: Rollout, spec: CanaryAnalysisSpec) -> None:
-    """`count` measurements, one per `interval`; more than `failure_limit` failed: abort.
+    """`count` measurements, one per `interval`, judged by `measure.verdict` after each.
 
     Each measurement looks at the canary's requests at the front port since the previous
     one. Too few of them (under `min_requests`) is inconclusive for the counters and
-    counts neither way; the http check always decides.
+    counts neither way; the http check always decides. An error (Prometheus could not
+    answer) is measured again at the next interval and does not count toward `count`.
     """
-    failures = unsure = 0
     interval = spec.interval.total_seconds()
     since = time.monotonic()
-    for number in range(1, spec.count + 1):
+    taken: list[dict[str, Any]] = []
+    while counted(taken) < spec.count:
         end = time.monotonic() + interval
         while time.monotonic() < end:
             _interrupted(ro)
             await asyncio.sleep(min(TICK_S, max(0.0, end - time.monotonic())))
         result = await _measure(svc, ro, spec, since)
         since = time.monotonic()
-        result["measurement"] = number
+        result["measurement"] = len(taken) + 1
+        taken.append(result)
         ro.analysis.append(result)
-        if result["phase"] == "failed":
-            failures += 1
         rollouts.sup.save()
-        if failures > spec.failure_limit:
-            raise RolloutError(
-                f"canary analysis failed {failures} of {number} measurements (failure_limit "
-                f"{spec.failure_limit}): {result['message']}; all traffic is back on the stable version",
-                code="analysis_failed",
-            )
-        if result["phase"] == "inconclusive":
-            unsure += 1
-        if spec.inconclusive_limit is not None and unsure > spec.inconclusive_limit:
-            raise RolloutError(
-                f"canary analysis was inconclusive {unsure} of {number} times (inconclusive_limit "
-                f"{spec.inconclusive_limit}): {result['message']}; all traffic is back on the stable version",
-                code="analysis_failed",
-            )
+        failed = verdict(spec, taken)
+        if failed is not None:
+            raise RolloutError(f"{failed}; all traffic is back on the stable version", code="analysis_failed")
 
 
 async def _measure(svc: Service, ro: Rollout, spec: CanaryAnalysisSpec, since: float) -> dict[str, Any]:
@@ -159,18 +151,21 @@ async def _measure(svc: Service, ro: Rollout, spec: CanaryAnalysisSpec, since: f
         problem = await _http_check(spec)
         if problem:
             problems.append(problem)
+    errors: list[str] = []
     if spec.prometheus is not None:
         answer = await asyncio.to_thread(query_prometheus, spec.prometheus)
         out["value"] = answer.value
-        if answer.phase in ("failed", "error"):  # a query that cannot run must not pass a canary
+        if answer.phase == "failed":
             problems.append(answer.message)
+        elif answer.phase == "error":  # measured again; too many in a row fail the analysis
+            errors.append(answer.message)
         elif answer.phase == "inconclusive":
             inconclusive = True
             notes.append(answer.message)
-    out["phase"] = "failed" if problems else "inconclusive" if inconclusive else "successful"
+    out["phase"] = phase_of(problems=problems, errors=errors, inconclusive=inconclusive)
     if inconclusive and (spec.success_rate is not None or spec.max_p95 is not None) and len(samples) < spec.min_requests:
         notes.insert(0, f"only {len(samples)} canary requests (min_requests {spec.min_requests})")
-    out["message"] = "; ".join(problems) or "; ".join(notes) or "ok"
+    out["message"] = "; ".join(problems) or "; ".join(errors) or "; ".join(notes) or "ok"
     return out
 
 

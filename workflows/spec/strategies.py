@@ -94,8 +94,9 @@ class PrometheusAnalysis(StrictModel):
 
 class CanaryAnalysisSpec(StrictModel):
     """Measurements taken `count` times, one per `interval`; more than `failure_limit`
-    failed ones abort the canary. A measurement with fewer than `min_requests` canary
-    requests at the front port is inconclusive for the counters (neither passes nor fails)."""
+    failed ones abort the canary, and so do more than `consecutive_error_limit` errors in a
+    row (Argo's default, 4). A measurement with fewer than `min_requests` canary requests at
+    the front port is inconclusive for the counters (neither passes nor fails)."""
 
     http: HttpCheck | None = Field(
         None, description="a request that must succeed, as the check step"
@@ -117,6 +118,12 @@ class CanaryAnalysisSpec(StrictModel):
         None,
         ge=0,
         description="more inconclusive measurements than this abort; none: they count neither way",
+    )
+    consecutive_error_limit: int = Field(
+        4,
+        ge=0,
+        description="more errors in a row than this (Prometheus unreachable, an HTTP error, "
+        "an error answer) abort; an error is measured again and does not count toward count",
     )
 
     @model_validator(mode="after")

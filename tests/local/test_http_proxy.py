@@ -1,0 +1,142 @@
+"""The per-request front port's relaying, in this process against a real HTTP server on
+loopback: small answers (read whole, one write), large and chunked answers (streamed),
+an answer to EOF, and the answer timeout that now uses one timer per connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shipflow.worker.runtime import http_proxy
+from shipflow.worker.runtime.http_proxy import AnswerClock, _request_head
+from shipflow.worker.runtime.proxy import FrontPort
+from shipflow.worker.runtime.state import Instance, Service
+from shipflow.workflows.spec import LocalService
+from tests.helpers import free_port
+
+BIG = bytes(range(256)) * 800  # 200 KiB: above SMALL_ANSWER, so relayed in pieces
+
+
+async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A keep-alive HTTP/1.1 server whose answer depends on the path."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1]
+            if path == b"/small":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
+            elif path == b"/big":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG)
+            elif path == b"/chunked":
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+            elif path == b"/error":
+                writer.write(b"HTTP/1.1 503 Busy\r\ncontent-length: 4\r\n\r\nbusy")
+            elif path == b"/slow":
+                await asyncio.sleep(30)  # never in time
+            elif path == b"/eof":
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+                await writer.drain()
+                writer.close()
+                return
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> tuple[bytes, bytes]:
+    """(head, body) of one GET on a kept connection, framed as the answer says."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: web\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        body = b""
+        while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)) > 0:
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")
+        return head, body
+    if b"content-length:" in lower:
+        length = int(lower.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        return head, await asyncio.wait_for(reader.readexactly(length), 10)
+    return head, await asyncio.wait_for(reader.read(), 10)
+
+
+async def test_answers_are_relayed_whole_and_a_silent_instance_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 0.3)
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    spec = LocalService.model_validate(
+        {"command": ["x"], "port": 1, "strategy": {"canary": {"steps": [{"set_weight": 100}]}}}
+    )
+    service = Service(name="web", spec=spec)
+    port = server.sockets[0].getsockname()[1]
+    service.instances.append(Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True))
+    front = FrontPort(free_port(), service)
+    await front.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        assert await get(reader, writer, "/small") == (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"small")
+        assert (await get(reader, writer, "/big"))[1] == BIG
+        assert (await get(reader, writer, "/chunked"))[1] == b"abcdefg"
+        head, body = await get(reader, writer, "/error")
+        assert head.startswith(b"HTTP/1.1 503") and body == b"busy"
+        assert await get(reader, writer, "/small") == (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"small")
+        assert (await get(reader, writer, "/eof"))[1] == b"until the end"  # then the front port closes
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        head, _ = await get(reader, writer, "/slow")
+        assert head.startswith(b"HTTP/1.1 502")  # after ANSWER_TIMEOUT_S, not never
+        writer.close()
+        outcomes = [ok for _, _, ok in service.samples["r1"]]
+        assert outcomes == [True, True, True, False, True, True, False]  # the 503 and the timeout failed
+    finally:
+        await front.close()
+        server.close()
+
+
+async def test_the_answer_clock_tells_its_timeout_from_a_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def wait_for_an_answer() -> str:
+        clock = AnswerClock()
+        try:
+            for _ in range(3):  # the timer outlives answers that came in time
+                clock.start()
+                await asyncio.sleep(0.01)
+                clock.stop()
+            clock.start()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                if clock.expired():
+                    return "timed out"
+                raise
+            finally:
+                clock.stop()
+        finally:
+            clock.close()
+        return "answered"
+
+    monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 0.05)
+    assert await wait_for_an_answer() == "timed out"
+    monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 60)
+    task = asyncio.create_task(wait_for_an_answer())
+    await asyncio.sleep(0.1)
+    task.cancel()  # a cancel from outside stays a cancel
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_a_request_head_is_checked_whole_and_its_framing_read() -> None:
+    ok = _request_head(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: Keep-Alive\r\n\r\n")
+    assert ok == (b"POST", b"HTTP/1.1", b"keep-alive", {b"content-length": b"3"})
+    chunked = _request_head(b"PUT /y HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n")
+    assert chunked == (b"PUT", b"HTTP/1.0", b"", {b"transfer-encoding": b"chunked"})
+    assert _request_head(b"GET / HTTP/1.1\r\n\r\n") == (b"GET", b"HTTP/1.1", b"", {})
+    for bad in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length : 5\r\n\r\n",  # a space before the colon: RFC 9112 rejects it
+        b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",  # two framings
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\nContent-Length: 5\r\n\r\n",  # a bare LF hiding a field
+    ):
+        assert _request_head(bad) is None, bad
