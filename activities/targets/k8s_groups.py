@@ -76,6 +76,19 @@ def _ours(entry: dict[str, Any]) -> bool:
     return str(ref.get("name", "")).startswith(PREFIX)
 
 
+def _of_deployment(obj: Any, names: set[str]) -> bool:
+    """Whether `obj` is one of the Deployments `names` or a ReplicaSet they own."""
+    if not names:
+        return False
+    meta = obj.metadata
+    if getattr(obj, "kind", None) == "Deployment" or isinstance(obj, client.V1Deployment):
+        return bool(meta and meta.name in names)
+    return any(
+        ref.kind == "Deployment" and ref.name in names
+        for ref in (meta and meta.owner_references) or []
+    )
+
+
 class GroupObjects:
     """Creates and collects the group objects of one namespace."""
 
@@ -85,8 +98,13 @@ class GroupObjects:
         self.batch = client.BatchV1Api(api)
         self.namespace = namespace
 
-    def materialise(self, sources: Iterable[GroupSource]) -> None:
-        """Create each group version's object unless it exists (it never changes)."""
+    def materialise(self, sources: Iterable[GroupSource]) -> list[str]:
+        """Create each group version's object unless it exists (it never changes).
+
+        Returns the names of the objects this call created (not those that existed): a
+        canary that is aborted may delete those at once (`collect(fresh=...)`).
+        """
+        made: list[str] = []
         for source in sources:
             name = object_name(source.name, source.version)
             metadata = {
@@ -120,21 +138,27 @@ class GroupObjects:
                     retry_conflicts=False,
                 )
             except Conflict:
-                pass  # made by an earlier attempt or another service: same version, same data
+                continue  # made by an earlier attempt or another service: same version, same data
+            made.append(name)
+        return made
 
-    def collect(self) -> list[str]:
+    def collect(self, fresh: Iterable[str] = (), gone: Iterable[str] = ()) -> list[str]:
         """Delete the group objects nothing refers to; returns their names.
 
-        Best effort: a rollout that succeeded never fails because of it (a Role without the
-        list/delete verbs, an API blip); what is left is collected after a later rollout.
+        `fresh` names objects the caller made itself and no longer needs (an aborted
+        canary's): those go even when younger than `COLLECT_AFTER_S`, if nothing refers to
+        them. `gone` names Deployments just deleted: their ReplicaSets, which the garbage
+        collector removes a moment later, refer to nothing. Best effort: a rollout that succeeded (or an abort) never fails because of it
+        (a Role without the list/delete verbs, an API blip); what is left is collected after
+        a later rollout.
         """
         try:
-            return self._collect()
+            return self._collect(set(fresh), set(gone))
         except TargetError as e:
             log.warning("could not collect group objects in %s: %s", self.namespace, e)
             return []
 
-    def _collect(self) -> list[str]:
+    def _collect(self, fresh: set[str], gone: set[str]) -> list[str]:
         referenced: set[str] = set()
         templates: list[Any] = []
         listers: list[tuple[Any, str]] = [
@@ -146,7 +170,11 @@ class GroupObjects:
             items: Any = call(
                 lister, self.namespace, verb="list", kind=kind, name=None, namespace=self.namespace
             ).items
-            templates += [i.spec.template for i in items if i.spec and i.spec.template]
+            templates += [
+                i.spec.template
+                for i in items
+                if i.spec and i.spec.template and not _of_deployment(i, gone)
+            ]
         for template in templates:
             pod = template.spec
             for container in [*(pod.containers or []), *(pod.init_containers or [])]:
@@ -178,7 +206,11 @@ class GroupObjects:
             for obj in found:
                 name = obj.metadata.name
                 born = obj.metadata.creation_timestamp
-                young = born is not None and (now - born).total_seconds() < COLLECT_AFTER_S
+                young = (
+                    name not in fresh
+                    and born is not None
+                    and (now - born).total_seconds() < COLLECT_AFTER_S
+                )
                 if name in referenced or young:
                     continue
                 try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
+from shipflow.activities.targets import k8s_groups
 from shipflow.activities.targets.base import (
     Conflict,
     NotFound,
@@ -67,6 +68,13 @@ class Progressive:
         self.replicas = self.stable.spec.replicas if self.stable.spec.replicas is not None else 1
         resume = progress.resume or {}
         self.previous = resume.get("previous_image") or self._stable_image()
+        # The groups' envFrom the new pods get (`k8s_groups`): the canary and the green pods
+        # run the new group versions, as the promoted stable will. None: no groups involved.
+        running = _container(self.stable, request.container).env_from
+        self.env_from = k8s_groups.wanted_env_from(running, request.group_sources)
+        self.groups_change = (
+            self.env_from is not None and self.env_from != k8s_groups.plain(running)
+        )
         self.state: dict[str, Any] = {}
         self.details: dict[str, Any] = {
             "strategy": self.kind, "image": request.image, "previous_image": self.previous,
@@ -76,13 +84,19 @@ class Progressive:
 
     def run(self) -> RolloutResult:
         loaded = self._load()
-        if loaded is None and self._stable_image() == self.request.image:
+        if loaded is None and self._stable_image() == self.request.image and not self.groups_change:
             # Done before (the extra Deployment is gone), or nothing to change: the plain
-            # path follows the stable Deployment to its end.
+            # path follows the stable Deployment to its end. A change of group versions
+            # alone is a new release: it takes the strategy like a new image.
             return self._plain()
         try:
             if loaded is None:
                 self.state = self.initial_state()
+                # The new group versions' objects exist before a pod refers to them; those
+                # made here are in the durable state, for an abort to delete.
+                made = self.t._groups().materialise(self.request.group_sources)
+                if made:
+                    self.state["groups_made"] = made
                 self.create()
             else:
                 self.state = loaded
@@ -114,12 +128,29 @@ class Progressive:
                 f"{error}; the abort failed too ({failed}): deployments/{self.extra} may still "
                 "serve a share of the traffic"
             ) from error
+        self._collect_groups()
         said = f"{error}; {self.kind} aborted: all traffic is on the stable version ({self.previous})"
         if isinstance(error, Cancelled):
             raise Cancelled(said) from None
         if isinstance(error, TargetError):
             raise (Transient(said) if error.retryable else RolloutFailed(said)) from None
         raise error
+
+    def _collect_groups(self) -> None:
+        """After an abort: delete the group objects nothing refers to any more, those made
+        for this rollout at once. Never fails the abort (what is left goes after a later
+        rollout)."""
+        if not self.request.group_sources and not self.state.get("groups_made"):
+            return
+        try:
+            self.t._groups().collect(fresh=self.state.get("groups_made") or (), gone=(self.extra,))
+        except Exception as e:  # best effort: the abort itself is done
+            log.warning(
+                "%s/%s: could not collect group objects after the abort: %s",
+                self.kind,
+                self.extra,
+                e,
+            )
 
     def initial_state(self) -> dict[str, Any]:
         return {"run": self.request.run_id, "step": self.request.step_id, "image": self.request.image}
@@ -176,6 +207,8 @@ class Progressive:
         for container in containers:
             if container["name"] == wanted:
                 container["image"] = self.request.image
+                if self.env_from is not None:
+                    container["envFrom"] = self.env_from
                 if self.request.probes is not None:
                     ports = container.get("ports") or []
                     default = ports[0].get("containerPort") if ports else None

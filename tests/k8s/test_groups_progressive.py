@@ -2,13 +2,13 @@
 
 What a canary (or the green side of a blue-green) must run is the new release: the new
 image *and* the new group versions, so that the canary tests the configuration that will
-be promoted. These tests record what `k8s_progressive` does today; the ones marked
-`xfail(strict=True)` are the known gaps (issue 16, phase 2 report): when the gap is
-closed they pass, and strict xfail makes that visible so the mark is removed.
+be promoted (issue 16). A change of group versions alone takes the strategy too, and an
+abort deletes the group objects made for the failed canary.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,9 +16,11 @@ from kubernetes import client
 
 from shipflow.activities.core.group_select import GroupSource
 from shipflow.activities.targets.base import RolloutRequest
+from shipflow.activities.targets.k8s_errors import Cancelled
+from shipflow.activities.targets.k8s_progressive import STATE
 from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import Strategy
-from tests.k8s.conftest import Cluster, RecordingProgress
+from tests.k8s.conftest import Cluster, RecordingProgress, SimulatedCrash
 from tests.k8s.emulator import KubeEmulator
 from tests.k8s.test_target import SETTINGS
 
@@ -78,11 +80,6 @@ def test_after_a_canary_the_stable_runs_the_new_group_versions(
     assert _stable_env_from(cluster) == [{"configMapRef": {"name": "shipflow-flags-2"}}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="k8s_progressive copies the stable pod template: the canary pods get the old "
-    "group versions' envFrom (and v2's ConfigMap is only made at promotion)",
-)
 def test_canary_pods_run_the_new_group_versions(cluster: Cluster, emulator: KubeEmulator) -> None:
     target = _started(cluster)
     _, new = cluster.images
@@ -92,11 +89,6 @@ def test_canary_pods_run_the_new_group_versions(cluster: Cluster, emulator: Kube
     assert created[0] == [{"configMapRef": {"name": "shipflow-flags-2"}}], created[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="k8s_progressive: an unchanged image skips the strategy (`_plain`), so a change "
-    "of group versions alone is rolled out to every pod at once, without a canary",
-)
 def test_a_group_change_alone_is_canaried(cluster: Cluster, emulator: KubeEmulator) -> None:
     target = _started(cluster)
     old, _ = cluster.images
@@ -104,11 +96,6 @@ def test_a_group_change_alone_is_canaried(cluster: Cluster, emulator: KubeEmulat
     assert _extra_env_from(emulator, cluster.namespace, "api-canary"), "no canary Deployment"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="k8s_progressive copies the stable pod template: the green pods (the preview) "
-    "get the old group versions' envFrom",
-)
 def test_blue_green_preview_runs_the_new_group_versions(
     cluster: Cluster, emulator: KubeEmulator
 ) -> None:
@@ -120,3 +107,36 @@ def test_blue_green_preview_runs_the_new_group_versions(
     assert _stable_env_from(cluster) == [{"configMapRef": {"name": "shipflow-flags-2"}}]
     created = _extra_env_from(emulator, cluster.namespace, "api-green")
     assert created and created[0] == [{"configMapRef": {"name": "shipflow-flags-2"}}], created
+
+
+def _config_maps(cluster: Cluster) -> set[str]:
+    found = client.CoreV1Api(cluster.api).list_namespaced_config_map(cluster.namespace).items
+    return {c.metadata.name for c in found}
+
+
+def test_a_lost_worker_resumes_the_group_canary_and_an_abort_deletes_its_objects(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """A group change alone, killed in its pause: the next attempt resumes it; its cancel
+    aborts, and the ConfigMap made for the canary goes at once (not after 5 minutes),
+    while the version the stable runs stays."""
+    target = _started(cluster)
+    old, _ = cluster.images
+    strategy = {"canary": {"steps": [{"set_weight": 50}, {"pause": {}}]}}
+    first = RecordingProgress(crash_when=lambda d: d.get("paused"))  # the worker dies
+    with pytest.raises(SimulatedCrash):
+        target.rollout(_request(old, 2, strategy), first)
+    canary = cluster.deployment("api-canary")
+    state = json.loads(canary.metadata.annotations[STATE])
+    assert state["groups_made"] == ["shipflow-flags-2"] and state["weight"] == 50
+    assert _config_maps(cluster) >= {"shipflow-flags-1", "shipflow-flags-2"}
+    second = RecordingProgress(resume=first.beats[-1], cancel_when=lambda d: d.get("paused"))
+    with pytest.raises(Cancelled) as cancelled:
+        KubernetesTarget(cluster.spec, SETTINGS).rollout(_request(old, 2, strategy), second)
+    assert "all traffic is on the stable version" in str(cancelled.value)
+    creates = [e for e in emulator.events if e[1] == "deployments" and e[2] == "ADDED"]
+    assert [e[3]["metadata"]["name"] for e in creates].count("api-canary") == 1  # adopted
+    assert _stable_env_from(cluster) == [{"configMapRef": {"name": "shipflow-flags-1"}}]
+    assert cluster.deployment("api").spec.replicas == 2
+    assert "shipflow-flags-2" not in _config_maps(cluster)
+    assert "shipflow-flags-1" in _config_maps(cluster)
