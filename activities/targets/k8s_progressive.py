@@ -20,6 +20,11 @@ An abort (a failed analysis, a cancel, a failed promotion) sends all traffic bac
 stable version at once (its original size back) and deletes what the strategy created; it is the step's own
 cleanup, so a later compensation finds nothing left to undo but the stable Deployment.
 
+Secret/config groups: the canary's and the green pods run the new group versions (their
+`envFrom` from `k8s_groups.wanted_env_from`, the objects made before the Deployment), so
+what is tested is what will be promoted; a change of group versions alone takes the
+strategy like a new image, and an abort deletes the group objects made for it.
+
 Durable phase: the state of the strategy (phase, canary step, weight, the end of a timed
 pause, the measurements so far) lives in an annotation of the canary/green Deployment,
 written before each phase's effects are awaited. A worker killed mid-rollout leaves it in

@@ -199,7 +199,8 @@ class Progressive:
         return dict(state)
 
     def _body(self, *, replicas: int, labels: dict[str, str], selector: dict[str, str]) -> dict[str, Any]:
-        """The extra Deployment: the stable one's pod template with the new image."""
+        """The extra Deployment: the stable one's pod template with the new image and the
+        new group versions' envFrom."""
         template = self.t.api.sanitize_for_serialization(self.stable.spec.template)
         template.setdefault("metadata", {})["labels"] = labels
         containers = template["spec"]["containers"]
