@@ -140,3 +140,25 @@ def test_a_lost_worker_resumes_the_group_canary_and_an_abort_deletes_its_objects
     assert cluster.deployment("api").spec.replicas == 2
     assert "shipflow-flags-2" not in _config_maps(cluster)
     assert "shipflow-flags-1" in _config_maps(cluster)
+
+
+def test_a_blue_green_abort_never_fails_on_the_group_objects(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """A group change alone previews on green; cancelled there, the abort switches nothing
+    and succeeds even though the Role cannot delete the ConfigMap (left for a later run)."""
+    target = _started(cluster)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
+    old, _ = cluster.images
+    emulator.fail("delete", r"/configmaps/", 403, times=5)
+    progress = RecordingProgress(cancel_when=lambda d: d.get("paused"))
+    with pytest.raises(Cancelled) as cancelled:
+        target.rollout(_request(old, 2, {"blue_green": {}}), progress)
+    assert "blue_green aborted: all traffic is on the stable version" in str(cancelled.value)
+    created = _extra_env_from(emulator, cluster.namespace, "api-green")
+    assert created and created[0] == [{"configMapRef": {"name": "shipflow-flags-2"}}], created
+    assert _stable_env_from(cluster) == [{"configMapRef": {"name": "shipflow-flags-1"}}]
+    assert {"shipflow-flags-1", "shipflow-flags-2"} <= _config_maps(cluster)
+    assert ("delete", f"/api/v1/namespaces/{cluster.namespace}/configmaps/shipflow-flags-2") in (
+        emulator.requests
+    )
