@@ -147,10 +147,12 @@ class GroupObjects:
 
         `fresh` names objects the caller made itself and no longer needs (an aborted
         canary's): those go even when younger than `COLLECT_AFTER_S`, if nothing refers to
-        them. `gone` names Deployments just deleted: their ReplicaSets, which the garbage
-        collector removes a moment later, refer to nothing. Best effort: a rollout that succeeded (or an abort) never fails because of it
-        (a Role without the list/delete verbs, an API blip); what is left is collected after
-        a later rollout.
+        them. `gone` names Deployments just deleted: they and their ReplicaSets (which the
+        garbage collector removes a moment later) count as referring to nothing.
+
+        Best effort: a rollout that succeeded (or an abort) never fails because of it (a
+        Role without the list/delete verbs, an API blip); what is left is collected after a
+        later rollout.
         """
         try:
             return self._collect(set(fresh), set(gone))
