@@ -127,6 +127,7 @@ def _spawn_masked(
         subprocess.Popen(
             [sys.executable, "-I", str(SUPERVISOR), "--mask-log", str(log_path)],
             stdin=read_end,
+            env={},  # standard library only: it needs none of the runtime's environment
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
