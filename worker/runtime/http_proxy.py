@@ -9,7 +9,9 @@ recorded per revision (status below 500 counts as a success; no answer at all as
 failure), which is what the canary analysis reads.
 
 Only what HTTP/1.1 framing needs is parsed; anything else (an `Upgrade`, a malformed
-head) ends the connection. A request counts on its instance while it is in flight,
+head) ends the connection. A request is sent to an instance once: again on a new
+connection only when its kept connection turns out stale (closed by the instance while
+idle), never after an answer timeout (`_may_resend`). A request counts on its instance while it is in flight,
 so an instance drains when its in-flight requests end; idle upstream connections to an
 instance that left the rotation are closed and never reused.
 
