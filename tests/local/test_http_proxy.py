@@ -198,3 +198,13 @@ async def test_a_request_is_sent_once_after_a_timeout_and_again_only_on_a_stale_
     finally:
         await front.close()
         server.close()
+
+
+def test_only_a_stale_keep_alive_lets_a_request_be_sent_again() -> None:
+    eof = asyncio.IncompleteReadError(b"", None)
+    assert http_proxy._may_resend(eof, b"GET", written=True)  # closed as it arrived
+    assert http_proxy._may_resend(ConnectionResetError(), b"PUT", written=True)
+    assert http_proxy._may_resend(BrokenPipeError(), b"POST", written=False)  # never accepted
+    assert not http_proxy._may_resend(eof, b"POST", written=True)  # may have run it
+    assert not http_proxy._may_resend(TimeoutError(), b"GET", written=True)
+    assert not http_proxy._may_resend(asyncio.IncompleteReadError(b"HTTP/1.1 2", None), b"GET", written=True)
