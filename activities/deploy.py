@@ -177,6 +177,7 @@ class DeployActivities:
                     env=groups.env,
                     groups=groups.versions,
                     group_sources=groups.sources,
+                    redact=groups.secrets,
                 ),
                 progress,
             )

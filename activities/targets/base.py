@@ -107,6 +107,11 @@ class RolloutRequest(BaseModel):
         default_factory=list,
         description="kubernetes: each group version to reference (a Secret or ConfigMap)",
     )
+    redact: list[str] = Field(
+        default_factory=list,
+        description="secret values in `env` (secret groups): a target that keeps the "
+        "service's output masks them before it is stored",
+    )
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         return _env_keys_only(super().__repr_args__())

@@ -52,6 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    # A careless service that prints its secret: the runtime masks it in the instance log.
+    print("started, echo=" + os.environ.get("DB_PASSWORD", ""), flush=True)
 
     def stop(_signum: int, _frame: object) -> None:
         # shutdown() waits for serve_forever: off the main thread; requests finish.

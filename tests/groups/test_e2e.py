@@ -129,6 +129,9 @@ async def test_groups_roll_out_roll_back_and_never_leak(tmp_path: Path) -> None:
             assert f"sha {sha(SECRET_1)} one echo=***" in printed  # it printed the secret
             jobs = [p for p in (stack.data_dir / "jobs").rglob("output.log")]
             assert jobs and all(b"echo=***" in p.read_bytes() for p in jobs)
+            # The service printed it too: masked in its instance log (issue #16).
+            instance_logs = list((stack.data_dir / "runtime" / "logs").glob("web-*.log"))
+            assert instance_logs and all(b"echo=***" in p.read_bytes() for p in instance_logs)
             seen = await config()
             assert (seen["mode"], seen["secret_sha"], seen["prod_only"]) == (
                 "one",

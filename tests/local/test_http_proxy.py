@@ -13,7 +13,7 @@ from shipflow.worker.runtime.http_proxy import AnswerClock, _request_head
 from shipflow.worker.runtime.proxy import FrontPort
 from shipflow.worker.runtime.state import Instance, Service
 from shipflow.workflows.spec import LocalService
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 BIG = bytes(range(256)) * 800  # 200 KiB: above SMALL_ANSWER, so relayed in pieces
 
@@ -140,3 +140,71 @@ def test_a_request_head_is_checked_whole_and_its_framing_read() -> None:
         b"GET / HTTP/1.1\r\nX: a\nContent-Length: 5\r\n\r\n",  # a bare LF hiding a field
     ):
         assert _request_head(bad) is None, bad
+
+
+async def test_a_request_is_sent_once_after_a_timeout_and_again_only_on_a_stale_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #17: a request that timed out on a kept upstream connection was sent a second
+    time on a new one (a POST could run twice). It may be sent again only when the kept
+    connection was found closed by the instance (a stale keep-alive), never after a timeout."""
+    monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 0.3)
+    seen: list[bytes] = []
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, path = head.split(b" ", 2)[:2]
+                if method == b"POST":
+                    await reader.readexactly(2)
+                seen.append(method + b" " + path)
+                if path == b"/slow":
+                    await asyncio.sleep(30)  # never in time
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                if path == b"/then-close":
+                    writer.close()  # an idle keep-alive connection the instance drops
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(counting, "127.0.0.1", 0)
+    spec = LocalService.model_validate(
+        {"command": ["x"], "port": 1, "strategy": {"canary": {"steps": [{"set_weight": 100}]}}}
+    )
+    service = Service(name="web", spec=spec)
+    port = server.sockets[0].getsockname()[1]
+    service.instances.append(Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True))
+    front = FrontPort(free_port(), service)
+    await front.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        assert (await get(reader, writer, "/then-close"))[1] == b"ok"
+        await wait_until(lambda: len(seen) == 1)
+        # The kept connection is closed by now: the POST goes over a new one, once.
+        writer.write(b"POST /create HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nhi")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200") and await reader.readexactly(2) == b"ok"
+        # On the kept connection, a POST that gets no answer in time is failed, not re-sent.
+        writer.write(b"POST /slow HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nhi")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 50")
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        assert (await get(reader, writer, "/small"))[1] == b"ok"
+        writer.close()
+        assert seen == [b"GET /then-close", b"POST /create", b"POST /slow", b"GET /small"]
+    finally:
+        await front.close()
+        server.close()
+
+
+def test_only_a_stale_keep_alive_lets_a_request_be_sent_again() -> None:
+    eof = asyncio.IncompleteReadError(b"", None)
+    assert http_proxy._may_resend(eof, b"GET", written=True)  # closed as it arrived
+    assert http_proxy._may_resend(ConnectionResetError(), b"PUT", written=True)
+    assert http_proxy._may_resend(BrokenPipeError(), b"POST", written=False)  # never accepted
+    assert not http_proxy._may_resend(eof, b"POST", written=True)  # may have run it
+    assert not http_proxy._may_resend(TimeoutError(), b"GET", written=True)
+    assert not http_proxy._may_resend(asyncio.IncompleteReadError(b"HTTP/1.1 2", None), b"GET", written=True)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shipflow.activities.core.settings import Settings
@@ -284,3 +286,53 @@ async def test_runtime_unreachable_is_retryable_and_says_how_to_start_it() -> No
         await asyncio.to_thread(target.current_image, "web")
     assert url in str(failed.value) and "shipflow runtime" in str(failed.value)
     assert failed.value.retryable
+
+
+#: A service that prints what it was given, then serves TCP (ready by the port accepting).
+PRINTS_ENV = (
+    "import os, socket, time\n"
+    "print('group=' + os.environ['DB_PASSWORD'] + ' ref=' + os.environ['API_TOKEN']"
+    " + ' level=' + os.environ['LEVEL'], flush=True)\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen()\n"
+    "print('done', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+async def test_secret_values_a_service_prints_are_masked_in_its_instance_log(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #16: values of secret groups (and `${env.X}`) a service prints never reach its
+    log file in clear; the config values it prints stay readable. Also after the runtime
+    restarted (the values to mask are kept, sealed, in state.json) and the instance crashed."""
+    monkeypatch.setenv("SF_TEST_TOKEN", "tok-3141592653")
+    port = free_port()
+    service = {
+        "command": [sys.executable, "-c", PRINTS_ENV],
+        "port": port,
+        "env": {"API_TOKEN": "${env.SF_TEST_TOKEN}"},
+        "progress_deadline": "8s",
+    }
+    target = make_target(runtime, {"web": service})
+    group = {"DB_PASSWORD": "hunter2-group-secret", "LEVEL": "info"}
+    rollout = request("web", "v1").model_copy(
+        update={"env": group, "redact": ["hunter2-group-secret"]}
+    )
+    await asyncio.to_thread(target.rollout, rollout, Beats())
+    (inst,) = runtime.service("web")["instances"]
+    log = Path(inst["log"])
+    await wait_until(lambda: "done" in log.read_text())
+    text = log.read_text()
+    assert "group=*** ref=*** level=info" in text
+    assert "hunter2" not in text and "3141592653" not in text
+    assert "hunter2" not in (runtime.data_dir / "state.json").read_text()
+    bad = {"spec": service | {"env": {}}, "image": "v2", "redact": "hunter2-group-secret"}
+    answer = httpx.put(f"{runtime.url}/services/web/rollout", json=bad, headers=runtime.headers)
+    assert answer.status_code == 400 and "redact" in answer.text and "hunter2" not in answer.text
+    # A restarted runtime still masks what an instance it restarts prints.
+    runtime.kill(signal.SIGKILL)
+    runtime.start()
+    os.kill(inst["pid"], signal.SIGKILL)
+    await wait_until(lambda: log.read_text().count("done") >= 2)
+    text = log.read_text()
+    assert text.count("group=*** ref=*** level=info") == 2 and "hunter2" not in text

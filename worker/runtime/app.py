@@ -206,6 +206,10 @@ async def _rollout_body(request: Request, name: str) -> RolloutBody:
     image = raw.get("image")
     if not isinstance(image, str) or not image:
         raise ApiError(400, "invalid", "image is required")
+    redact = raw.get("redact", [])
+    if not isinstance(redact, list) or not all(isinstance(v, str) for v in redact):
+        # Checked here so that the error never echoes the (secret) values back.
+        raise ApiError(400, "invalid", "redact must be a list of strings")
     try:
         return RolloutBody.model_validate(raw)
     except ValidationError as e:

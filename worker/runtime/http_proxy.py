@@ -9,7 +9,9 @@ recorded per revision (status below 500 counts as a success; no answer at all as
 failure), which is what the canary analysis reads.
 
 Only what HTTP/1.1 framing needs is parsed; anything else (an `Upgrade`, a malformed
-head) ends the connection. A request counts on its instance while it is in flight,
+head) ends the connection. A request is sent to an instance once: again on a new
+connection only when its kept connection turns out stale (closed by the instance while
+idle), never after an answer timeout (`_may_resend`). A request counts on its instance while it is in flight,
 so an instance drains when its in-flight requests end; idle upstream connections to an
 instance that left the rotation are closed and never reused.
 
@@ -278,10 +280,17 @@ async def _forward(
                     tried.add(backend.id)
                     continue
             up_r, up_w = upstreams[backend.id]
+            if reused and _closed(up_r, up_w):
+                # The instance closed this idle connection (a stale keep-alive): nothing was
+                # sent on it, so a new connection takes the request, whatever its method.
+                upstreams.pop(backend.id)[1].close()
+                continue
+            written = False
             try:
                 up_w.write(request)
                 if up_w.transport.get_write_buffer_size():
                     await up_w.drain()
+                written = True
                 clock.start()
                 try:
                     head = await up_r.readuntil(b"\r\n\r\n")
@@ -312,9 +321,9 @@ async def _forward(
                         fields[b"transfer-encoding"] = encoding
                     await _relay_body(up_r, fields, to_client, until_eof=close)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-                    TimeoutError):
+                    TimeoutError) as e:
                 upstreams.pop(backend.id)[1].close()
-                if not answered and reused:
+                if reused and not answered and _may_resend(e, method, written):
                     continue  # the instance closed an idle connection: once more on a new one
                 router.record(backend, time.perf_counter() - began, False)
                 if not forwarded:
@@ -328,6 +337,35 @@ async def _forward(
             return True
         finally:
             backend.connections -= 1
+
+
+#: Methods whose request may be sent twice with the effect of once (RFC 9110, 9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+def _closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Was a kept upstream connection closed (EOF or reset seen) while it was idle?"""
+    return reader.at_eof() or reader.exception() is not None or writer.is_closing()
+
+
+def _may_resend(error: BaseException, method: bytes, written: bool) -> bool:
+    """May a request that failed on a reused connection, before any byte of an answer, be
+    sent again on a new one?
+
+    Only when the failure is what a stale keep-alive looks like: the instance had closed
+    the connection, so the request reached no one (reset or EOF at once). Never after a
+    timeout: the instance may be running the request, and a second copy could run it twice
+    (issue #17). A non-idempotent request (POST, PATCH...) is sent again only when the
+    connection failed while the request was being written; once the instance accepted it
+    whole, an EOF may also mean the instance died running it.
+    """
+    if isinstance(error, TimeoutError) or not isinstance(
+        error, ConnectionResetError | BrokenPipeError | asyncio.IncompleteReadError
+    ):
+        return False
+    if isinstance(error, asyncio.IncompleteReadError) and error.partial:
+        return False  # a part of an answer arrived
+    return not written or method in IDEMPOTENT
 
 
 def _no_delay(writer: asyncio.StreamWriter) -> None:

@@ -22,7 +22,15 @@ from shipflow.activities.targets.local import process
 from shipflow.activities.targets.local.runtime_client import RolloutBody, RolloutView, ServiceView
 from shipflow.worker.runtime.proxy import FrontPort
 from shipflow.worker.runtime.rollout import Rollouts
-from shipflow.worker.runtime.state import ApiError, Instance, Rollout, Service, StateFile, revision
+from shipflow.worker.runtime.state import (
+    ApiError,
+    Instance,
+    Rollout,
+    Service,
+    StateFile,
+    restored_masked,
+    revision,
+)
 from shipflow.worker.runtime.supervision import Supervisor, accepts, cancel_all, fill
 from shipflow.workflows.spec import LocalService, RollingStrategy, Strategy
 
@@ -48,6 +56,7 @@ class Runtime:
         """Re-adopt what a previous runtime left running, from `state.json`."""
         for name, saved in self.state.read().items():
             svc = Service(name=name, spec=LocalService.model_validate(saved["spec"]), image=saved["image"])
+            svc.masked = restored_masked(saved)
             self.services[name] = svc
             for item in saved.get("instances", []):
                 inst = Instance.restored(item, saved["spec"])
@@ -144,6 +153,7 @@ class Runtime:
                     )
                 if svc.front is None or svc.front.port != spec.port:
                     await self._open_front(svc, spec.port)
+            svc.add_masked(body.redact)
             ro = Rollout(
                 id=rollout_id,
                 image=image,

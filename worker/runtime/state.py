@@ -48,6 +48,10 @@ def revision(spec: LocalService, image: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
+#: At most this many secret values are masked per service (the newest rollouts' first).
+MASKED_LIMIT = 200
+
+
 @dataclass
 class Instance:
     id: str
@@ -206,6 +210,14 @@ class Service:
     _credit: int = 0
     #: Per revision: recent (monotonic time, seconds, ok) of requests at the front port.
     samples: dict[str, deque[tuple[float, float, bool]]] = field(default_factory=dict)
+    #: Secret values the service's instances were given (its rollouts' `redact`, newest
+    #: first, the previous ones kept for the instances of an earlier version): masked in
+    #: the instance logs. Saved sealed, like env.
+    masked: list[str] = field(default_factory=list)
+
+    def add_masked(self, values: list[str]) -> None:
+        """Mask `values` from now on, as well as those of the last rollouts (up to a bound)."""
+        self.masked = list(dict.fromkeys([*values, *self.masked]))[:MASKED_LIMIT]
 
     def active_rollout(self) -> Rollout | None:
         return next((r for r in self.rollouts.values() if r.state == "running"), None)
@@ -268,7 +280,14 @@ class Service:
             "front_port": self.front.port if self.front else self.spec.port,
             "instances": [i.saved() for i in self.instances],
             "rollouts": [r.saved() for r in self.rollouts.values()],
+            "masked": {"env": {str(i): v for i, v in enumerate(self.masked)}},
         }
+
+
+def restored_masked(saved: dict[str, Any]) -> list[str]:
+    """A service's masked values from state.json (saved as a spec's env, so sealed as one)."""
+    env = (saved.get("masked") or {}).get("env") or {}
+    return [env[k] for k in sorted(env, key=int)]
 
 
 class EnvSealer:
@@ -318,6 +337,8 @@ class EnvSealer:
         out: dict[str, Any] = {}
         for name, svc in data.items():
             svc = {**svc, "spec": change(svc.get("spec"))}
+            if "masked" in svc:
+                svc["masked"] = change(svc["masked"])
             svc["instances"] = [
                 {**i, "spec": change(i.get("spec"))} if "spec" in i else i
                 for i in svc.get("instances", [])

@@ -71,6 +71,7 @@ class Supervisor:
                 cwd=inst.spec.cwd,
                 env=self._env(inst),
                 log_path=log_path,
+                masked=svc.masked,
             )
         except OSError as e:
             inst.proc = None

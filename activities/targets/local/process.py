@@ -9,11 +9,13 @@ reach the services, which must outlive the runtime.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,15 +80,32 @@ def pid_alive(pid: int, start_time: int | None = None) -> bool:
     return start_time is None or int(fields[19]) == start_time
 
 
+#: The local job supervisor, whose `--mask-log` mode relays an instance's output masked.
+SUPERVISOR = Path(__file__).resolve().with_name("supervisor.py")
+
+
 def spawn(
-    argv: list[str], *, cwd: str | None, env: dict[str, str], log_path: Path
+    argv: list[str],
+    *,
+    cwd: str | None,
+    env: dict[str, str],
+    log_path: Path,
+    masked: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start an instance in its own session, stdout and stderr appended to `log_path`.
+
+    With `masked` values (secrets the instance was given), its output goes through a pipe
+    to the supervisor's masking relay (`supervisor.py --mask-log`), which writes it to
+    `log_path` with each value masked as `***`: the file never holds them in clear. The
+    relay runs in a session of its own and ends when the instance's output ends, so, like
+    the instance, it outlives the runtime. The values travel over the pipe, never in argv.
 
     Raises:
         OSError: the command cannot be executed (not found, not executable, bad cwd).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if masked:
+        return _spawn_masked(argv, cwd=cwd, env=env, log_path=log_path, masked=masked)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             argv,
@@ -98,6 +117,40 @@ def spawn(
             start_new_session=True,
             close_fds=True,
         )
+
+
+def _spawn_masked(
+    argv: list[str], *, cwd: str | None, env: dict[str, str], log_path: Path, masked: list[str]
+) -> subprocess.Popen[bytes]:
+    read_end, write_end = os.pipe()
+    try:
+        subprocess.Popen(
+            [sys.executable, "-I", str(SUPERVISOR), "--mask-log", str(log_path)],
+            stdin=read_end,
+            env={},  # standard library only: it needs none of the runtime's environment
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(read_end)
+    try:
+        header = json.dumps(masked).encode() + b"\n"
+        while header:  # the relay reads it at once: a pipe holds 64 KiB meanwhile
+            header = header[os.write(write_end, header) :]
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(write_end)  # the instance holds it now: the relay ends when the instance does
 
 
 def signal_group(pid: int, signum: int) -> None:

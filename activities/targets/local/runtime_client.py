@@ -34,6 +34,14 @@ class RolloutBody(BaseModel):
     rollout_id: str | None = Field(None, description="same id, same rollout: a resumed attempt")
     run_id: str | None = Field(None, description="the run and step that asked, for `shipflow promote`")
     step_id: str | None = None
+    redact: list[str] = Field(
+        default_factory=list,
+        description="secret values in the service's env: masked in its instance logs",
+    )
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for name, value in super().__repr_args__():
+            yield name, (f"<{len(value)} values>" if name == "redact" else value)
 
 
 class InstanceView(BaseModel):

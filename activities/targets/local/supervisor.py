@@ -24,6 +24,11 @@ output.log: the file on disk never holds them in clear. A value cut across two r
 held back only while the output ends with a beginning of one (so lines still stream as
 they are printed); what is left at the end is written as it is.
 
+With `--mask-log LOG` instead, it is only the masking relay of a service instance of the
+local runtime (`shipflow.activities.targets.local.process.spawn`): its stdin is the
+instance's output pipe, whose first line is the JSON list of values to mask; the rest is
+appended to LOG, masked the same way, until every writer of the pipe has closed it.
+
 Standard library only, and run with `-I`: it must start fast and never import the
 worker's code.
 """
@@ -204,8 +209,37 @@ def supervise(job_dir: Path, argv: list[str], masked: list[str] | None = None) -
     return 0
 
 
+def mask_log(log_path: Path) -> int:
+    """Append stdin to `log_path`, masking the values listed on its first line, until EOF.
+
+    In a session of its own (so a Ctrl-C of the runtime never reaches it) and outside the
+    instance's process group (so stopping the instance leaves it to write the last words).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    head = b""
+    while b"\n" not in head:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        head += data
+    line, _, rest = head.partition(b"\n")
+    values = [v for v in json.loads(line or b"[]") if isinstance(v, str)]
+    masker = Masker([_encoded(v) for v in values])
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        _write_all(log_fd, masker.feed(rest))
+        while data := os.read(0, 65536):
+            _write_all(log_fd, masker.feed(data))
+        _write_all(log_fd, masker.end())
+    finally:
+        os.close(log_fd)
+    return 0
+
+
 def main() -> int:
     args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--mask-log":
+        return mask_log(Path(args[1]))
     masked: list[str] | None = None
     if args[:1] == ["--redact-stdin"]:
         args = args[1:]

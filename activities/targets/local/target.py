@@ -18,7 +18,7 @@ from typing import Any
 
 from shipflow.activities.analysis.envrefs import resolve_analysis_env
 from shipflow.activities.core.settings import Settings
-from shipflow.activities.envrefs import resolve_env
+from shipflow.activities.envrefs import resolve_env, secret_values
 from shipflow.activities.targets.base import (
     Invalid,
     JobRequest,
@@ -30,6 +30,7 @@ from shipflow.activities.targets.base import (
     TargetError,
     Transient,
 )
+from shipflow.activities.targets.local.jobdirs import redacted_values
 from shipflow.activities.targets.local.jobs import run_local_job
 from shipflow.activities.targets.local.runtime_client import RolloutBody, RolloutView, RuntimeClient
 from shipflow.workflows.spec import LocalService, Probes
@@ -80,7 +81,7 @@ class LocalTarget:
         rollout_id = str(resume.get("rollout_id") or rollout_key(request))
         body = RolloutBody(
             spec=spec, image=request.image, rollout_id=rollout_id, run_id=request.run_id,
-            step_id=request.step_id,
+            step_id=request.step_id, redact=self.masked_values(request),
         )
         answer = self.client.put_rollout(request.service, body)
         unreachable_since: float | None = None
@@ -155,6 +156,14 @@ class LocalTarget:
         if not update:
             return declared
         return LocalService.model_validate({**declared.model_dump(), **update})
+
+    def masked_values(self, request: RolloutRequest) -> list[str]:
+        """The secret values the service is given: those of its secret groups and the values
+        of the `${env.X}` its env and command refer to. The runtime masks them in the
+        instance logs, as the supervisor of a local job does in the job's output."""
+        declared = self.spec.services.get(request.service)
+        refs = secret_values([declared.env, declared.command]) if declared is not None else []
+        return redacted_values(request.redact + refs)
 
     def _abort(self, request: RolloutRequest, rollout_id: str, progress: Progress) -> RolloutResult:
         answer = self.client.abort(request.service, rollout_id)
