@@ -96,6 +96,17 @@ class TemplateCompiling:
                 value = self._place_arg(name, value, path, part, role, pieces)
             elif part in ("path", "query", "fragment"):
                 value = quote(value, safe="")  # a `${git.X}`: one URL component, as an arg
+            elif role == "argv" and value.startswith("-") and not "".join(p for p, _ in pieces):
+                # A pusher chooses it and no `pattern` can allow it: at the start of a
+                # command argument it would be read as an option.
+                self.problems.append(
+                    (
+                        path,
+                        f"{match.group(0)} starts with '-' where it begins the command "
+                        f"argument {path}, where it would be read as an option: write "
+                        f"literal text before it (e.g. --name={match.group(0)})",
+                    )
+                )
             pieces.append((value, True))
         pieces.append((text[pos:], False))
         literals.append(text[pos:])

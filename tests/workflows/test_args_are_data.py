@@ -450,3 +450,24 @@ def test_step_outputs_in_a_url_are_percent_encoded_at_run_time() -> None:
         "curl",
         f"http://127.0.0.1:9/undo/{ENCODED}",
     ]
+
+
+def test_a_git_value_that_would_begin_a_command_argument_with_a_dash_is_refused() -> None:
+    """Regression: `${git.X}` at the start of an argv element was passed even when the push
+    made it start with `-` (an author name `--upload-pack=...` becomes an option). No pattern
+    can be declared for a git value, so the run is refused; after literal text it is data."""
+    text = flow(
+        """
+        steps:
+          - migrate: {id: m, command: [git, log, "${git.author}", "--author=${git.author}"]}
+        """
+    )
+    hostile = {**PUSH, "author": "--output=/etc/passwd"}
+    found = problems(text, context={"git": hostile})
+    assert len(found) == 1, found
+    path, message = found[0]
+    assert path == "steps[0].migrate.command[2]"
+    assert "${git.author} starts with '-'" in message and "read as an option" in message
+    # A value that does not start with '-' passes, and after literal text any value is data.
+    plan = plan_of(text, context={"git": {**PUSH, "author": "eve"}})
+    assert plan.action("m").params["command"][2:] == ["eve", "--author=eve"]
