@@ -97,17 +97,28 @@ def errors_in_a_row(measurements: list[dict[str, Any]]) -> int:
 
 def http_check(check: HttpCheck) -> str | None:
     """None when the request succeeded as the check step would judge it, else why not."""
-    name = f"http {where(check.url)}"
     try:
         with httpx.Client(timeout=QUERY_TIMEOUT_S) as client:
             answer = client.request(check.method, check.url, headers=check.headers)
     except httpx.HTTPError as e:
-        return f"{name}: {type(e).__name__}"
+        return f"{check_name(check)}: {type(e).__name__}"
+    return judge_answer(check, answer)
+
+
+def check_name(check: HttpCheck) -> str:
+    """How a measurement names its request: scheme and host only, since the URL may hold a
+    resolved `${env.X}`."""
+    return f"http {where(check.url)}"
+
+
+def judge_answer(check: HttpCheck, answer: httpx.Response) -> str | None:
+    """None when `answer` passes `check` (its status, or any 2xx/3xx; the body text it must
+    contain), else why not. One judgment for the worker's and the local runtime's requests."""
     ok = answer.status_code in check.status if check.status else 200 <= answer.status_code < 400
     if not ok:
-        return f"{name}: HTTP {answer.status_code}"
+        return f"{check_name(check)}: HTTP {answer.status_code}"
     if check.contains is not None and check.contains not in answer.text:
-        return f"{name}: the body does not contain {check.contains!r}"
+        return f"{check_name(check)}: the body does not contain {check.contains!r}"
     return None
 
 

@@ -12,6 +12,7 @@ anything is sent; the API's own 4xx answers exit 2 as well.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,16 +240,12 @@ def versions(ctx: typer.Context, name: str = typer.Argument(...), as_json: bool 
     state = cli_state(ctx)
     with api_errors(state), state.client() as client:
         rows = client.request("GET", f"/groups/{name}/versions") or []
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        out.print(
-            f"v{row['version']}  {row['created_at'][:19]}  {row['created_by'] or '-'}  "
-            f"{','.join(row['keys']) or '(no keys)'}" + ("  [deleted]" if row["deleted"] else ""),
-            highlight=False,
-            soft_wrap=True,
-        )
+    _print_rows(
+        rows,
+        as_json,
+        lambda row: f"v{row['version']}  {row['created_at'][:19]}  {row['created_by'] or '-'}  "
+        f"{','.join(row['keys']) or '(no keys)'}" + ("  [deleted]" if row["deleted"] else ""),
+    )
 
 
 @app.command("audit", epilog=examples("shipflow group audit db --json"))
@@ -257,16 +254,23 @@ def audit(ctx: typer.Context, name: str = typer.Argument(...), as_json: bool = _
     state = cli_state(ctx)
     with api_errors(state), state.client() as client:
         rows = client.request("GET", f"/groups/{name}/audit") or []
+    _print_rows(
+        rows,
+        as_json,
+        lambda row: f"{row['at'][:19]}  {row['actor'] or '-'}  {row['action']}  "
+        f"v{row['version']}  {','.join(row['keys'])}",
+    )
+
+
+def _print_rows(
+    rows: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any]], str]
+) -> None:
+    """`--json` prints the API's rows as they are; otherwise one line per row, never cut."""
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        out.print(
-            f"{row['at'][:19]}  {row['actor'] or '-'}  {row['action']}  v{row['version']}  "
-            f"{','.join(row['keys'])}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        out.print(line(row), highlight=False, soft_wrap=True)
 
 
 @app.command("rotate-key", epilog=examples("shipflow group rotate-key"))

@@ -28,8 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from shipflow.activities.analysis.measure import counted, phase_of, verdict
-from shipflow.activities.analysis.prometheus import query_prometheus, where
+from shipflow.activities.analysis.measure import (
+    check_name,
+    counted,
+    judge_answer,
+    phase_of,
+    verdict,
+)
+from shipflow.activities.analysis.prometheus import query_prometheus
 from shipflow.worker.runtime.errors import RolloutAborted, RolloutError
 from shipflow.worker.runtime.state import Rollout, Service
 from shipflow.workflows.spec import (
@@ -172,15 +178,9 @@ async def _measure(svc: Service, ro: Rollout, spec: CanaryAnalysisSpec, since: f
 async def _http_check(spec: CanaryAnalysisSpec) -> str | None:
     check = spec.http
     assert check is not None
-    name = f"http {where(check.url)}"  # scheme and host: the URL may hold a resolved ${env.X}
     try:
         async with httpx.AsyncClient(timeout=5.0) as client:
             answer = await client.request(check.method, check.url, headers=check.headers)
     except httpx.HTTPError as e:
-        return f"{name}: {type(e).__name__}"
-    ok = answer.status_code in check.status if check.status else 200 <= answer.status_code < 400
-    if not ok:
-        return f"{name}: HTTP {answer.status_code}"
-    if check.contains is not None and check.contains not in answer.text:
-        return f"{name}: the body does not contain {check.contains!r}"
-    return None
+        return f"{check_name(check)}: {type(e).__name__}"
+    return judge_answer(check, answer)
