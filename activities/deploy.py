@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from shipflow.activities.attempts import another_attempt_follows
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.steplogs import StepLogWriter
 from shipflow.activities.core.tables import ReleaseRecord
@@ -178,6 +179,7 @@ class DeployActivities:
                     groups=groups.versions,
                     group_sources=groups.sources,
                     redact=groups.secrets,
+                    another_attempt=another_attempt_follows(input.max_attempts),
                 ),
                 progress,
             )
@@ -188,6 +190,10 @@ class DeployActivities:
             raise ApplicationError(
                 str(e), type=type(e).__name__, non_retryable=not e.retryable
             ) from None
+        if result.strategy in ("canary", "blue_green") and result.previous_image:
+            # The image from before the strategy, kept in its durable state: an attempt after
+            # a retryable error may find the stable Deployment promoted already.
+            previous = result.previous_image
         self._record(input, previous, groups.versions)
         log.write(
             f"{input.service}: {result.image} rolled out in {result.duration_s:.1f}s, "

@@ -172,6 +172,7 @@ def rollout_input(
         flow_tags=list(req.plan.tags),
         env_order=list(req.plan.env_order),
         groups=params.get("groups"),
+        max_attempts=req.action.retry.max_attempts,
     )
 
 

@@ -112,6 +112,12 @@ class RolloutRequest(BaseModel):
         description="secret values in `env` (secret groups): a target that keeps the "
         "service's output masks them before it is stored",
     )
+    another_attempt: bool = Field(
+        False,
+        description="a retryable failure of this attempt is followed by another attempt of "
+        "the step: a Kubernetes canary or blue-green then keeps its state and traffic split "
+        "for it to resume, instead of aborting",
+    )
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         return _env_keys_only(super().__repr_args__())

@@ -1,10 +1,12 @@
 """What the Kubernetes canary and blue-green share: the extra Deployment and its durable state.
 
 `Progressive.run` creates (or, on a later attempt, adopts) the `<name>-canary` or
-`<name>-green` Deployment, runs the strategy's phases, and aborts on any failure. The
-state (phase, step, weight, the stable's original size, the end of a timed pause,
-measurements) is a JSON annotation of that Deployment, written before each phase's effects
-are awaited, so a worker killed mid-rollout leaves it for the next attempt to resume.
+`<name>-green` Deployment and runs the strategy's phases. The state (phase, step, weight,
+the stable's original size and image, the end of a timed pause, measurements) is a JSON
+annotation of that Deployment, written before each phase's effects are awaited, so a
+worker killed mid-rollout leaves it for the next attempt to resume. A retryable API error
+leaves it too when another attempt of the step follows (`RolloutRequest.another_attempt`);
+any other failure, a cancel, or a retryable error on the last attempt aborts.
 The overview of both strategies is in `k8s_progressive`.
 """
 
@@ -76,6 +78,8 @@ class Progressive:
             self.env_from is not None and self.env_from != k8s_groups.plain(running)
         )
         self.state: dict[str, Any] = {}
+        #: The extra Deployment exists (made or adopted): a state to resume from is there.
+        self.made = False
         self.details: dict[str, Any] = {
             "strategy": self.kind, "image": request.image, "previous_image": self.previous,
         }
@@ -100,26 +104,59 @@ class Progressive:
                 self.create()
             else:
                 self.state = loaded
-                # The stable's size before the strategy changed it (the canary scales it).
+                # The stable's size and image before the strategy changed them (the canary
+                # scales it; an attempt may find it promoted already).
                 self.replicas = int(loaded.get("stable_replicas", self.replicas))
+                self.previous = loaded.get("previous_image") or self.previous
+                self.details["previous_image"] = self.previous
                 log.info("%s/%s: resuming at %s", self.kind, self.extra, self._where())
+            self.made = True
             result = self.steps()
         except Conflict as e:
             if not e.retryable:  # someone else's Deployment or Service: never delete it
                 raise
-            self._abort_and_raise(e)
+            self._keep_or_abort(e)
         except Exception as e:
-            self._abort_and_raise(e)
+            self._keep_or_abort(e)
         self.cleanup()
         return result
+
+    def _keep_or_abort(self, error: Exception) -> None:
+        """Raise what ended this attempt; abort first unless the next attempt resumes.
+
+        A retryable API error (a 503, a 429, a dropped connection) when another attempt of
+        the step follows leaves the extra Deployment, its durable state and the traffic
+        split as they are: the next attempt resumes at the same phase and weight, as after
+        a lost worker, so finished weights, analyses and pauses are not run again (as Argo
+        Rollouts keeps its state across API blips). Anything else aborts.
+        """
+        if not self._resumable(error):
+            self._abort_and_raise(error)
+        where = self._where()
+        log.warning("%s/%s: %s; kept at %s for the next attempt", self.kind, self.extra, error, where)
+        self.details.update(message=f"kept at {where} for the next attempt: {error}")
+        self.progress.beat(dict(self.details))
+        raise Transient(
+            f"{error}; {self.kind} kept at {where} (deployments/{self.extra}): the next attempt "
+            "resumes there"
+        ) from None
+
+    def _resumable(self, error: Exception) -> bool:
+        return (
+            self.request.another_attempt
+            and self.made
+            and isinstance(error, TargetError)
+            and error.retryable
+            and not isinstance(error, Cancelled)
+            and not self.progress.cancelled()
+        )
 
     def _abort_and_raise(self, error: Exception) -> None:
         """Abort, then raise what ended the strategy, saying that it was aborted.
 
-        Every failure aborts, a retryable one too: the step may have no attempt left, and a
-        canary must not keep its share of the traffic behind a failed step. A retryable
-        error stays retryable; the next attempt then starts the strategy over. Only a lost
-        worker (no exception at all) leaves the state for the next attempt to resume.
+        A failed analysis, a failed rollout, a cancel, or a retryable error with no attempt
+        left: a canary must not keep its share of the traffic behind a failed step. A
+        retryable error stays retryable (a Temporal-level retry starts the strategy over).
         """
         try:
             self.abort()
@@ -153,7 +190,10 @@ class Progressive:
             )
 
     def initial_state(self) -> dict[str, Any]:
-        return {"run": self.request.run_id, "step": self.request.step_id, "image": self.request.image}
+        return {
+            "run": self.request.run_id, "step": self.request.step_id, "image": self.request.image,
+            "previous_image": self.previous,
+        }
 
     def create(self) -> None:
         raise NotImplementedError

@@ -397,3 +397,75 @@ def test_a_broken_query_never_passes_a_canary_and_errors_are_measured_again(
     assert result.image == new
     phases = [b["analysis"]["phase"] for b in progress.beats if "analysis" in b and "/2:" in str(b.get("message"))]
     assert phases[-1] == "successful" and "error" in phases
+
+
+def test_an_api_blip_mid_canary_with_an_attempt_left_keeps_it_for_the_next_attempt(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """Argo keeps a canary's state across API blips: no finished weight, analysis or pause
+    runs again, the traffic split stays as it was, and the next attempt goes on from there."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=4)
+    stable_patch = rf"/namespaces/{cluster.namespace}/deployments/api$"
+
+    def answer(query: str) -> Any:
+        if len(prom.queries) == 2:  # the analysis is done: the stable's next scale-down fails
+            emulator.fail("patch", stable_patch, 503, times=4)  # every try of one call
+        return vector("1")
+
+    with PrometheusStub(answer) as prom:
+        strategy = {"canary": {"steps": [
+            {"set_weight": 25},
+            {"analysis": {"prometheus": {"url": prom.url, "query": "ok", "success_condition": "result[0] >= 1"},
+                          "interval": "50ms", "count": 2}},
+            {"pause": {"duration": "50ms"}},
+            {"set_weight": 50},
+            {"set_weight": 75},
+        ]}}
+        req = request(strategy, new).model_copy(update={"another_attempt": True})
+        first = RecordingProgress()
+        with pytest.raises(Transient) as blip:
+            roll(cluster, req, first)
+        message = str(blip.value)
+        assert "503" in message and "canary kept at canary step 3 (weight 50%)" in message
+        assert blip.value.retryable and "aborted" not in message
+        # Left as it was: the canary grew to its 50% share; the stable kept its 25% size.
+        assert (cluster.deployment("api-canary").spec.replicas, cluster.deployment("api").spec.replicas) == (2, 3)
+        state = json.loads(cluster.deployment("api-canary").metadata.annotations[STATE])
+        assert (state["index"], state["weight"], state["previous_image"]) == (3, 50, old)
+        second = RecordingProgress()  # a retry after a failure gets no heartbeat back
+        result = roll(cluster, req, second)
+        assert len(prom.queries) == 2  # the finished analysis did not run again
+    assert not any(b.get("paused") for b in second.beats)  # nor the finished pause
+    assert {b.get("canary_step") for b in second.beats if "canary_step" in b} == {3, 4}
+    assert result.previous_image == old and result.image == new
+    assert replicas_seen(emulator, cluster.namespace, "api-canary") == [0, 1, 2, 3]
+    assert replicas_seen(emulator, cluster.namespace, "api") == [4, 3, 2, 1, 4]
+    creates = [r for r in emulator.requests if r == ("create", f"/apis/apps/v1/namespaces/{cluster.namespace}/deployments")]
+    assert len(creates) == 2  # the stable's own, and the canary once
+    assert emulator.image_patches(cluster.namespace, "api") == [new]
+    assert not exists(cluster, "deployments", "api-canary")
+
+
+def test_a_blip_on_the_last_attempt_or_a_cancel_aborts_even_with_attempts_left(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    strategy = {"canary": {"steps": [{"set_weight": 50}, {"pause": {}}]}}
+    req = request(strategy, new).model_copy(update={"another_attempt": True})
+    kept = RecordingProgress(crash_when=lambda d: d.get("paused"))
+    with pytest.raises(SimulatedCrash):  # a canary at 50%, waiting for an operator
+        roll(cluster, req, kept)
+    # The last attempt: a blip now aborts, all traffic back on the stable at its size.
+    emulator.fail("patch", r"/deployments/api-canary$", 503, times=4)
+    with pytest.raises(Transient) as last:
+        roll(cluster, req.model_copy(update={"another_attempt": False}), RecordingProgress())
+    assert "canary aborted: all traffic is on the stable version" in str(last.value)
+    assert not exists(cluster, "deployments", "api-canary") and cluster.deployment("api").spec.replicas == 2
+    # A cancel aborts although another attempt would follow.
+    other = request(strategy, new).model_copy(update={"another_attempt": True})
+    with pytest.raises(Cancelled) as cancelled:
+        roll(cluster, other, RecordingProgress(cancel_when=lambda d: d.get("paused")))
+    assert "all traffic is on the stable version" in str(cancelled.value)
+    assert not exists(cluster, "deployments", "api-canary") and cluster.deployment("api").spec.replicas == 2

@@ -166,3 +166,70 @@ async def test_promote_through_the_api_reaches_a_kubernetes_canary_through_the_r
     assert status.state == "succeeded", status
     assert emulator.image_patches(space, "api") == ["api:2"]
     assert emulator.get("deployments", space, "api-canary") is None
+
+
+def _blip_flow(space: str, kubeconfig: str, prom_url: str) -> str:
+    strategy = {"canary": {"steps": [
+        {"set_weight": 25},
+        {"analysis": {"prometheus": {"url": prom_url, "query": "ok", "success_condition": "result[0] >= 1"},
+                      "interval": "50ms", "count": 2}},
+        {"set_weight": 50},
+    ]}}
+    return k8s_flow("k8s-canary-blip", "production", space, kubeconfig,
+                    f"  - deploy: {{id: api, service: api, image: 'api:2', retries: 1, "
+                    f"strategy: {json.dumps(strategy)}}}\n")
+
+
+async def test_an_api_blip_mid_canary_is_retried_from_where_it_was(
+    temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str
+) -> None:
+    """The step's second attempt resumes the canary at 50%: the analysis is not run again."""
+    space = ns()
+    emulator.add_deployment(space, "api", "api:1", replicas=4)
+
+    def answer(query: str) -> object:
+        if len(prom.queries) == 2:  # analysis done; the stable's scale-down to 50% fails 4 times
+            emulator.fail("patch", rf"/namespaces/{space}/deployments/api$", 503, times=4)
+        return vector("1")
+
+    with PrometheusStub(answer) as prom:
+        async with new_worker(temporal_client, settings):
+            handle = await start_flow(temporal_client, settings, _blip_flow(space, kubeconfig, prom.url))
+            status = await asyncio.wait_for(finish(handle), timeout=60)
+        assert len(prom.queries) == 2  # not again on the second attempt
+    assert status.state == "succeeded", status
+    step = status.step("api")
+    assert step.attempts == 2 and step.output is not None
+    assert step.attempt_log is not None and "canary kept at canary step 2 (weight 50%)" in str(step.attempt_log[0].error)
+    assert (step.output["previous_image"], step.output["image"]) == ("api:1", "api:2")
+    assert emulator.get("deployments", space, "api-canary") is None
+    creates = [r for r in emulator.requests if r == ("create", f"/apis/apps/v1/namespaces/{space}/deployments")]
+    assert len(creates) == 1  # the canary, once across both attempts
+    stable = emulator.get("deployments", space, "api")
+    assert stable["spec"]["replicas"] == 4 and stable["spec"]["template"]["spec"]["containers"][0]["image"] == "api:2"
+
+
+async def test_an_api_outage_through_the_last_attempt_aborts_the_canary(
+    temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str
+) -> None:
+    """Kept after the first attempt, aborted by the last one: all traffic on the stable."""
+    space = ns()
+    emulator.add_deployment(space, "api", "api:1", replicas=4)
+
+    def answer(query: str) -> object:
+        if len(prom.queries) == 2:  # every try of both attempts fails
+            emulator.fail("patch", rf"/namespaces/{space}/deployments/api$", 503, times=8)
+        return vector("1")
+
+    with PrometheusStub(answer) as prom:
+        async with new_worker(temporal_client, settings):
+            handle = await start_flow(temporal_client, settings, _blip_flow(space, kubeconfig, prom.url))
+            status = await asyncio.wait_for(finish(handle), timeout=60)
+        assert len(prom.queries) == 2
+    assert status.state == "failed", status
+    step = status.step("api")
+    assert step.attempts == 2 and step.error is not None
+    assert "canary aborted: all traffic is on the stable version (api:1)" in step.error
+    assert emulator.get("deployments", space, "api-canary") is None
+    stable = emulator.get("deployments", space, "api")
+    assert stable["spec"]["replicas"] == 4 and stable["spec"]["template"]["spec"]["containers"][0]["image"] == "api:1"

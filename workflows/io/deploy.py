@@ -32,6 +32,10 @@ class RolloutInput(BaseModel):
         None, description="exact group versions to use ({name: version}, in order; a rollback "
         "or an undo); None: select the groups as the flow says, newest versions"
     )
+    max_attempts: int | None = Field(
+        None, description="the step's attempts in all (retries + 1): a canary or blue-green keeps "
+        "its state across a retryable error when another attempt follows; None: unknown (abort)"
+    )
 
 
 class RolloutOutput(BaseModel):
