@@ -47,7 +47,8 @@ class BlueGreen(Progressive):
         return f"blue-green phase {self.state.get('phase')}"
 
     def initial_state(self) -> dict[str, Any]:
-        return {**super().initial_state(), "phase": "preview"}
+        # Green as large as the stable is now (with an autoscaler, the size it chose).
+        return {**super().initial_state(), "phase": "preview", "green_replicas": self.replicas}
 
     def create(self) -> None:
         labels = {**(self.stable.spec.template.metadata.labels or {}), **self.green, TRACK: "green"}
@@ -92,7 +93,12 @@ class BlueGreen(Progressive):
             self._save()
         result = self._plain()
         self._select(self.blue)
-        return result
+        if self.autoscaler is None:
+            return result
+        # The green Deployment had the stable's size when it was made, the autoscaler's choice.
+        extra = {"green_replicas": self.state.get("green_replicas", self.replicas),
+                 "stable_replicas": f"left to {self.autoscaler.ref}"}
+        return result.model_copy(update={"instances": [*result.instances, extra]})
 
     def _select(self, selector: dict[str, str]) -> None:
         call(self.t.core.patch_namespaced_service, self.name, self.t.namespace,

@@ -7,6 +7,11 @@ down so that canary / (canary + stable) is as near the weight as whole pods allo
 below `N` ready pods: at each weight the side that grows is scaled and awaited first, then
 the side that shrinks. The stable's original size is in the durable state; an abort and
 the promotion put it back.
+
+A HorizontalPodAutoscaler on the stable Deployment owns the stable's size: scaling it down
+would fight the autoscaler. Then the stable is never scaled; at each weight the canary is
+sized against the stable's current size (`canary_beside`), at most the autoscaler's
+`maxReplicas` (or the stable's size, if larger), and the step's output says so.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from shipflow.activities.analysis.measure import compact, counted, measure, verdict
 from shipflow.activities.targets.base import RolloutFailed, RolloutResult
+from shipflow.activities.targets.k8s_autoscalers import Autoscaler
 from shipflow.activities.targets.k8s_errors import call
 from shipflow.activities.targets.k8s_progressive_base import MERGE, PAUSED, TRACK, Progressive
 from shipflow.workflows.spec import AnalysisStep, PauseStep, SetWeightStep
@@ -48,6 +54,15 @@ def canary_split(total: int, weight: int) -> tuple[int, int]:
                 best = key
     assert best is not None  # total >= 1 always allows 1 and 1
     return best[2], best[3]
+
+
+def canary_beside(stable: int, weight: int, *, most: int) -> int:
+    """The canary's pods beside a stable Deployment of `stable` pods that is left as it is
+    (an autoscaler owns its size): the count in 1..`most` whose share canary / (canary +
+    stable) is nearest `weight`, fewer pods on a tie; none at weight 0."""
+    if weight <= 0:
+        return 0
+    return min(range(1, max(1, most) + 1), key=lambda c: (abs(c / (c + stable) - weight / 100), c))
 
 
 def canary_replicas(stable: int, weight: int) -> int:
@@ -106,13 +121,19 @@ class Canary(Progressive):
         # The stable takes the new image at the size it has now (none at weight 100, so no
         # old pod comes back), then returns to its original size; the canary goes last.
         result = self._plain()
-        self._scale(self.name, self.replicas)
+        extra: dict[str, Any] = {"canary_weight": self.state["weight"]}
+        if self.autoscaler is None:
+            self._scale(self.name, self.replicas)
+        else:
+            extra["stable_replicas"] = f"left to {self.autoscaler.ref}"
         self._wait_ready(self.name)
-        extra = {"canary_weight": self.state["weight"]}
         return result.model_copy(update={"instances": [*result.instances, extra]})
 
     def _set_weight(self, weight: int) -> None:
         """Both Deployments to the split for `weight`: the growing side first, awaited."""
+        if self.autoscaler is not None:
+            self._set_weight_beside(weight, self.autoscaler)
+            return
         canary, stable = canary_split(self.replicas, weight)
         self.state["weight"] = weight
         self._save()
@@ -135,6 +156,29 @@ class Canary(Progressive):
         log.info(
             "deployments/%s: weight %s%%, %s canary pod(s), %s stable",
             self.extra, weight, canary, stable,
+        )
+        self.progress.beat(dict(self.details))
+
+    def _set_weight_beside(self, weight: int, autoscaler: Autoscaler) -> None:
+        """The canary alone to its share beside the stable's current size, which the
+        autoscaler owns (scaling the stable down would fight it)."""
+        self.state["weight"] = weight
+        self._save()
+        stable = self._size(self.name)
+        canary = canary_beside(stable, weight, most=max(stable, autoscaler.max_replicas))
+        self._patch_replicas(self.extra, canary)
+        self._wait_ready(self.extra)
+        share = canary / (canary + stable) if canary else 0.0
+        self.details.update(
+            weight=weight,
+            canary_replicas=canary,
+            stable_replicas=stable,
+            canary_share=round(share, 3),
+            message=f"{canary} canary pod(s) beside {stable} stable; the stable's size is left to {autoscaler.ref}",
+        )
+        log.info(
+            "deployments/%s: weight %s%%, %s canary pod(s) beside %s stable (sized by %s)",
+            self.extra, weight, canary, stable, autoscaler.ref,
         )
         self.progress.beat(dict(self.details))
 
@@ -199,5 +243,6 @@ class Canary(Progressive):
         The canary is deleted without waiting for the stable's pods to come back: a canary
         that failed must stop serving now; the stable's capacity returns as its pods start.
         """
-        self._scale(self.name, self.replicas)
+        if self.autoscaler is None:
+            self._scale(self.name, self.replicas)
         self._delete("deployments", self.extra)

@@ -48,7 +48,12 @@ from shipflow.activities.targets.base import (
     RolloutResult,
 )
 from shipflow.activities.targets.k8s_bluegreen import BlueGreen
-from shipflow.activities.targets.k8s_canary import Canary, canary_replicas, canary_split
+from shipflow.activities.targets.k8s_canary import (
+    Canary,
+    canary_beside,
+    canary_replicas,
+    canary_split,
+)
 from shipflow.activities.targets.k8s_errors import call
 from shipflow.activities.targets.k8s_progressive_base import (
     MERGE,
@@ -62,7 +67,7 @@ from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import AnalysisStep, Strategy
 
 __all__ = [
-    "PAUSED", "PROMOTE", "STATE", "TRACK", "canary_replicas", "canary_split", "progressive_rollout", "promote_paused",
+    "PAUSED", "PROMOTE", "STATE", "TRACK", "canary_beside", "canary_replicas", "canary_split", "progressive_rollout", "promote_paused",
     "refuse_unsupported",
 ]
 

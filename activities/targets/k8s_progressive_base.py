@@ -30,6 +30,7 @@ from shipflow.activities.targets.base import (
     TargetError,
     Transient,
 )
+from shipflow.activities.targets.k8s_autoscalers import Autoscaler, autoscaler_of
 from shipflow.activities.targets.k8s_errors import Cancelled, call
 from shipflow.activities.targets.kubernetes import (
     KubernetesTarget,
@@ -68,6 +69,8 @@ class Progressive:
         self.started = time.monotonic()
         self.stable: Any = target._read_deployment(self.name)
         self.replicas = self.stable.spec.replicas if self.stable.spec.replicas is not None else 1
+        # An HPA on the stable Deployment owns its size: the strategy never scales it.
+        self.autoscaler: Autoscaler | None = autoscaler_of(target.api, target.namespace, self.name)
         resume = progress.resume or {}
         self.previous = resume.get("previous_image") or self._stable_image()
         # The groups' envFrom the new pods get (`k8s_groups`): the canary and the green pods
@@ -83,6 +86,8 @@ class Progressive:
         self.details: dict[str, Any] = {
             "strategy": self.kind, "image": request.image, "previous_image": self.previous,
         }
+        if self.autoscaler is not None:
+            self.details["autoscaler"] = self.autoscaler.ref
 
     # ------------------------------------------------------------ the run
 

@@ -24,6 +24,11 @@ Jobs forward one tick at a time:
   API's validation of `spec.ports` and `spec.selector`. No endpoints are simulated.
 - Deployments are validated as the API does: `spec.selector` must match the template's
   labels, and is immutable after creation.
+- HorizontalPodAutoscalers (autoscaling/v2): POST, GET, LIST, PATCH, DELETE, validated as
+  the API does (`scaleTargetRef`, `maxReplicas`, `minReplicas` defaulted to 1). Their
+  controller has no metrics: it keeps its target Deployment's `spec.replicas` within
+  [minReplicas, maxReplicas], or at `hpa_wants[(namespace, name)]` when a test sets that
+  (load), and reports `currentReplicas`/`desiredReplicas` in the status, as the real one.
 
 Test knobs: `fail(verb, path, status, times)` makes the next requests matching a verb
 and a path pattern fail with a `Status` body; `patches` records every PATCH; `deletes`
@@ -71,11 +76,12 @@ RESOURCES = {
     "configmaps": ("/api/v1", "", "ConfigMap"),
     "replicasets": ("/apis/apps/v1", "apps", "ReplicaSet"),
     "services": ("/api/v1", "", "Service"),
+    "horizontalpodautoscalers": ("/apis/autoscaling/v2", "autoscaling", "HorizontalPodAutoscaler"),
 }
 
 _PATH = re.compile(
-    r"^(?P<prefix>/api/v1|/apis/apps/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<resource>deployments|jobs|pods|secrets|configmaps|replicasets|services)(?:/(?P<name>[^/]+)(?:/(?P<sub>status|log))?)?$"
+    r"^(?P<prefix>/api/v1|/apis/apps/v1|/apis/batch/v1|/apis/autoscaling/v2)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<resource>deployments|jobs|pods|secrets|configmaps|replicasets|services|horizontalpodautoscalers)(?:/(?P<name>[^/]+)(?:/(?P<sub>status|log))?)?$"
 )
 
 _REASONS = {
@@ -300,6 +306,8 @@ class KubeEmulator:
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
         self.never_ready: Callable[[str], bool] = lambda image: False
+        #: The size an autoscaler wants for its target (as if from metrics), by (namespace, HPA name).
+        self.hpa_wants: dict[tuple[str, str], int] = {}
         self.outcomes: list[JobOutcome] = []
         self.logs: dict[tuple[str, str], str] = {}
         self._rollouts: dict[tuple[str, str], _RolloutSim] = {}
@@ -425,6 +433,24 @@ class KubeEmulator:
             self._emit("deployments", "MODIFIED", created)
             return copy.deepcopy(created)
 
+    def add_hpa(self, namespace: str, name: str, deployment: str, *, min_replicas: int = 1,
+                max_replicas: int = 10) -> dict:
+        """An autoscaling/v2 HorizontalPodAutoscaler of the Deployment (CPU at 80%)."""
+        obj = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+                "minReplicas": min_replicas,
+                "maxReplicas": max_replicas,
+                "metrics": [{"type": "Resource", "resource": {
+                    "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+            },
+        }
+        with self.cond:
+            return copy.deepcopy(self._create("horizontalpodautoscalers", namespace, obj))
+
     def add_service(self, namespace: str, name: str, selector: dict[str, str], *, port: int = 80) -> dict:
         """A ClusterIP Service in front of the pods `selector` picks."""
         obj = {
@@ -506,6 +532,9 @@ class KubeEmulator:
                 obj.setdefault("data", {})[key] = base64.b64encode(str(value).encode()).decode()
         elif resource == "services":
             self._default_service(obj)
+        elif resource == "horizontalpodautoscalers":
+            obj.setdefault("spec", {}).setdefault("minReplicas", 1)
+            obj["status"] = {"desiredReplicas": 0}  # the controller fills it on its next pass
         if resource in ("deployments", "jobs", "pods", "replicasets", "services"):
             obj.setdefault("status", {})
         self._validate(resource, obj)
@@ -551,6 +580,9 @@ class KubeEmulator:
         if resource == "services":
             self._validate_service(name, obj.get("spec") or {})
             return
+        if resource == "horizontalpodautoscalers":
+            self._validate_hpa(name, obj.get("spec") or {})
+            return
         if resource == "deployments":
             spec = obj.get("spec", {})
             selector = (spec.get("selector") or {}).get("matchLabels") or {}
@@ -591,6 +623,22 @@ class KubeEmulator:
                     422, f'Job.batch "{name}" is invalid: spec.template.spec.restartPolicy: '
                     'Required value: valid values: "OnFailure", "Never"',
                 )
+
+    def _validate_hpa(self, name: str, spec: dict) -> None:
+        """autoscaling/v2 HorizontalPodAutoscaler validation, for the fields of its spec's sizes."""
+        prefix = f'HorizontalPodAutoscaler.autoscaling "{name}" is invalid: spec'
+        ref = spec.get("scaleTargetRef") or {}
+        for required in ("kind", "name"):
+            if not ref.get(required):
+                raise ApiError(422, f"{prefix}.scaleTargetRef.{required}: Required value")
+        high, low = spec.get("maxReplicas"), spec.get("minReplicas", 1)
+        if not isinstance(high, int) or isinstance(high, bool):
+            raise ApiError(422, f"{prefix}.maxReplicas: Required value")
+        if not isinstance(low, int) or low < 1:
+            raise ApiError(422, f"{prefix}.minReplicas: Invalid value: {low}: must be greater than or equal to 1")
+        if high < low:
+            raise ApiError(422, f"{prefix}.maxReplicas: Invalid value: {high}: must be greater than or equal "
+                                "to `minReplicas`")
 
     def _validate_service(self, name: str, spec: dict) -> None:
         """v1 Service validation, for the fields a ClusterIP Service needs."""
@@ -663,6 +711,29 @@ class KubeEmulator:
             jsim = self._jobs.setdefault((ns, name), _JobSim())
             if not jsim.finished:
                 self._step_job(ns, job, jsim)
+        for (ns, name), hpa in list(self.objects["horizontalpodautoscalers"].items()):
+            self._step_hpa(ns, name, hpa)
+
+    def _step_hpa(self, ns: str, name: str, hpa: dict) -> None:
+        """The autoscaler's pass: its target Deployment's size into [min, max] (or to what
+        `hpa_wants` says), by a scale of `spec.replicas`, as the HPA controller does."""
+        spec = hpa["spec"]
+        ref = spec["scaleTargetRef"]
+        dep = self.objects["deployments"].get((ns, ref["name"])) if ref["kind"] == "Deployment" else None
+        if dep is None:
+            return
+        current = dep["spec"].get("replicas", 1)
+        wanted = self.hpa_wants.get((ns, name), current)
+        desired = max(spec.get("minReplicas", 1), min(spec["maxReplicas"], wanted))
+        status = {**hpa.get("status", {}), "currentReplicas": current, "desiredReplicas": desired}
+        if desired != current:
+            dep["spec"]["replicas"] = desired
+            dep["metadata"]["generation"] = dep["metadata"].get("generation", 1) + 1
+            self._emit("deployments", "MODIFIED", dep)
+            status["lastScaleTime"] = now_rfc3339()
+        if status != hpa.get("status"):
+            hpa["status"] = status
+            self._emit("horizontalpodautoscalers", "MODIFIED", hpa)
 
     def _step_deployment(self, dep: dict, sim: _RolloutSim) -> None:
         spec, status = dep["spec"], dep["status"]

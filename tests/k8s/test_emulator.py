@@ -184,3 +184,42 @@ def test_services_and_the_deployment_selector_rules_of_the_api(emulator: KubeEmu
         apps.patch_namespaced_deployment("api-canary", NS, {"spec": {"selector": {"matchLabels": {"app": "x"}},
                                                                       "template": {"metadata": {"labels": {"app": "x"}}}}})
     assert immutable.value.status == 422 and "field is immutable" in immutable.value.body
+
+
+def test_horizontal_pod_autoscalers_in_autoscaling_v2(emulator: KubeEmulator, api: Any) -> None:
+    """HPAs as the official client sends and reads them (typed models both ways), and a
+    controller that keeps the target Deployment's size within its bounds."""
+    scaling: Any = client.AutoscalingV2Api(api)
+    apps: Any = client.AppsV1Api(api)
+    emulator.add_deployment(NS, "api", "app:1", replicas=1)
+    body = client.V2HorizontalPodAutoscaler(
+        metadata=client.V1ObjectMeta(name="api"),
+        spec=client.V2HorizontalPodAutoscalerSpec(
+            scale_target_ref=client.V2CrossVersionObjectReference(api_version="apps/v1", kind="Deployment", name="api"),
+            min_replicas=3,
+            max_replicas=6,
+            metrics=[client.V2MetricSpec(type="Resource", resource=client.V2ResourceMetricSource(
+                name="cpu", target=client.V2MetricTarget(type="Utilization", average_utilization=70)))],
+        ),
+    )
+    created = scaling.create_namespaced_horizontal_pod_autoscaler(NS, body)
+    assert created.kind == "HorizontalPodAutoscaler" and created.api_version == "autoscaling/v2"
+    assert created.spec.scale_target_ref.name == "api" and created.status.desired_replicas == 0
+    # The controller scales the Deployment up to minReplicas, and says so in the status.
+    assert wait_until_sync(lambda: apps.read_namespaced_deployment("api", NS).spec.replicas == 3, what="scaled to min")
+    assert wait_until_sync(
+        lambda: scaling.read_namespaced_horizontal_pod_autoscaler("api", NS).status.desired_replicas == 3,
+        what="status",
+    )
+    emulator.hpa_wants[(NS, "api")] = 9  # load: it wants more than it may have
+    assert wait_until_sync(lambda: apps.read_namespaced_deployment("api", NS).spec.replicas == 6, what="scaled to max")
+
+    def listed() -> list[tuple[str, str, int]]:
+        items = scaling.list_namespaced_horizontal_pod_autoscaler(NS).items
+        return [(h.metadata.name, h.spec.scale_target_ref.kind, h.status.current_replicas) for h in items]
+
+    assert wait_until_sync(lambda: listed() == [("api", "Deployment", 6)], what="listed at its new size")
+    with pytest.raises(client.ApiException) as invalid:
+        scaling.create_namespaced_horizontal_pod_autoscaler(NS, {"metadata": {"name": "bad"}, "spec": {
+            "scaleTargetRef": {"kind": "Deployment", "name": "api"}, "minReplicas": 5, "maxReplicas": 2}})
+    assert invalid.value.status == 422 and "spec.maxReplicas: Invalid value: 2" in invalid.value.body

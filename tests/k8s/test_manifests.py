@@ -35,6 +35,8 @@ NEEDED = {
     ("", "secrets"): {"create", "list", "delete"},
     ("", "configmaps"): {"create", "list", "delete"},
     ("apps", "replicasets"): {"list"},
+    # canary and blue-green: the stable's HorizontalPodAutoscaler, if any (never changed)
+    ("autoscaling", "horizontalpodautoscalers"): {"list"},
 }
 
 
@@ -94,7 +96,7 @@ def test_rbac_is_least_privilege() -> None:
 
 
 def _request_rule(verb: str, path: str) -> tuple[tuple[str, str], str]:
-    m = re.match(r"^/(?:api/v1|apis/(?P<group>[^/]+)/v1)/namespaces/[^/]+/(?P<res>[^/]+)(?:/[^/]+(?:/(?P<sub>[^/]+))?)?$", path)
+    m = re.match(r"^/(?:api/v1|apis/(?P<group>[^/]+)/v\d+)/namespaces/[^/]+/(?P<res>[^/]+)(?:/[^/]+(?:/(?P<sub>[^/]+))?)?$", path)
     assert m, path
     resource = m["res"] + (f"/{m['sub']}" if m["sub"] else "")
     return (m["group"] or "", resource), verb

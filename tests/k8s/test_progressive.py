@@ -26,6 +26,7 @@ from shipflow.activities.targets.k8s_progressive import (
     PAUSED,
     PROMOTE,
     STATE,
+    canary_beside,
     canary_replicas,
     canary_split,
     promote_paused,
@@ -469,3 +470,59 @@ def test_a_blip_on_the_last_attempt_or_a_cancel_aborts_even_with_attempts_left(
         roll(cluster, other, RecordingProgress(cancel_when=lambda d: d.get("paused")))
     assert "all traffic is on the stable version" in str(cancelled.value)
     assert not exists(cluster, "deployments", "api-canary") and cluster.deployment("api").spec.replicas == 2
+
+
+def test_an_autoscaled_stable_keeps_its_size_and_the_canary_is_sized_beside_it(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """Scaling an autoscaled stable down fights its HPA: the canary grows beside it instead,
+    against the size the HPA chose at each weight, and the output says so."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=4)
+    emulator.add_hpa(cluster.namespace, "api-hpa", "api", min_replicas=4, max_replicas=8)
+    strategy = {"canary": {"steps": [{"set_weight": 20}, {"set_weight": 50}, {"pause": {}}]}}
+    # Cancelled in its pause: the abort deletes the canary and leaves the stable's size alone.
+    cancelled = RecordingProgress(cancel_when=lambda d: d.get("paused"))
+    with pytest.raises(Cancelled):
+        roll(cluster, request(strategy, new), cancelled)
+    assert [b["canary_replicas"] for b in cancelled.beats if "canary_share" in b][-1] == 4  # 4 of 8 pods: 50%
+    assert not exists(cluster, "deployments", "api-canary")
+    assert emulator.patches_of(cluster.namespace, "api") == []  # never scaled, never touched
+
+    def load_after_the_first_weight(details: dict[str, Any]) -> bool:
+        if details.get("canary_share") == 0.2 and emulator.hpa_wants.get((cluster.namespace, "api-hpa")) is None:
+            emulator.hpa_wants[(cluster.namespace, "api-hpa")] = 6  # the HPA scales the stable up
+            wait_until_sync(lambda: cluster.deployment("api").spec.replicas == 6, what="the HPA scales up")
+        return False
+
+    strategy = {"canary": {"steps": [{"set_weight": 20}, {"set_weight": 50}, {"pause": {"duration": "10ms"}}]}}
+    progress = RecordingProgress(cancel_when=load_after_the_first_weight)
+    result = roll(cluster, request(strategy, new), progress)
+    sized = [(b["canary_replicas"], b["stable_replicas"]) for b in progress.beats if "canary_share" in b]
+    assert sized[0] == (1, 4) and sized[-1] == (6, 6)  # 1 beside 4 (20%), then 6 beside 6 (50%)
+    assert progress.beats[-1]["autoscaler"] == "horizontalpodautoscalers/api-hpa"
+    assert "the stable's size is left to horizontalpodautoscalers/api-hpa" in str(
+        next(b["message"] for b in progress.beats if b.get("canary_share") == 0.5)
+    )
+    assert result.instances[-1] == {"canary_weight": 50, "stable_replicas": "left to horizontalpodautoscalers/api-hpa"}
+    # Shipflow patched the stable's image only; its size is the HPA's (6).
+    assert emulator.image_patches(cluster.namespace, "api") == [new]
+    assert all("replicas" not in p["body"].get("spec", {}) for p in emulator.patches_of(cluster.namespace, "api"))
+    stable = cluster.deployment("api")
+    assert stable.spec.replicas == 6 and stable.spec.template.spec.containers[0].image == new
+    assert not exists(cluster, "deployments", "api-canary")
+    assert [canary_beside(4, w, most=8) for w in (0, 10, 20, 50, 75, 100)] == [0, 1, 1, 4, 8, 8]
+
+
+def test_blue_green_beside_an_autoscaled_stable_sizes_green_like_it(cluster: Cluster, emulator: KubeEmulator) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.add_service(cluster.namespace, "api", {"app": "api"})
+    emulator.add_hpa(cluster.namespace, "api", "api", min_replicas=3, max_replicas=5)
+    wait_until_sync(lambda: cluster.deployment("api").spec.replicas == 3, what="the HPA scales the stable to 3")
+    strategy = {"blue_green": {"auto_promote_after": "0s", "scale_down_delay": "0s"}}
+    result = roll(cluster, request(strategy, new), RecordingProgress())
+    green = next(o for _, r, k, o in emulator.events if r == "deployments" and o["metadata"]["name"] == "api-green")
+    assert green["spec"]["replicas"] == 3
+    assert result.instances[-1] == {"green_replicas": 3, "stable_replicas": "left to horizontalpodautoscalers/api"}
+    assert all("replicas" not in p["body"].get("spec", {}) for p in emulator.patches_of(cluster.namespace, "api"))
