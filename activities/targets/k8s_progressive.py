@@ -90,7 +90,7 @@ def refuse_unsupported(strategy: Strategy) -> None:
     if strategy.blue_green is not None and strategy.blue_green.preview_port is not None:
         raise Invalid(
             "strategy.blue_green.preview_port is for the local target; on kubernetes the preview "
-            "is the Service <service>-preview"
+            "is the Service <service>-preview, or the one strategy.blue_green.preview_service names"
         )
 
 

@@ -526,3 +526,61 @@ def test_blue_green_beside_an_autoscaled_stable_sizes_green_like_it(cluster: Clu
     assert green["spec"]["replicas"] == 3
     assert result.instances[-1] == {"green_replicas": 3, "stable_replicas": "left to horizontalpodautoscalers/api"}
     assert all("replicas" not in p["body"].get("spec", {}) for p in emulator.patches_of(cluster.namespace, "api"))
+
+
+def test_blue_green_switches_the_named_active_service_and_points_the_named_preview(
+    cluster: Cluster, emulator: KubeEmulator
+) -> None:
+    """The Service in front of deployments/api is `web`; an Ingress points at `web-next`:
+    the switch patches `web`, the preview is `web-next` pointed at green and put back."""
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=2)
+    emulator.add_service(cluster.namespace, "web", {"app": "api"})
+    emulator.add_service(cluster.namespace, "web-next", {"app": "api"})
+    strategy = {"blue_green": {"active_service": "web", "preview_service": "web-next", "scale_down_delay": "0s"}}
+    core = client.CoreV1Api(cluster.api)
+    seen: list[dict[str, str]] = []
+
+    def look(details: dict[str, Any]) -> bool:
+        if details.get("paused") and not seen:
+            seen.append(core.read_namespaced_service("web-next", cluster.namespace).spec.selector)
+            seen.append(core.read_namespaced_service("web", cluster.namespace).spec.selector)
+            promote_paused(KubernetesTarget(cluster.spec, SETTINGS), "api", req.run_id, "deploy")
+        return False
+
+    req = request(strategy, new)
+    result = roll(cluster, req, RecordingProgress(cancel_when=look))
+    assert result.strategy == "blue_green" and result.image == new
+    assert seen == [{"app": "api-green"}, {"app": "api"}]  # the preview on green, the active not yet
+    web = [p["body"]["spec"]["selector"] for p in emulator.patches_of(cluster.namespace, "web", "services")]
+    assert web == [{"app": "api-green"}, {"app": "api"}]
+    assert core.read_namespaced_service("web-next", cluster.namespace).spec.selector == {"app": "api"}  # put back
+    assert not exists(cluster, "services", "api-preview") and not exists(cluster, "deployments", "api-green")
+    assert exists(cluster, "services", "web-next")  # the user's: never created, never deleted
+    assert not [r for r in emulator.requests if r[0] == "create" and r[1].endswith("/services")]
+
+
+@pytest.mark.parametrize(
+    ("services", "named", "message"),
+    [
+        ({}, {"active_service": "web"}, "strategy.blue_green.active_service: services/web does not exist"),
+        ({"web": {"app": "other"}}, {"active_service": "web"},
+         "strategy.blue_green.active_service: blue_green needs services/web to select the pods of deployments/api"),
+        ({"api": {"app": "api"}}, {"preview_service": "next"},
+         "strategy.blue_green.preview_service: services/next does not exist"),
+        ({"api": {"app": "api"}, "next": {"app": "api", "tier": "edge"}}, {"preview_service": "next"},
+         "strategy.blue_green.preview_service: blue_green needs services/next to select the pods"),
+    ],
+    ids=["active-missing", "active-selects-other-pods", "preview-missing", "preview-selects-other-pods"],
+)
+def test_a_named_service_that_is_missing_or_selects_other_pods_is_refused_naming_the_field(
+    cluster: Cluster, emulator: KubeEmulator, services: dict[str, dict[str, str]], named: dict[str, str], message: str
+) -> None:
+    old, new = cluster.images
+    cluster.create_deployment("api", old, replicas=1)
+    for name, selector in services.items():
+        emulator.add_service(cluster.namespace, name, selector)
+    with pytest.raises((NotFound, Invalid)) as refused:
+        roll(cluster, request({"blue_green": named}, new), RecordingProgress())
+    assert message in str(refused.value) and not refused.value.retryable
+    assert emulator.patches == [] and not exists(cluster, "deployments", "api-green")

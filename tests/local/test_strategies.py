@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shipflow.activities.targets.base import RolloutFailed, RolloutRequest, RolloutResult
+from shipflow.activities.core.settings import Settings
+from shipflow.activities.targets.base import Invalid, RolloutFailed, RolloutRequest, RolloutResult
 from shipflow.activities.targets.local.target import LocalTarget
 from shipflow.workflows.spec import Strategy
 from tests.helpers import free_port, wait_until
@@ -144,3 +145,18 @@ async def test_a_recreate_whose_new_version_never_gets_ready_starts_the_old_one_
     assert {i["image"] for i in runtime.service("web")["instances"]} == {"v1"}
     answer = httpx.get(f"http://127.0.0.1:{port}/version", timeout=5)
     assert answer.json()["version"] == "v1"
+
+
+@pytest.mark.parametrize("field", ["active_service", "preview_service"])
+def test_kubernetes_service_names_are_refused_on_the_local_target(field: str, tmp_path: Any) -> None:
+    """Refused before the runtime is asked (none runs here): a name of a Kubernetes Service
+    means nothing at the front port."""
+    target = LocalTarget(
+        {"kind": "local", "services": {"web": demo_service(free_port())}},
+        Settings(data_dir=tmp_path, runtime_url="http://127.0.0.1:9"),
+    )
+    strategy = Strategy.model_validate({"blue_green": {field: "web"}})
+    req = RolloutRequest(run_id="r", step_id="d", service="web", image="v2", strategy=strategy)
+    with pytest.raises(Invalid) as refused:
+        target.rollout(req, Beats())
+    assert f"strategy.blue_green.{field} names a Kubernetes Service" in str(refused.value)

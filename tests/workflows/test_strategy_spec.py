@@ -70,6 +70,10 @@ def test_a_step_strategy_reaches_the_plan_and_the_service_keeps_its_own() -> Non
         ("{rolling: {}, recreate: {}}", "steps[0].deploy.strategy", "exactly one of"),
         ("{}", "steps[0].deploy.strategy", "exactly one of"),
         ("{blue: {}}", "steps[0].deploy.strategy.blue", "unknown field"),
+        ("{blue_green: {active_service: Web_1}}", "steps[0].deploy.strategy.blue_green.active_service",
+         "should match pattern"),
+        ("{blue_green: {active_service: web, preview_service: web}}", "steps[0].deploy.strategy.blue_green",
+         "preview_service must differ from active_service"),
     ],
 )
 def test_bad_strategies_are_refused_at_apply_naming_the_field(strategy: str, path: str, message: str) -> None:

@@ -163,19 +163,46 @@ class CanaryStrategy(StrictModel):
     steps: list[CanaryStep] = Field(min_length=1, max_length=100)
 
 
+#: A Kubernetes Service name (a DNS-1035 label).
+ServiceName = Annotated[str, Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")]
+
+
 class BlueGreenStrategy(StrictModel):
     """The new version runs in full beside the old one, reachable on `preview_port` (local)
-    or the Service `<name>-preview` (Kubernetes); promotion switches every new request (the
+    or a preview Service (Kubernetes); promotion switches every new request (the active
     Service's selector) at once; the old version stays for
-    `scale_down_delay`, so that an abort in that time switches back at once."""
+    `scale_down_delay`, so that an abort in that time switches back at once.
+
+    On Kubernetes the active Service is the one named like the service unless
+    `active_service` names another (the Service in front of the stable pods often has a name
+    of its own); the preview is a Service `<name>-preview` that shipflow creates and
+    deletes, unless `preview_service` names an existing one (an Ingress may point at it),
+    which shipflow points at the new pods and back, never creating or deleting it."""
 
     preview_port: int | None = Field(
-        None, ge=1, le=65535, description="the new version before the switch"
+        None, ge=1, le=65535, description="local: the new version before the switch"
     )
     auto_promote_after: Duration | None = Field(
         None, description="switch after this long; none: wait for `shipflow promote`"
     )
     scale_down_delay: Duration = Field(default="30s", validate_default=True)  # type: ignore[assignment]
+    active_service: ServiceName | None = Field(
+        None,
+        description="kubernetes: the Service whose selector the switch changes (it must "
+        "select the stable pods); default: the Service named like the service",
+    )
+    preview_service: ServiceName | None = Field(
+        None,
+        description="kubernetes: an existing Service (selecting the stable pods) to point at "
+        "the new pods before the switch, and back after; default: a Service "
+        "`<service>-preview` created for the rollout and deleted after it",
+    )
+
+    @model_validator(mode="after")
+    def _two_services(self) -> BlueGreenStrategy:
+        if self.preview_service is not None and self.preview_service == self.active_service:
+            raise ValueError("preview_service must differ from active_service")
+        return self
 
 
 class Strategy(StrictModel):

@@ -151,6 +151,13 @@ class LocalTarget:
         if request.progress_deadline_s is not None:
             update["progress_deadline"] = request.progress_deadline_s
         strategy = request.strategy or declared.strategy
+        bg = strategy.blue_green if strategy is not None else None
+        if bg is not None and (bg.active_service or bg.preview_service):
+            field = "active_service" if bg.active_service else "preview_service"
+            raise Invalid(
+                f"strategy.blue_green.{field} names a Kubernetes Service; on the local target "
+                "the switch is at the front port and the preview is preview_port"
+            )
         if strategy is not None and (request.strategy is not None or "${" in strategy.model_dump_json()):
             update["strategy"] = resolve_analysis_env(strategy)
         if not update:
