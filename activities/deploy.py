@@ -24,9 +24,12 @@ from shipflow.activities.progress import ActivityProgress
 from shipflow.activities.records import last_release, write_release
 from shipflow.activities.targets.base import Progress, RolloutRequest, Target, TargetError
 from shipflow.workflows.io.deploy import (
+    ABORT_KEPT,
     PROMOTE_PAUSE,
     RESOLVE_PROMOTION,
     ROLLOUT,
+    AbortKeptInput,
+    AbortKeptOutput,
     PromotePauseInput,
     PromotePauseOutput,
     PromotionInput,
@@ -265,6 +268,34 @@ class DeployActivities:
             f"{input.service}: pause {pause} promoted (deployments/{deployment})"
         )
         return PromotePauseOutput(step=ctx.step_id, service=input.service, deployment=deployment, pause=pause)
+
+    @activity.defn(name=ABORT_KEPT)
+    def abort_kept(self, input: AbortKeptInput) -> AbortKeptOutput:
+        """Abort the canary or green an attempt kept for the next one, which will not come.
+
+        Not cancellable on purpose: it runs after the run's cancel, as cleanup.
+        """
+        from shipflow.activities.targets.k8s_progressive import abort_kept
+        from shipflow.activities.targets.kubernetes import KubernetesTarget
+
+        target = self._targets(input.target)
+        ctx = input.context
+        if not isinstance(target, KubernetesTarget) or input.strategy is None:
+            return AbortKeptOutput(service=input.service)
+        request = RolloutRequest(
+            run_id=ctx.run_id, step_id=ctx.step_id, service=input.service, image=input.image,
+            container=input.container, strategy=input.strategy,
+        )
+        try:
+            aborted = abort_kept(target, request, ActivityProgress({}))
+        except TargetError as e:
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=not e.retryable) from None
+        if aborted is not None:
+            StepLogWriter(self._engine, ctx.run_id, ctx.step_id).write(
+                f"{input.service}: cancelled before its next attempt: {aborted} aborted, all traffic "
+                "is on the stable version"
+            )
+        return AbortKeptOutput(service=input.service, aborted=aborted)
 
     @activity.defn(name=RESOLVE_PROMOTION)
     def resolve_promotion(self, input: PromotionInput) -> PromotionOutput:

@@ -50,7 +50,7 @@ def _optional(
     from shipflow.activities.deploy import DeployActivities
 
     deploy = DeployActivities(targets, engine, settings)
-    out += [deploy.rollout, deploy.resolve_promotion, deploy.promote_pause]
+    out += [deploy.rollout, deploy.resolve_promotion, deploy.promote_pause, deploy.abort_kept]
     # backup activities
     from shipflow.activities.backup.activity import BackupActivities
     from shipflow.activities.s3 import S3Factory

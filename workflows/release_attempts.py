@@ -8,6 +8,7 @@ step is resumed from its last heartbeat.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +27,12 @@ from shipflow.workflows.release_base import ReleaseBase
 from shipflow.workflows.release_errors import StepFailed, describe_error, worker_shut_down
 
 with workflow.unsafe.imports_passed_through():
+    from shipflow.workflows.io.deploy import (
+        ABORT_KEPT,
+        AbortKeptInput,
+        AbortKeptOutput,
+        RolloutInput,
+    )
     from shipflow.workflows.plan import ActionPlan
     from shipflow.workflows.status import AttemptRecord, Compensation, StepState, StepStatus
     from shipflow.workflows.step_kinds import Local
@@ -38,6 +45,12 @@ WORKER_SHUTDOWN_IS_LOST = "worker-shutdown-is-lost"
 #: Patch id: each attempt of a step is recorded (`StepStatus.attempt_log`) and its activity
 #: is named `<step>:<activity>:<attempt>` so the API can find it in the history.
 STEP_ATTEMPT_LOG = "step-attempt-log"
+#: Patch id: a cancel in the back-off after an attempt that kept its work for the next one
+#: (a Kubernetes canary, `StateKept`) aborts that work (`deploy.abort_kept`).
+ABORT_KEPT_ON_CANCEL = "abort-kept-on-cancel"
+#: The failure type of an attempt that kept its work for the next (`targets.base.StateKept`).
+STATE_KEPT = "StateKept"
+ABORT_KEPT_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=10))
 
 
 class StepAttempts(ReleaseBase):
@@ -184,10 +197,48 @@ class StepAttempts(ReleaseBase):
                 final = isinstance(cause, ApplicationError) and cause.non_retryable
                 if final or attempt >= limit:
                     raise StepFailed(action.id, message) from None
+                kept = isinstance(cause, ApplicationError) and cause.type == STATE_KEPT
                 delay = action.retry.delay_after(attempt)
                 if undo is None:
                     step.state = StepState.RETRYING
                     step.next_attempt_at = workflow.now() + timedelta(seconds=delay)
                     self._touch(step)
                 resume = None
-                await workflow.sleep(delay, summary=f"{action.id}: retry {attempt + 1}/{limit}")
+                try:
+                    await workflow.sleep(delay, summary=f"{action.id}: retry {attempt + 1}/{limit}")
+                except asyncio.CancelledError:
+                    # The next attempt will not come: what the last one kept for it (a canary
+                    # with its share of the traffic) must not stay behind a cancelled step.
+                    if (
+                        kept
+                        and isinstance(request, RolloutInput)
+                        and workflow.patched(ABORT_KEPT_ON_CANCEL)
+                    ):
+                        await self._shielded(self._abort_kept(action, request, step))
+                    raise
+
+    async def _abort_kept(
+        self, action: ActionPlan, request: RolloutInput, step: StepStatus
+    ) -> None:
+        """Abort the canary or green Deployment an attempt kept; a failure is the step's error."""
+        payload = AbortKeptInput(
+            context=request.context,
+            target=request.target,
+            service=request.service,
+            image=request.image,
+            container=request.container,
+            strategy=request.strategy,
+        )
+        try:
+            await workflow.execute_activity(
+                ABORT_KEPT,
+                payload,
+                result_type=AbortKeptOutput,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=ABORT_KEPT_RETRY,
+                summary=f"{action.id}: abort what the last attempt kept",
+                activity_id=f"{action.id}:{ABORT_KEPT}",
+            )
+        except ActivityError as error:
+            step.error = f"{step.error}; cancelled, and the abort of what it kept failed: {describe_error(error)}"
+            self._touch(step)

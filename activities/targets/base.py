@@ -48,6 +48,13 @@ class Transient(TargetError):
     retryable = True
 
 
+class StateKept(Transient):
+    """A retryable failure after which the target kept its work for the step's next attempt
+    (a Kubernetes canary's or green Deployment, its state and traffic split). Should no
+    attempt come (the run is cancelled in the back-off), the step aborts it
+    (`deploy.abort_kept`)."""
+
+
 class RolloutFailed(TargetError):
     """The new version did not become ready in time; the old one kept serving."""
 

@@ -67,7 +67,16 @@ from shipflow.activities.targets.kubernetes import KubernetesTarget
 from shipflow.workflows.spec import AnalysisStep, Strategy
 
 __all__ = [
-    "PAUSED", "PROMOTE", "STATE", "TRACK", "canary_beside", "canary_replicas", "canary_split", "progressive_rollout", "promote_paused",
+    "PAUSED",
+    "PROMOTE",
+    "STATE",
+    "TRACK",
+    "abort_kept",
+    "canary_beside",
+    "canary_replicas",
+    "canary_split",
+    "progressive_rollout",
+    "promote_paused",
     "refuse_unsupported",
 ]
 
@@ -108,6 +117,18 @@ def progressive_rollout(
         else BlueGreen(target, request, progress)
     )
     return runner.run()
+
+
+def abort_kept(target: KubernetesTarget, request: RolloutRequest, progress: Progress) -> str | None:
+    """Abort the canary or blue-green that an attempt of `request`'s step kept for a next
+    attempt that will not come; the Deployment aborted, or None if there was none."""
+    assert request.strategy is not None
+    runner: Progressive = (
+        Canary(target, request, progress)
+        if request.strategy.canary is not None
+        else BlueGreen(target, request, progress)
+    )
+    return runner.abort_kept()
 
 
 def promote_paused(target: KubernetesTarget, service: str, run_id: str, step_id: str) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from shipflow.activities.targets.base import (
     RolloutFailed,
     RolloutRequest,
     RolloutResult,
+    StateKept,
     TargetError,
     Transient,
 )
@@ -141,7 +142,7 @@ class Progressive:
         log.warning("%s/%s: %s; kept at %s for the next attempt", self.kind, self.extra, error, where)
         self.details.update(message=f"kept at {where} for the next attempt: {error}")
         self.progress.beat(dict(self.details))
-        raise Transient(
+        raise StateKept(
             f"{error}; {self.kind} kept at {where} (deployments/{self.extra}): the next attempt "
             "resumes there"
         ) from None
@@ -155,6 +156,26 @@ class Progressive:
             and not isinstance(error, Cancelled)
             and not self.progress.cancelled()
         )
+
+    def abort_kept(self) -> str | None:
+        """Abort what an earlier attempt of this rollout kept for the next one, which will
+        not come (the run was cancelled in the back-off). Returns the Deployment aborted,
+        None when there was nothing (left by this run and step) to abort.
+
+        Raises:
+            Conflict: (not retryable) the extra Deployment belongs to another rollout.
+            TargetError: the abort failed (retryable as the API's error is).
+        """
+        loaded = self._load()
+        if loaded is None:
+            return None
+        self.state = loaded
+        self.replicas = int(loaded.get("stable_replicas", self.replicas))
+        self.previous = loaded.get("previous_image") or self.previous
+        self.abort()
+        self._collect_groups()
+        log.info("%s/%s: aborted after a cancel: all traffic is on the stable version", self.kind, self.extra)
+        return f"deployments/{self.extra}"
 
     def _abort_and_raise(self, error: Exception) -> None:
         """Abort, then raise what ended the strategy, saying that it was aborted.

@@ -16,15 +16,22 @@ from pathlib import Path
 import uvicorn
 from kubernetes import client, config
 from temporalio.client import Client
+from temporalio.worker import Replayer
 from typer.testing import CliRunner
 
+from shipflow.activities.core.client import make_data_converter
+from shipflow.activities.core.codec import parse_keys
 from shipflow.activities.core.settings import Settings
+from shipflow.activities.core.starter import plan_for, read_status, start_release
 from shipflow.activities.targets.k8s_progressive import PAUSED, PROMOTE, STATE
 from shipflow.activities.targets.local.process import free_port
 from shipflow.api.app import create_app
 from shipflow.infra.cli.main import app as cli
+from shipflow.workflows.release import ReleaseWorkflow
+from shipflow.workflows.spec import load_flow_text
 from tests.analysis.prometheus_stub import PrometheusStub, vector
 from tests.api.conftest import TOKENS, api_client, bearer, token_settings
+from tests.conftest import TEST_PAYLOAD_KEYS
 from tests.helpers import finish, new_worker, start_flow, wait_until
 from tests.k8s.emulator import KubeEmulator
 from tests.k8s.test_release_k8s import REPO, k8s_flow, ns
@@ -233,3 +240,43 @@ async def test_an_api_outage_through_the_last_attempt_aborts_the_canary(
     assert emulator.get("deployments", space, "api-canary") is None
     stable = emulator.get("deployments", space, "api")
     assert stable["spec"]["replicas"] == 4 and stable["spec"]["template"]["spec"]["containers"][0]["image"] == "api:1"
+
+
+async def test_a_cancel_while_the_step_waits_to_retry_aborts_the_kept_canary(
+    temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str
+) -> None:
+    """No next attempt will come: the canary kept for it is aborted, not left with its
+    share of the traffic; and the run's history replays."""
+    space = ns()
+    emulator.add_deployment(space, "api", "api:1", replicas=4)
+
+    def answer(query: str) -> object:
+        if len(prom.queries) == 2:
+            emulator.fail("patch", rf"/namespaces/{space}/deployments/api$", 503, times=4)
+        return vector("1")
+
+    with PrometheusStub(answer) as prom:
+        plan = plan_for(load_flow_text(_blip_flow(space, kubeconfig, prom.url)), settings)
+        for action in plan.actions():
+            action.retry.initial_interval_s = 600.0  # the cancel comes well inside the back-off
+        async with new_worker(temporal_client, settings):
+            handle = await start_release(temporal_client, settings, plan, run_id=f"blip-cancel-{ns()}")
+
+            async def retrying() -> bool:
+                return (await read_status(temporal_client, handle.id)).step("api").state == "retrying"
+
+            await wait_until(retrying, timeout=60)
+            canary = emulator.get("deployments", space, "api-canary")
+            assert canary is not None and canary["spec"]["replicas"] == 2  # kept at 50%
+            await handle.cancel()
+            status = await asyncio.wait_for(finish(handle), timeout=60)
+    assert status.state == "cancelled", status
+    step = status.step("api")
+    assert step.state == "cancelled" and step.attempts == 1
+    assert emulator.get("deployments", space, "api-canary") is None
+    stable = emulator.get("deployments", space, "api")
+    assert stable["spec"]["replicas"] == 4 and stable["spec"]["template"]["spec"]["containers"][0]["image"] == "api:1"
+    history = await temporal_client.get_workflow_handle(handle.id).fetch_history()
+    converter = make_data_converter(parse_keys(TEST_PAYLOAD_KEYS, source="tests"))
+    replayed = await Replayer(workflows=[ReleaseWorkflow], data_converter=converter).replay_workflow(history)
+    assert replayed.replay_failure is None

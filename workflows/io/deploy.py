@@ -78,6 +78,24 @@ class PromotionOutput(BaseModel):
 
 
 PROMOTE_PAUSE = "deploy.promote_pause"
+ABORT_KEPT = "deploy.abort_kept"
+
+
+class AbortKeptInput(BaseModel):
+    """Abort the Kubernetes canary or green Deployment an attempt of the step kept for its
+    next attempt (`StateKept`), when the run is cancelled before that attempt starts."""
+
+    context: StepContext
+    target: dict[str, Any]
+    service: str
+    image: str
+    container: str | None = None
+    strategy: Strategy | None = None
+
+
+class AbortKeptOutput(BaseModel):
+    service: str
+    aborted: str | None = Field(None, description="the Deployment aborted; None: nothing was kept")
 
 
 class PromoteInput(BaseModel):
