@@ -19,7 +19,8 @@ def test_activity_names_are_unchanged() -> None:
     registered = build_activities(Settings(), create_engine("sqlite://"), None, "queue")  # type: ignore[arg-type]
     names = sorted(activity._Definition.must_from_callable(fn).name for fn in registered)
     assert names == [
-        "backup.create", "backup.restore", "check.probe", "deploy.promote_pause", "deploy.resolve_promotion",
+        "backup.create", "backup.restore", "check.probe", "deploy.abort_kept", "deploy.promote_pause",
+        "deploy.resolve_promotion",
         "deploy.rollout", "job.run", "lock.acquire", "lock.closed_runs", "notify.run_event",
         "notify.send",
         "records.run",
