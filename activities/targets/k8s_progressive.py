@@ -9,12 +9,15 @@ The way Argo Rollouts works without traffic routing, with plain Deployments and 
   (`k8s_canary.canary_split`; 100% leaves the stable with none). Pauses, analysis (http,
   Prometheus) run in between; at the end the stable Deployment takes the new image by its
   own rolling update and its original size back, and the canary is deleted.
-- **blue-green**: a Deployment `<name>-green` at full size whose pods carry the Service's
-  selector labels with `-green` appended, and a Service `<name>-preview` that selects
-  them. Promotion patches the main Service's selector to the green labels (all traffic at
-  once); the old pods stay for `scale_down_delay`, in which an abort patches the selector
-  back. Then the stable Deployment takes the new image, the selector returns to it, and
-  the green Deployment and the preview Service are deleted.
+- **blue-green**: a Deployment `<name>-green` at full size whose pods carry the active
+  Service's selector labels with `-green` appended, and a Service `<name>-preview` that
+  selects them (or the user's `preview_service`, pointed there and back). Promotion
+  patches the active Service's (`<name>`, or `active_service`) selector to the green
+  labels (all traffic at once); the old pods stay for `scale_down_delay`, in which an
+  abort patches the selector back. Then the stable Deployment takes the new image, the
+  selector returns to it, and the green Deployment and the preview Service are deleted.
+- **HorizontalPodAutoscaler** on the stable Deployment (`k8s_autoscalers`): the stable's
+  size is the HPA's; the canary grows beside it (never scaling it), green takes its size.
 
 An abort (a failed analysis, a cancel, a failed promotion) sends all traffic back to the
 stable version at once (its original size back) and deletes what the strategy created; it is the step's own
@@ -29,7 +32,9 @@ Durable phase: the state of the strategy (phase, canary step, weight, the end of
 pause, the measurements so far) lives in an annotation of the canary/green Deployment,
 written before each phase's effects are awaited. A worker killed mid-rollout leaves it in
 the cluster; the next attempt reads it and goes on at that step, never running a finished
-one again. A pause without a duration waits for an operator, who sets the Deployment's
+one again. A retryable API error leaves it too when the step has another attempt
+(`RolloutRequest.another_attempt`, from `activities.attempts`); the error is then a
+`StateKept`, and a cancel before that attempt aborts it (`abort_kept`). A pause without a duration waits for an operator, who sets the Deployment's
 `shipflow/promote` annotation to the value of its `shipflow/paused` annotation
 (`shipflow promote` does that for a run).
 """
