@@ -197,7 +197,9 @@ async def test_changed_command_or_env_rolls_out_with_the_same_image(
     await deploy(make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1")
     before = runtime.pids("web")
     # Same image, same spec: nothing to do, nothing restarts.
-    await deploy(make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1", run="r2")
+    await deploy(
+        make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1", run="r2"
+    )
     assert runtime.pids("web") == before
     changed = demo_service(port, replicas=2, env={"FEATURE": "on"})
     await deploy(make_target(runtime, {"web": changed}), "web", "v1", run="r3")
@@ -262,7 +264,9 @@ async def test_bad_inputs_fail_clearly_and_the_old_version_serves(runtime: Runti
         await deploy(make_target(runtime, {"web": deaf}), "web", "v2")
 
     # A service the flow does not declare.
-    with pytest.raises(Invalid, match=r"'api' is not declared in target.services \(declared: web\)"):
+    with pytest.raises(
+        Invalid, match=r"'api' is not declared in target.services \(declared: web\)"
+    ):
         await deploy(target, "api", "v2")
 
     assert runtime.pids("web") == old
@@ -274,7 +278,9 @@ async def test_bad_inputs_fail_clearly_and_the_old_version_serves(runtime: Runti
         foreign.listen()
         taken = foreign.getsockname()[1]
         other = make_target(runtime, {"api": demo_service(taken)})
-        with pytest.raises(Invalid, match=rf"front port {taken} of service 'api' is already in use"):
+        with pytest.raises(
+            Invalid, match=rf"front port {taken} of service 'api' is already in use"
+        ):
             await deploy(other, "api", "v1")
     assert (await Load(port)._one()) == (True, "v1")
 
@@ -336,3 +342,27 @@ async def test_secret_values_a_service_prints_are_masked_in_its_instance_log(
     await wait_until(lambda: log.read_text().count("done") >= 2)
     text = log.read_text()
     assert text.count("group=*** ref=*** level=info") == 2 and "hunter2" not in text
+
+
+async def test_a_rejected_rollout_body_names_the_field_and_never_echoes_its_values(
+    runtime: RuntimeProcess,
+) -> None:
+    """The runtime's 400 says where the body is wrong, not what it held: a value in the
+    wrong place may be a secret (here the env of a service, which carries group values)."""
+    service = demo_service(free_port(), replicas=1)
+    secret = "hunter2-misplaced-secret"
+    bodies = {
+        "spec.env.DB_PASSWORD": {
+            "spec": service | {"env": {"DB_PASSWORD": {"value": secret}}},
+            "image": "v1",
+        },
+        "rollout_id": {"spec": service, "image": "v1", "rollout_id": {"token": secret}},
+        "image": {"spec": service, "image": [secret]},
+    }
+    for field, body in bodies.items():
+        answer = httpx.put(
+            f"{runtime.url}/services/web/rollout", json=body, headers=runtime.headers
+        )
+        assert answer.status_code == 400, (field, answer.text)
+        assert field in answer.text, (field, answer.text)
+        assert secret not in answer.text, (field, answer.text)
