@@ -366,3 +366,23 @@ async def test_a_rejected_rollout_body_names_the_field_and_never_echoes_its_valu
         assert answer.status_code == 400, (field, answer.text)
         assert field in answer.text, (field, answer.text)
         assert secret not in answer.text, (field, answer.text)
+
+
+async def test_an_exec_probe_that_prints_a_secret_is_reported_masked(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An exec probe's output is quoted in the failure (its last 200 characters): a secret
+    of the service that it prints is masked there, as in the instance's log."""
+    monkeypatch.setenv("SF_TEST_SECRET", "hunter2-probe-secret")
+    leak = tmp_path / "leak.txt"
+    leak.write_text("password is hunter2-probe-secret\n")
+    prints = f"print(open({str(leak)!r}).read()); raise SystemExit(1)"
+    probes = {"readiness": {"exec": {"command": [sys.executable, "-c", prints]}, "period": "0.1s"}}
+    service = demo_service(
+        free_port(), env={"DB_PASSWORD": "${env.SF_TEST_SECRET}"}, probes=probes, deadline="1s"
+    )
+    with pytest.raises(RolloutFailed) as failed:
+        await deploy(make_target(runtime, {"web": service}), "web", "v1")
+    assert "password is ***" in str(failed.value)
+    assert "hunter2" not in str(failed.value)
+    assert "hunter2" not in json.dumps(runtime.get("/services"))

@@ -115,7 +115,9 @@ class Supervisor:
         exit_task = asyncio.create_task(self.wait_exit(inst, None))
         probe_task = asyncio.create_task(self._probe(svc, inst))
         try:
-            done, _ = await asyncio.wait({exit_task, probe_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {exit_task, probe_task}, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             await cancel_all(exit_task, probe_task)
         if exit_task in done:
@@ -139,7 +141,7 @@ class Supervisor:
         env = {"PORT": str(inst.port), "SHIPFLOW_IMAGE": inst.image}
         started = inst.spawned_at or time.monotonic()
         if probes.startup is not None and not inst.started:
-            prober = probing.Prober(probes.startup, inst.port, env)
+            prober = probing.Prober(probes.startup, inst.port, env, svc.masked)
             if not await prober.run_until_decided(started):
                 return f"startup probe {prober.name()} failed: {prober.last.detail}"
         inst.started = True
@@ -148,7 +150,7 @@ class Supervisor:
             if probes.liveness is None:
                 await readiness
                 return "readiness loop ended"
-            prober = probing.Prober(probes.liveness, inst.port, env)
+            prober = probing.Prober(probes.liveness, inst.port, env, svc.masked)
             await prober.ticks(started)
             while True:
                 began = time.monotonic()
@@ -174,7 +176,7 @@ class Supervisor:
                 await asyncio.sleep(TCP_READY_PERIOD_S)
             await asyncio.Event().wait()  # stays ready; liveness and exits are watched elsewhere
             return
-        prober = probing.Prober(probe, inst.port, env)
+        prober = probing.Prober(probe, inst.port, env, svc.masked)
         await prober.ticks(started)
         while True:
             began = time.monotonic()
