@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shipflow.activities.core.settings import inherited_environ
 from shipflow.workflows.redaction import redact
 from shipflow.workflows.spec import Probe
 
@@ -98,7 +98,7 @@ async def _http(probe: Probe, port: int) -> ProbeResult:
 async def _exec(command: list[str], env: dict[str, str]) -> ProbeResult:
     proc = await asyncio.create_subprocess_exec(
         *command,
-        env={**os.environ, **env},
+        env={**inherited_environ(), **env},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

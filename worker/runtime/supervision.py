@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 import uuid
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shipflow.activities.core.settings import inherited_environ
 from shipflow.activities.targets.local import process
 from shipflow.worker.runtime import probes as probing
 from shipflow.worker.runtime.state import Instance, Service, revision
@@ -55,7 +55,9 @@ class Supervisor:
         inst.task = asyncio.create_task(self.supervise(svc, inst, adopted=inst.pid > 0))
 
     def _env(self, inst: Instance) -> dict[str, str]:
-        env = {**os.environ, "PORT": str(inst.port), "SHIPFLOW_IMAGE": inst.image}
+        # The runtime's environment less shipflow's own secrets (the stack starts it with its
+        # tokens and keys): an instance sees only what its spec gives it on top.
+        env = {**inherited_environ(), "PORT": str(inst.port), "SHIPFLOW_IMAGE": inst.image}
         for key, value in inst.spec.env.items():
             env[key] = fill(value, inst.image, inst.port)
         return env
