@@ -27,6 +27,13 @@ def temporal_unavailable(e: RPCError) -> HTTPException:
     )
 
 
+def temporal_timeout(within_s: float) -> HTTPException:
+    """The 503 for a Temporal call that took longer than the route waits."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer within {within_s:g}s"
+    )
+
+
 async def ask_temporal(
     call: Awaitable[T],
     *,
@@ -53,8 +60,7 @@ async def ask_temporal(
             raise HTTPException(status.HTTP_404_NOT_FOUND, missing) from None
         raise temporal_unavailable(e) from None
     except TimeoutError:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer within {within_s:g}s"
-        ) from None
+        assert within_s is not None  # only `wait_for` times out here
+        raise temporal_timeout(within_s) from None
     except unknown:
         raise HTTPException(status.HTTP_404_NOT_FOUND, unknown_detail or missing) from None

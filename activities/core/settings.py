@@ -6,6 +6,7 @@ Secrets are `SecretStr`: their repr is masked, so they cannot leak through logs.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -125,6 +126,14 @@ def secret_env_names() -> frozenset[str]:
         for name, field in Settings.model_fields.items()
         if "SecretStr" in repr(field.annotation)
     )
+
+
+def inherited_environ() -> dict[str, str]:
+    """This process's environment less shipflow's own secrets: what a command a flow runs
+    (a job, a local service's instance, an exec probe) starts from, so that it sees PATH,
+    HOME, the locale and what the operator exported, but never the tool's tokens and keys."""
+    hidden = secret_env_names()
+    return {k: v for k, v in os.environ.items() if k not in hidden}
 
 
 @lru_cache(maxsize=1)

@@ -31,6 +31,7 @@ from shipflow.activities.targets.local.runtime_client import RolloutView, Runtim
 from shipflow.api.auth import Caller
 from shipflow.api.deps import Operator, SettingsDep, TemporalDep
 from shipflow.api.errors import error_responses
+from shipflow.api.temporal_errors import ask_temporal, temporal_unavailable
 from shipflow.workflows.io.deploy import PromoteInput, PromotePauseOutput
 
 router = APIRouter(
@@ -75,27 +76,28 @@ def _promote(settings: Settings, run_id: str, step: str | None) -> Promoted | No
     if len(waiting) > 1:
         steps = ", ".join(sorted(str(view.step_id) for _, view in waiting))
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"run {run_id!r} has several canaries waiting ({steps}): name the step"
+            status.HTTP_409_CONFLICT,
+            f"run {run_id!r} has several canaries waiting ({steps}): name the step",
         )
     name, view = waiting[0]
     after = client.promote(name, view.rollout_id)
     return Promoted(
-        run_id=run_id, step=str(view.step_id), service=name, rollout_id=view.rollout_id,
-        weight=after.weight, canary_step=after.step_index,
+        run_id=run_id,
+        step=str(view.step_id),
+        service=name,
+        rollout_id=view.rollout_id,
+        weight=after.weight,
+        canary_step=after.step_index,
     )
 
 
 async def _run_exists(client: Client, run_id: str) -> bool:
     try:
-        await asyncio.wait_for(read_status(client, run_id), STATUS_TIMEOUT_S)
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
+        await ask_temporal(read_status(client, run_id), missing="", within_s=STATUS_TIMEOUT_S)
+    except HTTPException as e:
+        if e.status_code == status.HTTP_404_NOT_FOUND:
             return False
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}") from None
-    except TimeoutError:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Temporal did not answer in time") from None
-    except LookupError:
-        return False
+        raise
     return True
 
 
@@ -133,30 +135,42 @@ async def promote_canary(
     raise HTTPException(status.HTTP_409_CONFLICT, f"{which} has no canary waiting in a pause")
 
 
-async def _promote_on_kubernetes(client: Client, run_id: str, step: str | None, caller: Caller) -> Promoted | None:
+async def _promote_on_kubernetes(
+    client: Client, run_id: str, step: str | None, caller: Caller
+) -> Promoted | None:
     """Ask the run to promote its Kubernetes canary/blue-green (the worker holds the
     cluster's credentials, the API none); None when the run has no such step running."""
     handle = client.get_workflow_handle(run_id)
     try:
         done = await asyncio.wait_for(
             handle.execute_update(
-                "promote", PromoteInput(step=step, by=caller.name),
+                "promote",
+                PromoteInput(step=step, by=caller.name),
                 result_type=PromotePauseOutput,
             ),
             UPDATE_TIMEOUT_S,
         )
     except WorkflowUpdateFailedError as e:
         cause = e.cause.message if isinstance(e.cause, ApplicationError) else str(e.cause or e)
-        if "no kubernetes canary or blue-green step" in cause or "is not a running kubernetes" in cause:
+        if (
+            "no kubernetes canary or blue-green step" in cause
+            or "is not a running kubernetes" in cause
+        ):
             return None  # not a kubernetes promotion: the caller answers as for the runtime
         raise HTTPException(status.HTTP_409_CONFLICT, cause) from None
     except RPCError as e:
         if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
             return None  # the run has ended (or never took updates)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}") from None
+        raise temporal_unavailable(e) from None
     except TimeoutError:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the run did not answer in time") from None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the run did not answer in time"
+        ) from None
     return Promoted(
-        run_id=run_id, step=done.step, service=done.service, rollout_id=done.deployment, weight=None,
+        run_id=run_id,
+        step=done.step,
+        service=done.service,
+        rollout_id=done.deployment,
+        weight=None,
         canary_step=int(done.pause) + 1 if done.pause.isdigit() else 0,
     )

@@ -48,6 +48,7 @@ from shipflow.api.schemas import (
     TerminateRequest,
 )
 from shipflow.api.stuck import stuck
+from shipflow.api.temporal_errors import temporal_timeout, temporal_unavailable
 from shipflow.workflows.release import ApproveInput, RejectInput, ReleaseWorkflow
 from shipflow.workflows.status import RunState, RunStatus, StepStatus
 
@@ -114,15 +115,11 @@ async def _status(client: Client, run_id: str, *, strict: bool = True) -> RunSta
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND or not strict:
             return None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
-        ) from None
+        raise temporal_unavailable(e) from None
     except TimeoutError:
         if not strict:
             return None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer within {timeout:g}s"
-        ) from None
+        raise temporal_timeout(timeout) from None
     except LookupError:
         return None
 
@@ -221,7 +218,9 @@ async def list_runs(
     if more:
         following = encode_cursor(rows[-1])
         response.headers["X-Next-Cursor"] = following
-        response.headers["Link"] = f'<{request.url.include_query_params(cursor=following)}>; rel="next"'
+        response.headers["Link"] = (
+            f'<{request.url.include_query_params(cursor=following)}>; rel="next"'
+        )
     await _refresh_legacy(engine, client, rows)
     if state is not None:
         rows = [row for row in rows if row.state == state]

@@ -33,6 +33,7 @@ from shipflow.api.deps import Admin, EngineDep, SettingsDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
 from shipflow.api.runs_index import insert_run
 from shipflow.api.schedules import PREFIX, built_from, cron_triggers, schedule_id
+from shipflow.api.temporal_errors import temporal_unavailable
 from shipflow.workflows.release import MEMO_KEY
 from shipflow.workflows.spec import FlowError, FlowSpec, load_flow_text, parse_flow
 
@@ -127,9 +128,7 @@ async def _describe(client: Client, sid: str) -> ScheduleDescription | None:
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             return None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
-        ) from None
+        raise temporal_unavailable(e) from None
 
 
 async def _existing(client: Client, sid: str) -> tuple[ScheduleHandle, ScheduleDescription]:

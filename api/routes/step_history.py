@@ -13,7 +13,6 @@ empty and the console links the run's history instead.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -22,12 +21,12 @@ from pydantic import BaseModel, Field
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.starter import read_status
 from shipflow.api.deps import SettingsDep, TemporalDep, Viewer
 from shipflow.api.errors import error_responses
+from shipflow.api.temporal_errors import ask_temporal
 
 router = APIRouter(
     prefix="/runs", tags=["runs"], responses=error_responses(400, 401, 403, 404, 422, 503)
@@ -145,26 +144,16 @@ async def step_history(
 ) -> StepHistory:
     """Where each attempt (and compensation attempt) of the step is in the run's history,
     with a deep link to that event in the Temporal Web UI."""
-    try:
-        found = await asyncio.wait_for(read_status(client, run_id), HISTORY_TIMEOUT_S)
-        if not any(s.id == step for s in found.steps):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no step {step!r}")
-        temporal_run, events = await asyncio.wait_for(
-            step_events(client, settings, run_id, step), HISTORY_TIMEOUT_S
-        )
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}") from None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"Temporal did not answer: {e.message}"
-        ) from None
-    except TimeoutError:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"Temporal did not answer within {HISTORY_TIMEOUT_S:g}s",
-        ) from None
-    except LookupError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}") from None
+    found = await ask_temporal(
+        read_status(client, run_id), missing=f"no run {run_id!r}", within_s=HISTORY_TIMEOUT_S
+    )
+    if not any(s.id == step for s in found.steps):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no step {step!r}")
+    temporal_run, events = await ask_temporal(
+        step_events(client, settings, run_id, step),
+        missing=f"no run {run_id!r}",
+        within_s=HISTORY_TIMEOUT_S,
+    )
     base = settings.ui_url.rstrip("/")
     return StepHistory(
         run_id=run_id,

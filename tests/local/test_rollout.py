@@ -197,7 +197,9 @@ async def test_changed_command_or_env_rolls_out_with_the_same_image(
     await deploy(make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1")
     before = runtime.pids("web")
     # Same image, same spec: nothing to do, nothing restarts.
-    await deploy(make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1", run="r2")
+    await deploy(
+        make_target(runtime, {"web": demo_service(port, replicas=2)}), "web", "v1", run="r2"
+    )
     assert runtime.pids("web") == before
     changed = demo_service(port, replicas=2, env={"FEATURE": "on"})
     await deploy(make_target(runtime, {"web": changed}), "web", "v1", run="r3")
@@ -236,7 +238,12 @@ async def test_cancel_aborts_the_rollout_and_keeps_the_old_version(runtime: Runt
     beats = Beats(cancel_when=lambda b: b["updated"] >= 1)
     with pytest.raises(RolloutCancelled):
         await asyncio.to_thread(target.rollout, request("web", "v2"), beats)
-    assert runtime.pids("web") == old
+    # The old version serves at full size and nothing of v2 is left. (An old instance may
+    # have been drained before the cancel took effect: the abort then starts a v1 instance
+    # again, so the pids may differ from before; most of the time they do not.)
+    instances = runtime.service("web")["instances"]
+    assert [i["image"] for i in instances] == ["v1", "v1"], instances
+    assert set(runtime.pids("web")) & set(old)
     assert runtime.service("web")["image"] == "v1"
     assert (await Load(port)._one()) == (True, "v1")
 
@@ -262,7 +269,9 @@ async def test_bad_inputs_fail_clearly_and_the_old_version_serves(runtime: Runti
         await deploy(make_target(runtime, {"web": deaf}), "web", "v2")
 
     # A service the flow does not declare.
-    with pytest.raises(Invalid, match=r"'api' is not declared in target.services \(declared: web\)"):
+    with pytest.raises(
+        Invalid, match=r"'api' is not declared in target.services \(declared: web\)"
+    ):
         await deploy(target, "api", "v2")
 
     assert runtime.pids("web") == old
@@ -274,7 +283,9 @@ async def test_bad_inputs_fail_clearly_and_the_old_version_serves(runtime: Runti
         foreign.listen()
         taken = foreign.getsockname()[1]
         other = make_target(runtime, {"api": demo_service(taken)})
-        with pytest.raises(Invalid, match=rf"front port {taken} of service 'api' is already in use"):
+        with pytest.raises(
+            Invalid, match=rf"front port {taken} of service 'api' is already in use"
+        ):
             await deploy(other, "api", "v1")
     assert (await Load(port)._one()) == (True, "v1")
 
@@ -336,3 +347,72 @@ async def test_secret_values_a_service_prints_are_masked_in_its_instance_log(
     await wait_until(lambda: log.read_text().count("done") >= 2)
     text = log.read_text()
     assert text.count("group=*** ref=*** level=info") == 2 and "hunter2" not in text
+
+
+async def test_a_rejected_rollout_body_names_the_field_and_never_echoes_its_values(
+    runtime: RuntimeProcess,
+) -> None:
+    """The runtime's 400 says where the body is wrong, not what it held: a value in the
+    wrong place may be a secret (here the env of a service, which carries group values)."""
+    service = demo_service(free_port(), replicas=1)
+    secret = "hunter2-misplaced-secret"
+    bodies = {
+        "spec.env.DB_PASSWORD": {
+            "spec": service | {"env": {"DB_PASSWORD": {"value": secret}}},
+            "image": "v1",
+        },
+        "rollout_id": {"spec": service, "image": "v1", "rollout_id": {"token": secret}},
+        "image": {"spec": service, "image": [secret]},
+    }
+    for field, body in bodies.items():
+        answer = httpx.put(
+            f"{runtime.url}/services/web/rollout", json=body, headers=runtime.headers
+        )
+        assert answer.status_code == 400, (field, answer.text)
+        assert field in answer.text, (field, answer.text)
+        assert secret not in answer.text, (field, answer.text)
+
+
+async def test_an_exec_probe_that_prints_a_secret_is_reported_masked(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An exec probe's output is quoted in the failure (its last 200 characters): a secret
+    of the service that it prints is masked there, as in the instance's log."""
+    monkeypatch.setenv("SF_TEST_SECRET", "hunter2-probe-secret")
+    leak = tmp_path / "leak.txt"
+    leak.write_text("password is hunter2-probe-secret\n")
+    prints = f"print(open({str(leak)!r}).read()); raise SystemExit(1)"
+    probes = {"readiness": {"exec": {"command": [sys.executable, "-c", prints]}, "period": "0.1s"}}
+    service = demo_service(
+        free_port(), env={"DB_PASSWORD": "${env.SF_TEST_SECRET}"}, probes=probes, deadline="1s"
+    )
+    with pytest.raises(RolloutFailed) as failed:
+        await deploy(make_target(runtime, {"web": service}), "web", "v1")
+    assert "password is ***" in str(failed.value)
+    assert "hunter2" not in str(failed.value)
+    assert "hunter2" not in json.dumps(runtime.get("/services"))
+
+
+async def test_instances_and_probes_never_inherit_shipflows_own_secrets(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime runs with the stack's settings in its environment (API tokens, payload
+    keys, the database URL): a service it starts, and its exec probes, get the rest of the
+    environment but none of those, like a flow's own commands (a deployed app is not
+    trusted with the keys of the tool that deploys it)."""
+    runtime.kill(signal.SIGTERM)
+    monkeypatch.setenv(
+        "SHIPFLOW_TOKENS", '[{"name": "a", "token": "admin-token-xyz", "role": "admin"}]'
+    )
+    monkeypatch.setenv("SHIPFLOW_DATABASE_URL", "postgresql://u:db-password-xyz@127.0.0.1/x")
+    monkeypatch.setenv("SF_TEST_PLAIN", "plain-value")
+    runtime.start()
+    leaks = "import os, sys; sys.exit(any('xyz' in v for v in os.environ.values()))"
+    probes = {"readiness": {"exec": {"command": [sys.executable, "-c", leaks]}, "period": "0.1s"}}
+    await deploy(
+        make_target(runtime, {"web": demo_service(free_port(), probes=probes)}), "web", "v1"
+    )
+    (pid,) = runtime.pids("web")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if b"xyz" in v]
+    assert b"SF_TEST_PLAIN=plain-value" in environ and any(v.startswith(b"PATH=") for v in environ)

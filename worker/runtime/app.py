@@ -44,7 +44,7 @@ from shipflow.activities.targets.local.runtime_client import RolloutBody
 from shipflow.activities.targets.local.runtime_key import key_matches
 from shipflow.worker.runtime.services import Runtime
 from shipflow.worker.runtime.state import ApiError
-from shipflow.workflows.spec import LocalService
+from shipflow.workflows.spec import LocalService, problems_from
 
 log = logging.getLogger("shipflow.runtime")
 
@@ -92,7 +92,9 @@ class AccessCheck:
                 f"Host {host[:100]!r} is not this runtime's address; use one of "
                 f"{', '.join(sorted(allowed))}",
             )
-        elif scope["path"] != "/healthz" and not key_matches(self.runtime.key, headers.get("authorization")):
+        elif scope["path"] != "/healthz" and not key_matches(
+            self.runtime.key, headers.get("authorization")
+        ):
             refusal = error(
                 401,
                 "unauthorized",
@@ -182,7 +184,9 @@ def create_app(runtime: Runtime, *, bound_host: str = "127.0.0.1") -> Starlette:
             Route("/services/{name}/rollout", put_rollout, methods=["PUT"]),
             Route("/services/{name}/rollouts/{rollout_id}", get_rollout, methods=["GET"]),
             Route("/services/{name}/rollouts/{rollout_id}/abort", abort_rollout, methods=["POST"]),
-            Route("/services/{name}/rollouts/{rollout_id}/promote", promote_rollout, methods=["POST"]),
+            Route(
+                "/services/{name}/rollouts/{rollout_id}/promote", promote_rollout, methods=["POST"]
+            ),
         ],
         exception_handlers={ApiError: api_error, HTTPException: no_route, Exception: crashed},
         lifespan=lifespan,
@@ -202,7 +206,9 @@ async def _rollout_body(request: Request, name: str) -> RolloutBody:
     try:
         LocalService.model_validate(raw.get("spec"))
     except ValidationError as e:
-        raise ApiError(400, "invalid", f"invalid spec of service {name!r}: {e}") from None
+        raise ApiError(
+            400, "invalid", f"invalid spec of service {name!r}: {_problems(e, 'spec.')}"
+        ) from None
     image = raw.get("image")
     if not isinstance(image, str) or not image:
         raise ApiError(400, "invalid", "image is required")
@@ -213,4 +219,11 @@ async def _rollout_body(request: Request, name: str) -> RolloutBody:
     try:
         return RolloutBody.model_validate(raw)
     except ValidationError as e:
-        raise ApiError(400, "invalid", f"bad request: {e}") from None
+        raise ApiError(400, "invalid", f"bad request: {_problems(e)}") from None
+
+
+def _problems(error: ValidationError, prefix: str = "") -> str:
+    """`field: problem` for each error, never the value: pydantic's own text repeats the
+    input, and a value in the wrong place may be a secret (a service's env holds group
+    values)."""
+    return "; ".join(f"{prefix}{path}: {message}" for path, message in problems_from(error))

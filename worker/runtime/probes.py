@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shipflow.activities.core.settings import inherited_environ
+from shipflow.workflows.redaction import redact
 from shipflow.workflows.spec import Probe
 
 
@@ -96,7 +98,7 @@ async def _http(probe: Probe, port: int) -> ProbeResult:
 async def _exec(command: list[str], env: dict[str, str]) -> ProbeResult:
     proc = await asyncio.create_subprocess_exec(
         *command,
-        env={**os.environ, **env},
+        env={**inherited_environ(), **env},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -109,7 +111,9 @@ async def _exec(command: list[str], env: dict[str, str]) -> ProbeResult:
         await proc.wait()
         raise
     text = out.decode(errors="replace").strip()[-200:]
-    return ProbeResult(proc.returncode == 0, f"exit {proc.returncode}" + (f": {text}" if text else ""))
+    return ProbeResult(
+        proc.returncode == 0, f"exit {proc.returncode}" + (f": {text}" if text else "")
+    )
 
 
 class Prober:
@@ -120,10 +124,13 @@ class Prober:
     readiness and liveness loops use.
     """
 
-    def __init__(self, probe: Probe, port: int, env: dict[str, str]):
+    def __init__(self, probe: Probe, port: int, env: dict[str, str], masked: Sequence[str] = ()):
         self.probe = probe
         self.port = port
         self.env = env
+        #: The service's secret values: an exec probe's output is quoted in failures (the
+        #: rollout's error, the instance's `last_problem`), so it is masked like its log.
+        self.masked = masked
         self.successes = 0
         self.failures = 0
         self.last = ProbeResult(False, "not probed yet")
@@ -140,7 +147,8 @@ class Prober:
         return describe(self.probe, self.port)
 
     async def step(self) -> ProbeResult:
-        self.last = await check(self.probe, self.port, self.env)
+        result = await check(self.probe, self.port, self.env)
+        self.last = ProbeResult(result.ok, redact(result.detail, self.masked))
         if self.last.ok:
             self.successes += 1
             self.failures = 0

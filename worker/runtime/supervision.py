@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 import uuid
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shipflow.activities.core.settings import inherited_environ
 from shipflow.activities.targets.local import process
 from shipflow.worker.runtime import probes as probing
 from shipflow.worker.runtime.state import Instance, Service, revision
@@ -55,7 +55,9 @@ class Supervisor:
         inst.task = asyncio.create_task(self.supervise(svc, inst, adopted=inst.pid > 0))
 
     def _env(self, inst: Instance) -> dict[str, str]:
-        env = {**os.environ, "PORT": str(inst.port), "SHIPFLOW_IMAGE": inst.image}
+        # The runtime's environment less shipflow's own secrets (the stack starts it with its
+        # tokens and keys): an instance sees only what its spec gives it on top.
+        env = {**inherited_environ(), "PORT": str(inst.port), "SHIPFLOW_IMAGE": inst.image}
         for key, value in inst.spec.env.items():
             env[key] = fill(value, inst.image, inst.port)
         return env
@@ -115,7 +117,9 @@ class Supervisor:
         exit_task = asyncio.create_task(self.wait_exit(inst, None))
         probe_task = asyncio.create_task(self._probe(svc, inst))
         try:
-            done, _ = await asyncio.wait({exit_task, probe_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {exit_task, probe_task}, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             await cancel_all(exit_task, probe_task)
         if exit_task in done:
@@ -139,7 +143,7 @@ class Supervisor:
         env = {"PORT": str(inst.port), "SHIPFLOW_IMAGE": inst.image}
         started = inst.spawned_at or time.monotonic()
         if probes.startup is not None and not inst.started:
-            prober = probing.Prober(probes.startup, inst.port, env)
+            prober = probing.Prober(probes.startup, inst.port, env, svc.masked)
             if not await prober.run_until_decided(started):
                 return f"startup probe {prober.name()} failed: {prober.last.detail}"
         inst.started = True
@@ -148,7 +152,7 @@ class Supervisor:
             if probes.liveness is None:
                 await readiness
                 return "readiness loop ended"
-            prober = probing.Prober(probes.liveness, inst.port, env)
+            prober = probing.Prober(probes.liveness, inst.port, env, svc.masked)
             await prober.ticks(started)
             while True:
                 began = time.monotonic()
@@ -174,7 +178,7 @@ class Supervisor:
                 await asyncio.sleep(TCP_READY_PERIOD_S)
             await asyncio.Event().wait()  # stays ready; liveness and exits are watched elsewhere
             return
-        prober = probing.Prober(probe, inst.port, env)
+        prober = probing.Prober(probe, inst.port, env, svc.masked)
         await prober.ticks(started)
         while True:
             began = time.monotonic()

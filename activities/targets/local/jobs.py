@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shipflow.activities.core.settings import secret_env_names
+from shipflow.activities.core.settings import inherited_environ
 from shipflow.activities.targets.base import JobFailed, JobRequest, JobResult, Progress, TargetError
 from shipflow.activities.targets.local.jobdirs import Job, JobStore, _kill_leftover
 
@@ -66,9 +66,8 @@ def _checked(request: JobRequest) -> tuple[list[str], dict[str, str], str | None
         raise TargetError(f"command not found: {program!r}", retryable=False)
     # The worker's environment, less shipflow's own secrets (API tokens, payload and runtime
     # keys): a flow's command gets them only where its author wrote `${env.X}`.
-    hidden = secret_env_names()
     env = {
-        **{k: v for k, v in os.environ.items() if k not in hidden},
+        **inherited_environ(),
         **request.env,
         "SHIPFLOW_RUN_ID": request.run_id,
         "SHIPFLOW_STEP_ID": request.step_id,
