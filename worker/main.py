@@ -20,6 +20,7 @@ from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.logs import StepContextInterceptor, configure_logging
 from shipflow.activities.core.settings import Settings, get_settings
 from shipflow.activities.core.tracing import setup_tracing, temporal_interceptors
+from shipflow.activities.targets import preload_targets
 from shipflow.worker.activities import build_activities
 from shipflow.worker.telemetry import worker_runtime
 from shipflow.workflows.release import ReleaseWorkflow
@@ -55,6 +56,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
 
 
 async def run_worker(settings: Settings) -> None:
+    preload_targets()
     tracer = setup_tracing("shipflow-worker")
     runtime = worker_runtime(settings)
     client = await connect(settings, runtime=runtime, interceptors=temporal_interceptors(tracer))
