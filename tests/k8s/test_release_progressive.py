@@ -40,6 +40,10 @@ from tests.k8s.test_release_k8s import REPO, k8s_flow, ns
 async def test_worker_killed_in_a_canary_pause_resumes_there(
     temporal_client: Client, settings: Settings, emulator: KubeEmulator, kubeconfig: str, tmp_path: Path
 ) -> None:
+    # A worker process of its own starts (imports, connection) on a machine busy with the
+    # rest of the suite: 3 s of heartbeat timeout failed its first attempt there once. The
+    # lost worker is noticed after this timeout, so it is also what the test waits for.
+    settings = settings.model_copy(update={"heartbeat_timeout_s": 10.0})
     space = ns()
     emulator.add_deployment(space, "api", "api:1", replicas=3)
     with PrometheusStub(lambda q: vector("0.999")) as prom:
