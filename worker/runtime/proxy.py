@@ -18,7 +18,7 @@ import contextlib
 import time
 from typing import Protocol
 
-from shipflow.worker.runtime.http_proxy import serve_per_request
+from shipflow.worker.runtime.http_proxy import PerRequest
 
 CONNECT_TIMEOUT_S = 2.0
 #: How long a new connection waits for some instance to become ready before it is closed.
@@ -61,9 +61,17 @@ class FrontPort:
         Raises:
             OSError: the port is taken (errno EADDRINUSE) or cannot be bound.
         """
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, reuse_address=True, backlog=1024, limit=BUFFER
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, self.host, self.port, reuse_address=True, backlog=1024
         )
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        """What serves a connection just accepted: per request (callbacks, `http_proxy`)
+        while the router splits by weight, else a splice of the whole connection."""
+        if self._router.per_request():
+            return PerRequest(self._router, self._request_backend)
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=BUFFER), self._handle)
 
     async def close(self) -> None:
         """Stop listening. Open connections are left to finish on their own."""
@@ -84,12 +92,6 @@ class FrontPort:
         return await self._backend(tried, per_request=True)
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self._router.per_request():
-            # A client that resets, sends a truncated body or a bad Content-Length only
-            # loses its own connection.
-            with contextlib.suppress(OSError, RuntimeError, EOFError, ValueError, asyncio.LimitOverrunError):
-                await serve_per_request(client_r, client_w, self._router, self._request_backend)
-            return
         tried: set[str] = set()
         try:
             while True:
