@@ -36,8 +36,6 @@ timer per connection (`AnswerClock`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -159,7 +157,6 @@ class PerRequest(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        _no_delay(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -454,7 +451,6 @@ class _Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        _no_delay(transport)
 
     def begin(self, method: bytes) -> None:
         self.state = _HEAD
@@ -634,12 +630,3 @@ def _may_resend(error: BaseException, method: bytes, written: bool) -> bool:
     if isinstance(error, asyncio.IncompleteReadError) and error.partial:
         return False  # a part of an answer arrived
     return not written or method in IDEMPOTENT
-
-
-def _no_delay(transport: asyncio.BaseTransport) -> None:
-    """Answers are relayed as they arrive, often in several writes: without this, each
-    would wait for a delayed ACK (~40 ms) on keep-alive connections."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

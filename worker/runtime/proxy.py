@@ -14,16 +14,14 @@ sends it, also on keep-alive connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Protocol
 
 from shipflow.worker.runtime.http_proxy import PerRequest
+from shipflow.worker.runtime.splice import Splice
 
-CONNECT_TIMEOUT_S = 2.0
 #: How long a new connection waits for some instance to become ready before it is closed.
 NO_BACKEND_WAIT_S = 2.0
-BUFFER = 256 * 1024
 
 
 class Backend(Protocol):
@@ -53,7 +51,6 @@ class FrontPort:
         self.host = host
         self._router = router
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bind the port.
@@ -71,7 +68,7 @@ class FrontPort:
         while the router splits by weight, else a splice of the whole connection."""
         if self._router.per_request():
             return PerRequest(self._router, self._request_backend)
-        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=BUFFER), self._handle)
+        return Splice(self._router, self._backend)
 
     async def close(self) -> None:
         """Stop listening. Open connections are left to finish on their own."""
@@ -90,68 +87,3 @@ class FrontPort:
 
     async def _request_backend(self, tried: set[str]) -> Backend | None:
         return await self._backend(tried, per_request=True)
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        tried: set[str] = set()
-        try:
-            while True:
-                backend = await self._backend(tried)
-                if backend is None:
-                    return
-                backend.connections += 1
-                try:
-                    try:
-                        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                            up_r, up_w = await asyncio.open_connection(
-                                "127.0.0.1", backend.port, limit=BUFFER
-                            )
-                    except (OSError, TimeoutError):
-                        tried.add(backend.id)  # gone between its last probe and now: next one
-                        continue
-                    await _splice(client_r, client_w, up_r, up_w)
-                    return
-                finally:
-                    backend.connections -= 1
-        finally:
-            client_w.close()
-            with contextlib.suppress(Exception):
-                await client_w.wait_closed()
-
-
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            data = await src.read(BUFFER)
-            if not data:
-                break
-            dst.write(data)
-            await dst.drain()
-        if dst.can_write_eof():
-            dst.write_eof()
-    except (OSError, RuntimeError):
-        # A reset on either side ends this direction; closing both ends the other.
-        dst.close()
-
-
-async def _splice(
-    client_r: asyncio.StreamReader,
-    client_w: asyncio.StreamWriter,
-    up_r: asyncio.StreamReader,
-    up_w: asyncio.StreamWriter,
-) -> None:
-    up = asyncio.create_task(_pipe(client_r, up_w))
-    down = asyncio.create_task(_pipe(up_r, client_w))
-    try:
-        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        if down.done() and not up.done():
-            # The instance finished its answer and closed: give the client a moment to
-            # close its side, then end the connection so it does not pin the instance.
-            await asyncio.wait({up}, timeout=5.0)
-        else:
-            await asyncio.wait({up, down})
-    finally:
-        for task in (up, down):
-            task.cancel()
-        up_w.close()
-        with contextlib.suppress(Exception):
-            await up_w.wait_closed()
