@@ -530,9 +530,7 @@ class _Upstream(asyncio.Protocol):
             self._finish(buf[:end] if len(buf) > end else buf, len(buf) > end, close)
         elif encoding is not None:
             if b"chunked" not in encoding:
-                self.state = _EOF  # framed by the end of the connection (RFC 9112, 6.3)
-                client._forwarded = True
-                client._write(buf)
+                self._stream(_EOF, buf)  # framed by the end of the connection (RFC 9112, 6.3)
                 return
             self._chunks = scanner = ChunkedScanner()
             try:
@@ -541,9 +539,7 @@ class _Upstream(asyncio.Protocol):
                 client._failed(self, ValueError("bad chunk"))
                 return
             if body_end < 0:
-                self.state = _CHUNKED
-                client._forwarded = True
-                client._write(buf)
+                self._stream(_CHUNKED, buf)
             else:
                 self._finish(
                     buf[:body_end] if body_end < len(buf) else buf, body_end < len(buf), close
@@ -562,19 +558,20 @@ class _Upstream(asyncio.Protocol):
                 self._left = total - have
                 self._close_after = close
             else:
-                self.state = _LENGTH
                 self._left = total - have
                 self._close_after = close
-                client._forwarded = True
-                client._write(buf)
-                if client._paused:
-                    self.transport.pause_reading()
+                self._stream(_LENGTH, buf)
         else:
-            self.state = _EOF
-            client._forwarded = True
-            client._write(buf)
-            if client._paused:
-                self.transport.pause_reading()
+            self._stream(_EOF, buf)
+
+    def _stream(self, state: int, first: bytes) -> None:
+        """Relay a body as it arrives; while the client is behind, stop reading it."""
+        self.state = state
+        client = self.client
+        client._forwarded = True
+        client._write(first)
+        if client._paused:
+            self.transport.pause_reading()
 
     def _finish(self, last: bytes, extra: bool, close: bool | None = None) -> None:
         """The answer's last bytes: send them and hand the connection back (or close it

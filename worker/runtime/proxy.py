@@ -8,7 +8,12 @@ instance from the moment it is picked, so a drain never misses one that is conne
 
 While a canary splits the service's traffic (`router.per_request()`), a new connection is
 served request by request instead (`http_proxy`): each HTTP request goes where the weight
-sends it, also on keep-alive connections.
+sends it, also on keep-alive connections. Otherwise it is spliced whole (`splice`).
+
+Both run on asyncio Protocols (callbacks on the transports) rather than streams: the
+front port is a single-threaded relay, and on a loaded 2-core machine the coroutines and
+futures that streams cost per read and write were what bounded its throughput (issue #17,
+docs/benchmarks.md). The server decides per accepted connection which of the two serves it.
 """
 
 from __future__ import annotations
