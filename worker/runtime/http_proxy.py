@@ -209,6 +209,10 @@ class PerRequest(asyncio.Protocol):
         """Take the next whole request from the buffer and forward it, if there is one."""
         while not self._busy and not self._closed and not self._paused:
             buf = self._buf
+            if not buf:  # the usual case after an answer: nothing sent ahead
+                if self._eof:
+                    self._close()
+                return
             if not self._reading:
                 self._reading = True
                 self._transport.resume_reading()  # type: ignore[union-attr]
@@ -245,7 +249,8 @@ class PerRequest(asyncio.Protocol):
     def _read_head(self, buf: bytes | bytearray) -> bool:
         """Parse the head at the start of `buf` and set the request's end. False: wait for
         more bytes (or the connection was closed)."""
-        at = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+        scanned = self._scanned
+        at = buf.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
         if at < 0 or at + 4 > REQUEST_HEAD_LIMIT:
             if len(buf) > REQUEST_HEAD_LIMIT:
                 self._transport.write(_431)  # type: ignore[union-attr]
@@ -256,7 +261,7 @@ class PerRequest(asyncio.Protocol):
                 self._scanned = len(buf)
             return False
         end = at + 4
-        head = bytes(buf[:end]) if isinstance(buf, bytearray) or end != len(buf) else buf
+        head = buf if end == len(buf) and type(buf) is bytes else bytes(buf[:end])
         parsed = request_head(head)
         if parsed is None:
             self._close()
@@ -286,12 +291,34 @@ class PerRequest(asyncio.Protocol):
     def _start(self, request: bytes) -> None:
         self._busy = True
         self._request = request
-        self._tried = set()
-        if self._upstreams:
-            ready = {i.id for i in self._router.instances if i.ready and not i.stopping}
-            for stale in [bid for bid in self._upstreams if bid not in ready]:
-                self._upstreams.pop(stale).close()
-        self._dispatch()
+        tried: set[str] = set()
+        self._tried = tried
+        upstreams = self._upstreams
+        for kept in upstreams.values():
+            backend = kept.backend
+            if not backend.ready or backend.stopping:  # left the rotation: never reuse
+                self._drop_stale()
+                break
+        backend = self._router.pick_request(tried)  # at once when one is ready (usual)
+        if backend is None:
+            self._spawn(self._wait_for_backend())
+            return
+        up = upstreams.get(backend.id)
+        if up is None or up.closed:
+            self._use(backend)
+            return
+        # The usual case, inline (each call here is a share of the per-request cost): a
+        # kept connection to a ready instance.
+        self._backend = backend
+        backend.connections += 1
+        self._began = time.perf_counter()
+        self._send(up, reused=True)
+
+    def _drop_stale(self) -> None:
+        for bid, up in list(self._upstreams.items()):
+            if not up.backend.ready or up.backend.stopping:
+                del self._upstreams[bid]
+                up.close()
 
     def _dispatch(self) -> None:
         backend = self._router.pick_request(self._tried)  # at once when one is ready (usual)
@@ -328,7 +355,7 @@ class PerRequest(asyncio.Protocol):
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 _, up = await self._loop.create_connection(
-                    lambda: _Upstream(self, backend.id), "127.0.0.1", backend.port
+                    lambda: _Upstream(self, backend), "127.0.0.1", backend.port
                 )
         except (OSError, TimeoutError):
             self._settle()
@@ -347,7 +374,9 @@ class PerRequest(asyncio.Protocol):
         self._current = up
         self._reused = reused
         self._answered = self._forwarded = False
-        up.begin(self._method)
+        up.state = _HEAD  # an answer is awaited
+        up._method = self._method
+        up._head = b""
         up.transport.write(self._request)
         # Written: handed to the kernel, or else once the buffer drains (`resume_writing`).
         self._written = not up.transport.get_write_buffer_size()
@@ -357,17 +386,23 @@ class PerRequest(asyncio.Protocol):
         if not self._gone:
             self._transport.write(data)  # type: ignore[union-attr]
 
-    def _answered_head(self) -> None:
-        self._clock.stop()
-        self._answered = True
-
     def _done(self, up: _Upstream, ok: bool, *, close: bool) -> None:
         """The answer is relayed whole: record it and go on with the next request."""
-        self._router.record(self._backend, time.perf_counter() - self._began, ok)
-        self._settle()
+        backend = self._backend
+        self._router.record(backend, time.perf_counter() - self._began, ok)
+        backend.connections -= 1
+        self._backend = None
         if close:
             self._drop(up)
-        self._end_request(close=close or not self._keep)
+            self._end_request(close=True)
+            return
+        self._busy = False  # inline `_end_request`
+        self._current = None
+        self._request = b""
+        if not self._keep or self._closed:
+            self._close()
+        elif self._buf or self._eof:
+            self._next()
 
     def _failed(self, up: _Upstream, error: BaseException) -> None:
         """No whole answer came: send the request once more, or fail it."""
@@ -434,9 +469,10 @@ class _Upstream(asyncio.Protocol):
     """A kept connection from one client connection to one instance: relays each answer
     to the client as its bytes arrive, and tells the client's side where it ended."""
 
-    def __init__(self, client: PerRequest, backend_id: str) -> None:
+    def __init__(self, client: PerRequest, backend: Any) -> None:
         self.client = client
-        self.backend_id = backend_id
+        self.backend = backend
+        self.backend_id: str = backend.id
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.closed = False
         self.state = _IDLE
@@ -451,11 +487,6 @@ class _Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-
-    def begin(self, method: bytes) -> None:
-        self.state = _HEAD
-        self._method = method
-        self._head = b""
 
     def close(self) -> None:
         self.closed = True
@@ -522,7 +553,8 @@ class _Upstream(asyncio.Protocol):
             if len(buf) > end:
                 self._answer(buf[end:])
             return
-        client._answered_head()
+        client._clock._deadline = None  # answered in time (inline `AnswerClock.stop`)
+        client._answered = True
         self.status = status
         close = b"close" in connection or status == 101
         if self._method == b"HEAD" or status in (204, 304) or status == 101:
@@ -550,8 +582,14 @@ class _Upstream(asyncio.Protocol):
                 return
             total = end + int(length)
             have = len(buf)
-            if have >= total:  # the usual case: the whole answer in one read, sent in one write
-                self._finish(buf if have == total else buf[:total], have > total, close)
+            if have == total:  # the usual case: the whole answer in one read, sent in one write
+                self.state = _IDLE  # inline `_finish`
+                client._forwarded = True
+                if not client._gone:
+                    client._transport.write(buf)  # type: ignore[union-attr]
+                client._done(self, status < 500, close=close)
+            elif have > total:
+                self._finish(buf[:total], True, close)
             elif total - end <= SMALL_ANSWER:
                 self.state = _SMALL
                 self._small = bytearray(buf)
