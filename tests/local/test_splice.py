@@ -1,7 +1,7 @@
-"""The splicing front port (a plain service's) on Protocols, in this process against real
-servers on loopback: bytes both ways with half-closes, a slow client pausing the
-instance, an instance that cannot be reached, the grace after the instance closed, no
-instance at all, and the connection count that draining waits on."""
+"""The splicing front port (a plain service's), in this process against real servers on
+loopback: bytes both ways with half-closes, a slow client pausing the instance, an
+instance that cannot be reached, the grace after the instance closed, no instance at all,
+and the connection count that draining waits on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from shipflow.worker.runtime import proxy, splice
+from shipflow.worker.runtime import proxy
 from shipflow.worker.runtime.proxy import FrontPort
 from shipflow.worker.runtime.state import Instance, Service
 from shipflow.workflows.spec import LocalService
@@ -122,7 +122,7 @@ async def test_an_unreachable_instance_passes_the_connection_to_the_next() -> No
 async def test_the_client_gets_a_grace_after_the_instance_closed_then_the_connection_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(splice, "CLOSE_GRACE_S", 0.2)
+    monkeypatch.setattr(proxy, "CLOSE_GRACE_S", 0.2)
 
     async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"bye")
