@@ -370,3 +370,28 @@ async def test_an_upstream_connection_to_an_instance_out_of_rotation_is_closed()
             assert (await answer(reader))[1] == b"b"
         await wait_until(lambda: closed == ["a"])
         writer.close()
+
+
+async def test_a_client_far_ahead_is_paused_then_served_every_request_in_order() -> None:
+    """Past READ_AHEAD bytes of pipelined requests, the client's reading pauses until the
+    answers catch up; none is lost or reordered."""
+
+    async def numbered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(path) + path)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    count = 3 * http_proxy.READ_AHEAD // 40  # ~40 bytes a request: three times the read-ahead
+    async with Instances() as net:
+        inst = await net.add("a", numbered)
+        reader, writer = await net.open()
+        writer.write(b"".join(b"GET /%d HTTP/1.1\r\n\r\n" % i for i in range(count)))
+        for i in range(count):
+            assert (await answer(reader))[1] == b"/%d" % i
+        assert inst.connections == 0
+        writer.close()
