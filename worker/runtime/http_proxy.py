@@ -29,8 +29,14 @@ on top of the same reads and writes a splice does. Here each read is one
 them: a small answer that arrives whole leaves in one send, unchanged. Flow control is
 the transports' own: a slow client pauses the reading of the instance's answer
 (`pause_writing` -> `pause_reading`) and the next request waits until the client has
-caught up, so the proxy never buffers an unbounded answer. The answer timeout keeps one
-timer per connection (`AnswerClock`).
+caught up, so the proxy never buffers an unbounded answer; a client far ahead with
+pipelined requests has its reading paused past `READ_AHEAD`. The answer timeout keeps one
+timer per connection (`AnswerClock`). The usual request (a kept connection to a ready
+instance, an answer that arrives whole) is handled with the calls inlined, as the Python
+calls per request were most of what was left (`_start`, `_Upstream._answer`).
+
+An interim answer (`100 Continue`) is passed on and the final one awaited; an answer
+without a body (HEAD, 204, 304) leaves the connection in use whatever its head says.
 """
 
 from __future__ import annotations
