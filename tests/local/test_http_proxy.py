@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from shipflow.worker.runtime import http_proxy
-from shipflow.worker.runtime.http_proxy import AnswerClock, _request_head
+from shipflow.worker.runtime.http_framing import request_head as _request_head
+from shipflow.worker.runtime.http_proxy import AnswerClock
 from shipflow.worker.runtime.proxy import FrontPort
 from shipflow.worker.runtime.state import Instance, Service
 from shipflow.workflows.spec import LocalService
@@ -29,8 +30,10 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             elif path == b"/big":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG)
             elif path == b"/chunked":
-                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                             b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+                )
             elif path == b"/error":
                 writer.write(b"HTTP/1.1 503 Busy\r\ncontent-length: 4\r\n\r\nbusy")
             elif path == b"/slow":
@@ -45,7 +48,9 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         writer.close()
 
 
-async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> tuple[bytes, bytes]:
+async def get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> tuple[bytes, bytes]:
     """(head, body) of one GET on a kept connection, framed as the answer says."""
     writer.write(f"GET {path} HTTP/1.1\r\nHost: web\r\n\r\n".encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -62,7 +67,9 @@ async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: 
     return head, await asyncio.wait_for(reader.read(), 10)
 
 
-async def test_answers_are_relayed_whole_and_a_silent_instance_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_answers_are_relayed_whole_and_a_silent_instance_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 0.3)
     server = await asyncio.start_server(upstream, "127.0.0.1", 0)
     spec = LocalService.model_validate(
@@ -70,63 +77,82 @@ async def test_answers_are_relayed_whole_and_a_silent_instance_times_out(monkeyp
     )
     service = Service(name="web", spec=spec)
     port = server.sockets[0].getsockname()[1]
-    service.instances.append(Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True))
+    service.instances.append(
+        Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True)
+    )
     front = FrontPort(free_port(), service)
     await front.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
-        assert await get(reader, writer, "/small") == (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"small")
+        assert await get(reader, writer, "/small") == (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            b"small",
+        )
         assert (await get(reader, writer, "/big"))[1] == BIG
         assert (await get(reader, writer, "/chunked"))[1] == b"abcdefg"
         head, body = await get(reader, writer, "/error")
         assert head.startswith(b"HTTP/1.1 503") and body == b"busy"
-        assert await get(reader, writer, "/small") == (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"small")
-        assert (await get(reader, writer, "/eof"))[1] == b"until the end"  # then the front port closes
+        assert await get(reader, writer, "/small") == (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            b"small",
+        )
+        assert (await get(reader, writer, "/eof"))[
+            1
+        ] == b"until the end"  # then the front port closes
         writer.close()
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
         head, _ = await get(reader, writer, "/slow")
-        assert head.startswith(b"HTTP/1.1 502")  # after ANSWER_TIMEOUT_S, not never
+        assert head.startswith(b"HTTP/1.1 504")  # after ANSWER_TIMEOUT_S, not never (a 502 before)
         writer.close()
         outcomes = [ok for _, _, ok in service.samples["r1"]]
-        assert outcomes == [True, True, True, False, True, True, False]  # the 503 and the timeout failed
+        assert outcomes == [
+            True,
+            True,
+            True,
+            False,
+            True,
+            True,
+            False,
+        ]  # the 503 and the timeout failed
     finally:
         await front.close()
         server.close()
 
 
-async def test_the_answer_clock_tells_its_timeout_from_a_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def wait_for_an_answer() -> str:
-        clock = AnswerClock()
-        try:
-            for _ in range(3):  # the timer outlives answers that came in time
-                clock.start()
-                await asyncio.sleep(0.01)
-                clock.stop()
-            clock.start()
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                if clock.expired():
-                    return "timed out"
-                raise
-            finally:
-                clock.stop()
-        finally:
-            clock.close()
-        return "answered"
-
+async def test_the_answer_clock_keeps_one_timer_and_fires_only_past_a_running_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay is callbacks now: the clock calls back instead of cancelling a task."""
+    fired: list[float] = []
+    loop = asyncio.get_running_loop()
     monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 0.05)
-    assert await wait_for_an_answer() == "timed out"
-    monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 60)
-    task = asyncio.create_task(wait_for_an_answer())
-    await asyncio.sleep(0.1)
-    task.cancel()  # a cancel from outside stays a cancel
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    clock = AnswerClock(loop, lambda: fired.append(loop.time()))
+    try:
+        for _ in range(3):  # the timer outlives answers that came in time
+            clock.start()
+            timer = clock._timer
+            await asyncio.sleep(0.01)
+            clock.stop()
+            assert clock._timer is timer
+        await asyncio.sleep(0.1)
+        assert fired == []  # stopped: its timer fired and found no answer awaited
+        began = loop.time()
+        clock.start()
+        await wait_until(lambda: fired, interval=0.01)
+        assert fired[0] - began >= 0.05
+        monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 60)
+        clock.start()
+        clock.close()  # a connection that ends takes its timer with it
+        assert clock._timer is None
+    finally:
+        clock.close()
+    assert len(fired) == 1
 
 
 def test_a_request_head_is_checked_whole_and_its_framing_read() -> None:
-    ok = _request_head(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: Keep-Alive\r\n\r\n")
+    ok = _request_head(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: Keep-Alive\r\n\r\n"
+    )
     assert ok == (b"POST", b"HTTP/1.1", b"keep-alive", {b"content-length": b"3"})
     chunked = _request_head(b"PUT /y HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n")
     assert chunked == (b"PUT", b"HTTP/1.0", b"", {b"transfer-encoding": b"chunked"})
@@ -175,7 +201,9 @@ async def test_a_request_is_sent_once_after_a_timeout_and_again_only_on_a_stale_
     )
     service = Service(name="web", spec=spec)
     port = server.sockets[0].getsockname()[1]
-    service.instances.append(Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True))
+    service.instances.append(
+        Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True)
+    )
     front = FrontPort(free_port(), service)
     await front.start()
     try:
@@ -207,4 +235,6 @@ def test_only_a_stale_keep_alive_lets_a_request_be_sent_again() -> None:
     assert http_proxy._may_resend(BrokenPipeError(), b"POST", written=False)  # never accepted
     assert not http_proxy._may_resend(eof, b"POST", written=True)  # may have run it
     assert not http_proxy._may_resend(TimeoutError(), b"GET", written=True)
-    assert not http_proxy._may_resend(asyncio.IncompleteReadError(b"HTTP/1.1 2", None), b"GET", written=True)
+    assert not http_proxy._may_resend(
+        asyncio.IncompleteReadError(b"HTTP/1.1 2", None), b"GET", written=True
+    )

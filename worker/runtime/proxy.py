@@ -8,7 +8,13 @@ instance from the moment it is picked, so a drain never misses one that is conne
 
 While a canary splits the service's traffic (`router.per_request()`), a new connection is
 served request by request instead (`http_proxy`): each HTTP request goes where the weight
-sends it, also on keep-alive connections.
+sends it, also on keep-alive connections. The server decides per accepted connection which
+of the two serves it.
+
+The per-request path runs on asyncio Protocols (`http_proxy` says why); the splice stays
+on streams. A splice on Protocols was built and measured (docs/benchmarks.md, "Per-request
+weighting vs splicing"): ~20% less CPU per request than this one, but per-request routing
+then cost 11-33% of its throughput, against issue #17's budget of 10%, so it was not kept.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import contextlib
 import time
 from typing import Protocol
 
-from shipflow.worker.runtime.http_proxy import serve_per_request
+from shipflow.worker.runtime.http_proxy import PerRequest
 
 CONNECT_TIMEOUT_S = 2.0
 #: How long a new connection waits for some instance to become ready before it is closed.
 NO_BACKEND_WAIT_S = 2.0
 BUFFER = 256 * 1024
+#: After the instance closed its side, how long the client may keep the connection open.
+CLOSE_GRACE_S = 5.0
 
 
 class Backend(Protocol):
@@ -53,7 +61,6 @@ class FrontPort:
         self.host = host
         self._router = router
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bind the port.
@@ -61,9 +68,17 @@ class FrontPort:
         Raises:
             OSError: the port is taken (errno EADDRINUSE) or cannot be bound.
         """
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, reuse_address=True, backlog=1024, limit=BUFFER
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, self.host, self.port, reuse_address=True, backlog=1024
         )
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        """What serves a connection just accepted: per request (callbacks, `http_proxy`)
+        while the router splits by weight, else a splice of the whole connection."""
+        if self._router.per_request():
+            return PerRequest(self._router, self._request_backend)
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=BUFFER), self._handle)
 
     async def close(self) -> None:
         """Stop listening. Open connections are left to finish on their own."""
@@ -84,12 +99,6 @@ class FrontPort:
         return await self._backend(tried, per_request=True)
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self._router.per_request():
-            # A client that resets, sends a truncated body or a bad Content-Length only
-            # loses its own connection.
-            with contextlib.suppress(OSError, RuntimeError, EOFError, ValueError, asyncio.LimitOverrunError):
-                await serve_per_request(client_r, client_w, self._router, self._request_backend)
-            return
         tried: set[str] = set()
         try:
             while True:
@@ -144,7 +153,7 @@ async def _splice(
         if down.done() and not up.done():
             # The instance finished its answer and closed: give the client a moment to
             # close its side, then end the connection so it does not pin the instance.
-            await asyncio.wait({up}, timeout=5.0)
+            await asyncio.wait({up}, timeout=CLOSE_GRACE_S)
         else:
             await asyncio.wait({up, down})
     finally:
