@@ -9,11 +9,10 @@ hand-written workflow (docs/benchmarks.md). The memo is for readers without a wo
 per task. So, from patch `memo-debounce` on, the memo lags the run by at most
 `MEMO_FLUSH_INTERVAL_S` (workflow time):
 
-- a change is upserted at once when the last upsert was at least that long ago, and so
-  is a change of the run's state (queued, running, waiting, the end: a few per run,
-  whatever the number of steps), with every step change pending: what an operator acts
-  on ("waiting" for an approval) is in the memo when its workflow task completes, even if
-  the worker stops right after;
+- a change is upserted at once when the last upsert (the starter's memo, to begin with)
+  was at least that long ago, and so is the run going `waiting` (an approval), with every
+  step change pending: what an operator acts on is in the memo when its workflow task
+  completes, even if the worker stops right after;
 - otherwise it stays pending, and a timer (started only while something is pending, so a
   run blocked on an approval or a long step adds nothing to its history) flushes it when
   the interval is up, even if no other workflow task comes (a step's progress, a retry's
@@ -37,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.status import (
         MEMO_KEY,
         STEP_MEMO_PREFIX,
+        RunState,
         run_memo_entry,
         step_memo_entry,
     )
@@ -57,10 +57,13 @@ class MemoFlushing(ReleaseBase):
         """Upsert what changed: debounced (see the module), or once per workflow task for
         runs that started before the patch."""
         debounced = workflow.patched(MEMO_DEBOUNCE)
-        last_upsert: float | None = None
+        # The starter wrote the whole memo when it started the run: a run shorter than the
+        # interval upserts once, at its end (per task, a 50-step parallel run upserted every
+        # step's entry twice more: running, then its outcome).
+        last_upsert = workflow.time()
         while True:
             await workflow.wait_condition(lambda: self._dirty or self._done)
-            if debounced and last_upsert is not None and not self._flush_at_once():
+            if debounced and not self._flush_at_once():
                 due = last_upsert + MEMO_FLUSH_INTERVAL_S - workflow.time()
                 if due > 0:
                     with contextlib.suppress(TimeoutError):  # due: flush what is pending
@@ -73,8 +76,11 @@ class MemoFlushing(ReleaseBase):
                 return
 
     def _flush_at_once(self) -> bool:
-        """The run has ended, or its state is not the one the memo holds."""
-        return self._done or self._flushed[MEMO_KEY].get("state") != self._status.state.value
+        """The run has ended, or it has gone `waiting` and the memo does not say so yet."""
+        return self._done or (
+            self._status.state == RunState.WAITING
+            and self._flushed[MEMO_KEY].get("state") != RunState.WAITING.value
+        )
 
     def _upsert_changes(self) -> bool:
         """Upsert the memo entries that differ from what it holds; whether there were any."""
