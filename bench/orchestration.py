@@ -5,9 +5,9 @@ the dev server's configuration costs both. So both sides call the very same no-o
 activity the same number of times, on one worker process, on one task queue of one fresh
 in-memory dev server, and the runs of the two sides are interleaved so that drift (caches
 warming, the server's in-memory history growing) hits both alike; the whole comparison
-runs once per dev-server config (`CONFIGS`: Temporal's defaults, the transfer-task rate
-alone, and the embedded stack's tuned dynamic config, which adds eager activity execution)
-so that the before/after of each tuning is in the same report:
+runs once per dev-server config (`CONFIGS`: Temporal's defaults, the embedded stack's
+tuned dynamic config without eager activity execution, and with it) so that the
+before/after of each tuning is in the same report:
 
 * the baseline is a hand-written workflow (`BaselineSequential`, `BaselineParallel`)
   that calls `notify.send` N times as a regular activity, with the options the
@@ -69,6 +69,8 @@ from bench.orchestration_runs import Bench, notify_flow
 from bench.orchestration_worker import WorkerProcess, serve_worker
 from shipflow.activities.core.client import (
     COMMIT_KEY,
+    DEV_SERVER_DYNAMIC_CONFIG,
+    EAGER_ACTIVITIES,
     FLOW_KEY,
     STAGE_KEY,
     data_converter,
@@ -87,13 +89,13 @@ CONFIGS: dict[str, list[str]] = {
     # Temporal's defaults (updates on, as shipflow needs them for approvals).
     "default": ["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
     # What the embedded stack, the tests and the demo start (`dev_server_args()`).
-    # The transfer-task rate alone: the embedded stack before eager activity execution, kept
-    # so that the report shows what eager execution changes, on the same machine and run.
-    "transfer": [
-        "--dynamic-config-value",
-        "frontend.enableUpdateWorkflowExecution=true",
-        "--dynamic-config-value",
-        "history.transferProcessorMaxPollRPS=1000",
+    # The embedded stack's config with eager activity execution turned off (as on a Temporal
+    # cluster by default; `temporal server start-dev` turns it on by itself): the report
+    # shows what eager execution is worth, on the same machine and run.
+    "no-eager": [
+        arg
+        for key, value in {**DEV_SERVER_DYNAMIC_CONFIG, EAGER_ACTIVITIES: "false"}.items()
+        for arg in ("--dynamic-config-value", f"{key}={value}")
     ],
     # What the embedded stack, the tests and the demo start (`dev_server_args()`).
     "tuned": dev_server_args(),

@@ -14,8 +14,8 @@ CPU_TARGET = 1.10
 SHORT_TARGET = 1.0
 CONFIG_NOTES = {
     "default": "Temporal's dynamic config defaults",
-    "transfer": "`history.transferProcessorMaxPollRPS=1000` alone (the embedded stack before "
-    "eager activity execution)",
+    "no-eager": "`tuned` with `system.enableActivityEagerExecution=false` (Temporal's "
+    "server default; the dev server turns it on by itself)",
     "tuned": "`history.transferProcessorMaxPollRPS=1000` and "
     "`system.enableActivityEagerExecution=true`, as `shipflow dev` starts it",
 }
