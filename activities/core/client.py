@@ -34,6 +34,8 @@ SEARCH_ATTRIBUTES = {
     "ShipflowCommit": "Keyword",
 }
 
+#: The dynamic config key of eager activity execution (the bench turns it off to compare).
+EAGER_ACTIVITIES = "system.enableActivityEagerExecution"
 #: Dynamic config every embedded dev server starts with (`shipflow dev`, tests, benchmarks).
 #: Updates are on. The transfer-task loader's rate limit is raised from 20 to 1000 loads a
 #: second per shard: the dev server has one shard, so at 20 every workflow and activity task
@@ -46,8 +48,6 @@ SEARCH_ATTRIBUTES = {
 #: (about 5 ms of dispatch per regular step on the embedded stack; docs/benchmarks.md,
 #: config `no-eager`). On a real cluster both knobs trade something (see README, "Running
 #: in production").
-#: The dynamic config key of eager activity execution (the bench turns it off to compare).
-EAGER_ACTIVITIES = "system.enableActivityEagerExecution"
 DEV_SERVER_DYNAMIC_CONFIG = {
     "frontend.enableUpdateWorkflowExecution": "true",
     "history.transferProcessorMaxPollRPS": "1000",
