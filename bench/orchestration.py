@@ -5,8 +5,9 @@ the dev server's configuration costs both. So both sides call the very same no-o
 activity the same number of times, on one worker process, on one task queue of one fresh
 in-memory dev server, and the runs of the two sides are interleaved so that drift (caches
 warming, the server's in-memory history growing) hits both alike; the whole comparison
-runs once per dev-server config (`CONFIGS`: Temporal's defaults, and the embedded stack's
-tuned dynamic config) so that the before/after of that tuning is in the same report:
+runs once per dev-server config (`CONFIGS`: Temporal's defaults, the embedded stack's
+tuned dynamic config without eager activity execution, and with it) so that the
+before/after of each tuning is in the same report:
 
 * the baseline is a hand-written workflow (`BaselineSequential`, `BaselineParallel`)
   that calls `notify.send` N times as a regular activity, with the options the
@@ -68,6 +69,8 @@ from bench.orchestration_runs import Bench, notify_flow
 from bench.orchestration_worker import WorkerProcess, serve_worker
 from shipflow.activities.core.client import (
     COMMIT_KEY,
+    DEV_SERVER_DYNAMIC_CONFIG,
+    EAGER_ACTIVITIES,
     FLOW_KEY,
     STAGE_KEY,
     data_converter,
@@ -86,12 +89,21 @@ CONFIGS: dict[str, list[str]] = {
     # Temporal's defaults (updates on, as shipflow needs them for approvals).
     "default": ["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
     # What the embedded stack, the tests and the demo start (`dev_server_args()`).
+    # The embedded stack's config with eager activity execution turned off (as on a Temporal
+    # cluster by default; `temporal server start-dev` turns it on by itself): the report
+    # shows what eager execution is worth, on the same machine and run.
+    "no-eager": [
+        arg
+        for key, value in {**DEV_SERVER_DYNAMIC_CONFIG, EAGER_ACTIVITIES: "false"}.items()
+        for arg in ("--dynamic-config-value", f"{key}={value}")
+    ],
+    # What the embedded stack, the tests and the demo start (`dev_server_args()`).
     "tuned": dev_server_args(),
 }
-#: Cases run on the `default` config. Not the 100 concurrent runs: at Temporal's default
-#: task-loading rate the single-shard dev server falls so far behind on a busy 2-core machine
-#: that no-op activities hit their 30 s timeout (measured 2026-12-03, load average ~15), and
-#: the per-step latency that config costs shows in the sequential cases already.
+#: Cases run on the configs other than `tuned`. Not the 100 concurrent runs: at Temporal's
+#: default task-loading rate the single-shard dev server falls so far behind on a busy 2-core
+#: machine that no-op activities hit their 30 s timeout (measured 2026-12-03, load average
+#: ~15), and the per-step latency a config costs shows in the sequential cases already.
 DEFAULT_CONFIG_CASES = ("sequential", "parallel", "short")
 
 
@@ -270,7 +282,7 @@ async def run_with_servers(
         env = await start_dev_server(config)
         try:
             out = profile / f"worker-{config}.txt" if profile is not None else None
-            mine = tuple(c for c in cases if config != "default" or c in DEFAULT_CONFIG_CASES)
+            mine = tuple(c for c in cases if config == "tuned" or c in DEFAULT_CONFIG_CASES)
             reports.append(
                 await run_orchestration(env.client, config=config, profile=out, cases=mine, **sizes)
             )

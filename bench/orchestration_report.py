@@ -14,7 +14,10 @@ CPU_TARGET = 1.10
 SHORT_TARGET = 1.0
 CONFIG_NOTES = {
     "default": "Temporal's dynamic config defaults",
-    "tuned": "`history.transferProcessorMaxPollRPS=1000`, as `shipflow dev` starts it",
+    "no-eager": "`tuned` with `system.enableActivityEagerExecution=false` (Temporal's "
+    "server default; the dev server turns it on by itself)",
+    "tuned": "`history.transferProcessorMaxPollRPS=1000` and "
+    "`system.enableActivityEagerExecution=true`, as `shipflow dev` starts it",
 }
 
 
@@ -155,7 +158,7 @@ class OrchestrationReport:
             "flow as a user would get it (local activities where it chooses them, its memo, "
             "search attributes, status bookkeeping and its two `records.run` calls: running, then final). "
             "CPU is the worker process's own (all threads, the SDK's native core included); "
-            "the client and the dev server run apart. On the `default` config only the "
+            "the client and the dev server run apart. On configs other than `tuned` only the "
             "cases in `DEFAULT_CONFIG_CASES` run (see there why). Dev server configs: "
             + "; ".join(
                 f"`{name}`: {CONFIG_NOTES[name]}" for name in self.configs() if name in CONFIG_NOTES

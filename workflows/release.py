@@ -3,7 +3,7 @@
 It walks the Plan's tree (sequences in order, parallel branches at once), runs each
 action as an activity with the step's own retry policy and timeout, and keeps every
 step's state in memory (the `status` query) and in the memo (readable with no worker
-up). When a step fails or the run is cancelled it runs the recorded compensations in
+up; at most about a second behind, exact at the end: release_memo.py). When a step fails or the run is cancelled it runs the recorded compensations in
 reverse order of completion, each with its own retries, and reports the final state.
 
 What each kind of step runs (activity, input, result type, local or regular, undo) is a
@@ -17,7 +17,7 @@ cohesive parts are mixins beside it, all over the shared state declared in
 - release_approvals.py: approval steps waiting for the `approve`/`reject` updates
 - release_stage.py: the run's side of the stage lock (take, queue, release)
 - release_index.py: recording the run in the SQL runs index
-- release_memo.py: flushing the status into the memo
+- release_memo.py: flushing the status into the memo, debounced to about once a second
 - release_errors.py: StepFailed and the error text a user reads
 
 Those modules are imported by this one only; the worker passes this module through the

@@ -1,8 +1,31 @@
-"""Flushing `ReleaseWorkflow`'s status into its memo: readable with no worker up, upserted
-at most once per workflow task and only for what changed."""
+"""Flushing `ReleaseWorkflow`'s status into its memo: readable with no worker up, and only
+what changed is upserted.
+
+Why debounced: each upsert is a command the SDK encodes and the server writes into the
+history (43 of a 50-step run's 139 KiB were memo upserts when every workflow task
+upserted), and that per-task work was most of the interpreter's overhead over a
+hand-written workflow (docs/benchmarks.md). The memo is for readers without a worker
+(`GET /runs/{id}`, `shipflow status`, the console), who poll; they need it prompt, not
+per task. So, from patch `memo-debounce` on, the memo lags the run by at most
+`MEMO_FLUSH_INTERVAL_S` (workflow time):
+
+- a change is upserted at once when the last upsert (the starter's memo, to begin with)
+  was at least that long ago, and so is the run going `waiting` (an approval), with every
+  step change pending: what an operator acts on is in the memo when its workflow task
+  completes, even if the worker stops right after;
+- otherwise it stays pending, and a timer (started only while something is pending, so a
+  run blocked on an approval or a long step adds nothing to its history) flushes it when
+  the interval is up, even if no other workflow task comes (a step's progress, a retry's
+  error show within about a second while a worker runs);
+- the end of the run flushes at once: the final state in the memo is always exact.
+
+The `status` query is never behind: it reads the workflow's state itself. Runs that started
+before the patch keep upserting once per workflow task, as their histories say.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from temporalio import workflow
@@ -13,35 +36,70 @@ with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.status import (
         MEMO_KEY,
         STEP_MEMO_PREFIX,
+        RunState,
         run_memo_entry,
         step_memo_entry,
     )
+
+#: Patch id: the memo is upserted at most once per `MEMO_FLUSH_INTERVAL_S` (plus the final
+#: flush), no longer once per workflow task.
+MEMO_DEBOUNCE = "memo-debounce"
+#: The most the memo lags the run's state, in seconds of workflow time.
+MEMO_FLUSH_INTERVAL_S = 1.0
+#: The flush timer's summary, as the Temporal UI shows it in the run's history.
+FLUSH_TIMER_SUMMARY = "memo flush"
 
 
 class MemoFlushing(ReleaseBase):
     """The memo flusher task (`run` starts it, `_finish` lets it end)."""
 
     async def _flush_memo(self) -> None:
-        """Upsert the memo at most once per workflow task, however many steps changed."""
+        """Upsert what changed: debounced (see the module), or once per workflow task for
+        runs that started before the patch."""
+        debounced = workflow.patched(MEMO_DEBOUNCE)
+        # The starter wrote the whole memo when it started the run: a run shorter than the
+        # interval upserts once, at its end (per task, a 50-step parallel run upserted every
+        # step's entry twice more: running, then its outcome).
+        last_upsert = workflow.time()
         while True:
             await workflow.wait_condition(lambda: self._dirty or self._done)
-            if self._dirty:
-                self._dirty = False
-                changed: dict[str, Any] = {}
-                run = run_memo_entry(self._status)
-                if self._flushed.get(MEMO_KEY) != run:
-                    changed[MEMO_KEY] = run
-                if self._dirty_steps:
-                    # Plan order (not the set's), so the upsert reads as before.
-                    for step in self._status.steps:
-                        if step.id in self._dirty_steps:
-                            key = STEP_MEMO_PREFIX + step.id
-                            entry = step_memo_entry(step)
-                            if self._flushed.get(key) != entry:
-                                changed[key] = entry
-                    self._dirty_steps.clear()
-                if changed:
-                    workflow.upsert_memo(changed)
-                    self._flushed.update(changed)
+            if debounced and not self._flush_at_once():
+                due = last_upsert + MEMO_FLUSH_INTERVAL_S - workflow.time()
+                if due > 0:
+                    with contextlib.suppress(TimeoutError):  # due: flush what is pending
+                        await workflow.wait_condition(
+                            self._flush_at_once, timeout=due, timeout_summary=FLUSH_TIMER_SUMMARY
+                        )
+            if self._dirty and self._upsert_changes():
+                last_upsert = workflow.time()
             if self._done and not self._dirty:
                 return
+
+    def _flush_at_once(self) -> bool:
+        """The run has ended, or it has gone `waiting` and the memo does not say so yet."""
+        return self._done or (
+            self._status.state == RunState.WAITING
+            and self._flushed[MEMO_KEY].get("state") != RunState.WAITING.value
+        )
+
+    def _upsert_changes(self) -> bool:
+        """Upsert the memo entries that differ from what it holds; whether there were any."""
+        self._dirty = False
+        changed: dict[str, Any] = {}
+        run = run_memo_entry(self._status)
+        if self._flushed.get(MEMO_KEY) != run:
+            changed[MEMO_KEY] = run
+        if self._dirty_steps:
+            # Plan order (not the set's), so the upsert reads as before.
+            for step in self._status.steps:
+                if step.id in self._dirty_steps:
+                    key = STEP_MEMO_PREFIX + step.id
+                    entry = step_memo_entry(step)
+                    if self._flushed.get(key) != entry:
+                        changed[key] = entry
+            self._dirty_steps.clear()
+        if not changed:
+            return False
+        workflow.upsert_memo(changed)
+        self._flushed.update(changed)
+        return True

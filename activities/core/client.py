@@ -34,14 +34,24 @@ SEARCH_ATTRIBUTES = {
     "ShipflowCommit": "Keyword",
 }
 
+#: The dynamic config key of eager activity execution (the bench turns it off to compare).
+EAGER_ACTIVITIES = "system.enableActivityEagerExecution"
 #: Dynamic config every embedded dev server starts with (`shipflow dev`, tests, benchmarks).
 #: Updates are on. The transfer-task loader's rate limit is raised from 20 to 1000 loads a
 #: second per shard: the dev server has one shard, so at 20 every workflow and activity task
-#: waits ~40 ms to be loaded, which is most of a short step's latency. On a real cluster the
-#: same knob trades database load for latency (see README, "Running in production").
+#: waits ~40 ms to be loaded, which is most of a short step's latency. Eager activity
+#: execution is on: `temporal server start-dev` turns it on by itself (Temporal's server
+#: default is off), and it is pinned here so that a CLI upgrade cannot turn it off unseen.
+#: The SDK asks for it when an activity runs on the worker's own task queue with a free
+#: slot, and the server then hands the activity back in the answer to the workflow task
+#: that scheduled it, instead of through a transfer task and a poll of the matching service
+#: (about 5 ms of dispatch per regular step on the embedded stack; docs/benchmarks.md,
+#: config `no-eager`). On a real cluster both knobs trade something (see README, "Running
+#: in production").
 DEV_SERVER_DYNAMIC_CONFIG = {
     "frontend.enableUpdateWorkflowExecution": "true",
     "history.transferProcessorMaxPollRPS": "1000",
+    EAGER_ACTIVITIES: "true",
 }
 
 

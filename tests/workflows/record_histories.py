@@ -72,6 +72,21 @@ steps:
   - migrate: {{id: undone, command: ["true"], undo: {{command: ["true"]}}}}
   - migrate: {{id: flaky, command: [sh, -c, "exit 3"], retries: 1}}
 """,
+    # The debounced memo (patch `memo-debounce`): quick steps whose changes wait for the
+    # flush timer, a run-state change (waiting) upserted at once, an approval, the end.
+    "debounced": """
+apiVersion: shipflow/v1
+name: debounced
+stage: test
+steps:
+  - migrate: {{id: a, command: ["true"]}}
+  - migrate: {{id: b, command: ["true"]}}
+  - migrate: {{id: slow, command: [sleep, "2"]}}
+  - approve: {{id: go}}
+  - parallel:
+      - migrate: {{id: c, command: ["true"]}}
+      - wait: {{id: d, duration: 100ms}}
+""",
 }
 
 
@@ -106,7 +121,7 @@ async def record(names: list[str] | None = None) -> None:
                         handle = await start_flow(
                             env.client, settings, text.format(port=port, sink=sink.url), run_id=name
                         )
-                        if name in ("approved", "notified"):
+                        if name in ("approved", "notified", "debounced"):
                             await wait_until(lambda h=handle: _waiting(h))
                             await handle.execute_update(
                                 ReleaseWorkflow.approve, ApproveInput(step="go", by="rec")
