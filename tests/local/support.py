@@ -98,7 +98,9 @@ class RuntimeProcess:
 
         wait_until_sync(
             answers,
-            timeout=15,
+            # Its imports alone took 15 s once on a machine at load 12 (it answers in ~2 s
+            # on a quiet one): a wait on a condition costs nothing when it is fast.
+            timeout=40,
             interval=0.02,
             what=lambda: f"runtime did not start: {self.log.read_text()[-2000:]}",
         )
