@@ -96,14 +96,18 @@ class RuntimeProcess:
                 raise RuntimeError(f"runtime did not start: {self.log.read_text()[-2000:]}")
             return False
 
-        wait_until_sync(
-            answers,
-            # Its imports alone took 15 s once on a machine at load 12 (it answers in ~2 s
-            # on a quiet one): a wait on a condition costs nothing when it is fast.
-            timeout=40,
-            interval=0.02,
-            what=lambda: f"runtime did not start: {self.log.read_text()[-2000:]}",
-        )
+        try:
+            wait_until_sync(
+                answers,
+                # Its imports alone took 15 s once on a machine at load 12 (it answers in ~2 s
+                # on a quiet one): a wait on a condition costs nothing when it is fast.
+                timeout=40,
+                interval=0.02,
+                what=lambda: f"runtime did not start: {self.log.read_text()[-2000:]}",
+            )
+        except BaseException:
+            self.kill()  # a fixture that fails here never reaches its cleanup
+            raise
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
