@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import NotFound, RolloutFailed, RolloutRequest, RolloutResult
+from shipflow.activities.targets.local import target as local_target
 from shipflow.activities.targets.local.runtime_client import RuntimeClient
 from shipflow.activities.targets.local.target import LocalTarget, RolloutCancelled, rollout_key
 from shipflow.api.app import create_app
@@ -174,7 +175,13 @@ async def test_a_canary_with_5_percent_errors_is_aborted_by_analysis(runtime: Ru
     assert await asyncio.to_thread(target.current_image, "web") == "v1"
 
 
-async def test_a_runtime_restarted_mid_canary_keeps_its_weight_and_step(runtime: RuntimeProcess) -> None:
+async def test_a_runtime_restarted_mid_canary_keeps_its_weight_and_step(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rollout below waits through the restart; past the grace it would hand the step's
+    # retry a Transient (its own test covers that). A restart takes 2 s on a quiet machine
+    # and took over 10 s on a loaded one, which is not what this test is about.
+    monkeypatch.setattr(local_target, "UNREACHABLE_GRACE_S", 60.0)
     port = free_port()
     target = make_target(runtime, {"web": demo_service(port, replicas=1)})
     await asyncio.to_thread(target.rollout, canary_request("v1", [{"set_weight": 50}]), Beats())
