@@ -33,7 +33,7 @@ pause, the measurements so far) lives in an annotation of the canary/green Deplo
 written before each phase's effects are awaited. A worker killed mid-rollout leaves it in
 the cluster; the next attempt reads it and goes on at that step, never running a finished
 one again. A retryable API error leaves it too when the step has another attempt
-(`RolloutRequest.another_attempt`, from `activities.attempts`); the error is then a
+(`RolloutRequest.another_attempt`, from `shipflow.activities.attempts`); the error is then a
 `StateKept`, and a cancel before that attempt aborts it (`abort_kept`). A pause without a duration waits for an operator, who sets the Deployment's
 `shipflow/promote` annotation to the value of its `shipflow/paused` annotation
 (`shipflow promote` does that for a run).
