@@ -146,13 +146,7 @@ class Canary(Progressive):
                 self._patch_replicas(name, sizes[name])
             for name in group:
                 self._wait_ready(name)
-        share = canary / (canary + stable) if canary else 0.0
-        self.details.update(
-            weight=weight,
-            canary_replicas=canary,
-            stable_replicas=stable,
-            canary_share=round(share, 3),
-        )
+        self._reached(weight, canary, stable)
         log.info(
             "deployments/%s: weight %s%%, %s canary pod(s), %s stable",
             self.extra, weight, canary, stable,
@@ -168,12 +162,8 @@ class Canary(Progressive):
         canary = canary_beside(stable, weight, most=max(stable, autoscaler.max_replicas))
         self._patch_replicas(self.extra, canary)
         self._wait_ready(self.extra)
-        share = canary / (canary + stable) if canary else 0.0
-        self.details.update(
-            weight=weight,
-            canary_replicas=canary,
-            stable_replicas=stable,
-            canary_share=round(share, 3),
+        self._reached(
+            weight, canary, stable,
             message=f"{canary} canary pod(s) beside {stable} stable; the stable's size is left to {autoscaler.ref}",
         )
         log.info(
@@ -181,6 +171,17 @@ class Canary(Progressive):
             self.extra, weight, canary, stable, autoscaler.ref,
         )
         self.progress.beat(dict(self.details))
+
+    def _reached(self, weight: int, canary: int, stable: int, **more: str) -> None:
+        """The step's details once `weight` stands: both sizes and the canary's pod share."""
+        share = canary / (canary + stable) if canary else 0.0
+        self.details.update(
+            weight=weight,
+            canary_replicas=canary,
+            stable_replicas=stable,
+            canary_share=round(share, 3),
+            **more,
+        )
 
     def _size(self, name: str) -> int:
         dep: Any = self.t._read_deployment(name)
