@@ -20,6 +20,7 @@ import pytest
 
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.targets.base import Invalid, RolloutFailed, Transient
+from shipflow.activities.targets.local import target as local_target
 from shipflow.activities.targets.local.process import pid_alive
 from shipflow.activities.targets.local.target import LocalTarget, RolloutCancelled
 from tests.helpers import free_port, wait_until
@@ -152,8 +153,13 @@ async def test_liveness_failure_restarts_the_instance(runtime: RuntimeProcess) -
 
 
 async def test_runtime_restart_adopts_instances_and_resumes_a_rollout(
-    runtime: RuntimeProcess,
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The rollout below rides over a restart; a restart takes 2 s on a quiet machine and
+    # took over the default 10 s of unreachable grace on a loaded one, which is not what
+    # this tests (an unreachable runtime's Transient is
+    # `test_runtime_unreachable_is_retryable_and_says_how_to_start_it`).
+    monkeypatch.setattr(local_target, "UNREACHABLE_GRACE_S", 60.0)
     port = free_port()
     target = make_target(runtime, {"web": demo_service(port, replicas=3, env=STARTUP)})
     await deploy(target, "web", "v1")
