@@ -179,7 +179,7 @@ async def test_a_runtime_restarted_mid_canary_keeps_its_weight_and_step(
     runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The rollout below waits through the restart; past the grace it would hand the step's
-    # retry a Transient (its own test covers that). A restart takes 2 s on a quiet machine
+    # retry a Transient. A restart takes 2 s on a quiet machine
     # and took over 10 s on a loaded one, which is not what this test is about.
     monkeypatch.setattr(local_target, "UNREACHABLE_GRACE_S", 60.0)
     port = free_port()
