@@ -7,7 +7,8 @@ in-memory dev server, and the runs of the two sides are interleaved so that drif
 warming, the server's in-memory history growing) hits both alike; the whole comparison
 runs once per dev-server config (`CONFIGS`: Temporal's defaults, the embedded stack's
 tuned dynamic config without eager activity execution, and with it) so that the
-before/after of each tuning is in the same report:
+before/after of each tuning is in the same report (and once more with the worker in
+Temporal's workflow sandbox, as it ran before it left it: config `sandbox`):
 
 * the baseline is a hand-written workflow (`BaselineSequential`, `BaselineParallel`)
   that calls `notify.send` N times as a regular activity, with the options the
@@ -28,9 +29,9 @@ The worker runs in a process of its own (`--serve-worker`, driven over stdin/std
 that the CPU reported is the worker's alone and a profiler can attach to it (`--profile
 DIR` samples it with py-spy). Choices that keep the comparison fair, each explained where
 it is made: the flows use `concurrency: allow` (the baseline takes no stage lock); the
-worker uses the production worker's sandbox (`shipflow.workflows.sandbox`, which passes
-the interpreter's module through) and passes this module (the baseline's) through as
-well; and bytecode is cached (as for an installed worker) even where
+worker runs both sides with the production worker's runner (`shipflow.workflows.sandbox`:
+outside the sandbox; in it for config `sandbox`, passing the interpreter's module and the
+baseline's through); and bytecode is cached (as for an installed worker) even where
 PYTHONDONTWRITEBYTECODE is set. Min and median over the repetitions are both reported, so
 that one lucky run does not decide.
 
@@ -97,10 +98,17 @@ CONFIGS: dict[str, list[str]] = {
         for key, value in {**DEV_SERVER_DYNAMIC_CONFIG, EAGER_ACTIVITIES: "false"}.items()
         for arg in ("--dynamic-config-value", f"{key}={value}")
     ],
+    # The embedded stack's config with the worker in Temporal's workflow sandbox (as the
+    # worker ran before this change; `SHIPFLOW_WORKFLOW_SANDBOX=true`): what leaving the
+    # sandbox is worth, on the same machine and run (see shipflow.workflows.sandbox).
+    "sandbox": dev_server_args(),
     # What the embedded stack, the tests and the demo start (`dev_server_args()`).
     "tuned": dev_server_args(),
 }
-#: Cases run on the configs other than `tuned`. Not the 100 concurrent runs: at Temporal's
+#: Configs whose worker runs the workflows in the sandbox (the others run them outside it,
+#: as the production worker does by default).
+SANDBOXED_CONFIGS = frozenset({"sandbox"})
+#: Cases run on the configs other than `tuned` and `sandbox`. Not the 100 concurrent runs: at Temporal's
 #: default task-loading rate the single-shard dev server falls so far behind on a busy 2-core
 #: machine that no-op activities hit their 30 s timeout (measured 2026-12-03, load average
 #: ~15), and the per-step latency a config costs shows in the sequential cases already.
@@ -156,7 +164,7 @@ async def run_orchestration(
     small = notify_flow("bench-conc", concurrent_steps, parallel=False)
     short = notify_flow("bench-short", steps, parallel=False, short=True)
     comparisons: list[Comparison] = []
-    worker = await WorkerProcess.start(client, queue)
+    worker = await WorkerProcess.start(client, queue, sandboxed=config in SANDBOXED_CONFIGS)
     try:
         if profile is not None:
             await worker.profile(profile)
@@ -282,7 +290,8 @@ async def run_with_servers(
         env = await start_dev_server(config)
         try:
             out = profile / f"worker-{config}.txt" if profile is not None else None
-            mine = tuple(c for c in cases if config == "tuned" or c in DEFAULT_CONFIG_CASES)
+            everything = config in ("tuned", "sandbox")
+            mine = tuple(c for c in cases if everything or c in DEFAULT_CONFIG_CASES)
             reports.append(
                 await run_orchestration(env.client, config=config, profile=out, cases=mine, **sizes)
             )
@@ -341,9 +350,10 @@ def _use_bytecode_cache() -> None:
 
 
 def _cli() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve-worker":
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve-worker":
         _use_bytecode_cache()
-        asyncio.run(serve_worker(*sys.argv[2:5]))
+        address, namespace, task_queue, sandboxed = sys.argv[2:6]
+        asyncio.run(serve_worker(address, namespace, task_queue, sandboxed=sandboxed == "sandbox"))
         sys.stdout.flush()
         os._exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

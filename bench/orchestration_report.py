@@ -16,6 +16,8 @@ CONFIG_NOTES = {
     "default": "Temporal's dynamic config defaults",
     "no-eager": "`tuned` with `system.enableActivityEagerExecution=false` (Temporal's "
     "server default; the dev server turns it on by itself)",
+    "sandbox": "`tuned`, with the worker running both sides in Temporal's workflow sandbox "
+    "(`SHIPFLOW_WORKFLOW_SANDBOX=true`; the worker's default before issue 12's sandbox change)",
     "tuned": "`history.transferProcessorMaxPollRPS=1000` and "
     "`system.enableActivityEagerExecution=true`, as `shipflow dev` starts it",
 }
@@ -158,8 +160,10 @@ class OrchestrationReport:
             "flow as a user would get it (local activities where it chooses them, its memo, "
             "search attributes, status bookkeeping and its two `records.run` calls: running, then final). "
             "CPU is the worker process's own (all threads, the SDK's native core included); "
-            "the client and the dev server run apart. On configs other than `tuned` only the "
-            "cases in `DEFAULT_CONFIG_CASES` run (see there why). Dev server configs: "
+            "the client and the dev server run apart. Both sides run outside Temporal's workflow "
+            "sandbox, as the production worker does, except on config `sandbox`. On configs "
+            "other than `tuned` and `sandbox` only the cases in `DEFAULT_CONFIG_CASES` run "
+            "(see there why). Configs: "
             + "; ".join(
                 f"`{name}`: {CONFIG_NOTES[name]}" for name in self.configs() if name in CONFIG_NOTES
             )
@@ -189,7 +193,7 @@ class OrchestrationReport:
         configs = self.configs()
         head = " | ".join(f"{c}: baseline | {c}: interpreter" for c in configs)
         lines = [
-            "### Dev server config before/after (median wall time; per step for one run)",
+            "### Config before/after (median wall time; per step for one run)",
             "",
             f"| case | {head} |",
             "|---|" + "---:|" * (2 * len(configs)),
@@ -212,7 +216,7 @@ class OrchestrationReport:
 
     def _config_table(self, config: str) -> list[str]:
         lines = [
-            f"### Dev server `{config}`",
+            f"### Config `{config}`",
             "",
             "| case | baseline min / median | interpreter min / median | ratio (median) "
             "| ratio (min) | target | met | worker CPU/step baseline | interpreter "

@@ -33,26 +33,31 @@ BASELINE = "bench.orchestration_baseline"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench_worker(client: Client, task_queue: str, noop: NoopActivities) -> Worker:
+def bench_worker(
+    client: Client, task_queue: str, noop: NoopActivities, *, sandboxed: bool = False
+) -> Worker:
     """One worker for both sides, configured like `shipflow.worker.main.build_worker`.
 
-    Both sides run in the production worker's sandbox (`shipflow.workflows.sandbox`), which
-    passes the interpreter's module through; this module (the baseline's) is passed
-    through too, so that neither side is re-imported per workflow instance.
+    Both sides run with the production worker's runner (`shipflow.workflows.sandbox`):
+    outside Temporal's sandbox by default. With `sandboxed`, in it, where the interpreter's
+    module is passed through and this module (the baseline's) too, so that neither side is
+    re-imported per workflow instance.
     """
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[ReleaseWorkflow, BaselineSequential, BaselineParallel],
         activities=[noop.send, noop.record_run],
-        workflow_runner=workflow_runner(BASELINE),
+        workflow_runner=workflow_runner(sandboxed, BASELINE),
         activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bench-activity"),
         max_concurrent_activities=32,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 
 
-async def serve_worker(address: str, namespace: str, task_queue: str) -> None:
+async def serve_worker(
+    address: str, namespace: str, task_queue: str, *, sandboxed: bool = False
+) -> None:
     """The worker process: runs `bench_worker` and answers its parent on stdin/stdout.
 
     `cpu` -> this process's CPU seconds so far (all threads, the SDK's core included);
@@ -62,7 +67,7 @@ async def serve_worker(address: str, namespace: str, task_queue: str) -> None:
         address, namespace=namespace, data_converter=data_converter(Settings())
     )
     noop = NoopActivities()
-    async with bench_worker(client, task_queue, noop):
+    async with bench_worker(client, task_queue, noop, sandboxed=sandboxed):
         print("ready", flush=True)
         while True:
             command = (await asyncio.to_thread(sys.stdin.readline)).strip()
@@ -85,7 +90,9 @@ class WorkerProcess:
         self.profiler: asyncio.subprocess.Process | None = None
 
     @classmethod
-    async def start(cls, client: Client, task_queue: str) -> WorkerProcess:
+    async def start(
+        cls, client: Client, task_queue: str, *, sandboxed: bool = False
+    ) -> WorkerProcess:
         config = client.service_client.config
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -95,6 +102,7 @@ class WorkerProcess:
             config.target_host,
             client.namespace,
             task_queue,
+            "sandbox" if sandboxed else "plain",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,

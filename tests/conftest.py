@@ -75,6 +75,11 @@ def settings(tmp_path: Path, temporal_address: str) -> Settings:
         sticky_timeout_s=2.0,
         payload_keys=SecretStr(TEST_PAYLOAD_KEYS),
         open_dev_instance=True,  # most tests drive an API with no tokens on purpose
+        # The suite's workers run the workflows in Temporal's sandbox, so that a
+        # non-deterministic call on any path a test reaches fails here; production runs
+        # them outside it (shipflow.workflows.sandbox says why; tests/workflows/
+        # test_workflow_runner.py runs the production default).
+        workflow_sandbox=True,
     )
 
 

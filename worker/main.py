@@ -38,7 +38,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         client,
         task_queue=queue,
         workflows=[ReleaseWorkflow, StageLockWorkflow],
-        workflow_runner=workflow_runner(),
+        workflow_runner=workflow_runner(settings.workflow_sandbox),
         activities=build_activities(settings, engine, client, queue),
         # Log lines and trace spans of an activity name its run and step.
         interceptors=[StepContextInterceptor()],

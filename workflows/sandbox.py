@@ -1,26 +1,41 @@
-"""The workflow sandbox the worker runs shipflow's workflows in.
+"""How the worker runs shipflow's workflows: outside Temporal's Python sandbox by default.
 
-Temporal's Python sandbox re-imports a workflow's module for every new workflow instance,
-so that module-level state can never leak between runs and restricted calls (clock, I/O,
-randomness) are caught. For `ReleaseWorkflow` that re-import is most of what a run costs
-the worker beyond Temporal itself: executing the module and `@workflow.defn`'s inspection
-of the class take 1-2 ms of CPU per run (measured, bench/orchestration.py), as much as
-several steps. The interpreter module holds no module-level state (its constants are
-immutable), so the production worker passes it through: every run shares the module
-loaded once. The determinism guard stays where it pays: the replay tests
-(tests/workflows/test_replay.py) and `Replayer` run the interpreter in the full sandbox,
-re-imported, with every restriction, over recorded histories of every step kind.
+Temporal's sandbox guards workflow code that its authors write: it re-imports a workflow's
+module for every new workflow instance, so that module-level state cannot leak between
+runs, and it traps non-deterministic calls (clock, I/O, randomness) at run time. Its cost
+is paid on every payload: temporalio 1.35 enters the sandbox, executing a code string it
+compiles each time, to find each payload's serialization context, six times per payload
+per workflow task. Profiled (bench/orchestration.py `--profile`), that was 21-27% of the
+worker's busy time, and a run's steps cost 25-40% more worker CPU than outside it
+(docs/benchmarks.md, "Workflow sandbox").
+
+shipflow's users write no workflow code: a flow is data, run by one interpreter that is
+ours, holds no module-level state and is deterministic by test. So the determinism guard
+sits where it pays for us instead: the replay tests (tests/workflows/test_replay.py) and
+`Replayer` run the interpreter in the full sandbox, re-imported, with every restriction,
+over recorded histories of every step kind; and the test suite's workers run in the
+sandbox too (`Settings.workflow_sandbox`, set by tests/conftest.py), so a restricted call
+on any path a test reaches fails there. `SHIPFLOW_WORKFLOW_SANDBOX=true` puts a production
+worker back in the sandbox, with the interpreter's module passed through (loaded once per
+worker, not once per run: re-importing it cost 1-2 ms of CPU per run).
 """
 
 from __future__ import annotations
 
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 #: Workflow modules loaded once per worker instead of once per workflow instance.
 PASSED_THROUGH = ("shipflow.workflows.release",)
 
 
-def workflow_runner(*also: str) -> SandboxedWorkflowRunner:
-    """The default sandbox, with `PASSED_THROUGH` (and `also`) passed through."""
+def workflow_runner(sandboxed: bool, *also: str) -> WorkflowRunner:
+    """The runner for `sandboxed` (`Settings.workflow_sandbox`).
+
+    In the sandbox: the default restrictions, with `PASSED_THROUGH` (and `also`) passed
+    through. Outside it: Temporal's plain runner.
+    """
+    if not sandboxed:
+        return UnsandboxedWorkflowRunner()
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH, *also)
     return SandboxedWorkflowRunner(restrictions=restrictions)

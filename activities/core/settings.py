@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         20.0, description="how long a silent activity may run before its worker counts as lost"
     )
+    workflow_sandbox: bool = Field(
+        False,
+        description="run the workflows in Temporal's Python sandbox (about a third more worker"
+        " CPU per step; the replay tests always run them there)",
+    )
     sticky_timeout_s: float = Field(
         10.0, description="how soon a run's next task may go to another worker if its own is gone"
     )
