@@ -212,6 +212,22 @@ class HttpSink:
 
 
 
+async def patch_markers(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """The patch ids a run recorded (`workflow.patched` markers), in history order."""
+    import json
+
+    from temporalio.api.enums.v1 import EventType
+
+    ids: list[str] = []
+    async for event in handle.fetch_history_events():
+        attrs = event.marker_recorded_event_attributes
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and attrs.marker_name == (
+            "core_patch"
+        ):
+            ids += [json.loads(p.data)["id"] for p in attrs.details["patch-data"].payloads]
+    return ids
+
+
 async def decoded_history_text(client: Client, workflow_id: str) -> str:
     """A run's history as text with every payload decrypted by `client`'s codec and its
     data shown in clear: for asserting what a run's data holds (e.g. that a secret was

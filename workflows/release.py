@@ -44,6 +44,7 @@ from shipflow.workflows.release_errors import (
 )
 from shipflow.workflows.release_index import RunsIndexRecording
 from shipflow.workflows.release_memo import MemoFlushing
+from shipflow.workflows.release_patches import INDEX_RUN_STATES, LOCAL_SHORT_CALLS, Patches
 from shipflow.workflows.release_stage import StageLocking
 from shipflow.workflows.release_undo import Unwinding
 
@@ -81,11 +82,6 @@ __all__ = [
     "ReleaseWorkflow",
     "StepFailed",
 ]
-#: Patch id: short calls (`step_kinds.Local`) run as local activities. Runs that started
-#: before it keep scheduling regular activities, as their histories say.
-LOCAL_SHORT_CALLS = "local-short-calls"
-#: Patch id: the run records its live state changes in the runs index (`_index_states`).
-INDEX_RUN_STATES = "index-run-states"
 
 
 @workflow.defn(name="ReleaseWorkflow")
@@ -122,6 +118,8 @@ class ReleaseWorkflow(Unwinding, Approvals, StageLocking, RunsIndexRecording, Me
         self._lock_asked = False
         self._granted = False
         self._stopping = False
+        # Patches, with the one marker that stands for them in new runs (release_patches.py).
+        self._patches = Patches()
 
     # ------------------------------------------------------------------ run
 
@@ -132,7 +130,7 @@ class ReleaseWorkflow(Unwinding, Approvals, StageLocking, RunsIndexRecording, Me
         self._observer.started(input.trigger)
         if input.record_start:
             await self._record_run()
-        if workflow.patched(INDEX_RUN_STATES):
+        if self._patches.patched(INDEX_RUN_STATES):
             self._indexer = asyncio.create_task(self._index_states())
         try:
             await self._take_stage()
@@ -301,7 +299,7 @@ class ReleaseWorkflow(Unwinding, Approvals, StageLocking, RunsIndexRecording, Me
             )
             local = (
                 call.local
-                if call.runs_local(action) and workflow.patched(LOCAL_SHORT_CALLS)
+                if call.runs_local(action) and self._patches.patched(LOCAL_SHORT_CALLS)
                 else None
             )
             output = await self._attempts(

@@ -25,6 +25,11 @@ from temporalio.exceptions import (
 
 from shipflow.workflows.release_base import ReleaseBase
 from shipflow.workflows.release_errors import StepFailed, describe_error, worker_shut_down
+from shipflow.workflows.release_patches import (
+    ABORT_KEPT_ON_CANCEL,
+    STEP_ATTEMPT_LOG,
+    WORKER_SHUTDOWN_IS_LOST,
+)
 
 with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.io.deploy import (
@@ -40,14 +45,6 @@ with workflow.unsafe.imports_passed_through():
 
 NO_RETRY = RetryPolicy(maximum_attempts=1)
 CLEANUP_MARGIN_S = 30.0
-#: Patch id: an activity failed by its worker's shutdown is resumed like a lost worker.
-WORKER_SHUTDOWN_IS_LOST = "worker-shutdown-is-lost"
-#: Patch id: each attempt of a step is recorded (`StepStatus.attempt_log`) and its activity
-#: is named `<step>:<activity>:<attempt>` so the API can find it in the history.
-STEP_ATTEMPT_LOG = "step-attempt-log"
-#: Patch id: a cancel in the back-off after an attempt that kept its work for the next one
-#: (a Kubernetes canary, `StateKept`) aborts that work (`deploy.abort_kept`).
-ABORT_KEPT_ON_CANCEL = "abort-kept-on-cancel"
 #: The failure type of an attempt that kept its work for the next (`targets.base.StateKept`).
 STATE_KEPT = "StateKept"
 ABORT_KEPT_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=10))
@@ -87,7 +84,7 @@ class StepAttempts(ReleaseBase):
         # the backstop for a worker that stops answering.
         step_timeout = action.timeout_s or 86400.0
         timeout = timedelta(seconds=step_timeout + (CLEANUP_MARGIN_S if long_running else 0))
-        logged = workflow.patched(STEP_ATTEMPT_LOG)
+        logged = self._patches.patched(STEP_ATTEMPT_LOG)
         record: AttemptRecord | None = None
         while True:
             attempt += 1
@@ -169,7 +166,7 @@ class StepAttempts(ReleaseBase):
                 if (
                     worker_shut_down(cause)
                     and lost < self._plan.worker_lost_retries
-                    and workflow.patched(WORKER_SHUTDOWN_IS_LOST)
+                    and self._patches.patched(WORKER_SHUTDOWN_IS_LOST)
                 ):
                     # A worker stopped gracefully (redeployed) whose activity did not end in
                     # its grace period is a lost worker too, not a failed attempt. No
@@ -212,7 +209,7 @@ class StepAttempts(ReleaseBase):
                     if (
                         kept
                         and isinstance(request, RolloutInput)
-                        and workflow.patched(ABORT_KEPT_ON_CANCEL)
+                        and self._patches.patched(ABORT_KEPT_ON_CANCEL)
                     ):
                         await self._shielded(self._abort_kept(action, request, step))
                     raise

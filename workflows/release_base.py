@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 
+from shipflow.workflows.release_patches import Patches
+
 with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.io.common import StepContext
     from shipflow.workflows.plan import Plan
@@ -48,6 +50,7 @@ class ReleaseBase:
     _lock_asked: bool
     _granted: bool
     _stopping: bool
+    _patches: Patches
 
     def _touch(self, *steps: StepStatus) -> None:
         """Mark the status changed: the run's entry always, and the memo entries of `steps`."""

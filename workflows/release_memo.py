@@ -13,14 +13,20 @@ per task. So, from patch `memo-debounce` on, the memo lags the run by at most
   was at least that long ago, and so is the run going `waiting` (an approval), with every
   step change pending: what an operator acts on is in the memo when its workflow task
   completes, even if the worker stops right after;
-- otherwise it stays pending, and a timer (started only while something is pending, so a
-  run blocked on an approval or a long step adds nothing to its history) flushes it when
-  the interval is up, even if no other workflow task comes (a step's progress, a retry's
-  error show within about a second while a worker runs);
+- otherwise it stays pending until the first workflow task from the interval's end on
+  (patch `memo-piggyback`): a step that ends then carries the upsert in its own task. A
+  timer (started only while something is pending, so a run blocked on an approval or a long
+  step adds nothing to its history) is the backstop: it flushes `MEMO_BACKSTOP_S` after the
+  last upsert when no task came (a long step's progress, a retry's error show within about
+  1.5 s while a worker runs), and is cancelled, costing no task, when one did. Before the
+  piggyback the timer fired at the interval's end, a workflow task of its own for every
+  upsert while steps ran: in runs whose steps take 0.3-1 s that was a timer and a task a
+  second, about as many as the debounce saved (docs/benchmarks.md, issue 12);
 - the end of the run flushes at once: the final state in the memo is always exact.
 
 The `status` query is never behind: it reads the workflow's state itself. Runs that started
-before the patch keep upserting once per workflow task, as their histories say.
+before a patch keep their behaviour, as their histories say: per workflow task before
+`memo-debounce`, the timer at the interval before `memo-piggyback`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 from temporalio import workflow
 
 from shipflow.workflows.release_base import ReleaseBase
+from shipflow.workflows.release_patches import MEMO_DEBOUNCE, MEMO_PIGGYBACK
 
 with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.status import (
@@ -41,11 +48,13 @@ with workflow.unsafe.imports_passed_through():
         step_memo_entry,
     )
 
-#: Patch id: the memo is upserted at most once per `MEMO_FLUSH_INTERVAL_S` (plus the final
-#: flush), no longer once per workflow task.
-MEMO_DEBOUNCE = "memo-debounce"
-#: The most the memo lags the run's state, in seconds of workflow time.
+#: How often, at most, the memo is upserted while the run goes on (seconds of workflow time):
+#: a pending change is upserted by the first workflow task this long after the last upsert.
 MEMO_FLUSH_INTERVAL_S = 1.0
+#: When no workflow task comes (a long step runs), the flush timer upserts a pending change
+#: this long after the last upsert: the most the memo lags the run's state (patch
+#: `memo-piggyback`; before it the timer fired at `MEMO_FLUSH_INTERVAL_S`).
+MEMO_BACKSTOP_S = 1.5
 #: The flush timer's summary, as the Temporal UI shows it in the run's history.
 FLUSH_TIMER_SUMMARY = "memo flush"
 
@@ -56,14 +65,29 @@ class MemoFlushing(ReleaseBase):
     async def _flush_memo(self) -> None:
         """Upsert what changed: debounced (see the module), or once per workflow task for
         runs that started before the patch."""
-        debounced = workflow.patched(MEMO_DEBOUNCE)
+        debounced = self._patches.patched(MEMO_DEBOUNCE)
+        piggyback = debounced and self._patches.patched(MEMO_PIGGYBACK)
         # The starter wrote the whole memo when it started the run: a run shorter than the
         # interval upserts once, at its end (per task, a 50-step parallel run upserted every
         # step's entry twice more: running, then its outcome).
         last_upsert = workflow.time()
         while True:
             await workflow.wait_condition(lambda: self._dirty or self._done)
-            if debounced and not self._flush_at_once():
+            if piggyback and not self._flush_at_once():
+                due_at = last_upsert + MEMO_FLUSH_INTERVAL_S
+                if workflow.time() < due_at:
+                    # The first workflow task from `due_at` on carries the upsert (the
+                    # timer is cancelled then, which costs no task); the timer fires only
+                    # if no task comes by the backstop.
+                    with contextlib.suppress(TimeoutError):
+                        await workflow.wait_condition(
+                            lambda due_at=due_at: (  # type: ignore[misc]
+                                self._flush_at_once() or workflow.time() >= due_at
+                            ),
+                            timeout=last_upsert + MEMO_BACKSTOP_S - workflow.time(),
+                            timeout_summary=FLUSH_TIMER_SUMMARY,
+                        )
+            elif debounced and not self._flush_at_once():
                 due = last_upsert + MEMO_FLUSH_INTERVAL_S - workflow.time()
                 if due > 0:
                     with contextlib.suppress(TimeoutError):  # due: flush what is pending

@@ -1,8 +1,11 @@
-"""Record the histories that `test_replay.py` replays: `python -m tests.workflows.record_histories [NAME...]`.
+"""Record the histories that `test_replay.py` replays:
+`python -m tests.workflows.record_histories [--suffix S] [NAME...]` writes `histories/NAME{S}.json`.
 
 Re-record only on purpose: a change to the interpreter that breaks replay of these
 histories would break every run in flight when it is deployed, and needs
-`workflow.patched()` instead.
+`workflow.patched()` instead. Histories recorded before a patch stay, next to new ones
+recorded under a suffix: `NAME.json` are from before the patch bundle
+(`release_patches.BUNDLE`), `NAME-bundle.json` with it.
 """
 
 from __future__ import annotations
@@ -72,6 +75,19 @@ steps:
   - migrate: {{id: undone, command: ["true"], undo: {{command: ["true"]}}}}
   - migrate: {{id: flaky, command: [sh, -c, "exit 3"], retries: 1}}
 """,
+    # Memo upserts riding on step tasks (patch `memo-piggyback`): steps ending every ~0.4 s.
+    "riding": """
+apiVersion: shipflow/v1
+name: riding
+stage: test
+steps:
+  - migrate: {{id: r1, command: [sleep, "0.4"]}}
+  - migrate: {{id: r2, command: [sleep, "0.4"]}}
+  - migrate: {{id: r3, command: [sleep, "0.4"]}}
+  - migrate: {{id: r4, command: [sleep, "0.4"]}}
+  - migrate: {{id: r5, command: [sleep, "0.4"]}}
+  - migrate: {{id: r6, command: [sleep, "0.4"]}}
+""",
     # The debounced memo (patch `memo-debounce`): quick steps whose changes wait for the
     # flush timer, a run-state change (waiting) upserted at once, an approval, the end.
     "debounced": """
@@ -90,8 +106,8 @@ steps:
 }
 
 
-async def record(names: list[str] | None = None) -> None:
-    """Record `names` (default: every flow) into `histories/`."""
+async def record(names: list[str] | None = None, suffix: str = "") -> None:
+    """Record `names` (default: every flow) into `histories/NAME{suffix}.json`."""
     import socket
 
     from tests.helpers import HttpSink
@@ -128,7 +144,7 @@ async def record(names: list[str] | None = None) -> None:
                             )
                         await finish(handle)
                         history = await handle.fetch_history()
-                        (HERE / f"{name}.json").write_text(history.to_json())
+                        (HERE / f"{name}{suffix}.json").write_text(history.to_json())
                         print("recorded", name)
     finally:
         listener.close()
@@ -141,6 +157,10 @@ async def _waiting(handle) -> bool:  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    asyncio.run(record(sys.argv[1:] or None))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suffix", default="", help="appended to each history's file name")
+    parser.add_argument("names", nargs="*", help="flows to record (default: all)")
+    args = parser.parse_args()
+    asyncio.run(record(args.names or None, args.suffix))

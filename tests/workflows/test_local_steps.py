@@ -21,8 +21,9 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.worker import Replayer
 
 from shipflow.activities.core.settings import Settings
-from shipflow.workflows.release import LOCAL_SHORT_CALLS, ReleaseWorkflow
-from tests.helpers import finish, new_worker, start_flow
+from shipflow.workflows.release import ReleaseWorkflow
+from shipflow.workflows.release_patches import BUNDLE, BUNDLED, LOCAL_SHORT_CALLS
+from tests.helpers import finish, new_worker, patch_markers, start_flow
 
 
 class Sink:
@@ -67,11 +68,10 @@ def sink() -> Iterator[Sink]:
 
 async def _history(
     client: Client, handle: WorkflowHandle[Any, Any]
-) -> tuple[Counter[str], int, bool]:
-    """(regular activities scheduled by type, local activity markers, patch marker seen)."""
+) -> tuple[Counter[str], int]:
+    """(regular activities scheduled by type, local activity markers)."""
     scheduled: Counter[str] = Counter()
     local = 0
-    patched = False
     async for event in client.get_workflow_handle(handle.id).fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             scheduled[event.activity_task_scheduled_event_attributes.activity_type.name] += 1
@@ -79,9 +79,7 @@ async def _history(
             attrs = event.marker_recorded_event_attributes
             if attrs.marker_name == "core_local_activity":
                 local += 1
-            elif attrs.marker_name == "core_patch":
-                patched = patched or LOCAL_SHORT_CALLS.encode() in event.SerializeToString()
-    return scheduled, local, patched
+    return scheduled, local
 
 
 async def test_short_steps_are_local_and_long_ones_regular(
@@ -106,12 +104,14 @@ steps:
         "status_code": 200,
         "idempotency_key": f"{handle.id}/short-note/{(await handle.describe()).run_id}",
     }
-    scheduled, local, patched = await _history(temporal_client, handle)
+    scheduled, local = await _history(temporal_client, handle)
     # Only the long notify is a regular activity; the short notify, the short check and
     # the two run records (records.run: running, then final) are local.
     assert scheduled == Counter({"notify.send": 1}), scheduled
     assert local == 4, local
-    assert patched, "the run must record the local-short-calls patch marker"
+    # A new run's one patch marker is the bundle, which stands for local-short-calls.
+    assert LOCAL_SHORT_CALLS in BUNDLED
+    assert await patch_markers(handle) == [BUNDLE]
     assert [m["message"] for m in sink.received] == ["short", "long"]
     # The new history replays in the full sandbox (the interpreter re-imported, every
     # restriction on), as a worker restarted mid-run would replay it.
