@@ -2,10 +2,10 @@
 workflows that call the same no-op activity the interpreter's flows call, and the no-op
 activities both sides dispatch to.
 
-This module runs in the workflow sandbox. The bench worker passes it through
-(`orchestration_worker.bench_worker`), and its imports are passed through too, so that a
-baseline run does not pay for re-executing benchmark code: a hand-written workflow lives
-in a small module whose re-execution costs well under a millisecond.
+Under config `sandbox` this module runs in the workflow sandbox. The bench worker passes it
+through there (`orchestration_worker.bench_worker`), and its imports are passed through
+too, so that a baseline run does not pay for re-executing benchmark code: a hand-written
+workflow lives in a small module whose re-execution costs well under a millisecond.
 """
 
 from __future__ import annotations

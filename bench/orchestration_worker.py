@@ -91,18 +91,27 @@ class WorkerProcess:
 
     @classmethod
     async def start(
-        cls, client: Client, task_queue: str, *, sandboxed: bool = False
+        cls,
+        client: Client,
+        task_queue: str,
+        *,
+        sandboxed: bool = False,
+        main: str = MAIN,
+        variant: str = "",
     ) -> WorkerProcess:
+        """`main`'s `--serve-worker` mode in a process of its own (`variant`: what
+        `bench.orchestration_ablation` switches off in it)."""
         config = client.service_client.config
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            MAIN,
+            main,
             "--serve-worker",
             config.target_host,
             client.namespace,
             task_queue,
             "sandbox" if sandboxed else "plain",
+            *((variant,) if variant else ()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,
