@@ -4,10 +4,11 @@ Temporal's sandbox guards workflow code that its authors write: it re-imports a 
 module for every new workflow instance, so that module-level state cannot leak between
 runs, and it traps non-deterministic calls (clock, I/O, randomness) at run time. Its cost
 is paid on every payload: temporalio 1.35 enters the sandbox, executing a code string it
-compiles each time, to find each payload's serialization context, six times per payload
-per workflow task. Profiled (bench/orchestration.py `--profile`), that was 21-27% of the
-worker's busy time, and a run's steps cost 25-40% more worker CPU than outside it
-(docs/benchmarks.md, "Workflow sandbox").
+compiles each time, to find each payload's serialization context, three or four times per
+payload of a workflow task (once per pass of its payload visitors). Profiled
+(bench/orchestration.py `--profile`), that was 21-27% of the worker's busy time, and a
+run's steps cost the worker 1.1-1.5x the CPU they cost outside it (docs/benchmarks.md,
+config `sandbox` against `tuned`).
 
 shipflow's users write no workflow code: a flow is data, run by one interpreter that is
 ours, holds no module-level state and is deterministic by test. So the determinism guard

@@ -10,6 +10,7 @@ from temporalio.client import Client
 from bench import run_all, runs_index_bench, scale_bench
 from bench.observability_bench import run_observability
 from bench.orchestration import run_orchestration
+from bench.orchestration_ablation import measure as measure_ablation
 from shipflow.activities.core.settings import Settings
 from shipflow.worker.main import build_worker
 
@@ -33,6 +34,23 @@ async def test_orchestration_bench_tiny(temporal_client: Client) -> None:
     assert "| 3 sequential steps |" in table and "<= 1.10" in table
     # the worker ran in its own process and its CPU was measured on both sides
     assert all(c.baseline_cpu_s and c.interpreter_cpu_s for c in report.comparisons)
+
+
+async def test_orchestration_ablation_tiny() -> None:
+    """The switches work: with run records and the memo mirror off, an interpreter run's
+    history has neither the records' local-activity markers nor memo upserts."""
+    rows = await measure_ablation(("full", "neither"), runs=2, steps=2, parallel_steps=2, reps=1)
+    events = {(r["variant"], r["case"]): r["interpreter_events"] for r in rows}
+    assert set(events) == {
+        ("full", "2 concurrent runs of 2 steps"),
+        ("full", "2 parallel steps"),
+        ("neither", "2 concurrent runs of 2 steps"),
+        ("neither", "2 parallel steps"),
+    }
+    # two record markers and at least the final memo upsert fewer
+    for case in ("2 concurrent runs of 2 steps", "2 parallel steps"):
+        assert events[("neither", case)] <= events[("full", case)] - 3, events
+    assert all(r["cpu_ratio"] > 0 and r["wall_ratio"] > 0 for r in rows)
 
 
 def test_run_all_reports_missing_and_failing_modules() -> None:
