@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     )
     workflow_sandbox: bool = Field(
         False,
-        description="run the workflows in Temporal's Python sandbox (about a third more worker"
-        " CPU per step; the replay tests always run them there)",
+        description="run the workflows in Temporal's Python sandbox (1.1-1.5x the worker CPU"
+        " per step; the replay tests and the test suite always run them there)",
     )
     sticky_timeout_s: float = Field(
         10.0, description="how soon a run's next task may go to another worker if its own is gone"

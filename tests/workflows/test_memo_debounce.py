@@ -38,13 +38,13 @@ async def _upserts(handle: WorkflowHandle[Any, Any]) -> int:
     return upserts
 
 
-async def _flush_timers(handle: WorkflowHandle[Any, Any]) -> tuple[int, int]:
+async def _flush_timers(client: Client, handle: WorkflowHandle[Any, Any]) -> tuple[int, int]:
     """(memo flush timers started, of which fired) in the run's history."""
     flush_timers: set[str] = set()
     fired = 0
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
-            summary = await handle._client.data_converter.decode([event.user_metadata.summary])
+            summary = await client.data_converter.decode([event.user_metadata.summary])
             if summary == [FLUSH_TIMER_SUMMARY]:
                 flush_timers.add(event.timer_started_event_attributes.timer_id)
         elif event.event_type == EventType.EVENT_TYPE_TIMER_FIRED:
@@ -104,7 +104,7 @@ async def test_a_long_step_shows_running_in_the_memo_within_about_a_second(
         assert await step_state(handle, "slow") == "running"
         assert memo.step("quick").state == "succeeded"
         assert lag < MEMO_BACKSTOP_S + 1.5, lag
-        started, fired = await _flush_timers(handle)
+        started, fired = await _flush_timers(temporal_client, handle)
         assert (started, fired) == (1, 1), (started, fired)
         await handle.terminate("test over")
 
@@ -143,7 +143,7 @@ async def test_steps_ending_often_carry_the_memo_without_flush_timers_firing(
         memo = await finish(handle)
     assert memo.state == "succeeded"
     upserts = await _upserts(handle)
-    started, fired = await _flush_timers(handle)
+    started, fired = await _flush_timers(temporal_client, handle)
     # At least two upserts before the final one; a timer was started for each wait, but
     # (a step task on a loaded machine may come late once) almost none fired.
     assert upserts >= 3, upserts
