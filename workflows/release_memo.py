@@ -32,6 +32,7 @@ before a patch keep their behaviour, as their histories say: per workflow task b
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from temporalio import workflow
@@ -73,31 +74,27 @@ class MemoFlushing(ReleaseBase):
         last_upsert = workflow.time()
         while True:
             await workflow.wait_condition(lambda: self._dirty or self._done)
-            if piggyback and not self._flush_at_once():
-                due_at = last_upsert + MEMO_FLUSH_INTERVAL_S
-                if workflow.time() < due_at:
-                    # The first workflow task from `due_at` on carries the upsert (the
-                    # timer is cancelled then, which costs no task); the timer fires only
-                    # if no task comes by the backstop.
-                    with contextlib.suppress(TimeoutError):
-                        await workflow.wait_condition(
-                            lambda due_at=due_at: (  # type: ignore[misc]
-                                self._flush_at_once() or workflow.time() >= due_at
-                            ),
-                            timeout=last_upsert + MEMO_BACKSTOP_S - workflow.time(),
-                            timeout_summary=FLUSH_TIMER_SUMMARY,
-                        )
-            elif debounced and not self._flush_at_once():
-                due = last_upsert + MEMO_FLUSH_INTERVAL_S - workflow.time()
-                if due > 0:
-                    with contextlib.suppress(TimeoutError):  # due: flush what is pending
-                        await workflow.wait_condition(
-                            self._flush_at_once, timeout=due, timeout_summary=FLUSH_TIMER_SUMMARY
-                        )
+            due_at = last_upsert + MEMO_FLUSH_INTERVAL_S
+            if debounced and not self._flush_at_once() and workflow.time() < due_at:
+                # Piggyback: the first workflow task from `due_at` on carries the upsert (the
+                # timer is cancelled then, which costs no task) and the timer is only the
+                # backstop. Before that patch the timer fired at `due_at`.
+                ready = self._due_or_at_once(due_at) if piggyback else self._flush_at_once
+                wait_until = last_upsert + MEMO_BACKSTOP_S if piggyback else due_at
+                with contextlib.suppress(TimeoutError):  # due: flush what is pending
+                    await workflow.wait_condition(
+                        ready,
+                        timeout=wait_until - workflow.time(),
+                        timeout_summary=FLUSH_TIMER_SUMMARY,
+                    )
             if self._dirty and self._upsert_changes():
                 last_upsert = workflow.time()
             if self._done and not self._dirty:
                 return
+
+    def _due_or_at_once(self, due_at: float) -> Callable[[], bool]:
+        """A workflow task at or after `due_at` has come, or the memo must be flushed now."""
+        return lambda: self._flush_at_once() or workflow.time() >= due_at
 
     def _flush_at_once(self) -> bool:
         """The run has ended, or it has gone `waiting` and the memo does not say so yet."""
