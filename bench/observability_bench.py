@@ -31,7 +31,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from bench.orchestration import _use_bytecode_cache, start_dev_server
 from bench.orchestration_baseline import NoopActivities
 from bench.orchestration_runs import Bench, notify_flow
 from shipflow.activities.core.logs import StepContextInterceptor, configure_logging
+from shipflow.activities.core.settings import Settings
+from shipflow.worker.main import activity_capacity
 from shipflow.worker.telemetry import metrics_runtime
 from shipflow.workflows.release import ReleaseWorkflow
 from tests.helpers import free_port
@@ -63,8 +64,7 @@ def _worker(
         task_queue=queue,
         workflows=[ReleaseWorkflow],
         activities=[noop.send, noop.record_run],
-        activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bench-activity"),
-        max_concurrent_activities=32,
+        **activity_capacity(Settings().worker_activity_slots, "bench-activity"),
         graceful_shutdown_timeout=timedelta(seconds=10),
         interceptors=interceptors,
     )

@@ -136,6 +136,12 @@ def _row(variant: str, case: Comparison) -> dict[str, Any]:
         "interpreter_events": (
             case.interpreter_history.events if case.interpreter_history else None
         ),
+        "interpreter_markers": (
+            case.interpreter_history.markers if case.interpreter_history else None
+        ),
+        "interpreter_memo_upserts": (
+            case.interpreter_history.memo_upserts if case.interpreter_history else None
+        ),
     }
 
 

@@ -33,6 +33,10 @@ class HistoryStats:
     memo_bytes: int
     #: Median time from WORKFLOW_TASK_SCHEDULED to STARTED: the server's dispatch latency.
     task_dispatch_ms: float
+    #: MARKER_RECORDED events: patch markers and local activities.
+    markers: int = 0
+    #: WORKFLOW_PROPERTIES_MODIFIED events: memo upserts.
+    memo_upserts: int = 0
 
     def __str__(self) -> str:
         return (

@@ -148,7 +148,7 @@ class Bench:
         return comparison
 
     async def history_size(self, workflow_id: str) -> HistoryStats:
-        events = total = memo = 0
+        events = total = memo = markers = upserts = 0
         scheduled: float | None = None
         waits: list[float] = []
         async for event in self.client.get_workflow_handle(workflow_id).fetch_history_events():
@@ -158,9 +158,19 @@ class Bench:
             at = event.event_time.ToMicroseconds() / 1000
             if event.event_type == EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED:
                 memo += size
+                upserts += 1
+            elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+                markers += 1
             elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
                 scheduled = at
             elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED and scheduled:
                 waits.append(at - scheduled)
                 scheduled = None
-        return HistoryStats(events, total, memo, statistics.median(waits) if waits else 0.0)
+        return HistoryStats(
+            events,
+            total,
+            memo,
+            statistics.median(waits) if waits else 0.0,
+            markers=markers,
+            memo_upserts=upserts,
+        )

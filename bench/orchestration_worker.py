@@ -13,7 +13,6 @@ import json
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from temporalio.worker import Worker
 from bench.orchestration_baseline import BaselineParallel, BaselineSequential, NoopActivities
 from shipflow.activities.core.client import data_converter
 from shipflow.activities.core.settings import Settings
+from shipflow.worker.main import activity_capacity
 from shipflow.workflows.release import ReleaseWorkflow
 from shipflow.workflows.sandbox import workflow_runner
 
@@ -49,8 +49,7 @@ def bench_worker(
         workflows=[ReleaseWorkflow, BaselineSequential, BaselineParallel],
         activities=[noop.send, noop.record_run],
         workflow_runner=workflow_runner(sandboxed, BASELINE),
-        activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="bench-activity"),
-        max_concurrent_activities=32,
+        **activity_capacity(Settings().worker_activity_slots, "bench-activity"),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 

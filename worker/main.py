@@ -11,6 +11,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -30,6 +31,30 @@ from shipflow.workflows.stage_lock import StageLockWorkflow
 log = logging.getLogger("shipflow.worker")
 
 
+#: Local activities one worker runs at once (Temporal's default): the runs-index records,
+#: the promotion lookup, notify and check calls.
+LOCAL_ACTIVITY_SLOTS = 100
+
+
+def activity_capacity(slots: int, thread_prefix: str) -> dict[str, Any]:
+    """`Worker` options: `slots` regular activities, `LOCAL_ACTIVITY_SLOTS` local ones, and
+    the thread pool that runs the non-async ones of both.
+
+    The pool has a thread for every slot of either kind. A local activity holds its run's
+    workflow task open until it returns, so it must never queue for a thread behind
+    regular activities that run for minutes (rollouts, jobs, backups): with a pool only
+    as large as the regular slots, a worker running that many of them stalled every other
+    run on it (tests/worker/test_activity_slots.py). Threads start only when needed.
+    """
+    return {
+        "max_concurrent_activities": slots,
+        "max_concurrent_local_activities": LOCAL_ACTIVITY_SLOTS,
+        "activity_executor": ThreadPoolExecutor(
+            max_workers=slots + LOCAL_ACTIVITY_SLOTS, thread_name_prefix=thread_prefix
+        ),
+    }
+
+
 def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> Worker:
     """A worker for `task_queue` (default: settings) with every workflow and activity."""
     engine = make_engine(settings.sqlalchemy_url())
@@ -42,10 +67,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         activities=build_activities(settings, engine, client, queue),
         # Log lines and trace spans of an activity name its run and step.
         interceptors=[StepContextInterceptor()],
-        activity_executor=ThreadPoolExecutor(
-            max_workers=32, thread_name_prefix="shipflow-activity"
-        ),
-        max_concurrent_activities=32,
+        **activity_capacity(settings.worker_activity_slots, "shipflow-activity"),
         graceful_shutdown_timeout=timedelta(seconds=10),
         # Cancellation reaches an activity only with a heartbeat response: heartbeat at
         # least every second so a cancelled run stops its commands promptly.

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     sticky_timeout_s: float = Field(
         10.0, description="how soon a run's next task may go to another worker if its own is gone"
     )
+    worker_activity_slots: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="how many regular activities (rollouts, jobs, backups) one worker runs at"
+        " once; its local activities have slots and threads of their own",
+    )
     worker_lost_retries: int = Field(
         10, description="how often a step is resumed after its worker was lost (not a retry)"
     )

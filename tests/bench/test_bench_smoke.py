@@ -38,18 +38,24 @@ async def test_orchestration_bench_tiny(temporal_client: Client) -> None:
 
 async def test_orchestration_ablation_tiny() -> None:
     """The switches work: with run records and the memo mirror off, an interpreter run's
-    history has neither the records' local-activity markers nor memo upserts."""
+    history has neither the records' local-activity markers nor memo upserts.
+
+    Counted by event type, not in total: totals also count whatever a loaded machine adds
+    to either variant, such as a workflow task retried after a timeout (comparing totals,
+    this test once failed in a parallel test run and passed alone)."""
     rows = await measure_ablation(("full", "neither"), runs=2, steps=2, parallel_steps=2, reps=1)
-    events = {(r["variant"], r["case"]): r["interpreter_events"] for r in rows}
-    assert set(events) == {
+    by = {(r["variant"], r["case"]): r for r in rows}
+    assert set(by) == {
         ("full", "2 concurrent runs of 2 steps"),
         ("full", "2 parallel steps"),
         ("neither", "2 concurrent runs of 2 steps"),
         ("neither", "2 parallel steps"),
     }
-    # two record markers and at least the final memo upsert fewer
     for case in ("2 concurrent runs of 2 steps", "2 parallel steps"):
-        assert events[("neither", case)] <= events[("full", case)] - 3, events
+        full, neither = by[("full", case)], by[("neither", case)]
+        # the two `records.run` markers (running, then final); the patch marker stays
+        assert full["interpreter_markers"] - neither["interpreter_markers"] == 2, (full, neither)
+        assert neither["interpreter_memo_upserts"] == 0 < full["interpreter_memo_upserts"]
     assert all(r["cpu_ratio"] > 0 and r["wall_ratio"] > 0 for r in rows)
 
 
