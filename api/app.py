@@ -56,6 +56,7 @@ from shipflow.api.routes import (
     stages,
     step_history,
 )
+from shipflow.api.run_feeds import RunFeeds
 
 log = logging.getLogger("shipflow.api")
 
@@ -168,6 +169,9 @@ def create_app(settings: Settings | None = None, *, tracer: Tracer | None = None
     app.state.settings = settings
     app.state.auth = authenticator
     app.state.metrics = metrics
+    app.state.run_feeds = feeds = RunFeeds()
+    metrics.run_streams.set_function(lambda: feeds.streams)
+    metrics.runs_watched.set_function(lambda: feeds.watched)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(PayloadKeyError, codec.payload_key_error)

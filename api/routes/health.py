@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +48,22 @@ class Metrics:
             "shipflow_http_requests",
             "HTTP requests handled, by route template and status code.",
             ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.run_stream_reads = Counter(
+            "shipflow_run_stream_reads",
+            "Reads of a run's memo for the run pages' event streams: one poller per watched "
+            "run, whatever the number of its open pages.",
+            registry=self.registry,
+        )
+        self.run_streams = Gauge(
+            "shipflow_run_streams_open",
+            "Run event streams (run pages) open on this API process.",
+            registry=self.registry,
+        )
+        self.runs_watched = Gauge(
+            "shipflow_runs_watched",
+            "Runs with an open event stream on this API process (one poller each).",
             registry=self.registry,
         )
         self.latency = Histogram(

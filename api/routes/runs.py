@@ -253,6 +253,11 @@ async def get_run(
     run_id: str, _caller: Viewer, settings: SettingsDep, engine: EngineDep, client: TemporalDep
 ) -> RunDetail:
     """Run state and every step's state, attempts, error, output and timings."""
+    return await run_detail(run_id, settings, engine, client)
+
+
+async def run_detail(run_id: str, settings: Settings, engine: Engine, client: Client) -> RunDetail:
+    """`GET /runs/{id}`'s answer (404 unknown run, 503 Temporal down), for whoever may read it."""
     found = await _status(client, run_id)
     row = await run_in_threadpool(_get_run, engine, run_id)
     if found is None:

@@ -7,15 +7,17 @@ import asyncio
 import itertools
 import json
 import socket
+import time
 import uuid
 from typing import Any
 
 from temporalio.client import Client
 
 from shipflow.activities.core.settings import Settings
+from shipflow.api.routes.run_events import POLL_S
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.api.test_runs import apply, run_state, start, step_waiting
-from tests.helpers import new_worker
+from tests.helpers import new_worker, wait_until
 
 FLOW = """
 apiVersion: shipflow/v1
@@ -131,3 +133,58 @@ async def test_each_attempt_is_recorded_with_its_error_and_found_in_the_history(
         missing = await http.get(f"/runs/{run_id}/steps/nope/history")
         assert missing.status_code == 404 and "no step 'nope'" in missing.text
         assert (await http.get("/runs/no-such-run/steps/probe/history")).status_code == 404
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_many_pages_of_one_run_share_one_poller(
+    temporal_client: Client, settings: Settings
+) -> None:
+    """Five open run pages of one run cost Temporal what one page does: one memo read per
+    `POLL_S`, not five; each page still gets the whole run and its end."""
+    name, stage = f"share-{uuid.uuid4().hex[:6]}", f"st-{uuid.uuid4().hex[:6]}"
+    async with api_client(settings) as http, new_worker(temporal_client, settings):
+        await apply(http, APPROVAL.format(name=name, stage=stage))
+        run_id = await start(http, name)
+        await step_waiting(http, run_id, "go-live")
+
+        async def metrics() -> str:
+            return (await http.get("/metrics")).text
+
+        pages = [
+            asyncio.create_task(http.get(f"/runs/{run_id}/events", timeout=60)) for _ in range(5)
+        ]
+        text = await wait_until(lambda: _open_streams(metrics, 5), timeout=30, interval=0.05)
+        watched = _metric(text, "shipflow_runs_watched")
+        reads = _metric(text, "shipflow_run_stream_reads_total")
+        opened = time.monotonic()
+        # Four more reads: one poller needs four of its intervals for them, five would not.
+        await wait_until(lambda: _reads_past(metrics, reads + 4), timeout=30, interval=0.05)
+        elapsed = time.monotonic() - opened
+        now = _metric(await metrics(), "shipflow_run_stream_reads_total")
+        assert now - reads <= elapsed / POLL_S + 1, (now - reads, elapsed)
+        assert watched == 1
+
+        decided = await http.post(f"/runs/{run_id}/approve", json={"step": "go-live"})
+        assert decided.status_code == 200, decided.text
+        for response in await asyncio.gather(*pages):
+            events = events_of(response.text)
+            assert events[0][0] == "status" and events[-1] == ("end", {"state": "succeeded"})
+            last = [data for n, data in events if n == "status"][-1]
+            assert last["state"] == "succeeded"
+        text = await wait_until(lambda: _open_streams(metrics, 0), timeout=10, interval=0.05)
+        assert _metric(text, "shipflow_runs_watched") == 0
+
+
+async def _open_streams(metrics: Any, count: int) -> str | None:
+    text: str = await metrics()
+    return text if _metric(text, "shipflow_run_streams_open") == count else None
+
+
+async def _reads_past(metrics: Any, reads: float) -> bool:
+    return _metric(await metrics(), "shipflow_run_stream_reads_total") >= reads
