@@ -44,7 +44,12 @@ from shipflow.workflows.release_errors import (
 )
 from shipflow.workflows.release_index import RunsIndexRecording
 from shipflow.workflows.release_memo import MemoFlushing
-from shipflow.workflows.release_patches import INDEX_RUN_STATES, LOCAL_SHORT_CALLS, Patches
+from shipflow.workflows.release_patches import (
+    INDEX_RUN_STATES,
+    LOCAL_SHORT_CALLS,
+    REFUSE_OPTION_OUTPUTS,
+    Patches,
+)
 from shipflow.workflows.release_stage import StageLocking
 from shipflow.workflows.release_undo import Unwinding
 
@@ -70,6 +75,7 @@ with workflow.unsafe.imports_passed_through():
         memo_entries,
     )
     from shipflow.workflows.step_kinds import STEP_KINDS, StepRequest
+    from shipflow.workflows.step_outputs import option_like_outputs
     from shipflow.workflows.templates import literal
 
 __all__ = [
@@ -235,11 +241,18 @@ class ReleaseWorkflow(Unwinding, Approvals, StageLocking, RunsIndexRecording, Me
             return
         self._stop_if_stopping()
         params = resolve_step_outputs(action.params, self._outputs)
+        refused = option_like_outputs(action.params, params)
         step.summary = literal(resolve_step_outputs(action.summary, self._outputs))
         step.started_at = workflow.now()
         step.state = StepState.RUNNING
         self._touch(step)
         try:
+            # Asked only when a step output would begin a command argument with '-': runs
+            # that never meet that record no marker (release_patches.py).
+            if refused and self._patches.patched(REFUSE_OPTION_OUTPUTS):
+                raise ApplicationError(
+                    "; ".join(refused), type="OptionLikeStepOutput", non_retryable=True
+                )
             output = await self._perform(action, params, step)
         except BaseException as error:
             step.ended_at = workflow.now()

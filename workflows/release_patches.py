@@ -41,6 +41,11 @@ MEMO_DEBOUNCE = "memo-debounce"
 #: timer is only the backstop for a run that has no other task coming (release_memo.py).
 MEMO_PIGGYBACK = "memo-piggyback"
 
+#: A command argument that a step output makes begin with '-' fails the step (or its undo)
+#: instead of running (`step_outputs.option_like_outputs`). Asked only when that happens,
+#: so a run that never meets it records no marker for it.
+REFUSE_OPTION_OUTPUTS = "refuse-option-outputs"
+
 #: The one marker a run started from here on records for all of `BUNDLED`.
 BUNDLE = "release-patches-2026-12"
 BUNDLED = frozenset(

@@ -10,11 +10,13 @@ from temporalio import workflow
 
 from shipflow.workflows.release_attempts import StepAttempts
 from shipflow.workflows.release_errors import Compensate, StepFailed, describe_error
+from shipflow.workflows.release_patches import REFUSE_OPTION_OUTPUTS
 
 with workflow.unsafe.imports_passed_through():
     from shipflow.workflows.plan import ActionPlan, UndoPlan, resolve_step_outputs
     from shipflow.workflows.status import Compensation, RunState, StepState
     from shipflow.workflows.step_kinds import UNDO_KINDS, StepRequest
+    from shipflow.workflows.step_outputs import option_like_outputs
 
 
 class Unwinding(StepAttempts):
@@ -82,6 +84,11 @@ class Unwinding(StepAttempts):
         self, action: ActionPlan, undo: UndoPlan, output: dict[str, Any], record: Compensation
     ) -> dict[str, Any]:
         entry = UNDO_KINDS[undo.kind]
+        if undo.command:
+            command = resolve_step_outputs(undo.command, self._outputs, "argv")
+            refused = option_like_outputs(undo.command, command, "argv", "undo.command")
+            if refused and self._patches.patched(REFUSE_OPTION_OUTPUTS):
+                raise StepFailed(action.id, "; ".join(refused))
         request = StepRequest(
             plan=self._plan,
             action=action,

@@ -60,3 +60,45 @@ def resolve_step_outputs(
     if isinstance(value, dict):
         return {k: resolve_step_outputs(v, outputs, role_of(k)) for k, v in value.items()}
     return value
+
+
+def option_like_outputs(
+    template: Any, resolved: Any, role: Role = "text", path: str = ""
+) -> list[str]:
+    """The command arguments that a step output made begin with '-', as error messages.
+
+    The compiler refuses a run arg or a `${git.X}` that begins a command argument with '-'
+    (it would be read as an option: `--upload-pack=...` as a branch name). A step output is
+    only known at run time, so the interpreter asks this right before the step runs: an
+    argument that begins with '-' although the flow's text for it does not got its dash
+    from a step output (run args are literal in the plan by then, and `${env.X}` is the
+    author's and is resolved later, on the worker). Text the author put first, such as
+    `--name=${steps.x.y}`, is fine.
+
+    `template` is the plan's value (with `${steps...}` references), `resolved` the same
+    after `resolve_step_outputs`; `role` and `path` say where they stand.
+    """
+    if isinstance(template, str) and isinstance(resolved, str):
+        if role == "argv" and resolved.startswith("-") and not template.startswith("-"):
+            return [
+                f"{path}: {template} starts with '-' where it begins the command argument, "
+                f"where it would be read as an option, so the command did not run: write "
+                f"literal text before it in the flow (e.g. --name={template})"
+            ]
+        return []
+    if isinstance(template, list) and isinstance(resolved, list):
+        item_role: Role = "argv" if role == "argv" else "text"
+        return [
+            problem
+            for i, (t, r) in enumerate(zip(template, resolved, strict=False))
+            for problem in option_like_outputs(t, r, item_role, f"{path}[{i}]")
+        ]
+    if isinstance(template, dict) and isinstance(resolved, dict):
+        return [
+            problem
+            for key, t in template.items()
+            for problem in option_like_outputs(
+                t, resolved.get(key), role_of(key), f"{path}.{key}" if path else key
+            )
+        ]
+    return []

@@ -14,6 +14,7 @@ import pytest
 from shipflow.activities.envrefs import resolve_env, resolve_env_in, secret_values
 from shipflow.workflows.plan import Plan, compile, resolve_step_outputs
 from shipflow.workflows.spec import FlowError, load_flow_text
+from shipflow.workflows.step_outputs import option_like_outputs
 from shipflow.workflows.templates import literal
 
 SECRET = "postgresql://app:Hunter2-s3cret@db/app"
@@ -471,3 +472,26 @@ def test_a_git_value_that_would_begin_a_command_argument_with_a_dash_is_refused(
     # A value that does not start with '-' passes, and after literal text any value is data.
     plan = plan_of(text, context={"git": {**PUSH, "author": "eve"}})
     assert plan.action("m").params["command"][2:] == ["eve", "--author=eve"]
+
+
+# ---------------------------------------------------------------- step outputs as options
+
+
+@pytest.mark.parametrize(
+    ("params", "refused"),
+    [
+        ({"command": ["tool", "${steps.a.out}"]}, ["command[1]"]),
+        ({"command": ["tool", "--ref=${steps.a.out}", "-v"]}, []),  # the author's own text
+        ({"command": ["tool", "x"], "env": {"REF": "${steps.a.out}"}}, []),  # not an argument
+        ({"message": "${steps.a.out}"}, []),
+        ({"command": ["${steps.a.out}${steps.a.out}", "ok"]}, ["command[0]"]),
+    ],
+)
+def test_a_step_output_that_would_begin_an_argument_with_a_dash_is_found(
+    params: dict[str, Any], refused: list[str]
+) -> None:
+    resolved = resolve_step_outputs(params, {"a": {"out": "--upload-pack=x"}})
+    found = option_like_outputs(params, resolved)
+    assert [problem.split(":")[0] for problem in found] == refused
+    harmless = resolve_step_outputs(params, {"a": {"out": "main"}})
+    assert option_like_outputs(params, harmless) == []
