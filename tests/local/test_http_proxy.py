@@ -238,3 +238,72 @@ def test_only_a_stale_keep_alive_lets_a_request_be_sent_again() -> None:
     assert not http_proxy._may_resend(
         asyncio.IncompleteReadError(b"HTTP/1.1 2", None), b"GET", written=True
     )
+
+
+async def test_a_request_body_over_the_limit_gets_a_413_and_is_never_held_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The front port holds each request whole before routing it: one client must not make
+    the runtime (and every service it supervises) run out of memory with a huge body."""
+    monkeypatch.setattr(http_proxy, "REQUEST_BODY_LIMIT", 1000)
+    received: list[int] = []
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                if b"transfer-encoding: chunked" in head:
+                    body = b""
+                    while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)) > 0:
+                        body += (await reader.readexactly(size + 2))[:-2]
+                    await reader.readuntil(b"\r\n")
+                else:
+                    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+                    body = await reader.readexactly(length)
+                received.append(len(body))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    spec = LocalService.model_validate(
+        {"command": ["x"], "port": 1, "strategy": {"canary": {"steps": [{"set_weight": 100}]}}}
+    )
+    service = Service(name="web", spec=spec)
+    port = server.sockets[0].getsockname()[1]
+    service.instances.append(
+        Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True)
+    )
+    front = FrontPort(free_port(), service)
+    await front.start()
+
+    async def answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        return head, await asyncio.wait_for(reader.readexactly(length), 10)
+
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        post = b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n"
+        writer.write(post % 1000 + b"x" * 1000)  # at the limit: relayed
+        assert await answer(reader) == (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok")
+        writer.write(post % 10**12)  # a terabyte announced: refused before any of it comes
+        head, text = await answer(reader)
+        assert head.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+        assert b"Connection: close" in head and b"limit of 1000 bytes" in text
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        writer.write(b"POST /up HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):  # chunks, with no end in sight
+            writer.write(b"200\r\n" + b"y" * 0x200 + b"\r\n")
+        head, _ = await answer(reader)
+        assert head.startswith(b"HTTP/1.1 413")
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        assert received == [1000]  # the instance saw only the request within the limit
+    finally:
+        await front.close()
+        server.close()

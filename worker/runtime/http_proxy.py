@@ -55,6 +55,13 @@ from shipflow.worker.runtime.http_framing import (
 
 #: A client's request head may be this long; a longer one gets a 431.
 REQUEST_HEAD_LIMIT = 256 * 1024
+#: A request's body may be this long. The front port reads each request whole before it
+#: picks an instance for it (and can then send it once more on a stale connection), so
+#: this bounds what one client connection can make the runtime hold: a longer body, told
+#: by its Content-Length or found while a chunked one arrives, gets a 413 and the
+#: connection closes, instead of the runtime, and every service it supervises, running out
+#: of memory.
+REQUEST_BODY_LIMIT = 64 * 1024 * 1024
 CONNECT_TIMEOUT_S = 2.0
 #: How long an answer may take to start; the front port answers 504 after it.
 ANSWER_TIMEOUT_S = 300.0
@@ -67,6 +74,7 @@ READ_AHEAD = 256 * 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_413_TEXT = b"request body over the front port's limit of %d bytes while a canary splits traffic\n"
 _502 = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _504 = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -138,6 +146,7 @@ class PerRequest(asyncio.Protocol):
         self._scanned = 0
         self._end = -1  # the current request's end in _buf, once its head is read (-1: not yet)
         self._body_at = 0
+        self._head_end = 0
         self._chunks: ChunkedScanner | None = None
         self._method = b""
         self._keep = True
@@ -232,7 +241,9 @@ class PerRequest(asyncio.Protocol):
                     return
                 if end < 0:
                     self._body_at = len(buf)
-                    if self._eof:
+                    if len(buf) - self._head_end > REQUEST_BODY_LIMIT:
+                        self._refuse_body()
+                    elif self._eof:
                         self._close()
                     return
                 self._end = end
@@ -283,14 +294,27 @@ class PerRequest(asyncio.Protocol):
         if fields:
             if b"chunked" in fields.get(b"transfer-encoding", b""):
                 self._chunks = ChunkedScanner()
-                self._body_at = end
+                self._body_at = self._head_end = end
             elif (length := fields.get(b"content-length")) is not None:
                 if not length.isdigit():
                     self._close()
                     return False
+                if int(length) > REQUEST_BODY_LIMIT:
+                    self._refuse_body()
+                    return False
                 end += int(length)
         self._end = end
         return True
+
+    def _refuse_body(self) -> None:
+        """413 for a body over `REQUEST_BODY_LIMIT`; the rest of it is never read."""
+        text = _413_TEXT % REQUEST_BODY_LIMIT
+        self._transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
+        )
+        self._buf = b""
+        self._close()
 
     # -- one request's way to an instance and back
 
