@@ -196,6 +196,40 @@ async def test_runtime_restart_adopts_instances_and_resumes_a_rollout(
     assert runtime.get(f"/services/web/rollouts/{rollout_id}")["created"] == status["created"]
 
 
+async def test_a_runtime_gone_mid_rollout_fails_the_attempt_after_the_grace_and_is_resumed(
+    runtime: RuntimeProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime stops in the middle of a rollout and does not come back in time: the
+    attempt waits out `UNREACHABLE_GRACE_S` (not less: a restart fits in it) and fails
+    retryable, naming the runtime; the next attempt, once the runtime is back, resumes the
+    same rollout rather than starting another."""
+    monkeypatch.setattr(local_target, "UNREACHABLE_GRACE_S", 1.0)
+    port = free_port()
+    target = make_target(runtime, {"web": demo_service(port, replicas=3, env=STARTUP)})
+    await deploy(target, "web", "v1")
+    first = Beats()
+    rollout = asyncio.create_task(asyncio.to_thread(target.rollout, request("web", "v2"), first))
+    await wait_until(lambda: first.beats and first.beats[-1]["ready"] >= 1, timeout=10)
+    runtime.kill(signal.SIGKILL)
+    gone = time.monotonic()
+    with pytest.raises(Transient) as failed:
+        await asyncio.wait_for(rollout, 30)
+    waited = time.monotonic() - gone
+    assert failed.value.retryable and "unreachable" in str(failed.value)
+    assert runtime.url in str(failed.value)
+    assert 1.0 <= waited < 30, waited
+
+    runtime.start()
+    again = Beats(resume=first.beats[-1])
+    result = await asyncio.to_thread(target.rollout, request("web", "v2"), again)
+    rollout_id = first.beats[-1]["rollout_id"]
+    assert {b["rollout_id"] for b in again.beats} == {rollout_id}
+    status = runtime.get(f"/services/web/rollouts/{rollout_id}")
+    assert status["state"] == "succeeded" and len(status["created"]) == 3
+    assert {i["id"] for i in result.instances} == set(status["created"])
+    assert (await Load(port)._one()) == (True, "v2")
+
+
 async def test_changed_command_or_env_rolls_out_with_the_same_image(
     runtime: RuntimeProcess,
 ) -> None:
