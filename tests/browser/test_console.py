@@ -246,6 +246,30 @@ def test_failure_compensates_and_shows_undo_nodes(page: Page, stack: Stack, flow
     until(lambda: stack.run(retried)["state"] in ("failed", "rolled_back"), "the retried run ends")
 
 
+def test_a_page_whose_stream_keeps_failing_falls_back_to_polling_and_still_follows_the_run(
+    page: Page, stack: Stack, flow: dict[str, Any]
+) -> None:
+    """The run page's fallback: the browser cannot reach the event stream (here, blocked as a
+    proxy that drops server-sent events would); after its reconnects the page says so and
+    reads the run every second instead, and still shows the run to its end."""
+    (flow["gates"] / "v31").touch()
+    run_id = stack.start_run(flow["name"], {"version": "v31"})
+    page.send("Network.enable")
+    page.send("Network.setBlockedURLs", {"urls": ["*/events"]})
+    login(page, stack, "viewer", f"/runs/{run_id}")
+    page.wait("document.querySelector('#run-id')")
+    page.wait("document.documentElement.dataset.updates === 'polling'", timeout=30)
+    assert "refreshing every 1s instead" in page.text("#flash")
+    assert page.evaluate("document.documentElement.dataset.statusEvents") is None  # none came
+    until(lambda: step_state(stack, run_id, "go-live") == "waiting", "the approval")
+    page.wait(f"{node_state('go-live')} === 'waiting'", timeout=30)
+    with stack.http("operator") as http:
+        assert http.post(f"/runs/{run_id}/approve", json={"step": "go-live"}).status_code == 200
+    page.wait("document.querySelector('.title .state').innerText === 'succeeded'", timeout=60)
+    assert page.evaluate(node_state("verify")) == "succeeded"
+    assert page.evaluate(run_reads(run_id)) >= 3  # the page read the run itself, repeatedly
+
+
 def test_rollback_from_the_stage_view_after_its_dry_run(page: Page, stack: Stack, flow: dict[str, Any]) -> None:
     first = release(stack, flow, "v20")
     second = release(stack, flow, "v21")
