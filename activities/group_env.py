@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 from shipflow.activities.core.group_select import Consumer, Resolved, SelectionError, resolve
 from shipflow.activities.core.groups import GroupKeyMissing, GroupNotFound, GroupStore
 from shipflow.activities.core.settings import Settings, get_settings
+from shipflow.workflows.io.common import StepContext
 from shipflow.workflows.io.deploy import RolloutInput
 from shipflow.workflows.io.jobs import JobInput
 
@@ -28,17 +29,30 @@ class GroupEnv:
     def __init__(self, engine: Engine, settings: Settings | None = None):
         self.store = GroupStore(engine, settings or get_settings())
 
-    def _resolve(self, consumer: Consumer, pinned: dict[str, int] | None) -> Resolved:
+    def _resolve(
+        self, consumer: Consumer, pinned: dict[str, int] | None, context: StepContext, purpose: str
+    ) -> Resolved:
         if pinned is None and not consumer.env_from and not consumer.tags:
             return NONE
         try:
-            return resolve(self.store, consumer, pinned)
+            resolved = resolve(self.store, consumer, pinned)
+            self._audit_secret_reads(resolved, context, purpose)
+            return resolved
         except SelectionError as e:
             raise ApplicationError(str(e), type="GroupSelection", non_retryable=True) from None
         except GroupNotFound as e:
             raise ApplicationError(str(e), type="GroupNotFound", non_retryable=True) from None
         except GroupKeyMissing as e:
             raise ApplicationError(str(e), type="GroupKeyMissing", non_retryable=True) from None
+
+    def _audit_secret_reads(self, resolved: Resolved, context: StepContext, purpose: str) -> None:
+        """One `inject` entry per secret group version this attempt read, in the group's
+        audit trail beside the admins' changes and reveals: which keys (never a value) went
+        to which run's step. Config groups are not recorded: nothing in them is secret."""
+        actor = f"run {context.run_id} step {context.step_id} ({purpose})"[:200]
+        for source in resolved.sources:
+            if source.kind == "secret":
+                self.store.record_use(source.name, source.version, source.values, actor)
 
     def for_rollout(self, input: RolloutInput) -> Resolved:
         """The groups of `input.service` (none for a service the target does not declare)."""
@@ -51,7 +65,8 @@ class GroupEnv:
             order=list(input.env_order),
             where=f"target.services.{input.service}",
         )
-        return _for_target(self._resolve(consumer, input.groups), input.target)
+        resolved = self._resolve(consumer, input.groups, input.context, input.purpose)
+        return _for_target(resolved, input.target)
 
     def for_job(self, input: JobInput) -> Resolved:
         """A migrate step's groups; its undo command gets the versions the step got."""
@@ -65,7 +80,8 @@ class GroupEnv:
             order=list(input.env_order),
             where=f"steps.{input.context.step_id}",
         )
-        return _for_target(self._resolve(consumer, input.groups), input.target)
+        resolved = self._resolve(consumer, input.groups, input.context, input.purpose)
+        return _for_target(resolved, input.target)
 
 
 def _for_target(resolved: Resolved, target: dict[str, Any]) -> Resolved:

@@ -55,14 +55,15 @@ class GroupVersion(SQLModel, table=True):
 
 
 class GroupAudit(SQLModel, table=True):
-    """Who changed (or revealed) which keys of which group, when. Never a value."""
+    """Who changed (or revealed) which keys of which group, and which run's step the worker
+    injected them into, when. Never a value."""
 
     __tablename__ = "config_group_audit"
 
     id: int | None = Field(default=None, primary_key=True)
     group_name: str = Field(index=True, max_length=63)
     version: int | None = None
-    action: str = Field(max_length=16)  # create | set | unset | delete | reveal | reencrypt
+    action: str = Field(max_length=16)  # create | set | unset | delete | reveal | reencrypt | inject
     keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     actor: str = Field(default="", max_length=200)
     at: datetime = Field(default_factory=utcnow, index=True)

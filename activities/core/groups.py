@@ -401,6 +401,10 @@ class GroupStore:
             session.commit()
         return count
 
+    def record_use(self, name: str, version: int, keys: Iterable[str], actor: str) -> None:
+        """Audit that the worker read a version's values to inject them (`inject`)."""
+        self._audit(name, version, "inject", keys, actor)
+
     def _audit(
         self, name: str, version: int | None, action: str, keys: Iterable[str], actor: str
     ) -> None:

@@ -102,9 +102,11 @@ def test_groups_pages_by_role_and_the_versions_a_deploy_used(page: Page, stack: 
     page.click("#keys [data-unset=OLD_TOKEN]")
     page.wait("document.querySelector('#group-version').innerText.startsWith('v3')")
     assert not page.evaluate("document.querySelector('#keys tr[data-key=OLD_TOKEN]')")
-    page.wait("document.querySelectorAll('#audit-trail tbody tr').length === 3")
+    # created, the deploy's read (inject), set, unset
+    page.wait("document.querySelectorAll('#audit-trail tbody tr').length === 4")
     trail = page.text("#audit-trail")
     assert "admin-bot" in trail and "unset" in trail and "OLD_TOKEN" in trail
+    assert "inject" in trail and f"run {run_id} step" in trail
     assert page.evaluate("document.querySelectorAll('#versions tbody tr').length") == 3
     no_secret_in(page)
     shot(page, "group-secret-admin")

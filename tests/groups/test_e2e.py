@@ -172,6 +172,21 @@ async def test_groups_roll_out_roll_back_and_never_leak(tmp_path: Path) -> None:
             restored = await config()
             assert (restored["mode"], restored["secret_sha"]) == ("one", sha(SECRET_1))
 
+            # Each secret read by the worker is in the group's audit trail: which keys
+            # (never a value) went to which run's step; config groups are not recorded.
+            trail = await call("GET", "/groups/app-secret/audit")
+            injected = {(e["version"], e["actor"]) for e in trail if e["action"] == "inject"}
+            assert {
+                (1, f"run {first_id} step check-env (migrate)"),
+                (1, f"run {first_id} step web (deploy)"),
+                (1, f"run {second['run_id']} step web (deploy)"),
+                (2, f"run {third['run_id']} step web (deploy)"),
+                (1, f"run {back['run_id']} step rollback-web (deploy)"),
+            } <= injected, injected
+            assert all(e["keys"] == ["DB_PASSWORD"] for e in trail if e["action"] == "inject")
+            config_trail = await call("GET", "/groups/app-config/audit")
+            assert not [e for e in config_trail if e["action"] == "inject"]
+
             for run_id in (first_id, second["run_id"], third["run_id"], back["run_id"]):
                 for step_id in ("check-env", "web", "rollback-web"):
                     logs = await api.get(f"/runs/{run_id}/steps/{step_id}/logs")
