@@ -58,7 +58,9 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def api(
     host: str | None = typer.Option(None, "--host", help="default: host of settings api_url"),
-    port: int | None = typer.Option(None, "--port", help="default: port of settings api_url"),
+    port: int | None = typer.Option(
+        None, "--port", min=1, max=65535, help="default: port of settings api_url"
+    ),
 ) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
@@ -77,7 +79,7 @@ def api(
 
 def runtime(
     data_dir: Path = typer.Option(Path(".shipflow/runtime"), "--data-dir"),
-    port: int = typer.Option(7300, "--port"),
+    port: int = typer.Option(7300, "--port", min=1, max=65535),
 ) -> None:
     """Run the local target's runtime (the processes of `target: local` services)."""
     from shipflow.worker.runtime.__main__ import main as runtime_main
@@ -116,13 +118,20 @@ def endpoints_table(rows: list[tuple[str, str]]) -> Table:
 
 def dev(
     data_dir: Path = typer.Option(Path(".shipflow"), "--data-dir", help="state and logs"),
-    api_port: int = typer.Option(8000, "--api-port"),
-    temporal_port: int = typer.Option(7233, "--temporal-port"),
-    ui_port: int = typer.Option(8233, "--ui-port"),
-    runtime_port: int = typer.Option(7300, "--runtime-port"),
-    s3_port: int = typer.Option(7400, "--s3-port"),
+    api_port: int = typer.Option(8000, "--api-port", min=1, max=65535),
+    temporal_port: int = typer.Option(7233, "--temporal-port", min=1, max=65535),
+    ui_port: int = typer.Option(8233, "--ui-port", min=1, max=65535),
+    runtime_port: int = typer.Option(7300, "--runtime-port", min=1, max=65535),
+    s3_port: int = typer.Option(7400, "--s3-port", min=1, max=65535),
     sink_port: int = typer.Option(
-        7500, "--sink-port", help="a webhook inbox for notify steps; 0: none"
+        7500, "--sink-port", min=0, max=65535, help="a webhook inbox for notify steps; 0: none"
+    ),
+    metrics_port: int = typer.Option(
+        7600,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="the worker's Prometheus metrics (/metrics); 0: none",
     ),
     keep_services: bool = typer.Option(
         False,
@@ -144,6 +153,7 @@ def dev(
         ui_port=ui_port,
         runtime_port=runtime_port,
         s3_port=s3_port,
+        metrics_port=metrics_port,
         say=lambda line: err.print(line, style="dim", highlight=False),
         keep_services=keep_services,
     )
@@ -233,11 +243,11 @@ def demo(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="keep state here (default: a temporary directory, removed after)"
     ),
-    api_port: int = typer.Option(0, "--api-port", help="0: any free port"),
-    temporal_port: int = typer.Option(0, "--temporal-port", help="0: any free port"),
-    ui_port: int = typer.Option(0, "--ui-port", help="0: any free port"),
-    runtime_port: int = typer.Option(0, "--runtime-port", help="0: any free port"),
-    s3_port: int = typer.Option(0, "--s3-port", help="0: any free port"),
+    api_port: int = typer.Option(0, "--api-port", min=0, max=65535, help="0: any free port"),
+    temporal_port: int = typer.Option(0, "--temporal-port", min=0, max=65535, help="0: any free port"),
+    ui_port: int = typer.Option(0, "--ui-port", min=0, max=65535, help="0: any free port"),
+    runtime_port: int = typer.Option(0, "--runtime-port", min=0, max=65535, help="0: any free port"),
+    s3_port: int = typer.Option(0, "--s3-port", min=0, max=65535, help="0: any free port"),
 ) -> None:
     """Start the stack, run the example release end to end, stop; exit 0 if all went as expected."""
     from shipflow.infra.demo_driver import run_demo

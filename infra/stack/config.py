@@ -51,6 +51,7 @@ class StackConfig:
         runtime_port: int = 7300,
         s3_port: int = 7400,
         *,
+        metrics_port: int = 0,
         task_queue: str = "shipflow",
         say: Callable[[str], None] | None = None,
         extra_env: dict[str, str] | None = None,
@@ -68,6 +69,7 @@ class StackConfig:
         self.ui_port = ui_port
         self.runtime_port = runtime_port
         self.s3_port = s3_port
+        self.metrics_port = metrics_port
         self.task_queue = task_queue
         self.extra_env = dict(extra_env or {})
         self.start_timeout_s = start_timeout_s
@@ -132,6 +134,11 @@ class StackConfig:
             ("Temporal", self.temporal_address),
             ("S3", self.s3_url or "not started"),
             ("runtime", self.runtime_url or "not started"),
+            *(
+                [("worker metrics", f"http://127.0.0.1:{self.metrics_port}/metrics")]
+                if self.metrics_port
+                else []
+            ),
             ("data dir", str(self.data_dir)),
             ("logs", str(self.logs_dir)),
             ("token", self.token if show_token else "generated (admin; not shown)"),
@@ -180,6 +187,8 @@ class StackConfig:
                 "SHIPFLOW_CODEC_LOOPBACK_OPEN": "true",
             }
         )
+        if self.metrics_port:
+            env["SHIPFLOW_WORKER_METRICS_ADDRESS"] = f"127.0.0.1:{self.metrics_port}"
         if self.s3_url:
             env["SHIPFLOW_S3_ENDPOINT"] = self.s3_url
             # moto accepts any credentials; boto3 just needs some.

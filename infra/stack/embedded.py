@@ -21,6 +21,8 @@ class EmbeddedStack(Supervision):
         data_dir: everything the stack writes: Temporal's and shipflow's SQLite files,
             the runtime's state, `logs/`.
         api_port, temporal_port, ui_port, runtime_port, s3_port: loopback ports.
+        metrics_port: where the worker serves its Prometheus metrics (`/metrics`, loopback);
+            0 (the default): not served.
         task_queue: the worker's task queue.
         say: where progress lines go (default: stderr); `lambda _: None` silences them.
         extra_env: more environment for the worker and API (e.g. short heartbeats in tests).

@@ -45,6 +45,8 @@ class StackLifecycle(Components):
         seen: dict[int, str] = {}
         for attr, (what, option) in PORT_OPTIONS.items():
             port = int(getattr(self, attr))
+            if port == 0:
+                continue  # not served (the worker's metrics)
             if port in seen:
                 raise StackError(
                     f"port {port} is given to both {seen[port]} and {what}; change {option}"

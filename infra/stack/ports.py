@@ -16,6 +16,7 @@ PORT_OPTIONS = {
     "ui_port": ("Temporal Web UI", "--ui-port"),
     "runtime_port": ("local runtime", "--runtime-port"),
     "s3_port": ("S3", "--s3-port"),
+    "metrics_port": ("worker metrics", "--metrics-port"),  # 0: not served
 }
 
 

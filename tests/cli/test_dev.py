@@ -53,11 +53,12 @@ def _in_groups(groups: set[int]) -> list[int]:
 
 
 def test_dev_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    api, temporal, ui, runtime, s3, sink = free_ports(6)
+    api, temporal, ui, runtime, s3, sink, metrics = free_ports(7)
     argv = [
         sys.executable, "-m", "shipflow.infra.cli.main", "dev", "--data-dir", str(tmp_path / "data"),
         "--api-port", str(api), "--temporal-port", str(temporal), "--ui-port", str(ui),
         "--runtime-port", str(runtime), "--s3-port", str(s3), "--sink-port", str(sink),
+        "--metrics-port", str(metrics),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPFLOW_")}
     out_path = tmp_path / "dev.out"
@@ -75,6 +76,10 @@ def test_dev_serves_until_ctrl_c_and_leaves_nothing_behind(tmp_path: Path) -> No
         text = out_path.read_text()
         assert f"http://127.0.0.1:{api}" in text and f"http://127.0.0.1:{ui}" in text
         assert httpx.get(f"http://127.0.0.1:{api}/healthz").status_code == 200
+        # The worker serves its Prometheus metrics (the Temporal SDK's among them).
+        assert f"http://127.0.0.1:{metrics}/metrics" in text
+        scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics")
+        assert scraped.status_code == 200 and "temporal_worker_task_slots_available" in scraped.text
         # The webhook inbox prints what notify steps send it.
         note = {"flow": "f", "step": "tell", "run_id": "r1", "message": "hello from a test"}
         assert httpx.post(f"http://127.0.0.1:{sink}/notify", json=note).status_code == 204
@@ -146,3 +151,21 @@ def test_demo_end_to_end_through_the_cli() -> None:
     assert match, text
     assert not Path(match.group(1)).exists()  # removed after a demo that passed
     assert not re.search(r"sf_[A-Za-z0-9_-]{20,}", text)  # the admin token is never printed
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [("dev", "--api-port", "70000"), ("dev", "--s3-port", "-1"), ("demo", "--ui-port", "65536")],
+)
+def test_a_port_out_of_range_is_refused_naming_the_option(
+    command: str, option: str, value: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shipflow.infra.cli.main", command, option, value],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done
+    assert f"Invalid value for '{option}'" in done.stderr and "Traceback" not in done.stderr
