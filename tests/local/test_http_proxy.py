@@ -48,6 +48,22 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         writer.close()
 
 
+async def canary_front(server: asyncio.Server) -> tuple[Service, FrontPort]:
+    """A canaried service whose one ready instance is `server`, and its started front port
+    (per-request routing)."""
+    spec = LocalService.model_validate(
+        {"command": ["x"], "port": 1, "strategy": {"canary": {"steps": [{"set_weight": 100}]}}}
+    )
+    service = Service(name="web", spec=spec)
+    port = server.sockets[0].getsockname()[1]
+    service.instances.append(
+        Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True)
+    )
+    front = FrontPort(free_port(), service)
+    await front.start()
+    return service, front
+
+
 async def get(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
 ) -> tuple[bytes, bytes]:
@@ -72,16 +88,7 @@ async def test_answers_are_relayed_whole_and_a_silent_instance_times_out(
 ) -> None:
     monkeypatch.setattr(http_proxy, "ANSWER_TIMEOUT_S", 0.3)
     server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    spec = LocalService.model_validate(
-        {"command": ["x"], "port": 1, "strategy": {"canary": {"steps": [{"set_weight": 100}]}}}
-    )
-    service = Service(name="web", spec=spec)
-    port = server.sockets[0].getsockname()[1]
-    service.instances.append(
-        Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True)
-    )
-    front = FrontPort(free_port(), service)
-    await front.start()
+    service, front = await canary_front(server)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
         assert await get(reader, writer, "/small") == (
@@ -196,16 +203,7 @@ async def test_a_request_is_sent_once_after_a_timeout_and_again_only_on_a_stale_
             writer.close()
 
     server = await asyncio.start_server(counting, "127.0.0.1", 0)
-    spec = LocalService.model_validate(
-        {"command": ["x"], "port": 1, "strategy": {"canary": {"steps": [{"set_weight": 100}]}}}
-    )
-    service = Service(name="web", spec=spec)
-    port = server.sockets[0].getsockname()[1]
-    service.instances.append(
-        Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True)
-    )
-    front = FrontPort(free_port(), service)
-    await front.start()
+    _, front = await canary_front(server)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
         assert (await get(reader, writer, "/then-close"))[1] == b"ok"
@@ -267,16 +265,7 @@ async def test_a_request_body_over_the_limit_gets_a_413_and_is_never_held_whole(
             writer.close()
 
     server = await asyncio.start_server(sink, "127.0.0.1", 0)
-    spec = LocalService.model_validate(
-        {"command": ["x"], "port": 1, "strategy": {"canary": {"steps": [{"set_weight": 100}]}}}
-    )
-    service = Service(name="web", spec=spec)
-    port = server.sockets[0].getsockname()[1]
-    service.instances.append(
-        Instance(id="a", image="v1", port=port, spec=spec, revision="r1", ready=True)
-    )
-    front = FrontPort(free_port(), service)
-    await front.start()
+    _, front = await canary_front(server)
 
     async def answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)

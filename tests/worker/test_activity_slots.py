@@ -10,7 +10,6 @@ next step, no end) until one of those long activities ended.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sqlmodel import Session
@@ -19,6 +18,7 @@ from temporalio.client import Client
 from shipflow.activities.core.db import make_engine
 from shipflow.activities.core.settings import Settings
 from shipflow.activities.core.tables import Run
+from shipflow.activities.targets.local.process import pid_alive
 from tests.helpers import finish, new_worker, start_flow, wait_until
 
 LONG = """
@@ -37,14 +37,6 @@ concurrency: allow  # no stage lock: taking one is a regular activity, and the j
 steps:
   - wait: {id: w, duration: 1s}
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_runs_go_on_while_every_activity_slot_holds_a_long_job(
@@ -70,11 +62,11 @@ async def test_runs_go_on_while_every_activity_slot_holds_a_long_job(
         quick = await start_flow(temporal_client, settings, QUICK, record_start=True)
         await wait_until(lambda: indexed(quick.id) == "succeeded", timeout=30)
         assert (await finish(quick)).state == "succeeded"
-        assert _alive(job_pid), "the long job ended: the quick run proved nothing"
+        assert pid_alive(job_pid), "the long job ended: the quick run proved nothing"
         assert indexed(long_run.id) == "running"
 
         await long_run.cancel()
         status = await finish(long_run)
     assert status.state == "cancelled"
-    await wait_until(lambda: not _alive(job_pid), timeout=30)
+    await wait_until(lambda: not pid_alive(job_pid), timeout=30)
     engine.dispose()
