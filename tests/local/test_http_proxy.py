@@ -296,3 +296,49 @@ async def test_a_request_body_over_the_limit_gets_a_413_and_is_never_held_whole(
     finally:
         await front.close()
         server.close()
+
+
+async def test_a_client_that_waits_for_100_continue_gets_it_at_once() -> None:
+    """curl asks `Expect: 100-continue` for bodies over 1 MiB and waits a second for the
+    go-ahead; the front port needs the body before it can route, so it answers the
+    expectation itself, and the body then goes to the instance as usual."""
+    bodies: list[bytes] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                _, found, rest = head.partition(b"content-length:")
+                length = int(rest.split(b"\r\n", 1)[0]) if found else 0
+                bodies.append(await reader.readexactly(length))
+                writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    _, front = await canary_front(server)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        writer.write(
+            b"PUT /upload HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
+        # Well before curl's own one-second timeout, and before any of the body was sent.
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 201 Created")
+        # A request without the expectation, or without a body, gets no interim answer.
+        writer.write(b"PUT /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nhi")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 201 Created")
+        writer.write(b"GET / HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 201 Created")  # no `100` before it
+        writer.close()
+        assert bodies == [b"hello", b"hi", b""]
+    finally:
+        await front.close()
+        server.close()

@@ -29,7 +29,8 @@ def request_head(head: bytes) -> tuple[bytes, bytes, bytes, dict[bytes, bytes]] 
 
     One regular expression checks the whole head and lookups search its lower-cased copy,
     instead of splitting every line in Python: this runs once per request. The framing
-    fields (Content-Length, Transfer-Encoding) are returned only when present; two
+    fields (Content-Length, Transfer-Encoding, and Expect with either) are returned only
+    when present; two
     Content-Length fields are refused (a body that two parties could frame differently).
     """
     match = _REQUEST_HEAD.match(head)
@@ -46,6 +47,8 @@ def request_head(head: bytes) -> tuple[bytes, bytes, bytes, dict[bytes, bytes]] 
     at = lower.find(b"\r\ntransfer-encoding:")
     if at >= 0:
         fields[b"transfer-encoding"] = lower[at + 20 : lower.find(b"\r\n", at + 20)].strip()
+    if fields and (at := lower.find(b"\r\nexpect:")) >= 0:
+        fields[b"expect"] = lower[at + 9 : lower.find(b"\r\n", at + 9)].strip()
     at = lower.find(b"\r\nconnection:")
     connection = lower[at + 13 : lower.find(b"\r\n", at + 13)].strip() if at >= 0 else b""
     return match[1], match[2], connection, fields

@@ -35,8 +35,10 @@ timer per connection (`AnswerClock`). The usual request (a kept connection to a 
 instance, an answer that arrives whole) is handled with the calls inlined, as the Python
 calls per request were most of what was left (`_start`, `_Upstream._answer`).
 
-An interim answer (`100 Continue`) is passed on and the final one awaited; an answer
-without a body (HEAD, 204, 304) leaves the connection in use whatever its head says.
+An interim answer (`100 Continue`) is passed on and the final one awaited (and a client that
+asks `Expect: 100-continue` gets its go-ahead from the front port itself, which needs the
+body before it can route); an answer without a body (HEAD, 204, 304) leaves the connection
+in use whatever its head says.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ READ_AHEAD = 256 * 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _413_TEXT = b"request body over the front port's limit of %d bytes while a canary splits traffic\n"
 _502 = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -277,7 +280,7 @@ class PerRequest(asyncio.Protocol):
             else:
                 self._scanned = len(buf)
             return False
-        end = at + 4
+        end = head_end = at + 4
         head = buf if end == len(buf) and type(buf) is bytes else bytes(buf[:end])
         parsed = request_head(head)
         if parsed is None:
@@ -304,6 +307,19 @@ class PerRequest(asyncio.Protocol):
                     return False
                 end += int(length)
         self._end = end
+        if (
+            b"expect" in fields
+            and len(buf) == head_end  # nothing of the body yet
+            and (end > head_end or self._chunks is not None)  # and there is one to come
+            and version == b"HTTP/1.1"
+            and b"100-continue" in fields[b"expect"]
+        ):
+            # The client waits for a go-ahead before it sends the body (curl does, for
+            # bodies over 1 MiB), and the front port needs the whole body before it can pick
+            # an instance: it gives the go-ahead itself (RFC 9110, 10.1.1) rather than leave
+            # the client to its own timeout (a second, for curl). A `100` the instance sends
+            # later is passed on too; a client takes any number of them.
+            self._transport.write(_100)  # type: ignore[union-attr]
         return True
 
     def _refuse_body(self) -> None:
