@@ -5,6 +5,7 @@ an answer to EOF, and the answer timeout that now uses one timer per connection.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -46,6 +47,40 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
+
+
+def body_sink(
+    bodies: list[bytes],
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A keep-alive HTTP/1.1 server that keeps each request's body (by Content-Length, or
+    chunked; none without either) in `bodies` and answers 200 `ok`."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                if b"transfer-encoding: chunked" in head:
+                    body = b""
+                    while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)) > 0:
+                        body += (await reader.readexactly(size + 2))[:-2]
+                    await reader.readuntil(b"\r\n")
+                else:
+                    _, found, rest = head.partition(b"content-length:")
+                    body = await reader.readexactly(int(rest.split(b"\r\n", 1)[0]) if found else 0)
+                bodies.append(body)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return serve
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(head, body) of one answer framed by its Content-Length."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 10)
 
 
 async def canary_front(server: asyncio.Server) -> tuple[Service, FrontPort]:
@@ -244,41 +279,17 @@ async def test_a_request_body_over_the_limit_gets_a_413_and_is_never_held_whole(
     """The front port holds each request whole before routing it: one client must not make
     the runtime (and every service it supervises) run out of memory with a huge body."""
     monkeypatch.setattr(http_proxy, "REQUEST_BODY_LIMIT", 1000)
-    received: list[int] = []
-
-    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).lower()
-                if b"transfer-encoding: chunked" in head:
-                    body = b""
-                    while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)) > 0:
-                        body += (await reader.readexactly(size + 2))[:-2]
-                    await reader.readuntil(b"\r\n")
-                else:
-                    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-                    body = await reader.readexactly(length)
-                received.append(len(body))
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    received: list[bytes] = []
+    server = await asyncio.start_server(body_sink(received), "127.0.0.1", 0)
     _, front = await canary_front(server)
-
-    async def answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        return head, await asyncio.wait_for(reader.readexactly(length), 10)
 
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
         post = b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: %d\r\n\r\n"
         writer.write(post % 1000 + b"x" * 1000)  # at the limit: relayed
-        assert await answer(reader) == (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok")
+        assert await read_answer(reader) == (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok")
         writer.write(post % 10**12)  # a terabyte announced: refused before any of it comes
-        head, text = await answer(reader)
+        head, text = await read_answer(reader)
         assert head.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
         assert b"Connection: close" in head and b"limit of 1000 bytes" in text
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
@@ -288,11 +299,11 @@ async def test_a_request_body_over_the_limit_gets_a_413_and_is_never_held_whole(
         writer.write(b"POST /up HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n")
         for _ in range(3):  # chunks, with no end in sight
             writer.write(b"200\r\n" + b"y" * 0x200 + b"\r\n")
-        head, _ = await answer(reader)
+        head, _ = await read_answer(reader)
         assert head.startswith(b"HTTP/1.1 413")
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
-        assert received == [1000]  # the instance saw only the request within the limit
+        assert received == [b"x" * 1000]  # the instance saw only the request within the limit
     finally:
         await front.close()
         server.close()
@@ -303,20 +314,7 @@ async def test_a_client_that_waits_for_100_continue_gets_it_at_once() -> None:
     go-ahead; the front port needs the body before it can route, so it answers the
     expectation itself, and the body then goes to the instance as usual."""
     bodies: list[bytes] = []
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = (await reader.readuntil(b"\r\n\r\n")).lower()
-                _, found, rest = head.partition(b"content-length:")
-                length = int(rest.split(b"\r\n", 1)[0]) if found else 0
-                bodies.append(await reader.readexactly(length))
-                writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    server = await asyncio.start_server(body_sink(bodies), "127.0.0.1", 0)
     _, front = await canary_front(server)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
@@ -328,15 +326,12 @@ async def test_a_client_that_waits_for_100_continue_gets_it_at_once() -> None:
             b"HTTP/1.1 100 Continue\r\n\r\n"
         )
         writer.write(b"hello")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 201 Created")
+        assert (await read_answer(reader))[0].startswith(b"HTTP/1.1 200 OK")
         # A request without the expectation, or without a body, gets no interim answer.
         writer.write(b"PUT /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nhi")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 201 Created")
+        assert (await read_answer(reader))[0].startswith(b"HTTP/1.1 200 OK")
         writer.write(b"GET / HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 201 Created")  # no `100` before it
+        assert (await read_answer(reader))[0].startswith(b"HTTP/1.1 200 OK")  # no `100` first
         writer.close()
         assert bodies == [b"hello", b"hi", b""]
     finally:
