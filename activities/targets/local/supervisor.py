@@ -165,6 +165,9 @@ def supervise(job_dir: Path, argv: list[str], masked: list[str] | None = None) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_fd = os.open(job_dir / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     relay: tuple[int, int] | None = os.pipe() if masked else None
+    # Taken before the command starts, not once Popen has returned (the command runs by
+    # then): a duration measured from here is never shorter than the command ran.
+    spawned = time.time()
     try:
         proc = subprocess.Popen(
             argv,
@@ -191,7 +194,7 @@ def supervise(job_dir: Path, argv: list[str], masked: list[str] | None = None) -
     child.append(proc.pid)
     write_json(
         job_dir / "pid.json",
-        {"pid": proc.pid, "start_time": start_time_of(proc.pid), "started": time.time()},
+        {"pid": proc.pid, "start_time": start_time_of(proc.pid), "started": spawned},
     )
     if relay:
         try:
