@@ -50,9 +50,9 @@ class GroupEnv:
         audit trail beside the admins' changes and reveals: which keys (never a value) went
         to which run's step. Config groups are not recorded: nothing in them is secret."""
         actor = f"run {context.run_id} step {context.step_id} ({purpose})"[:200]
-        for source in resolved.sources:
-            if source.kind == "secret":
-                self.store.record_use(source.name, source.version, source.values, actor)
+        self.store.record_uses(
+            [(s.name, s.version, s.values) for s in resolved.sources if s.kind == "secret"], actor
+        )
 
     def for_rollout(self, input: RolloutInput) -> Resolved:
         """The groups of `input.service` (none for a service the target does not declare)."""

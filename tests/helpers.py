@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.worker import Worker
 
@@ -255,3 +258,33 @@ async def decoded_history_text(client: Client, workflow_id: str) -> str:
 
     await visit(history.to_json_dict())
     return "\n".join(parts)
+
+
+class Scrape:
+    """One scrape of a Prometheus endpoint, with sample lookup by labels."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples = [
+            sample for family in text_string_to_metric_families(text) for sample in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def names(self) -> set[str]:
+        """Sample names as exported (the parser would add `_total` to the SDK's counters)."""
+        return {
+            re.split(r"[{ ]", line, maxsplit=1)[0]
+            for line in self.text.splitlines()
+            if line and not line.startswith("#")
+        }
+
+
+def scrape(url: str) -> Scrape:
+    return Scrape(httpx.get(url, timeout=5).text)

@@ -401,9 +401,19 @@ class GroupStore:
             session.commit()
         return count
 
-    def record_use(self, name: str, version: int, keys: Iterable[str], actor: str) -> None:
-        """Audit that the worker read a version's values to inject them (`inject`)."""
-        self._audit(name, version, "inject", keys, actor)
+    def record_uses(self, uses: Iterable[tuple[str, int, Iterable[str]]], actor: str) -> None:
+        """Audit that the worker read these (group, version, keys) to inject them (`inject`),
+        in one transaction."""
+        rows = [
+            GroupAudit(
+                group_name=name, version=version, action="inject", keys=sorted(keys), actor=actor
+            )
+            for name, version, keys in uses
+        ]
+        if rows:
+            with Session(self.engine) as session:
+                session.add_all(rows)
+                session.commit()
 
     def _audit(
         self, name: str, version: int | None, action: str, keys: Iterable[str], actor: str

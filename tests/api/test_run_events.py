@@ -17,7 +17,7 @@ from shipflow.activities.core.settings import Settings
 from shipflow.api.routes.run_events import POLL_S
 from tests.api.conftest import api_client, bearer, token_settings
 from tests.api.test_runs import apply, run_state, start, step_waiting
-from tests.helpers import new_worker, wait_until
+from tests.helpers import Scrape, new_worker, wait_until
 
 FLOW = """
 apiVersion: shipflow/v1
@@ -135,13 +135,6 @@ async def test_each_attempt_is_recorded_with_its_error_and_found_in_the_history(
         assert (await http.get("/runs/no-such-run/steps/probe/history")).status_code == 404
 
 
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 async def test_many_pages_of_one_run_share_one_poller(
     temporal_client: Client, settings: Settings
 ) -> None:
@@ -160,13 +153,13 @@ async def test_many_pages_of_one_run_share_one_poller(
             asyncio.create_task(http.get(f"/runs/{run_id}/events", timeout=60)) for _ in range(5)
         ]
         text = await wait_until(lambda: _open_streams(metrics, 5), timeout=30, interval=0.05)
-        watched = _metric(text, "shipflow_runs_watched")
-        reads = _metric(text, "shipflow_run_stream_reads_total")
+        watched = Scrape(text).value("shipflow_runs_watched")
+        reads = Scrape(text).value("shipflow_run_stream_reads_total")
         opened = time.monotonic()
         # Four more reads: one poller needs four of its intervals for them, five would not.
         await wait_until(lambda: _reads_past(metrics, reads + 4), timeout=30, interval=0.05)
         elapsed = time.monotonic() - opened
-        now = _metric(await metrics(), "shipflow_run_stream_reads_total")
+        now = Scrape(await metrics()).value("shipflow_run_stream_reads_total")
         assert now - reads <= elapsed / POLL_S + 1, (now - reads, elapsed)
         assert watched == 1
 
@@ -178,13 +171,13 @@ async def test_many_pages_of_one_run_share_one_poller(
             last = [data for n, data in events if n == "status"][-1]
             assert last["state"] == "succeeded"
         text = await wait_until(lambda: _open_streams(metrics, 0), timeout=10, interval=0.05)
-        assert _metric(text, "shipflow_runs_watched") == 0
+        assert Scrape(text).value("shipflow_runs_watched") == 0
 
 
 async def _open_streams(metrics: Any, count: int) -> str | None:
     text: str = await metrics()
-    return text if _metric(text, "shipflow_run_streams_open") == count else None
+    return text if Scrape(text).value("shipflow_run_streams_open") == count else None
 
 
 async def _reads_past(metrics: Any, reads: float) -> bool:
-    return _metric(await metrics(), "shipflow_run_stream_reads_total") >= reads
+    return Scrape(await metrics()).value("shipflow_run_stream_reads_total") >= reads

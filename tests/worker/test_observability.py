@@ -20,47 +20,25 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
 from shipflow.activities.core.settings import Settings
 from shipflow.workflows.release import ApproveInput, ReleaseWorkflow
 from tests.api.conftest import api_client
-from tests.helpers import HttpSink, finish, free_port, start_flow, step_state, wait_until
+from tests.helpers import (
+    HttpSink,
+    Scrape,
+    finish,
+    free_port,
+    scrape,
+    start_flow,
+    step_state,
+    wait_until,
+)
 from tests.local.support import RuntimeProcess, demo_service
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "infra" / "observability"
-
-
-class Scrape:
-    """One scrape of a Prometheus endpoint, with sample lookup by labels."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.samples = [
-            sample for family in text_string_to_metric_families(text) for sample in family.samples
-        ]
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
-        return sum(
-            s.value
-            for s in self.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
-    def names(self) -> set[str]:
-        """Sample names as exported (the parser would add `_total` to the SDK's counters)."""
-        return {
-            re.split(r"[{ ]", line, maxsplit=1)[0]
-            for line in self.text.splitlines()
-            if line and not line.startswith("#")
-        }
-
-
-def scrape(url: str) -> Scrape:
-    return Scrape(httpx.get(url, timeout=5).text)
 
 
 @pytest.fixture
