@@ -116,6 +116,10 @@ DEFAULT_CONFIG_CASES = ("sequential", "parallel", "short")
 
 
 CASES = ("sequential", "parallel", "concurrent", "short")
+#: Configs on which the duties side runs too (`run_orchestration(duties=...)`): the one the
+#: targets are read on. The others compare the interpreter with the bare baseline only, to
+#: show what each server setting is worth, and stay as short as they were.
+DUTIES_CONFIGS = frozenset({"tuned"})
 
 
 async def run_orchestration(
@@ -132,8 +136,9 @@ async def run_orchestration(
     search_attributes: bool = True,
     run_timeout: float = 120.0,
     profile: Path | None = None,
+    duties: bool = True,
 ) -> OrchestrationReport:
-    """Measure both sides on `client`'s server with a worker process of our own.
+    """Measure the sides on `client`'s server with a worker process of our own.
 
     Args:
         client: a client with shipflow's data converter (`data_converter(Settings())`:
@@ -150,6 +155,9 @@ async def run_orchestration(
             attributes (they must then be registered on the server).
         run_timeout: seconds one measured run (or batch of concurrent runs) may take.
         profile: a file for py-spy's raw stacks of the worker process over the whole run.
+        duties: also run the hand-written workflow that keeps a run's duties
+            (`bench.orchestration_duties`) in the sequential, parallel and concurrent cases,
+            the side the targets compare the interpreter with.
 
     Raises:
         RuntimeError: a run did not succeed, or the sides did not run the same activities.
@@ -180,6 +188,11 @@ async def run_orchestration(
         async def many_interpreter() -> None:
             await asyncio.gather(*(bench.interpreter(small) for _ in range(concurrent_runs)))
 
+        async def many_duties() -> None:
+            await asyncio.gather(
+                *(bench.duties(small, parallel=False) for _ in range(concurrent_runs))
+            )
+
         if "sequential" in cases:
             comparisons.append(
                 await bench.compare(
@@ -187,9 +200,10 @@ async def run_orchestration(
                     lambda: bench.baseline(steps, parallel=False),
                     lambda: bench.interpreter(sequential),
                     reps,
+                    (lambda: bench.duties(sequential, parallel=False)) if duties else None,
                 )
             )
-            expected.add(runs=reps + 1, steps=steps)
+            expected.add(runs=reps + 1, steps=steps, duties=duties)
         if "parallel" in cases:
             comparisons.append(
                 await bench.compare(
@@ -197,9 +211,10 @@ async def run_orchestration(
                     lambda: bench.baseline(steps, parallel=True),
                     lambda: bench.interpreter(parallel),
                     reps,
+                    (lambda: bench.duties(parallel, parallel=True)) if duties else None,
                 )
             )
-            expected.add(runs=reps + 1, steps=steps)
+            expected.add(runs=reps + 1, steps=steps, duties=duties)
         if "concurrent" in cases:
             comparisons.append(
                 await bench.compare(
@@ -212,9 +227,12 @@ async def run_orchestration(
                     many_baseline,
                     many_interpreter,
                     concurrent_reps,
+                    many_duties if duties else None,
                 )
             )
-            expected.add(runs=(concurrent_reps + 1) * concurrent_runs, steps=concurrent_steps)
+            expected.add(
+                runs=(concurrent_reps + 1) * concurrent_runs, steps=concurrent_steps, duties=duties
+            )
         if "short" in cases:
             comparisons.append(
                 await bench.compare(
@@ -249,21 +267,24 @@ async def run_orchestration(
 
 @dataclass
 class _Expected:
-    """What both sides must have called, warm-ups included: proof they did the same work."""
+    """What the sides must have called, warm-ups included: proof they did the same work."""
 
-    sends_per_side: int = 0
-    interpreter_runs: int = 0
+    sends: int = 0
+    records: int = 0
 
-    def add(self, *, runs: int, steps: int) -> None:
-        self.sends_per_side += runs * steps
-        self.interpreter_runs += runs
+    def add(self, *, runs: int, steps: int, duties: bool = False) -> None:
+        """`runs` runs of `steps` steps by each side; the interpreter's runs and the duties
+        side's record themselves."""
+        sides = 3 if duties else 2
+        self.sends += sides * runs * steps
+        self.records += (2 if duties else 1) * RECORDS_PER_RUN * runs
 
     def check(self, counts: dict[str, int]) -> None:
         sends, records = counts["sends"], counts["records"]
-        if sends != 2 * self.sends_per_side or records != RECORDS_PER_RUN * self.interpreter_runs:
+        if sends != self.sends or records != self.records:
             raise RuntimeError(
-                f"activity counts off: {sends} sends (expected {2 * self.sends_per_side}), "
-                f"{records} run records (expected {RECORDS_PER_RUN * self.interpreter_runs})"
+                f"activity counts off: {sends} sends (expected {self.sends}), "
+                f"{records} run records (expected {self.records})"
             )
 
 
@@ -293,7 +314,14 @@ async def run_with_servers(
             everything = config in ("tuned", "sandbox")
             mine = tuple(c for c in cases if everything or c in DEFAULT_CONFIG_CASES)
             reports.append(
-                await run_orchestration(env.client, config=config, profile=out, cases=mine, **sizes)
+                await run_orchestration(
+                    env.client,
+                    config=config,
+                    profile=out,
+                    cases=mine,
+                    duties=config in DUTIES_CONFIGS,
+                    **sizes,
+                )
             )
         finally:
             await env.shutdown()

@@ -1,19 +1,24 @@
 """What the interpreter's features cost over a hand-written workflow: a diagnosis, not a target.
 
-`bench.orchestration` compares the interpreter, as a user gets it, with a hand-written
-workflow that calls the same activities and does nothing else. The interpreter also
-records the run in the runs index (`records.run`, two local activities per run: running,
-then final) and mirrors its status into the memo (`release_memo`), which a hand-written
-workflow does not. This benchmark measures the same comparison with those features
-switched off in the worker, to tell what of the gap they are and what is the interpreter's
-own work (its tree walk, status bookkeeping, patch marker, step summaries, larger start
-input and result):
+`bench.orchestration` compares the interpreter, as a user gets it, with a bare hand-written
+workflow that calls the same activities and does nothing else (and with one that also
+keeps a run's duties, `bench.orchestration_duties`: the targets' reference). The
+interpreter also records the run in the runs index (`records.run`, two local activities
+per run: running, then final) and mirrors its status into the memo (`release_memo`),
+which the bare workflow does not. This benchmark measures the bare comparison with those
+features switched off in the worker, to tell what of the gap they are and what is the
+interpreter's own work (its tree walk, status bookkeeping, patch marker, step summaries,
+larger start input and result):
 
 * `full`: the interpreter as shipped;
 * `no-records`: `RunsIndexRecording._record_run` does nothing (no local activity);
 * `no-memo`: `MemoFlushing._upsert_changes` writes nothing (no upsert; its flush timers
   still run);
-* `neither`: both off.
+* `neither`: both off;
+* `gzip`: the interpreter as shipped, with the worker's gRPC traffic to Temporal gzipped
+  (temporalio's default; `SHIPFLOW_TEMPORAL_COMPRESSION=gzip`) instead of left
+  uncompressed as shipflow's clients do over loopback: not a feature, a transport choice,
+  and it applies to both sides, so read its absolute CPU against `full`'s.
 
 Each variant gets a worker process of its own (`orchestration_worker.WorkerProcess`, in
 this module's `--serve-worker` mode, which switches the features off before it builds
@@ -50,12 +55,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no-records": ("records",),
     "no-memo": ("memo",),
     "neither": ("records", "memo"),
+    "gzip": ("uncompressed",),
 }
 MAIN = "bench.orchestration_ablation"
 
 
 def switch_off(features: tuple[str, ...]) -> None:
-    """Make the interpreter skip `features` in this (worker) process."""
+    """Make the interpreter skip `features` in this (worker) process (`uncompressed`: the
+    transport's, read when the worker connects)."""
     from shipflow.workflows.release_index import RunsIndexRecording
     from shipflow.workflows.release_memo import MemoFlushing
 
@@ -67,6 +74,8 @@ def switch_off(features: tuple[str, ...]) -> None:
         self._dirty_steps.clear()
         return False
 
+    if "uncompressed" in features:
+        os.environ["SHIPFLOW_TEMPORAL_COMPRESSION"] = "gzip"
     if "records" in features:
         RunsIndexRecording._record_run = no_record  # type: ignore[method-assign]
     if "memo" in features:

@@ -60,7 +60,7 @@ def _note(step: int) -> notify_io.NotifyInput:
     )
 
 
-async def _send(step: int) -> notify_io.NotifyOutput:
+async def send(step: int) -> notify_io.NotifyOutput:
     return await workflow.execute_activity(
         notify_io.SEND,
         _note(step),
@@ -79,7 +79,7 @@ class BaselineSequential:
     @workflow.run
     async def run(self, steps: int) -> int:
         for step in range(steps):
-            await _send(step)
+            await send(step)
         return steps
 
 
@@ -89,5 +89,5 @@ class BaselineParallel:
 
     @workflow.run
     async def run(self, steps: int) -> int:
-        await asyncio.gather(*(_send(step) for step in range(steps)))
+        await asyncio.gather(*(send(step) for step in range(steps)))
         return steps

@@ -1,11 +1,13 @@
-"""Both sides of the orchestration benchmark, run and timed: the interpreter's flows
-(`notify_flow`), and `Bench`, which starts runs of either side on one task queue, times
-them against the worker process's CPU and reads the history each left."""
+"""The sides of the orchestration benchmark, run and timed: the interpreter's flows
+(`notify_flow`), and `Bench`, which starts runs of each side (the bare hand-written
+workflow, the hand-written one keeping shipflow's run duties, the interpreter) on one task
+queue, times them against the worker process's CPU and reads the history each left."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import statistics
 import time
 import uuid
@@ -16,11 +18,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from bench.orchestration_baseline import BaselineParallel, BaselineSequential
+from bench.orchestration_duties import BaselineDutiesParallel, BaselineDutiesSequential, DutiesInput
 from bench.orchestration_report import Comparison, HistoryStats
 from bench.orchestration_worker import WorkerProcess
 from shipflow.activities.core.settings import Settings
-from shipflow.activities.core.starter import plan_for, start_release
+from shipflow.activities.core.starter import RunLook, plan_for, start_release
 from shipflow.workflows.spec import FlowSpec, parse_flow
+from shipflow.workflows.status import STEP_MEMO_PREFIX
 
 #: A notify step with this timeout is not short (`step_kinds.SHORT_STEP_S`): the interpreter
 #: runs it as a regular activity, like the baseline, so the two differ in orchestration only.
@@ -75,18 +79,46 @@ class Bench:
         self.worker = worker
         self.settings = Settings(task_queue=task_queue, search_attributes=search_attributes)
         self.run_timeout = run_timeout
-        self.last_baseline = ""
-        self.last_interpreter = ""
+        self.last: dict[str, str] = {}
 
     async def baseline(self, steps: int, *, parallel: bool) -> None:
         run = BaselineParallel.run if parallel else BaselineSequential.run
         handle = await self.client.start_workflow(
             run, steps, id=f"bench-base-{uuid.uuid4().hex[:10]}", task_queue=self.task_queue
         )
-        self.last_baseline = handle.id
+        self.last["baseline"] = handle.id
         done = await self._result(handle)
         if done != steps:
             raise RuntimeError(f"baseline run {handle.id} did {done} steps, not {steps}")
+
+    async def duties(self, flow: FlowSpec, *, parallel: bool) -> None:
+        """The hand-written workflow that keeps a run's duties, started as the API starts
+        `flow` (the same start memo and search attributes as the interpreter's run of it)."""
+        run = (
+            BaselineDutiesParallel.run_parallel
+            if parallel
+            else BaselineDutiesSequential.run_sequential
+        )
+        plan = plan_for(flow, self.settings)
+        run_id = f"{flow.name}-duties-{uuid.uuid4().hex[:10]}"
+        look = RunLook.of(self.settings, plan, run_id, None, None, "api")
+        steps = sum(key.startswith(STEP_MEMO_PREFIX) for key in look.memo)
+        handle = await self.client.start_workflow(
+            run,
+            DutiesInput(run_id=run_id, flow=plan.flow, stage=plan.stage, steps=steps),
+            id=run_id,
+            task_queue=self.task_queue,
+            memo=look.memo,
+            search_attributes=look.search_attributes,
+            static_summary=look.summary,
+            static_details=look.details,
+        )
+        self.last["duties"] = handle.id
+        result = await self._result(handle)
+        if result.steps != steps or result.state != "succeeded":
+            raise RuntimeError(
+                f"duties run {handle.id} ended {result.state} ({result.steps} steps)"
+            )
 
     async def interpreter(self, flow: FlowSpec) -> None:
         plan = plan_for(flow, self.settings)
@@ -97,7 +129,7 @@ class Bench:
             run_id=f"{flow.name}-{uuid.uuid4().hex[:10]}",
             task_queue=self.task_queue,
         )
-        self.last_interpreter = handle.id
+        self.last["interpreter"] = handle.id
         result = await self._result(handle)
         if result.status.state != "succeeded":
             raise RuntimeError(f"interpreter run {handle.id} ended {result.status.state}")
@@ -129,22 +161,25 @@ class Bench:
         baseline: Callable[[], Awaitable[Any]],
         interpreter: Callable[[], Awaitable[Any]],
         reps: int,
+        duties: Callable[[], Awaitable[Any]] | None = None,
     ) -> Comparison:
-        await baseline()  # warm-up: sandbox imports, caches, the server's first tasks
-        await interpreter()
+        """Run the sides interleaved after one warm-up run of each, their order cycling
+        through every permutation so that no side always runs first or last."""
+        sides: dict[str, Callable[[], Awaitable[Any]]] = {
+            "baseline": baseline,
+            "interpreter": interpreter,
+        }
+        if duties is not None:
+            sides["duties"] = duties
+        for work in sides.values():  # warm-up: imports, caches, the server's first tasks
+            await work()
+        orders = list(itertools.permutations(sides))
         for rep in range(reps):
-            order = ("b", "i") if rep % 2 == 0 else ("i", "b")
-            for side in order:
-                if side == "b":
-                    wall, cpu = await self._timed(baseline)
-                    comparison.baseline_s.append(wall)
-                    comparison.baseline_cpu_s.append(cpu)
-                else:
-                    wall, cpu = await self._timed(interpreter)
-                    comparison.interpreter_s.append(wall)
-                    comparison.interpreter_cpu_s.append(cpu)
-        comparison.baseline_history = await self.history_size(self.last_baseline)
-        comparison.interpreter_history = await self.history_size(self.last_interpreter)
+            for side in orders[rep % len(orders)]:
+                wall, cpu = await self._timed(sides[side])
+                comparison.add(side, wall, cpu)
+        for side in sides:
+            comparison.history[side] = await self.history_size(self.last[side])
         return comparison
 
     async def history_size(self, workflow_id: str) -> HistoryStats:

@@ -20,7 +20,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bench.orchestration_baseline import BaselineParallel, BaselineSequential, NoopActivities
-from shipflow.activities.core.client import data_converter
+from bench.orchestration_duties import BaselineDutiesParallel, BaselineDutiesSequential
+from shipflow.activities.core.client import data_converter, transport_options
 from shipflow.activities.core.settings import Settings
 from shipflow.worker.main import activity_capacity
 from shipflow.workflows.release import ReleaseWorkflow
@@ -28,27 +29,33 @@ from shipflow.workflows.sandbox import workflow_runner
 
 #: The module the worker process runs as (`python -m`): its `--serve-worker` mode.
 MAIN = "bench.orchestration"
-#: The baseline's module, passed through the sandbox.
-BASELINE = "bench.orchestration_baseline"
+#: The baselines' modules, passed through the sandbox.
+BASELINES = ("bench.orchestration_baseline", "bench.orchestration_duties")
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench_worker(
     client: Client, task_queue: str, noop: NoopActivities, *, sandboxed: bool = False
 ) -> Worker:
-    """One worker for both sides, configured like `shipflow.worker.main.build_worker`.
+    """One worker for all sides, configured like `shipflow.worker.main.build_worker`.
 
     Both sides run with the production worker's runner (`shipflow.workflows.sandbox`):
     outside Temporal's sandbox by default. With `sandboxed`, in it, where the interpreter's
-    module is passed through and this module (the baseline's) too, so that neither side is
+    module is passed through and the baselines' modules too, so that no side is
     re-imported per workflow instance.
     """
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ReleaseWorkflow, BaselineSequential, BaselineParallel],
+        workflows=[
+            ReleaseWorkflow,
+            BaselineSequential,
+            BaselineParallel,
+            BaselineDutiesSequential,
+            BaselineDutiesParallel,
+        ],
         activities=[noop.send, noop.record_run],
-        workflow_runner=workflow_runner(sandboxed, BASELINE),
+        workflow_runner=workflow_runner(sandboxed, *BASELINES),
         **activity_capacity(Settings().worker_activity_slots, "bench-activity"),
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
@@ -62,8 +69,12 @@ async def serve_worker(
     `cpu` -> this process's CPU seconds so far (all threads, the SDK's core included);
     `stop` (or end of input) -> shut down and print the no-op call counts as JSON.
     """
+    settings = Settings(temporal_address=address)
     client = await Client.connect(
-        address, namespace=namespace, data_converter=data_converter(Settings())
+        address,
+        namespace=namespace,
+        data_converter=data_converter(settings),
+        **transport_options(settings),
     )
     noop = NoopActivities()
     async with bench_worker(client, task_queue, noop, sandboxed=sandboxed):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from temporalio.client import Client, Interceptor
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
+from temporalio.service import GrpcCompression, PayloadLimitsConfig
 
 from shipflow.activities.core.codec import (
     KEY_FILE_NAME,
@@ -104,6 +107,44 @@ def data_converter(settings: Settings) -> DataConverter:
     return make_data_converter(payload_keys(settings))
 
 
+#: The memo size above which the SDK logs a warning (TMPRL1103) when it sends one. The SDK's
+#: default, 2 KiB, mirrors the server's *warning* default and is below a 10-step run's start
+#: memo: every run start and many status flushes would log it, drowning the one that
+#: matters. Shipflow keeps each run's status in its memo by design (README), so it warns at
+#: a quarter of the server's default *error* limit (`limit.memoSize.error`, 2 MiB), where a
+#: run is heading for trouble (a flow of several thousand steps).
+MEMO_WARN_BYTES = 512 * 1024
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a `host:port` Temporal address is this machine (localhost, 127/8, ::1)."""
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """How every shipflow client talks to Temporal, beside the address and credentials.
+
+    Compression: temporalio gzips every request and asks for gzipped answers by default.
+    Over loopback (the embedded stack) that is CPU on both ends for no transfer saved: every
+    workflow task's history, command and payload is compressed and decompressed
+    (`temporal_compression` = auto turns it off there; docs/benchmarks.md has the cost).
+    """
+    choice = settings.temporal_compression
+    if choice == "auto":
+        choice = "none" if is_loopback(settings.temporal_address) else "gzip"
+    return {
+        "grpc_compression": GrpcCompression.NONE if choice == "none" else GrpcCompression.GZIP,
+        "payload_limits": PayloadLimitsConfig(memo_warn_size=MEMO_WARN_BYTES),
+    }
+
+
 async def connect(
     settings: Settings,
     *,
@@ -133,4 +174,5 @@ async def connect(
         tls=settings.temporal_tls or api_key is not None,
         runtime=runtime,
         interceptors=interceptors,
+        **transport_options(settings),
     )

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_api_key: SecretStr | None = None
     temporal_tls: bool = False
+    temporal_compression: Literal["auto", "gzip", "none"] = Field(
+        "auto",
+        description="gRPC compression to Temporal; auto: none to a loopback address (the"
+        " embedded stack: gzip there costs worker CPU and saves nothing), gzip to any other",
+    )
     task_queue: str = "shipflow"
     search_attributes: bool = Field(
         True, description="set ShipflowFlow/Stage/Commit search attributes (must be registered)"
