@@ -134,23 +134,18 @@ async def measure_variant(
 
 
 def _row(variant: str, case: Comparison) -> dict[str, Any]:
+    baseline, interpreter = case.history.get("baseline"), case.history.get("interpreter")
     return {
         "variant": variant,
         "case": case.name,
         "wall_ratio": case.ratio,
         "cpu_ratio": case.cpu_ratio,
-        "baseline_cpu_s": statistics.median(case.baseline_cpu_s),
-        "interpreter_cpu_s": statistics.median(case.interpreter_cpu_s),
-        "baseline_events": case.baseline_history.events if case.baseline_history else None,
-        "interpreter_events": (
-            case.interpreter_history.events if case.interpreter_history else None
-        ),
-        "interpreter_markers": (
-            case.interpreter_history.markers if case.interpreter_history else None
-        ),
-        "interpreter_memo_upserts": (
-            case.interpreter_history.memo_upserts if case.interpreter_history else None
-        ),
+        "baseline_cpu_s": statistics.median(case.cpu["baseline"]),
+        "interpreter_cpu_s": statistics.median(case.cpu["interpreter"]),
+        "baseline_events": baseline.events if baseline else None,
+        "interpreter_events": interpreter.events if interpreter else None,
+        "interpreter_markers": interpreter.markers if interpreter else None,
+        "interpreter_memo_upserts": interpreter.memo_upserts if interpreter else None,
     }
 
 

@@ -87,31 +87,6 @@ class Comparison:
         """The side the targets compare the interpreter with."""
         return "duties" if "duties" in self.wall else "baseline"
 
-    # The bare baseline's and the interpreter's samples, by the names the ablation reads.
-    @property
-    def baseline_s(self) -> list[float]:
-        return self.wall["baseline"]
-
-    @property
-    def interpreter_s(self) -> list[float]:
-        return self.wall["interpreter"]
-
-    @property
-    def baseline_cpu_s(self) -> list[float]:
-        return self.cpu["baseline"]
-
-    @property
-    def interpreter_cpu_s(self) -> list[float]:
-        return self.cpu["interpreter"]
-
-    @property
-    def baseline_history(self) -> HistoryStats | None:
-        return self.history.get("baseline")
-
-    @property
-    def interpreter_history(self) -> HistoryStats | None:
-        return self.history.get("interpreter")
-
     def median(self, side: str) -> float:
         return statistics.median(self.wall[side])
 
