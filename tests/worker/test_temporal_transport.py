@@ -53,7 +53,7 @@ def test_an_unknown_compression_is_refused_naming_the_setting() -> None:
 # with shipflow's client, or with the SDK's defaults, and prints the compression in use.
 START = textwrap.dedent(
     """
-    import asyncio, sys, uuid
+    import asyncio, os, sys, uuid
     from temporalio.client import Client
     from shipflow.activities.core.client import connect
     from shipflow.activities.core.settings import Settings
@@ -73,6 +73,11 @@ START = textwrap.dedent(
         print(type(client.service_client.config.grpc_compression).__name__, flush=True)
 
     asyncio.run(main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The SDK can abort the interpreter at teardown (PyGILState_Release) after the work is
+    # done; leave with the real result instead.
+    os._exit(0)
     """
 )
 
