@@ -83,20 +83,33 @@ async def test_a_long_step_shows_running_in_the_memo_within_about_a_second(
 ) -> None:
     """`quick` ends and `slow` starts in one workflow task, less than a second after the
     starter wrote the memo: that change is pending, and the flush timer (the backstop)
-    writes it while `slow` runs (no other workflow task comes until `slow` ends)."""
-    body = (
-        "steps:\n"
-        '  - migrate: {id: quick, command: ["true"]}\n'
-        "  - migrate: {id: slow, command: [sleep, '8']}\n"
-    )
-    async with new_worker(temporal_client, settings):
-        handle = await start_flow(temporal_client, settings, HEAD.format(name="lagging") + body)
+    writes it while `slow` runs (no other workflow task comes until `slow` ends).
+
+    On a loaded machine `slow` can start a second or more after the run's first workflow
+    task; its own task then carries the upsert (the piggyback, tested below) and the
+    backstop is not exercised. The run's history says which happened, so such a try is
+    checked for what a reader sees and repeated."""
+    for attempt in range(3):
+        slow_at, started, fired = await _long_step_run(
+            temporal_client, settings, f"lagging{attempt}"
+        )
+        if slow_at < MEMO_FLUSH_INTERVAL_S - 0.1:
+            # The premise held: only the backstop timer could have written the change.
+            assert (started, fired) == (1, 1), (started, fired, slow_at)
+            return
+    raise AssertionError(f"slow started {slow_at:.2f} s into the run in 3 tries")
+
+
+async def _long_step_run(client: Client, settings: Settings, name: str) -> tuple[float, int, int]:
+    """One run of `quick` then `slow`, checked for what a reader sees while `slow` runs;
+    (when `slow` was scheduled, in seconds after the first workflow task; memo flush timers
+    started; of which fired)."""
+    async with new_worker(client, settings):
+        handle = await start_flow(client, settings, HEAD.format(name=name) + BODY_LONG)
         await wait_until(lambda: _queried(handle, "slow", "running"), timeout=30, interval=0.02)
         seen = time.monotonic()
         memo = await wait_until(
-            lambda: _memo_step(temporal_client, handle.id, "slow", "running"),
-            timeout=10,
-            interval=0.05,
+            lambda: _memo_step(client, handle.id, "slow", "running"), timeout=10, interval=0.05
         )
         lag = time.monotonic() - seen
         # The memo caught up while the step still runs, within the backstop (plus the
@@ -104,9 +117,35 @@ async def test_a_long_step_shows_running_in_the_memo_within_about_a_second(
         assert await step_state(handle, "slow") == "running"
         assert memo.step("quick").state == "succeeded"
         assert lag < MEMO_BACKSTOP_S + 1.5, lag
-        started, fired = await _flush_timers(temporal_client, handle)
-        assert (started, fired) == (1, 1), (started, fired)
+        slow_at = await _scheduled_after_first_task(handle, "slow:")
+        started, fired = await _flush_timers(client, handle)
         await handle.terminate("test over")
+    return slow_at, started, fired
+
+
+BODY_LONG = (
+    "steps:\n"
+    '  - migrate: {id: quick, command: ["true"]}\n'
+    "  - migrate: {id: slow, command: [sleep, '8']}\n"
+)
+
+
+async def _scheduled_after_first_task(handle: WorkflowHandle[Any, Any], prefix: str) -> float:
+    """Seconds from the run's first workflow task to the one that scheduled the activity
+    whose id starts with `prefix` (workflow time: when each task started)."""
+    first: float | None = None
+    latest = 0.0
+    async for event in handle.fetch_history_events():
+        at = event.event_time.ToDatetime().timestamp()
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            first = at if first is None else first
+            latest = at
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and (
+            event.activity_task_scheduled_event_attributes.activity_id.startswith(prefix)
+        ):
+            assert first is not None
+            return latest - first
+    raise AssertionError(f"no activity {prefix}* in the history")
 
 
 async def _queried(handle: WorkflowHandle[Any, Any], step: str, state: str) -> bool:
